@@ -1,0 +1,16 @@
+"""Exit codes with a meaning of their own, shared by the master, workers and hiscrmctl.
+
+Numbers follow BSD sysexits where one fits, so they do not collide with Python's own 1
+(uncaught exception) or 2 (usage).
+"""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CRASHED = 1  # an uncaught exception; Python's own default
+    USAGE = 2  # bad command line or configuration
+    ORPHANED = 75  # a worker whose master went away stopped itself (EX_TEMPFAIL)
+    PROTOCOL_MISMATCH = 76  # master and worker speak different protocols (EX_PROTOCOL)
+    BOOT_FAILED = 78  # a worker could not import its code or platforms (EX_CONFIG)

@@ -1,0 +1,225 @@
+"""Size-rotated log files that never tear a line, and reading their last lines.
+
+A worker's file descriptors 1 and 2 point straight at its log file, so whatever it writes
+there (C code, a faulthandler dump, an uncaught traceback) lands in the file without
+passing through anybody. Nothing is held in user space except an incomplete line, so
+nothing already written is lost if the master dies.
+
+Python-level output goes through :class:`LineStream`, which hands whole lines to
+:meth:`RotatingLogFile.write` in one ``write(2)`` each; rotation happens only between
+lines. Output that bypasses Python (fd 1 and 2) is noticed by :meth:`maybe_rotate`, which
+the worker calls on every heartbeat.
+
+Standard library only: a worker imports this before its log file exists.
+"""
+
+import io
+import os
+import re
+import threading
+from pathlib import Path
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+_PARTIAL_LINE_LIMIT = 64 * 1024  # a line longer than this is written in pieces
+
+
+class RotatingLogFile:
+    """An append-only file rotated by size to ``path.1 … path.N``."""
+
+    def __init__(
+        self, path: Path, max_bytes: int, backups: int, redirect_fds: tuple[int, ...] = ()
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.redirect_fds = redirect_fds
+        self._fd = -1
+        self._size = 0
+        self._lock = threading.RLock()  # a signal handler may log while we write
+        self.rotations = 0
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = self._open_file()
+        self._size = os.fstat(self._fd).st_size
+
+    def _open_file(self) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o644)
+        for target in self.redirect_fds:
+            os.dup2(fd, target)
+        return fd
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; rotate afterwards if the file is full and ``data`` ended a line."""
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._size += len(data)
+            if self._size >= self.max_bytes and data.endswith(b"\n"):
+                self._rotate_locked()
+
+    def maybe_rotate(self) -> bool:
+        """Rotate if output written behind our back filled the file; only at a line end."""
+        with self._lock:
+            self._size = os.fstat(self._fd).st_size
+            if self._size < self.max_bytes or os.pread(self._fd, 1, self._size - 1) != b"\n":
+                return False
+            self._rotate_locked()
+            return True
+
+    def _rotate_locked(self) -> None:
+        self.rotations += 1
+        if self.backups == 0:
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+            return
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        old_fd = self._fd
+        self._fd = self._open_file()
+        os.close(old_fd)
+        self._size = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI_ESCAPE.sub("", text) if "\x1b" in text else text
+
+
+class LineStream(io.TextIOBase):
+    """A text stream (for ``sys.stdout``/``sys.stderr``) that writes whole lines.
+
+    ``print()`` calls ``write`` twice (text, then newline); buffering up to the newline
+    makes each line one ``write(2)``, so lines from different threads never interleave.
+    Colour codes are removed.
+    """
+
+    def __init__(self, sink: RotatingLogFile, fd: int) -> None:
+        super().__init__()
+        self._sink = sink
+        self._fd = fd
+        self._pending: list[str] = []
+        self._pending_len = 0
+        self._lock = threading.RLock()  # a signal handler may log while we write
+        self._binary = _BinaryLines(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "backslashreplace"
+
+    @property
+    def buffer(self) -> "_BinaryLines":
+        return self._binary
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        with self._lock:
+            cut = s.rfind("\n")
+            if cut < 0:
+                self._pending.append(s)
+                self._pending_len += len(s)
+                if self._pending_len > _PARTIAL_LINE_LIMIT:
+                    self._flush_locked()
+                return len(s)
+            complete = s[: cut + 1]
+            if self._pending:
+                complete = "".join(self._pending) + complete
+                self._pending.clear()
+                self._pending_len = 0
+            rest = s[cut + 1 :]
+            if rest:
+                self._pending.append(rest)
+                self._pending_len = len(rest)
+            self._emit(complete)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._pending_len = 0
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        self._sink.write(strip_ansi(text).encode("utf-8", "backslashreplace"))
+
+
+class _BinaryLines(io.RawIOBase):
+    """``sys.stdout.buffer`` for code that writes bytes; same line handling."""
+
+    def __init__(self, text: LineStream) -> None:
+        super().__init__()
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    def write(self, b: "bytes | bytearray | memoryview") -> int:  # type: ignore[override]
+        data = bytes(b)
+        self._text.write(data.decode("utf-8", "backslashreplace"))
+        return len(data)
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a log file, reaching into ``path.1`` if the file is short
+    (it may just have been rotated). Missing files give no lines."""
+    lines = _tail_of(path, n)
+    if len(lines) < n:
+        lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines)) + lines
+    return lines
+
+
+def _tail_of(path: Path, n: int, block: int = 8192) -> list[str]:
+    if n <= 0:
+        return []
+    try:
+        with path.open("rb") as f:
+            end = f.seek(0, io.SEEK_END)
+            data = b""
+            position = end
+            while position > 0 and data.count(b"\n") <= n:
+                step = min(block, position)
+                position -= step
+                f.seek(position)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", "replace")
+    lines = text.splitlines()
+    return lines[-n:]

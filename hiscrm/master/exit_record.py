@@ -1,0 +1,91 @@
+"""Why a worker process ended, as a value: logged, kept for status, served by the API.
+
+``describe_exit`` is pure: it turns an exit status and what the master knew (had it asked
+the process to stop? had it registered?) into an :class:`ExitRecord` with a short
+``reason`` token (a bounded set, fit for a metric label) and a sentence for people.
+"""
+
+import signal
+
+from pydantic import BaseModel
+
+from hiscrm.exit_codes import ExitCode
+
+# Reasons for which an operator ends a process. Every other reason is a failure and counts
+# towards backoff, including those the master acts on by itself (heartbeat_timeout,
+# start_timeout, protocol_error, protocol_mismatch).
+OPERATOR_REASONS = frozenset({"stop", "restart", "shutdown", "reload"})
+
+_EXIT_CODE_REASONS = {
+    ExitCode.CRASHED: ("crashed", "an uncaught exception"),
+    ExitCode.BOOT_FAILED: ("boot_failed", "it could not load its code or platforms"),
+    ExitCode.PROTOCOL_MISMATCH: ("protocol_mismatch", "it speaks another protocol than the master"),
+    ExitCode.ORPHANED: ("orphaned", "it lost its master"),
+}
+
+
+class ExitRecord(BaseModel):
+    code: int | None  # exit code, when it exited by itself
+    signal: str | None  # signal name, when a signal ended it
+    reason: str  # short token, e.g. "killed", "crashed", "heartbeat_timeout"
+    detail: str  # one sentence for people
+    at: int  # ms since the epoch
+    during_start: bool  # it ended before it had registered
+    uptime_s: float
+    log_tail: list[str]
+
+    @property
+    def is_failure(self) -> bool:
+        return self.reason not in OPERATOR_REASONS
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(
+    exitcode: int,
+    *,
+    requested: str | None,
+    during_start: bool,
+    uptime_s: float,
+    at_ms: int,
+    log_tail: list[str],
+) -> ExitRecord:
+    """``exitcode`` as multiprocessing reports it (negative: killed by that signal);
+    ``requested`` is the reason the master asked it to stop, if it did."""
+    code = exitcode if exitcode >= 0 else None
+    sig = _signal_name(-exitcode) if exitcode < 0 else None
+    how = f"exit code {code}" if sig is None else f"signal {sig}"
+
+    if requested is not None:
+        reason, detail = requested, f"stopped by the master ({requested}), {how}"
+    elif sig == "SIGKILL":
+        reason, detail = "killed", "killed by SIGKILL (perhaps the out-of-memory killer)"
+    elif sig in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):
+        reason, detail = "crashed", f"crashed with {sig}; see the faulthandler dump in its log"
+    elif sig is not None:
+        reason, detail = "killed", f"killed by {sig}"
+    elif code == 0:
+        reason, detail = "exited", "exited with code 0 although nobody asked it to stop"
+    elif code in _EXIT_CODE_REASONS:
+        token, why = _EXIT_CODE_REASONS[ExitCode(code)]
+        reason, detail = token, f"exited with code {code}: {why}"
+    else:
+        reason, detail = "crashed", f"exited with code {code}"
+
+    if during_start and requested is None and reason != "boot_failed":
+        reason, detail = "boot_failed", f"died before registering: {detail}"
+    return ExitRecord(
+        code=code,
+        signal=sig,
+        reason=reason,
+        detail=detail,
+        at=at_ms,
+        during_start=during_start,
+        uptime_s=round(uptime_s, 3),
+        log_tail=log_tail,
+    )

@@ -1,0 +1,66 @@
+"""The master's state directory: its layout, the single-master lock and ``master.json``."""
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hiscrm import __version__
+
+
+class StateDirError(Exception):
+    pass
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.master_json = root / "master.json"
+        self.master_log = self.logs / "master.log"
+        self._lock_path = root / "master.lock"
+        self._lock_fd: int | None = None
+
+    def prepare(self) -> None:
+        """Create the directories and take the lock that keeps a second master out."""
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateDirError(f"{self.root}: cannot use as state directory: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = self.read_master_json().get("pid", "unknown")
+            raise StateDirError(
+                f"{self.root}: another master (pid {other}) is running with this state directory"
+            ) from None
+        self._lock_fd = fd
+
+    def read_master_json(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.master_json.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_master_json(self, api_url: str) -> None:
+        info = {
+            "pid": os.getpid(),
+            "api_url": api_url,
+            "state_dir": str(self.root),
+            "version": __version__,
+            "started_at": time.time_ns() // 1_000_000,
+        }
+        tmp = self.master_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.master_json)
+
+    def release(self) -> None:
+        self.master_json.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,242 @@
+"""The master's one loop: it owns every worker handle and is the only code that changes them.
+
+Pipes, process exits and signals post events to one queue (see ``events``); the loop
+takes them one at a time and otherwise sleeps until the nearest deadline of any worker
+(a heartbeat expiring, a backoff ending, a stop escalating). There is no polling.
+"""
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm import __version__
+from hiscrm.config import Config
+from hiscrm.master.assignment import assign_accounts
+from hiscrm.master.events import ChannelClosed, Event, FrameReceived, ProcessExited, SignalReceived
+from hiscrm.master.launcher import Launcher
+from hiscrm.master.rolling_restart import RollingRestart
+from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.models import AccountSpec
+from hiscrm.protocol import (
+    MasterAccountAssign,
+    ProtocolError,
+    WorkerAccountState,
+    WorkerError,
+    WorkerGoodbye,
+    WorkerHeartbeat,
+    WorkerRegister,
+    decode,
+)
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Supervisor:
+    def __init__(self, config: Config, launcher: Launcher, log: FilteringBoundLogger) -> None:
+        self._config = config
+        self._log = log
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.handles: dict[str, WorkerHandle] = {
+            worker_id: WorkerHandle(worker_id, config, launcher, self._events.put_nowait, log)
+            for worker_id in config.worker_ids
+        }
+        self.assignment, self.unassigned = assign_accounts(
+            config.accounts, config.worker_ids, config.accounts_per_worker
+        )
+        self.account_states: dict[str, WorkerAccountState] = {}
+        self.protocol_errors_total = 0
+        self.internal_errors_total = 0
+        self._shutdown_reason: str | None = None
+        self._rollout: RollingRestart | None = None
+
+    def post(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._on_loop_exception)
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.post, SignalReceived(sig))
+        self._log.info(
+            "master starting",
+            pid=os.getpid(),
+            version=__version__,
+            state_dir=str(self._config.state_dir),
+            workers=len(self.handles),
+            accounts=len(self._config.accounts),
+        )
+        if self.unassigned:
+            self._log.warning(
+                "accounts left unassigned: more accounts than workers * accounts_per_worker",
+                accounts=[a.id for a in self.unassigned],
+                capacity=len(self.handles) * self._config.accounts_per_worker,
+            )
+        try:
+            for handle in self.handles.values():
+                await handle.start(loop.time(), "master started")
+            while not self._finished():
+                event = await self._next_event()
+                await self._step(event)
+        finally:
+            for sig in HANDLED_SIGNALS:
+                loop.remove_signal_handler(sig)
+        self._log.info("master stopped", reason=self._shutdown_reason)
+        return 0
+
+    def _finished(self) -> bool:
+        return self._shutdown_reason is not None and all(
+            h.state is WorkerState.STOPPED for h in self.handles.values()
+        )
+
+    async def _next_event(self) -> Event | None:
+        if not self._events.empty():
+            return self._events.get_nowait()
+        deadlines = [h.deadline for h in self.handles.values() if h.deadline is not None]
+        if not deadlines:
+            return await self._events.get()
+        try:
+            async with asyncio.timeout_at(min(deadlines)):
+                return await self._events.get()
+        except TimeoutError:
+            return None
+
+    async def _step(self, event: Event | None) -> None:
+        """Handle one event, then whatever deadlines are due. A bug here is logged and
+        counted; it never takes the master down."""
+        loop = asyncio.get_running_loop()
+        try:
+            if event is not None:
+                await self._handle(event, loop.time())
+            now = loop.time()
+            for handle in self.handles.values():
+                if handle.deadline is not None and handle.deadline <= now:
+                    await handle.on_deadline(now)
+            if self._rollout is not None and await self._rollout.advance(self.handles, loop.time()):
+                self._rollout = None
+        except Exception as exc:
+            self.internal_errors_total += 1
+            self._log.error(
+                "master error while handling an event",
+                during=repr(event)[:200],
+                internal_errors_total=self.internal_errors_total,
+                exc_info=exc,
+            )
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.internal_errors_total += 1
+        exc = context.get("exception")
+        self._log.error(
+            "master event loop error",
+            message=context.get("message"),
+            internal_errors_total=self.internal_errors_total,
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+
+    # --- events --------------------------------------------------------------------------
+
+    def _current(self, worker_id: str, pid: int) -> WorkerHandle | None:
+        """The handle if the event comes from its current process; None for a stale event."""
+        handle = self.handles.get(worker_id)
+        return handle if handle is not None and handle.pid == pid else None
+
+    async def _handle(self, event: Event, now: float) -> None:
+        match event:
+            case FrameReceived(worker_id, pid, data):
+                if (handle := self._current(worker_id, pid)) is not None:
+                    await self._on_frame(handle, data, now)
+            case ProcessExited(worker_id, pid):
+                if (handle := self._current(worker_id, pid)) is not None:
+                    await handle.on_exit(now)
+            case ChannelClosed(worker_id, pid, error):
+                handle = self._current(worker_id, pid)
+                if handle is not None and error is not None:
+                    self._protocol_error(handle, "framing", str(error), b"")
+                    await handle.request_stop("protocol_error", now, restart=True)
+            case SignalReceived(signum):
+                await self._on_signal(signal.Signals(signum), now)
+
+    async def _on_frame(self, handle: WorkerHandle, data: bytes, now: float) -> None:
+        try:
+            message = decode(data).body
+        except ProtocolError as exc:
+            self._protocol_error(handle, exc.kind, exc.detail, exc.head)
+            return
+        match message:
+            case WorkerHeartbeat():
+                handle.on_heartbeat(message, now)
+            case WorkerRegister():
+                if handle.state is not WorkerState.STARTING or message.worker_id != handle.id:
+                    detail = (
+                        f"unexpected registration as {message.worker_id!r} in state {handle.state}"
+                    )
+                    self._protocol_error(handle, "invalid", detail, data[:80])
+                    return
+                if handle.on_register(message, now):
+                    self._send_assignment(handle)
+            case WorkerError():
+                handle.worker_errors += 1
+                self._log.error(
+                    "worker error",
+                    worker=handle.id,
+                    pid=handle.pid,
+                    source=message.source,
+                    account_id=message.account_id,
+                    error=f"{message.error_type}: {message.message}",
+                    worker_errors_total=handle.worker_errors,
+                    traceback=message.traceback,
+                )
+            case WorkerAccountState():
+                self.account_states[message.account_id] = message
+            case WorkerGoodbye():
+                self._log.info(
+                    "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
+                )
+            case _:
+                self._protocol_error(
+                    handle, "invalid", f"{message.type} is not for the master", data[:80]
+                )
+
+    def _send_assignment(self, handle: WorkerHandle) -> None:
+        accounts: list[AccountSpec] = self.assignment.get(handle.id, [])
+        for account in accounts:
+            handle.send(MasterAccountAssign(account=account))
+        self._log.info("accounts assigned", worker=handle.id, accounts=[a.id for a in accounts])
+
+    def _protocol_error(self, handle: WorkerHandle, kind: str, detail: str, head: bytes) -> None:
+        handle.protocol_errors += 1
+        self.protocol_errors_total += 1
+        self._log.error(
+            "protocol error",
+            worker=handle.id,
+            pid=handle.pid,
+            kind=kind,
+            detail=detail,
+            first_bytes=repr(head),
+            protocol_errors_total=self.protocol_errors_total,
+        )
+
+    async def _on_signal(self, sig: signal.Signals, now: float) -> None:
+        if sig is signal.SIGHUP:
+            if self._shutdown_reason is not None:
+                self._log.warning("SIGHUP ignored: shutting down")
+            elif self._rollout is not None:
+                self._log.warning("SIGHUP ignored: a rolling restart is already under way")
+            else:
+                self._log.info("SIGHUP: rolling restart of all workers")
+                self._rollout = RollingRestart(list(self.handles), self._log)
+            return
+        if self._shutdown_reason is None:
+            self._shutdown_reason = sig.name
+            self._rollout = None
+            self._log.info("shutting down", signal=sig.name)
+            for handle in self.handles.values():
+                await handle.request_stop("shutdown", now, restart=False)
+        else:
+            self._log.warning("second signal: killing all workers now", signal=sig.name)
+            for handle in self.handles.values():
+                handle.kill_now("shutdown", now)

@@ -1,0 +1,17 @@
+"""Data models shared by master, workers and platforms."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class AccountSpec(BaseModel):
+    """One monitored account as configured: which platform watches it and with what options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ACCOUNT_ID_PATTERN)
+    platform: str = "demo"
+    options: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,108 @@
+"""Entry point of a worker process: the target the master hands to ``multiprocessing``.
+
+It runs in a freshly spawned interpreter, so the worker loads the code now on disk. Before
+anything of the application is imported it:
+
+1. starts a new session, so the worker and everything it starts form one process group
+   that the master can stop as a whole;
+2. asks the kernel for SIGTERM when the master dies (PR_SET_PDEATHSIG) and handles it by
+   killing that group, so no worker outlives its master even with a blocked event loop;
+3. points file descriptors 1 and 2 at ``logs/<worker>.log`` and enables faulthandler
+   there, so even an import error or a segfault ends up in the file.
+
+Only the standard library and ``hiscrm.logfile``/``hiscrm.exit_codes`` (themselves
+standard-library only) are imported at module level.
+"""
+
+import ctypes
+import faulthandler
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+
+from hiscrm.exit_codes import ExitCode
+from hiscrm.logfile import LineStream, RotatingLogFile
+
+_PR_SET_PDEATHSIG = 1
+
+# What SIGTERM does while the master is alive; the runtime sets it once its loop runs.
+_graceful_stop: Callable[[], None] | None = None
+
+
+def main(boot_json: str, conn: Connection) -> None:
+    started = time.monotonic()
+    boot = json.loads(boot_json)
+    os.setsid()
+    master_pid = int(boot["master_pid"])
+    _install_sigterm(master_pid)
+    _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != master_pid:  # the master died before we asked to be told
+        os._exit(ExitCode.ORPHANED)
+
+    sink = RotatingLogFile(
+        Path(boot["log_path"]), int(boot["log_max_bytes"]), int(boot["log_backups"]), (1, 2)
+    )
+    sink.open()
+    _redirect_stdin()
+    sys.stdout = LineStream(sink, 1)
+    sys.stderr = LineStream(sink, 2)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    os.environ["NO_COLOR"] = "1"
+    os.environ.pop("FORCE_COLOR", None)
+
+    try:
+        from hiscrm.worker.runtime import run_worker
+    except BaseException:
+        print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(ExitCode.BOOT_FAILED)
+    sys.exit(run_worker(boot_json, conn, sink, started))
+
+
+def set_graceful_stop(callback: Callable[[], None] | None) -> None:
+    """Called by the runtime: what SIGTERM should do while the master is alive."""
+    global _graceful_stop
+    _graceful_stop = callback
+
+
+def kill_own_group(why: str) -> None:
+    """Last act of an orphaned worker: SIGKILL to itself and everything it started."""
+    os.write(2, f"worker pid {os.getpid()}: {why}; killing its process group\n".encode())
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _install_sigterm(master_pid: int) -> None:
+    # A plain handler, not loop.add_signal_handler: it must run even while the event loop
+    # is blocked, which is exactly when a parent-death signal matters most.
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if os.getppid() != master_pid:
+            kill_own_group("the master has died (parent-death signal)")
+        elif _graceful_stop is not None:
+            _graceful_stop()
+        else:  # still booting: nothing to wind down
+            os._exit(ExitCode.OK)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
+
+
+def _set_parent_death_signal(sig: signal.Signals) -> None:
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere the pipe's end-of-file is the only notice
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
+
+
+def _redirect_stdin() -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)

@@ -1,0 +1,45 @@
+"""Every error caught in a worker goes through here: logged at error level with its
+traceback, counted, and sent to the master as ``worker:error``."""
+
+import traceback
+from collections.abc import Callable
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.protocol import WorkerError
+
+_MAX_TRACEBACK_CHARS = 16_000
+_MAX_MESSAGE_CHARS = 2_000
+
+
+class ErrorReporter:
+    def __init__(self, send: Callable[[WorkerError], bool], log: FilteringBoundLogger) -> None:
+        self._send = send
+        self._log = log
+        self.total = 0
+        self.by_source: dict[str, int] = {}
+
+    def report(self, source: str, exc: BaseException, *, account_id: str | None = None) -> None:
+        self.total += 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+        self._log.error(
+            "error",
+            source=source,
+            account_id=account_id,
+            error=f"{type(exc).__name__}: {exc}",
+            errors_total=self.total,
+            exc_info=exc,
+        )
+        text = "".join(traceback.format_exception(exc))
+        sent = self._send(
+            WorkerError(
+                source=source,
+                account_id=account_id,
+                error_type=type(exc).__name__,
+                message=str(exc)[:_MAX_MESSAGE_CHARS],
+                traceback=text[-_MAX_TRACEBACK_CHARS:],
+                errors_total=self.total,
+            )
+        )
+        if not sent:
+            self._log.error("error not reported to the master: pipe closed", source=source)

@@ -1,0 +1,297 @@
+"""The worker's event loop: registration, heartbeats, messages from the master, account
+tasks, and the way out.
+
+Lifecycle of a worker process::
+
+    booting --register--> waiting for welcome --welcome--> serving --stop--> stopping --> exit
+
+It stops for one of four reasons, each with its exit code: ``master:shutdown`` or SIGTERM
+(graceful, 0), the master refused it or speaks another protocol (76), or the pipe to the
+master closed, meaning the master is gone (75; the worker then kills its own process group
+so that nothing it started survives).
+"""
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.backoff import RestartBackoff
+from hiscrm.channel import Channel, open_channel
+from hiscrm.exit_codes import ExitCode
+from hiscrm.log_config import configure_worker_logging, get_logger
+from hiscrm.logfile import RotatingLogFile
+from hiscrm.models import AccountSpec
+from hiscrm.platforms import resolve_platform_name
+from hiscrm.platforms.base import Platform
+from hiscrm.platforms.loader import load_platform
+from hiscrm.protocol import (
+    PROTOCOL_VERSION,
+    AnyMessage,
+    Encoder,
+    MasterAccountAssign,
+    MasterAccountRevoke,
+    MasterRefuse,
+    MasterShutdown,
+    MasterWelcome,
+    ProtocolError,
+    WorkerAccountState,
+    WorkerBoot,
+    WorkerGoodbye,
+    WorkerHeartbeat,
+    WorkerRegister,
+    decode,
+    schema_hash,
+)
+from hiscrm.worker import bootstrap
+from hiscrm.worker.account_runner import AccountRunner, AccountState
+from hiscrm.worker.error_reporter import ErrorReporter
+
+ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
+
+
+def run_worker(boot_json: str, conn: Connection, sink: RotatingLogFile, started: float) -> int:
+    """Called by ``bootstrap.main`` once the log file is in place. Returns the exit code."""
+    boot = WorkerBoot.model_validate_json(boot_json)
+    configure_worker_logging(sink)
+    log = get_logger()
+    log.info(
+        "worker starting", worker=boot.worker_id, pid=os.getpid(), python=sys.version.split()[0]
+    )
+    platforms: dict[str, type[Platform]] = {}
+    for spec in boot.platforms:
+        try:
+            platforms[spec] = load_platform(spec)
+        except BaseException as exc:
+            log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
+            return ExitCode.BOOT_FAILED
+    runtime = WorkerRuntime(boot, platforms, sink, log, started)
+    return asyncio.run(runtime.serve(conn))
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        boot: WorkerBoot,
+        platforms: dict[str, type[Platform]],
+        sink: RotatingLogFile,
+        log: FilteringBoundLogger,
+        started: float,
+    ) -> None:
+        self.boot = boot
+        self._platforms = platforms
+        self._sink = sink
+        self._log = log
+        self._started = started
+        self._encoder = Encoder()
+        self.channel: Channel | None = None
+        self.errors = ErrorReporter(self.send, log)
+        self.runners: dict[str, AccountRunner] = {}
+        self._welcomed = False
+        self._stop: asyncio.Future[tuple[ExitCode, str]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, message: AnyMessage) -> bool:
+        if self.channel is None or not self.channel.is_open:
+            return False
+        return self.channel.send(self._encoder.encode(message))
+
+    # --- the main coroutine --------------------------------------------------------------
+
+    async def serve(self, conn: Connection) -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._on_loop_exception)
+        threading.excepthook = self._on_thread_exception
+        self._stop = loop.create_future()
+        self.channel = await open_channel(conn, self._on_frame, self._on_channel_closed)
+
+        def graceful_stop() -> None:  # runs in the SIGTERM handler
+            loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
+
+        bootstrap.set_graceful_stop(graceful_stop)
+        self.send(
+            WorkerRegister(
+                worker_id=self.boot.worker_id,
+                pid=os.getpid(),
+                protocol=PROTOCOL_VERSION,
+                schema_hash=schema_hash(),
+                platforms=sorted(self._platforms),
+                boot_ms=(time.monotonic() - self._started) * 1000,
+            )
+        )
+        self.spawn(self._heartbeats(), "heartbeat")
+        code, reason = await self._stop
+        bootstrap.set_graceful_stop(None)
+        if code is ExitCode.ORPHANED:
+            await self._stop_accounts(reason, ORPHAN_STOP_S)
+            bootstrap.kill_own_group(reason)
+        await self._stop_accounts(reason, self._stop_timeout())
+        self._log.info("worker stopping", reason=reason, exit_code=int(code))
+        self.send(WorkerGoodbye(reason=reason))
+        if self.channel.is_open:
+            try:
+                await asyncio.wait_for(self.channel.drain(), timeout=1.0)
+            except TimeoutError:
+                self._log.error("goodbye not delivered: the master is not reading")
+            self.channel.close()
+        return int(code)
+
+    def request_stop(self, code: ExitCode, reason: str) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result((code, reason))
+
+    def _stop_timeout(self) -> float:
+        # Leave the master a margin before it escalates to SIGTERM.
+        return max(0.1, self.boot.stop_timeout_s * 0.8)
+
+    async def _stop_accounts(self, reason: str, timeout_s: float) -> None:
+        runners = list(self.runners.values())
+        await asyncio.gather(*(r.stop(reason, timeout_s) for r in runners))
+
+    # --- tasks and errors ----------------------------------------------------------------
+
+    def spawn(self, coro: Any, source: str) -> asyncio.Task[Any]:
+        """Start a task whose failure is reported, never lost."""
+        task = asyncio.create_task(coro, name=source)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(t, source))
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any], source: str) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self.errors.report(source, exc)
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(str(context.get("message", "unknown event loop error")))
+        self.errors.report("loop", exc)
+
+    def _on_thread_exception(self, args: threading.ExceptHookArgs) -> None:
+        exc = args.exc_value or RuntimeError(f"thread {args.thread} failed")
+        loop = self._stop.get_loop() if self._stop is not None else None
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.errors.report, f"thread:{args.thread}", exc)
+
+    # --- heartbeats ----------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.boot.heartbeat_interval_s
+        seq = 0
+        due = loop.time()
+        while True:
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            lag = loop.time() - due
+            if lag > interval:  # the loop was blocked; do not send a burst to catch up
+                due = loop.time()
+            seq += 1
+            self.send(
+                WorkerHeartbeat(
+                    seq=seq,
+                    loop_lag_ms=round(lag * 1000, 3),
+                    errors_total=self.errors.total,
+                    progress_at={
+                        a: r.context.last_progress_at
+                        for a, r in self.runners.items()
+                        if r.context.last_progress_at is not None
+                    },
+                )
+            )
+            try:
+                self._sink.maybe_rotate()
+            except OSError as exc:
+                self.errors.report("logfile", exc)
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _on_channel_closed(self, error: Exception | None) -> None:
+        if self._stop is not None and self._stop.done():
+            return
+        detail = f": {error}" if error else ""
+        self._log.error("pipe to the master closed; the master is gone" + detail)
+        self.request_stop(ExitCode.ORPHANED, "master gone (pipe closed)")
+
+    def _on_frame(self, data: bytes) -> None:
+        try:
+            envelope = decode(data)
+        except ProtocolError as exc:
+            self.errors.report("protocol", exc)
+            if exc.kind == "version" and not self._welcomed:
+                self.request_stop(ExitCode.PROTOCOL_MISMATCH, str(exc))
+            return
+        try:
+            self._dispatch(envelope.body)
+        except Exception as exc:
+            self.errors.report(f"handling {envelope.body.type}", exc)
+
+    def _dispatch(self, message: AnyMessage) -> None:
+        match message:
+            case MasterWelcome():
+                self._on_welcome(message)
+            case MasterRefuse(reason=reason):
+                self._log.error("the master refused this worker", reason=reason)
+                self.request_stop(ExitCode.PROTOCOL_MISMATCH, f"refused: {reason}")
+            case MasterShutdown(reason=reason):
+                self.request_stop(ExitCode.OK, f"master:shutdown ({reason})")
+            case MasterAccountAssign(account=account):
+                self._assign(account.id, account)
+            case MasterAccountRevoke(account_id=account_id):
+                runner = self.runners.pop(account_id, None)
+                if runner is not None:
+                    self.spawn(runner.stop("revoked", self._stop_timeout()), "revoke")
+            case _:
+                raise ProtocolError("invalid", f"{message.type} is not for workers", b"")
+
+    def _on_welcome(self, welcome: MasterWelcome) -> None:
+        mine = schema_hash()
+        if welcome.protocol != PROTOCOL_VERSION or welcome.schema_hash != mine:
+            self._log.error(
+                "the master speaks a different protocol",
+                master_protocol=welcome.protocol,
+                master_schema=welcome.schema_hash,
+                worker_protocol=PROTOCOL_VERSION,
+                worker_schema=mine,
+            )
+            self.request_stop(ExitCode.PROTOCOL_MISMATCH, "protocol mismatch")
+            return
+        self._welcomed = True
+        self._log.info("registered", master_pid=welcome.master_pid, schema=mine)
+
+    def _assign(self, account_id: str, account: AccountSpec) -> None:
+        if account_id in self.runners:
+            return
+        platform = self._platforms.get(resolve_platform_name(account.platform))
+        if platform is None:
+            raise LookupError(f"account {account_id}: platform {account.platform!r} not loaded")
+        backoff = RestartBackoff(
+            self.boot.backoff_initial_s, self.boot.backoff_max_s, self.boot.backoff_reset_after_s
+        )
+        runner = AccountRunner(
+            account, platform, backoff, self.errors, self._account_state, self._log
+        )
+        self.runners[account_id] = runner
+        runner.start()
+
+    def _account_state(self, runner: AccountRunner, reason: str) -> None:
+        self.send(
+            WorkerAccountState(
+                account_id=runner.account.id,
+                state=str(runner.state),
+                restarts=runner.restarts,
+                reason=reason,
+            )
+        )
+        if runner.state is AccountState.STOPPED and self.runners.get(runner.account.id) is runner:
+            del self.runners[runner.account.id]

@@ -1,0 +1,58 @@
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import FAST_SUPERVISION, Master, kill_leftovers, marked_processes
+
+MasterFactory = Callable[..., Master]
+
+
+def make_config(
+    accounts: list[dict[str, Any]] | None = None,
+    workers: int = 2,
+    supervision: dict[str, Any] | None = None,
+    **top: Any,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "workers": workers,
+        "supervision": {**FAST_SUPERVISION, **(supervision or {})},
+        "api": {"port": 0},
+        **top,
+    }
+    config["accounts"] = accounts if accounts is not None else [
+        {"id": f"acc-{n}", "platform": "demo", "options": {"rate": 2.0, "seed": n}}
+        for n in range(1, 2 * workers + 1)
+    ]
+    return config
+
+
+@pytest.fixture
+def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
+    """Start real masters; afterwards stop them and fail if anything they started is left."""
+    masters: list[Master] = []
+
+    def start(config: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Master:
+        home = tmp_path / f"m{len(masters)}"
+        home.mkdir()
+        master = Master(home, config if config is not None else make_config(), extra_args)
+        masters.append(master)
+        return master.start()
+
+    yield start
+
+    leftovers: list[str] = []
+    for master in masters:
+        if master.proc is not None and master.proc.poll() is None:
+            try:
+                master.stop(timeout=20)
+            except Exception:
+                master.proc.kill()
+                master.proc.wait(5)
+        deadline = time.monotonic() + 5  # the multiprocessing resource tracker exits last
+        while any(True for _ in marked_processes(master.marker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftovers += kill_leftovers(master.marker)
+    assert not leftovers, f"processes left behind: {leftovers}"

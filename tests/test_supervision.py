@@ -1,0 +1,251 @@
+"""Worker supervision with real processes: deaths, hangs, boot failures, stops, orphans."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MasterFactory, make_config
+from harness import gone, wait_until
+
+
+def accounts(platform: str, n: int = 1, **options: object) -> list[dict[str, object]]:
+    return [{"id": f"acc-{i}", "platform": platform, "options": dict(options)} for i in range(1, n + 1)]
+
+
+@pytest.mark.timeout(60)
+def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=2))
+    pids = master.wait_all_running(["worker1", "worker2"])
+    mark = master.mark()
+
+    os.kill(pids["worker1"], signal.SIGKILL)
+
+    exited = master.log.wait_for(after=mark, event="worker exited", worker="worker1")
+    assert exited["pid"] == pids["worker1"]
+    assert exited["signal"] == "SIGKILL"
+    assert exited["reason"] == "killed"
+    assert "out-of-memory" in exited["detail"]
+    assert exited["level"] == "error"
+    assert any("worker starting" in line for line in exited["log_tail"])
+    new_pid = master.wait_running("worker1", after=mark)
+    assert new_pid != pids["worker1"]
+    restarted = master.log.find(event="worker state", worker="worker1", new="starting")[-1]
+    assert restarted["reason"] == "restart after killed"
+    # The other worker was not touched.
+    assert not master.log.find(event="worker exited", worker="worker2")
+    # The replacement got the same accounts back.
+    assigned = master.log.find(event="accounts assigned", worker="worker1")
+    assert len(assigned) == 2 and assigned[0]["accounts"] == assigned[1]["accounts"]
+
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_repeated_crashes_back_off(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=1))
+    pid = master.wait_running("worker1")
+    for attempt in range(3):
+        mark = master.mark()
+        os.kill(pid, signal.SIGKILL)
+        pid = master.wait_running("worker1", after=mark)
+    states = [e for e in master.log.find(event="worker state", worker="worker1")]
+    backoffs = [e for e in states if e["new"] == "backoff"]
+    # 1st crash restarts at once; the 2nd and 3rd wait 0.2 s and 0.4 s.
+    assert [b["reason"] for b in backoffs] == ["restart in 0.20s", "restart in 0.40s"]
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_platform_import_error_is_boot_failed_with_backoff(start_master: MasterFactory) -> None:
+    config = make_config(
+        workers=1,
+        accounts=accounts("testplatforms.bad_import:Never"),
+        supervision={"backoff_initial_s": 0.3, "backoff_max_s": 1.2},
+    )
+    master = start_master(config)
+    failed = master.log.wait_for(event="worker state", worker="worker1", new="boot_failed")
+    exited = master.log.find(event="worker exited", worker="worker1")[0]
+    assert exited["reason"] == "boot_failed"
+    assert exited["code"] == 78
+    tail = "\n".join(exited["log_tail"])
+    assert "RuntimeError: boom at import" in tail
+    assert "retry in 0.30s" in failed["reason"]
+
+    log_text = master.worker_log("worker1").read_text()
+    assert "Traceback (most recent call last)" in log_text
+    assert "bad_import.py" in log_text
+    assert "boot failed: cannot load platform" in log_text
+
+    # Watch for a while: retries happen, but no faster than the backoff allows.
+    watch_s = 4.0
+    time.sleep(watch_s)
+    starts = master.log.find(event="worker state", worker="worker1", new="starting")
+    delays = [0.3, 0.6, 1.2, 1.2, 1.2, 1.2, 1.2]
+    allowed = 1 + sum(1 for i in range(len(delays)) if sum(delays[: i + 1]) <= watch_s + 1.0)
+    assert 3 <= len(starts) <= allowed, f"{len(starts)} starts, at most {allowed} allowed"
+    assert not master.log.find(event="worker state", worker="worker1", new="running")
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_blocked_event_loop_is_replaced_after_heartbeat_timeout(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "blocked-once"
+    master = start_master(
+        make_config(workers=1, accounts=accounts("testplatforms.behaviours:BlockLoopOnce", marker=str(marker)))
+    )
+    pid = master.wait_running("worker1")
+    wait_until(marker.exists, 10, "the platform blocked the loop")
+
+    hung = master.log.wait_for(event="worker is hung: no heartbeat", worker="worker1")
+    assert hung["heartbeat_age_s"] >= 1.5
+    exited = master.log.wait_for(event="worker exited", worker="worker1")
+    assert exited["pid"] == pid
+    assert exited["reason"] == "heartbeat_timeout"
+    assert exited["signal"] == "SIGABRT"
+    new_pid = master.wait_running("worker1", after=master.log.events.index(exited))
+    assert new_pid != pid
+    # faulthandler wrote where the loop was stuck.
+    log_text = master.worker_log("worker1").read_text()
+    assert "Fatal Python error: Aborted" in log_text
+    assert "behaviours.py" in log_text and "in run" in log_text
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_sigstopped_worker_is_replaced_after_heartbeat_timeout(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=2))
+    pids = master.wait_all_running(["worker1", "worker2"])
+    mark = master.mark()
+
+    os.kill(pids["worker2"], signal.SIGSTOP)
+
+    exited = master.log.wait_for(after=mark, event="worker exited", worker="worker2", timeout=15)
+    assert exited["pid"] == pids["worker2"]
+    assert exited["reason"] == "heartbeat_timeout"
+    assert exited["signal"] == "SIGKILL"  # a stopped process only dies by SIGKILL
+    assert master.log.find(event="worker still alive after signal; sending SIGKILL", worker="worker2")
+    new_pid = master.wait_running("worker2", after=mark)
+    assert new_pid != pids["worker2"]
+    assert gone(pids["worker2"])
+    assert not master.log.find(event="worker exited", worker="worker1")
+    assert master.stop() == 0
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.timeout(60)
+def test_grandchildren_do_not_survive_kill_respawn_or_stop(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchildren"
+    master = start_master(
+        make_config(workers=1, accounts=accounts("testplatforms.behaviours:SpawnGrandchild", pid_file=str(pid_file)))
+    )
+    worker = master.wait_running("worker1")
+    wait_until(lambda: len(_pids(pid_file)) == 1, 10, "grandchild started")
+    first = _pids(pid_file)[0]
+    assert not gone(first)
+
+    mark = master.mark()
+    os.kill(worker, signal.SIGKILL)
+    exited = master.log.wait_for(after=mark, event="worker exited", worker="worker1")
+    assert exited["killed_leftovers"] is True
+    master.wait_running("worker1", after=mark)
+    wait_until(lambda: gone(first), 2, "the grandchild of the killed worker is gone")
+    wait_until(lambda: len(_pids(pid_file)) == 2, 10, "the new worker started its grandchild")
+    second = _pids(pid_file)[1]
+
+    assert master.stop() == 0
+    assert gone(second), "the grandchild survived a graceful stop"
+
+
+@pytest.mark.timeout(60)
+def test_master_sigkill_takes_every_worker_down_within_2s(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchildren"
+    config = make_config(
+        workers=2,
+        accounts=accounts("testplatforms.behaviours:SpawnGrandchild", n=2, pid_file=str(pid_file)),
+    )
+    master = start_master(config)
+    workers = list(master.wait_all_running(["worker1", "worker2"]).values())
+    wait_until(lambda: len(_pids(pid_file)) == 2, 10, "grandchildren started")
+    everything = workers + _pids(pid_file)
+
+    os.kill(master.pid, signal.SIGKILL)
+    took = wait_until(lambda: all(gone(p) for p in everything), 2.0, "workers and children gone")
+    assert took < 2.0
+    assert master.proc is not None and master.proc.wait(5) == -signal.SIGKILL
+    # The fixture then checks that no process carrying this master's marker is left.
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_every_worker_gracefully(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=2))
+    pids = master.wait_all_running(["worker1", "worker2"])
+    assert (master.state_dir / "master.json").exists()
+
+    assert master.stop() == 0
+
+    for worker, pid in pids.items():
+        exited = master.log.find(event="worker exited", worker=worker)[-1]
+        assert (exited["code"], exited["reason"]) == (0, "shutdown")
+        assert exited["level"] == "info"
+        assert gone(pid)
+    assert master.log.find(event="master stopped")
+    assert not (master.state_dir / "master.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_flags_override_the_config_file(start_master: MasterFactory, tmp_path: Path) -> None:
+    other_state = tmp_path / "elsewhere"
+    master = start_master(make_config(workers=1), extra_args=["--workers", "3", "--state-dir", str(other_state)])
+    master.log.path = other_state / "logs" / "master.log"
+    master.wait_all_running(["worker1", "worker2", "worker3"])
+    assert (other_state / "logs" / "worker3.log").exists()
+    assert not master.state_dir.exists()
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_second_master_on_same_state_dir_is_refused(start_master: MasterFactory) -> None:
+    first = start_master(make_config(workers=1))
+    first.wait_running("worker1")
+    import subprocess
+    import sys
+
+    second = subprocess.run(
+        [sys.executable, "-m", "hiscrm.master", "--config", str(first.config_path)],
+        capture_output=True, text=True, timeout=20, cwd=first.dir,
+    )
+    assert second.returncode == 1
+    assert f"another master (pid {first.pid}) is running" in second.stderr
+    assert first.proc is not None and first.proc.poll() is None
+    assert first.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_sighup_restarts_workers_one_at_a_time(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=2))
+    before = master.wait_all_running(["worker1", "worker2"])
+    mark = master.mark()
+
+    os.kill(master.pid, signal.SIGHUP)
+
+    master.log.wait_for(after=mark, event="rolling restart complete", timeout=20)
+    events = master.log.events[mark:]
+    order = [(e["worker"], e["new"]) for e in events if e.get("event") == "worker state"]
+    w1_running = order.index(("worker1", "running"))
+    w2_stopping = order.index(("worker2", "stopping"))
+    assert w1_running < w2_stopping, f"worker2 stopped before worker1 was back: {order}"
+    for worker, pid in before.items():
+        exited = [e for e in events if e.get("event") == "worker exited" and e["worker"] == worker]
+        assert exited[0]["pid"] == pid and exited[0]["reason"] == "reload"
+    assert master.stop() == 0

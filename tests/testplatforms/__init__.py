@@ -1,0 +1,1 @@
+"""Platforms that misbehave on purpose, for tests. Imported by workers via PYTHONPATH."""

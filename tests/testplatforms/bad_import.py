@@ -1,0 +1,3 @@
+"""A platform module that fails at import time."""
+
+raise RuntimeError("boom at import: this platform module is broken")

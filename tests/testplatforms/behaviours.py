@@ -1,0 +1,143 @@
+"""One small platform per misbehaviour. Options say where to leave evidence for the test."""
+
+import asyncio
+import faulthandler
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hiscrm.channel import frame
+from hiscrm.platforms.base import PlatformContext
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+class Idle:
+    async def run(self, ctx: PlatformContext) -> None:
+        await forever()
+
+
+class BlockLoopOnce:
+    """Blocks the worker's event loop with time.sleep the first time it runs."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        marker = Path(ctx.options["marker"])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            ctx.log.info("blocking the event loop")
+            time.sleep(1000)
+        await forever()
+
+
+class SpawnGrandchild:
+    """Starts `sleep 1000` and records its pid; the worker must not leave it behind."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(ctx.options["pid_file"], "a") as f:
+            f.write(f"{child.pid}\n")
+        ctx.log.info("started grandchild", grandchild_pid=child.pid)
+        await forever()
+
+
+class WriteEverywhere:
+    """Writes through every channel a worker has, then optionally segfaults."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        os.write(2, b"raw write to fd 2\n")
+        os.write(1, b"raw write to fd 1\n")
+        print("plain print to stdout")
+        print("print to stderr", file=sys.stderr)
+        sys.stdout.buffer.write(b"bytes to stdout.buffer\n")
+        print("\x1b[31mred text\x1b[0m without colour codes")
+        logging.getLogger("some.library").warning("stdlib logging warning")
+        ctx.log.info("structlog line", detail="x")
+        if ctx.options.get("crash"):
+            await asyncio.sleep(0.2)
+            faulthandler._sigsegv()
+        await forever()
+
+
+class SpamLines:
+    """Writes numbered lines from several threads and both fds, as fast as it can."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        count = int(ctx.options["lines"])
+        done = Path(ctx.options["done_file"])
+        if done.exists():
+            await forever()
+        filler = "x" * int(ctx.options.get("width", 60))
+
+        def spam(name: str, use_fd: bool) -> None:
+            for i in range(count):
+                line = f"LINE {name} {i:07d} {filler} END\n"
+                if use_fd:
+                    os.write(1, line.encode())
+                else:
+                    print(line, end="")
+
+        threads = [
+            threading.Thread(target=spam, args=(f"t{n}", n == 0)) for n in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done.write_text("done")
+        await forever()
+
+
+class SendGarbage:
+    """Writes bad frames onto the worker's own pipe to the master."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        done = Path(ctx.options["done_file"])
+        if done.exists():
+            await forever()
+        fd = _pipe_fd()
+        envelope: dict[str, Any] = {"protocol": 1, "id": 1, "sent_at": int(time.time() * 1000)}
+        frames = [
+            b"\xff\xfe this is not json",
+            json.dumps({**envelope, "body": {"type": "worker:bogus"}}).encode(),
+            json.dumps({**envelope, "protocol": 99, "body": {"type": "worker:goodbye", "reason": "x"}}).encode(),
+            json.dumps({**envelope, "body": {"type": "worker:heartbeat", "seq": "many"}}).encode(),
+        ]
+        for payload in frames:
+            os.write(fd, frame(payload))
+        if ctx.options.get("break_framing"):
+            await asyncio.sleep(0.5)
+            os.write(fd, b"\xff\xff\xff\xf0garbage header")
+        done.write_text("done")
+        await forever()
+
+
+def _pipe_fd() -> int:
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                return int(name)
+        except OSError:
+            continue
+    raise RuntimeError("no socket among this worker's file descriptors")
+
+
+class RaiseSoon:
+    """Raises in run(), and from a thread, so the error paths can be checked."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        await asyncio.sleep(float(ctx.options.get("after_s", 0.2)))
+        if ctx.options.get("thread"):
+            threading.Thread(target=_raise_in_thread, name="helper").start()
+        raise ValueError(f"platform failure for {ctx.account.id}")
+
+
+def _raise_in_thread() -> None:
+    raise KeyError("raised in a helper thread")
