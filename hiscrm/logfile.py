@@ -44,7 +44,7 @@ class RotatingLogFile:
         self._size = os.fstat(self._fd).st_size
 
     def _open_file(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: see maybe_rotate
         fd = os.open(self.path, flags, 0o644)
         for target in self.redirect_fds:
             os.dup2(fd, target)
@@ -104,17 +104,16 @@ def strip_ansi(text: str) -> str:
 class LineStream(io.TextIOBase):
     """A text stream (for ``sys.stdout``/``sys.stderr``) that writes whole lines.
 
-    ``print()`` calls ``write`` twice (text, then newline); buffering up to the newline
-    makes each line one ``write(2)``, so lines from different threads never interleave.
-    Colour codes are removed.
+    ``print()`` calls ``write`` twice (text, then newline). Each thread's incomplete line
+    is held apart until its newline arrives, so every line is one ``write(2)`` and lines
+    from different threads never mix. Colour codes are removed.
     """
 
     def __init__(self, sink: RotatingLogFile, fd: int) -> None:
         super().__init__()
         self._sink = sink
         self._fd = fd
-        self._pending: list[str] = []
-        self._pending_len = 0
+        self._pending: dict[int, list[str]] = {}  # thread id -> pieces of its current line
         self._lock = threading.RLock()  # a signal handler may log while we write
         self._binary = _BinaryLines(self)
 
@@ -142,36 +141,37 @@ class LineStream(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        thread = threading.get_ident()
         with self._lock:
+            pieces = self._pending.get(thread)
             cut = s.rfind("\n")
             if cut < 0:
-                self._pending.append(s)
-                self._pending_len += len(s)
-                if self._pending_len > _PARTIAL_LINE_LIMIT:
-                    self._flush_locked()
+                if pieces is None:
+                    self._pending[thread] = [s]
+                else:
+                    pieces.append(s)
+                    if sum(map(len, pieces)) > _PARTIAL_LINE_LIMIT:
+                        self._emit("".join(self._pending.pop(thread)))
                 return len(s)
             complete = s[: cut + 1]
-            if self._pending:
-                complete = "".join(self._pending) + complete
-                self._pending.clear()
-                self._pending_len = 0
-            rest = s[cut + 1 :]
-            if rest:
-                self._pending.append(rest)
-                self._pending_len = len(rest)
+            if pieces is not None:
+                complete = "".join(pieces) + complete
+                del self._pending[thread]
+            if cut + 1 < len(s):
+                self._pending[thread] = [s[cut + 1 :]]
             self._emit(complete)
         return len(s)
 
     def flush(self) -> None:
+        """Write out this thread's incomplete line, and those of threads that have ended;
+        never another live thread's, which would tear its line."""
+        me = threading.get_ident()
         with self._lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if self._pending:
-            text = "".join(self._pending)
-            self._pending.clear()
-            self._pending_len = 0
-            self._emit(text)
+            if not self._pending:
+                return
+            alive = {t.ident for t in threading.enumerate()}
+            for thread in [t for t in self._pending if t == me or t not in alive]:
+                self._emit("".join(self._pending.pop(thread)))
 
     def _emit(self, text: str) -> None:
         self._sink.write(strip_ansi(text).encode("utf-8", "backslashreplace"))

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import FAST_SUPERVISION, Master, kill_leftovers, marked_processes
 
 MasterFactory = Callable[..., Master]
@@ -22,10 +21,14 @@ def make_config(
         "api": {"port": 0},
         **top,
     }
-    config["accounts"] = accounts if accounts is not None else [
-        {"id": f"acc-{n}", "platform": "demo", "options": {"rate": 2.0, "seed": n}}
-        for n in range(1, 2 * workers + 1)
-    ]
+    config["accounts"] = (
+        accounts
+        if accounts is not None
+        else [
+            {"id": f"acc-{n}", "platform": "demo", "options": {"rate": 2.0, "seed": n}}
+            for n in range(1, 2 * workers + 1)
+        ]
+    )
     return config
 
 

@@ -132,8 +132,14 @@ class Master:
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO)])
         with self.stdout_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hiscrm.master", "--config", str(self.config_path)]
-                + self.extra_args,
+                [
+                    sys.executable,
+                    "-m",
+                    "hiscrm.master",
+                    "--config",
+                    str(self.config_path),
+                    *self.extra_args,
+                ],
                 env=env,
                 cwd=self.dir,
                 stdout=out,

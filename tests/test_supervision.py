@@ -11,7 +11,9 @@ from harness import gone, wait_until
 
 
 def accounts(platform: str, n: int = 1, **options: object) -> list[dict[str, object]]:
-    return [{"id": f"acc-{i}", "platform": platform, "options": dict(options)} for i in range(1, n + 1)]
+    return [
+        {"id": f"acc-{i}", "platform": platform, "options": dict(options)} for i in range(1, n + 1)
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -37,7 +39,8 @@ def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFa
     assert not master.log.find(event="worker exited", worker="worker2")
     # The replacement got the same accounts back.
     assigned = master.log.find(event="accounts assigned", worker="worker1")
-    assert len(assigned) == 2 and assigned[0]["accounts"] == assigned[1]["accounts"]
+    assert len(assigned) == 2
+    assert assigned[0]["accounts"] == assigned[1]["accounts"]
 
     assert master.stop() == 0
 
@@ -46,7 +49,7 @@ def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFa
 def test_repeated_crashes_back_off(start_master: MasterFactory) -> None:
     master = start_master(make_config(workers=1))
     pid = master.wait_running("worker1")
-    for attempt in range(3):
+    for _attempt in range(3):
         mark = master.mark()
         os.kill(pid, signal.SIGKILL)
         pid = master.wait_running("worker1", after=mark)
@@ -95,7 +98,10 @@ def test_blocked_event_loop_is_replaced_after_heartbeat_timeout(
 ) -> None:
     marker = tmp_path / "blocked-once"
     master = start_master(
-        make_config(workers=1, accounts=accounts("testplatforms.behaviours:BlockLoopOnce", marker=str(marker)))
+        make_config(
+            workers=1,
+            accounts=accounts("testplatforms.behaviours:BlockLoopOnce", marker=str(marker)),
+        )
     )
     pid = master.wait_running("worker1")
     wait_until(marker.exists, 10, "the platform blocked the loop")
@@ -111,7 +117,8 @@ def test_blocked_event_loop_is_replaced_after_heartbeat_timeout(
     # faulthandler wrote where the loop was stuck.
     log_text = master.worker_log("worker1").read_text()
     assert "Fatal Python error: Aborted" in log_text
-    assert "behaviours.py" in log_text and "in run" in log_text
+    assert "behaviours.py" in log_text
+    assert "in run" in log_text
     assert master.stop() == 0
 
 
@@ -127,7 +134,9 @@ def test_sigstopped_worker_is_replaced_after_heartbeat_timeout(start_master: Mas
     assert exited["pid"] == pids["worker2"]
     assert exited["reason"] == "heartbeat_timeout"
     assert exited["signal"] == "SIGKILL"  # a stopped process only dies by SIGKILL
-    assert master.log.find(event="worker still alive after signal; sending SIGKILL", worker="worker2")
+    assert master.log.find(
+        event="worker still alive after signal; sending SIGKILL", worker="worker2"
+    )
     new_pid = master.wait_running("worker2", after=mark)
     assert new_pid != pids["worker2"]
     assert gone(pids["worker2"])
@@ -145,7 +154,10 @@ def test_grandchildren_do_not_survive_kill_respawn_or_stop(
 ) -> None:
     pid_file = tmp_path / "grandchildren"
     master = start_master(
-        make_config(workers=1, accounts=accounts("testplatforms.behaviours:SpawnGrandchild", pid_file=str(pid_file)))
+        make_config(
+            workers=1,
+            accounts=accounts("testplatforms.behaviours:SpawnGrandchild", pid_file=str(pid_file)),
+        )
     )
     worker = master.wait_running("worker1")
     wait_until(lambda: len(_pids(pid_file)) == 1, 10, "grandchild started")
@@ -182,7 +194,8 @@ def test_master_sigkill_takes_every_worker_down_within_2s(
     os.kill(master.pid, signal.SIGKILL)
     took = wait_until(lambda: all(gone(p) for p in everything), 2.0, "workers and children gone")
     assert took < 2.0
-    assert master.proc is not None and master.proc.wait(5) == -signal.SIGKILL
+    assert master.proc is not None
+    assert master.proc.wait(5) == -signal.SIGKILL
     # The fixture then checks that no process carrying this master's marker is left.
 
 
@@ -206,7 +219,9 @@ def test_sigterm_stops_every_worker_gracefully(start_master: MasterFactory) -> N
 @pytest.mark.timeout(60)
 def test_flags_override_the_config_file(start_master: MasterFactory, tmp_path: Path) -> None:
     other_state = tmp_path / "elsewhere"
-    master = start_master(make_config(workers=1), extra_args=["--workers", "3", "--state-dir", str(other_state)])
+    master = start_master(
+        make_config(workers=1), extra_args=["--workers", "3", "--state-dir", str(other_state)]
+    )
     master.log.path = other_state / "logs" / "master.log"
     master.wait_all_running(["worker1", "worker2", "worker3"])
     assert (other_state / "logs" / "worker3.log").exists()
@@ -223,11 +238,15 @@ def test_second_master_on_same_state_dir_is_refused(start_master: MasterFactory)
 
     second = subprocess.run(
         [sys.executable, "-m", "hiscrm.master", "--config", str(first.config_path)],
-        capture_output=True, text=True, timeout=20, cwd=first.dir,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=first.dir,
     )
     assert second.returncode == 1
     assert f"another master (pid {first.pid}) is running" in second.stderr
-    assert first.proc is not None and first.proc.poll() is None
+    assert first.proc is not None
+    assert first.proc.poll() is None
     assert first.stop() == 0
 
 
@@ -247,5 +266,6 @@ def test_sighup_restarts_workers_one_at_a_time(start_master: MasterFactory) -> N
     assert w1_running < w2_stopping, f"worker2 stopped before worker1 was back: {order}"
     for worker, pid in before.items():
         exited = [e for e in events if e.get("event") == "worker exited" and e["worker"] == worker]
-        assert exited[0]["pid"] == pid and exited[0]["reason"] == "reload"
+        assert exited[0]["pid"] == pid
+        assert exited[0]["reason"] == "reload"
     assert master.stop() == 0

@@ -2,6 +2,7 @@
 
 import asyncio
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiscrm.channel import frame
+from hiscrm.channel import Channel, frame
 from hiscrm.platforms.base import PlatformContext
 
 
@@ -84,9 +85,7 @@ class SpamLines:
                 else:
                     print(line, end="")
 
-        threads = [
-            threading.Thread(target=spam, args=(f"t{n}", n == 0)) for n in range(3)
-        ]
+        threads = [threading.Thread(target=spam, args=(f"t{n}", n == 0)) for n in range(3)]
         for t in threads:
             t.start()
         for t in threads:
@@ -107,7 +106,9 @@ class SendGarbage:
         frames = [
             b"\xff\xfe this is not json",
             json.dumps({**envelope, "body": {"type": "worker:bogus"}}).encode(),
-            json.dumps({**envelope, "protocol": 99, "body": {"type": "worker:goodbye", "reason": "x"}}).encode(),
+            json.dumps(
+                {**envelope, "protocol": 99, "body": {"type": "worker:goodbye", "reason": "x"}}
+            ).encode(),
             json.dumps({**envelope, "body": {"type": "worker:heartbeat", "seq": "many"}}).encode(),
         ]
         for payload in frames:
@@ -120,13 +121,12 @@ class SendGarbage:
 
 
 def _pipe_fd() -> int:
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                return int(name)
-        except OSError:
-            continue
-    raise RuntimeError("no socket among this worker's file descriptors")
+    """The fd of this worker's channel to the master (asyncio has sockets of its own)."""
+    channels = [o for o in gc.get_objects() if isinstance(o, Channel) and o.is_open]
+    if len(channels) != 1:
+        raise RuntimeError(f"expected one open channel in this worker, found {len(channels)}")
+    sock = channels[0]._transport.get_extra_info("socket")
+    return int(sock.fileno())
 
 
 class RaiseSoon:

@@ -1,0 +1,65 @@
+import pytest
+
+from hiscrm.exit_codes import ExitCode
+from hiscrm.master.exit_record import describe_exit
+
+
+def describe(exitcode: int, requested: str | None = None, during_start: bool = False):
+    return describe_exit(
+        exitcode,
+        requested=requested,
+        during_start=during_start,
+        uptime_s=1.23456,
+        at_ms=5,
+        log_tail=["last"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "requested", "during_start", "reason", "failure", "code", "sig"),
+    [
+        (-9, None, False, "killed", True, None, "SIGKILL"),
+        (-11, None, False, "crashed", True, None, "SIGSEGV"),
+        (-15, None, False, "killed", True, None, "SIGTERM"),
+        (1, None, False, "crashed", True, 1, None),
+        (0, None, False, "exited", True, 0, None),
+        (ExitCode.ORPHANED, None, False, "orphaned", True, 75, None),
+        (ExitCode.BOOT_FAILED, None, True, "boot_failed", True, 78, None),
+        (-9, None, True, "boot_failed", True, None, "SIGKILL"),
+        (0, "shutdown", False, "shutdown", False, 0, None),
+        (-9, "restart", False, "restart", False, None, "SIGKILL"),
+        (-6, "heartbeat_timeout", False, "heartbeat_timeout", True, None, "SIGABRT"),
+        (
+            ExitCode.PROTOCOL_MISMATCH,
+            "protocol_mismatch",
+            True,
+            "protocol_mismatch",
+            True,
+            76,
+            None,
+        ),
+    ],
+)
+def test_exit_reasons(
+    exitcode: int,
+    requested: str | None,
+    during_start: bool,
+    reason: str,
+    failure: bool,
+    code: int | None,
+    sig: str | None,
+) -> None:
+    record = describe(exitcode, requested, during_start)
+    assert (record.reason, record.is_failure, record.code, record.signal) == (
+        reason,
+        failure,
+        code,
+        sig,
+    )
+    assert record.detail
+    assert record.uptime_s == 1.235
+    assert record.log_tail == ["last"]
+
+
+def test_sigkill_hints_at_the_oom_killer() -> None:
+    assert "out-of-memory" in describe(-9).detail

@@ -1,0 +1,120 @@
+"""Every message type round-trips; the union is complete; bad input is classified."""
+
+import json
+import typing
+from typing import Any
+
+import pytest
+
+from hiscrm import protocol
+from hiscrm.models import AccountSpec
+from hiscrm.protocol import (
+    PROTOCOL_VERSION,
+    AnyMessage,
+    Encoder,
+    ProtocolError,
+    decode,
+    message_types,
+    schema_hash,
+)
+
+EXAMPLES: dict[str, AnyMessage] = {
+    "worker:register": protocol.WorkerRegister(
+        worker_id="worker1", pid=42, protocol=1, schema_hash="abc", platforms=["x:Y"], boot_ms=12.5
+    ),
+    "worker:heartbeat": protocol.WorkerHeartbeat(
+        seq=3, loop_lag_ms=0.4, errors_total=0, progress_at={"acc-1": 1763848020123}
+    ),
+    "worker:error": protocol.WorkerError(
+        source="account",
+        account_id="acc-1",
+        error_type="ValueError",
+        message="bad",
+        traceback="Traceback ...",
+        errors_total=1,
+    ),
+    "worker:account:state": protocol.WorkerAccountState(
+        account_id="acc-1", state="running", restarts=0, reason="assigned"
+    ),
+    "worker:goodbye": protocol.WorkerGoodbye(reason="master:shutdown"),
+    "master:welcome": protocol.MasterWelcome(protocol=1, schema_hash="abc", master_pid=1),
+    "master:refuse": protocol.MasterRefuse(reason="protocol mismatch"),
+    "master:shutdown": protocol.MasterShutdown(reason="shutdown", timeout_s=10),
+    "master:account:assign": protocol.MasterAccountAssign(
+        account=AccountSpec(id="acc-1", platform="demo", options={"rate": 1})
+    ),
+    "master:account:revoke": protocol.MasterAccountRevoke(account_id="acc-1"),
+}
+
+
+def all_message_classes() -> set[type[Any]]:
+    found: set[type[Any]] = set()
+    pending = list(protocol._Message.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.add(cls)
+        pending += cls.__subclasses__()
+    return found
+
+
+def test_union_is_complete_and_tags_are_unique() -> None:
+    in_union = set(typing.get_args(AnyMessage))
+    assert in_union == all_message_classes(), "a message class is missing from the union"
+    tags = [cls.model_fields["type"].default for cls in in_union]
+    assert len(tags) == len(set(tags))
+    assert set(message_types()) == set(tags)
+
+
+def test_every_type_has_an_example_and_round_trips() -> None:
+    assert set(EXAMPLES) == set(message_types()), "add an example for each new message type"
+    encoder = Encoder()
+    ids = []
+    for tag, message in EXAMPLES.items():
+        assert message.type == tag
+        envelope = decode(encoder.encode(message))
+        assert envelope.body == message
+        assert type(envelope.body) is type(message)
+        assert envelope.protocol == PROTOCOL_VERSION
+        assert envelope.sent_at > 1_600_000_000_000  # milliseconds
+        ids.append(envelope.id)
+    assert ids == sorted(set(ids))
+
+
+def _envelope(**overrides: Any) -> bytes:
+    data = {
+        "protocol": PROTOCOL_VERSION,
+        "id": 1,
+        "sent_at": 1,
+        "body": {"type": "worker:goodbye", "reason": "x"},
+    }
+    data.update(overrides)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "detail"),
+    [
+        (b"\x00\xff not json", "undecodable", "Invalid JSON"),
+        (b"[1, 2]", "invalid", ""),
+        (_envelope(protocol=2), "version", "protocol version 2"),
+        (_envelope(body={"type": "worker:bogus"}), "unknown_type", "'worker:bogus'"),
+        (_envelope(body={"type": "worker:goodbye"}), "invalid", "body.worker:goodbye.reason"),
+        (_envelope(body={"type": "worker:goodbye", "reason": "x", "extra": 1}), "invalid", "extra"),
+        (_envelope(id="seven"), "invalid", "id"),
+    ],
+)
+def test_bad_frames_raise_classified_errors(data: bytes, kind: str, detail: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    assert info.value.kind == kind
+    assert detail in info.value.detail
+    assert info.value.head == data[:80]
+    assert repr(data[:10])[2:-1] in str(info.value)
+
+
+def test_schema_hash_is_stable_and_covers_the_schema() -> None:
+    assert schema_hash() == schema_hash()
+    assert len(schema_hash()) == 16
+    schema = json.dumps(protocol.Envelope.model_json_schema())
+    for tag in message_types():
+        assert tag in schema

@@ -1,0 +1,77 @@
+"""Bad bytes on a real pipe never take the master down: logged, counted, carried on."""
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MasterFactory, make_config
+from harness import wait_until
+
+
+@pytest.mark.timeout(60)
+def test_garbage_and_unknown_types_are_logged_and_counted(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    done = tmp_path / "garbage-sent"
+    config = make_config(
+        workers=2,
+        accounts=[
+            {
+                "id": "acc-1",
+                "platform": "testplatforms.behaviours:SendGarbage",
+                "options": {"done_file": str(done)},
+            },
+            {"id": "acc-2", "platform": "demo", "options": {"rate": 5.0}},
+        ],
+    )
+    master = start_master(config)
+    pids = master.wait_all_running(["worker1", "worker2"])
+    wait_until(done.exists, 10, "garbage sent")
+
+    errors = [
+        master.log.wait_for(event="protocol error", worker="worker1", protocol_errors_total=n)
+        for n in (1, 2, 3, 4)
+    ]
+    assert [e["kind"] for e in errors] == ["undecodable", "unknown_type", "version", "invalid"]
+    assert errors[0]["level"] == "error"
+    assert "this is not json" in errors[0]["first_bytes"]
+    assert "worker:bogus" in errors[1]["detail"]
+    assert "protocol version 99" in errors[2]["detail"]
+    assert "seq" in errors[3]["detail"]
+
+    # The master and the worker carry on: heartbeats keep it alive past the timeout.
+    time.sleep(2.5)  # longer than heartbeat_timeout_s (1.5 s)
+    assert not master.log.find(event="worker exited")
+    assert master.proc is not None
+    assert master.proc.poll() is None
+    assert master.stop() == 0
+    exits = master.log.find(event="worker exited")
+    assert sorted(e["pid"] for e in exits) == sorted(pids.values())
+    assert {e["reason"] for e in exits} == {"shutdown"}
+
+
+@pytest.mark.timeout(60)
+def test_broken_framing_restarts_only_that_worker(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    done = tmp_path / "garbage-sent"
+    config = make_config(
+        workers=1,
+        accounts=[
+            {
+                "id": "acc-1",
+                "platform": "testplatforms.behaviours:SendGarbage",
+                "options": {"done_file": str(done), "break_framing": True},
+            }
+        ],
+    )
+    master = start_master(config)
+    pid = master.wait_running("worker1")
+    framing = master.log.wait_for(event="protocol error", kind="framing")
+    assert "frame announces" in framing["detail"]
+    exited = master.log.wait_for(event="worker exited", worker="worker1")
+    assert (exited["pid"], exited["reason"]) == (pid, "protocol_error")
+    assert master.wait_running("worker1", after=master.log.events.index(exited)) != pid
+    assert master.proc is not None
+    assert master.proc.poll() is None
+    assert master.stop() == 0
