@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FAST_SUPERVISION, Master, kill_leftovers, marked_processes
+from harness import FAST_SUPERVISION, REPO, Master, kill_leftovers, marked_processes
 
 MasterFactory = Callable[..., Master]
 
@@ -37,10 +37,14 @@ def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
     """Start real masters; afterwards stop them and fail if anything they started is left."""
     masters: list[Master] = []
 
-    def start(config: dict[str, Any] | None = None, extra_args: list[str] | None = None) -> Master:
+    def start(
+        config: dict[str, Any] | None = None,
+        extra_args: list[str] | None = None,
+        code_dir: Path = REPO,
+    ) -> Master:
         home = tmp_path / f"m{len(masters)}"
         home.mkdir()
-        master = Master(home, config if config is not None else make_config(), extra_args)
+        master = Master(home, config if config is not None else make_config(), extra_args, code_dir)
         masters.append(master)
         return master.start()
 

@@ -115,7 +115,13 @@ class LogReader:
 class Master:
     """A ``python -m hiscrm.master`` subprocess with its own state dir and marker."""
 
-    def __init__(self, tmp_path: Path, config: dict[str, Any], extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: dict[str, Any],
+        extra_args: list[str] | None = None,
+        code_dir: Path = REPO,
+    ):
         self.dir = tmp_path
         self.state_dir = tmp_path / "var"
         self.config_path = tmp_path / "hiscrm.toml"
@@ -124,12 +130,13 @@ class Master:
         self.log = LogReader(self.state_dir / "logs" / "master.log")
         self.stdout_path = tmp_path / "master.out"
         self.extra_args = extra_args or []
+        self.code_dir = code_dir  # where the hiscrm package is imported from
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Master":
         env = dict(os.environ)
         env[MARKER] = self.marker
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO)])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.code_dir), str(TESTS_DIR)])
         with self.stdout_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 [

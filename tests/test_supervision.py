@@ -35,6 +35,7 @@ def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFa
     assert new_pid != pids["worker1"]
     restarted = master.log.find(event="worker state", worker="worker1", new="starting")[-1]
     assert restarted["reason"] == "restart after killed"
+    assert restarted["restarts"] == 1
     # The other worker was not touched.
     assert not master.log.find(event="worker exited", worker="worker2")
     # The replacement got the same accounts back.

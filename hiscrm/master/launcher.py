@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Protocol
@@ -36,6 +37,7 @@ class WorkerProcess:
         self.channel: Channel | None = None
         self._exit_fd = _exit_fd(process)
         self._exited = False
+        self.exit_noticed_at: float | None = None  # time.time() when the pidfd fired
         self._channel_closed = False
         self._exit_posted = False
         self._eof_timer: asyncio.TimerHandle | None = None
@@ -53,6 +55,7 @@ class WorkerProcess:
             self._post_exit()
 
     def _on_exit_fd(self) -> None:
+        self.exit_noticed_at = time.time()
         self._loop.remove_reader(self._exit_fd)
         self._exited = True
         if self._channel_closed:

@@ -185,7 +185,7 @@ class WorkerHandle:
             self.deadline = now + delay
             return
         self.started_at = now
-        self._transition(WorkerState.STARTING, reason)
+        self._transition(WorkerState.STARTING, reason, restarts=self.restarts)
         self.deadline = now + self._sup.start_timeout_s
 
     def on_register(self, message: WorkerRegister, now: float) -> bool:
@@ -352,6 +352,7 @@ class WorkerHandle:
             uptime_s=record.uptime_s,
             restarts=self.restarts,
             killed_leftovers=leftovers,
+            noticed_at=process.exit_noticed_at,
             log_tail=record.log_tail,
         )
         self._transition(WorkerState.EXITED, record.reason)
