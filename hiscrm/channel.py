@@ -5,8 +5,9 @@ length, then the payload), so either end may be a plain Connection. Unlike
 ``Connection.recv_bytes``, reading never blocks the event loop on a half-written frame and
 writing never blocks on a peer that stopped reading: asyncio's transport buffers both ways.
 
-A frame that announces a negative or oversized length means the stream can no longer be
-trusted; the channel closes with :class:`FrameError` and the owner decides what follows.
+No frame exceeds ``MAX_FRAME_BYTES`` (1 MiB): the sender refuses to send one, and a frame
+that announces a negative or larger length means the stream can no longer be trusted; the
+channel closes with :class:`FrameError` and the owner decides what follows.
 """
 
 import asyncio
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 HEADER = struct.Struct("!i")
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_FRAME_BYTES = 1024 * 1024
 
 
 class FrameError(Exception):
@@ -85,9 +86,11 @@ class Channel(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Only a broken frame is reported as an error. A reset (the peer died with bytes
+        # unread) or any other OSError simply ends the stream.
         self._closed = True
         self._writable.set()
-        self._on_close(self._error or exc)
+        self._on_close(self._error)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -107,6 +110,8 @@ class Channel(asyncio.Protocol):
 
     def send(self, payload: bytes) -> bool:
         """Queue one frame; False if the channel is already closed."""
+        if len(payload) > self._max:
+            raise FrameError(f"refusing to send a {len(payload)}-byte frame (limit {self._max})")
         if not self.is_open or self._transport is None:
             return False
         self._transport.write(frame(payload))
@@ -114,16 +119,15 @@ class Channel(asyncio.Protocol):
         self.bytes_out += len(payload) + HEADER.size
         return True
 
-    def send_raw(self, data: bytes) -> bool:
-        """Queue bytes as they are, without framing (for tests of the receiving side)."""
-        if not self.is_open or self._transport is None:
-            return False
-        self._transport.write(data)
-        return True
-
     async def drain(self) -> None:
-        """Wait until the peer has taken what was queued (or the channel closed)."""
+        """Wait until the queue is below the high-water mark (or the channel closed)."""
         await self._writable.wait()
+
+    async def flushed(self) -> None:
+        """Wait until every queued byte is handed to the kernel (or the channel closed)."""
+        if self._transport is not None and not self._closed:
+            self._transport.set_write_buffer_limits(high=0)
+            await self._writable.wait()
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

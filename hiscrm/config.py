@@ -103,7 +103,6 @@ class Config(_Section):
             if account.id in seen:
                 raise ValueError(f"account id {account.id!r} appears more than once")
             seen.add(account.id)
-            resolve_platform_name(account.platform)
         return accounts
 
     @property

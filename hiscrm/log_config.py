@@ -8,6 +8,7 @@ Both send the standard library's ``logging`` (asyncio, platforms that use ``logg
 through the same path, so nothing logs around it.
 """
 
+import json
 import logging
 import sys
 from typing import Any, TextIO
@@ -35,13 +36,18 @@ def _plain_renderer() -> structlog.dev.ConsoleRenderer:
 
 
 class _FileLogger:
-    """Writes one rendered event (possibly several lines) with a single write."""
+    """Writes one rendered event (possibly several lines) with a single write. A failed
+    write (disk full) is counted in ``sink.write_errors``, which the worker reports with
+    every heartbeat; raising would turn a logging problem into a crash."""
 
     def __init__(self, sink: RotatingLogFile) -> None:
         self._sink = sink
 
     def msg(self, message: str) -> None:
-        self._sink.write((message + "\n").encode("utf-8", "backslashreplace"))
+        try:
+            self._sink.write((message + "\n").encode("utf-8", "backslashreplace"))
+        except OSError:
+            self._sink.write_errors += 1
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -54,7 +60,11 @@ class _TeeLogger:
         self._console: TextIO | None = console
 
     def msg(self, console_line: str, json_line: str) -> None:
-        self._sink.write((json_line + "\n").encode("utf-8", "backslashreplace"))
+        try:
+            self._sink.write((json_line + "\n").encode("utf-8", "backslashreplace"))
+        except OSError as exc:  # disk full: the console still gets it, flagged
+            self._sink.write_errors += 1
+            console_line += f"  [master.log write failed ({exc}); {self._sink.write_errors} lost]"
         if self._console is None:
             return
         try:
@@ -62,8 +72,11 @@ class _TeeLogger:
             self._console.flush()
         except (OSError, ValueError) as exc:  # terminal closed; the file still has it all
             self._console = None
-            note = f'{{"event": "console output failed, logging to file only", "error": "{exc}"}}'
-            self._sink.write((note + "\n").encode())
+            note = {"event": "console output failed, logging to file only", "error": str(exc)}
+            try:
+                self._sink.write((json.dumps(note) + "\n").encode())
+            except OSError:
+                self._sink.write_errors += 1
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

@@ -37,6 +37,7 @@ class RotatingLogFile:
         self._size = 0
         self._lock = threading.RLock()  # a signal handler may log while we write
         self.rotations = 0
+        self.write_errors = 0  # counted by loggers that could not write (disk full)
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,30 +197,34 @@ class _BinaryLines(io.RawIOBase):
         return len(data)
 
 
+TAIL_READ_BYTES = 64 * 1024  # how far back from the end a tail looks
+TAIL_LINE_CHARS = 500  # longer lines are cut, so a tail stays a few kilobytes
+
+
 def tail_lines(path: Path, n: int) -> list[str]:
     """The last ``n`` lines of a log file, reaching into ``path.1`` if the file is short
-    (it may just have been rotated). Missing files give no lines."""
+    (it may just have been rotated). Reads at most 64 KiB per file; cuts long lines.
+    Missing files give no lines."""
     lines = _tail_of(path, n)
     if len(lines) < n:
         lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines)) + lines
-    return lines
+    return [
+        line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " …" for line in lines
+    ]
 
 
-def _tail_of(path: Path, n: int, block: int = 8192) -> list[str]:
+def _tail_of(path: Path, n: int) -> list[str]:
     if n <= 0:
         return []
     try:
         with path.open("rb") as f:
             end = f.seek(0, io.SEEK_END)
-            data = b""
-            position = end
-            while position > 0 and data.count(b"\n") <= n:
-                step = min(block, position)
-                position -= step
-                f.seek(position)
-                data = f.read(step) + data
+            start = max(0, end - TAIL_READ_BYTES)
+            f.seek(start)
+            data = f.read(end - start)
     except FileNotFoundError:
         return []
-    text = data.decode("utf-8", "replace")
-    lines = text.splitlines()
+    lines = data.decode("utf-8", "replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the first one is probably cut
     return lines[-n:]

@@ -2,7 +2,9 @@
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hiscrm.platforms import resolve_platform_name
 
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -15,3 +17,9 @@ class AccountSpec(BaseModel):
     id: str = Field(pattern=ACCOUNT_ID_PATTERN)
     platform: str = "demo"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("platform")
+    @classmethod
+    def _known_form(cls, name: str) -> str:
+        resolve_platform_name(name)  # raises ValueError naming the problem
+        return name

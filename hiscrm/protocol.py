@@ -16,14 +16,17 @@ import hashlib
 import itertools
 import json
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hiscrm.items import Item
 from hiscrm.models import AccountSpec
 
 PROTOCOL_VERSION = 1
 ERROR_HEAD_BYTES = 80  # how much of a bad frame goes into the error message
+MAX_MESSAGE_BYTES = 1_000_000  # syncs and digests are chunked to stay below this
+_SYNC_OVERHEAD_BYTES = 300  # envelope and body fields around the list of changes
 
 
 class _Message(BaseModel):
@@ -53,6 +56,7 @@ class WorkerHeartbeat(_Message):
     loop_lag_ms: float  # how late the loop woke up for this beat
     errors_total: int
     progress_at: dict[str, int] = Field(default_factory=dict)  # account id -> ms of last progress
+    log_write_errors: int = 0  # log lines the worker could not write (disk full)
 
 
 class WorkerError(_Message):
@@ -75,6 +79,51 @@ class WorkerAccountState(_Message):
     state: str
     restarts: int
     reason: str
+
+
+class ItemChange(BaseModel):
+    """One item as it is after change ``seq`` of its account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: int = Field(ge=1)
+    version: int = Field(ge=1)
+    hash: str
+    item: Item
+
+
+class WorkerDataSync(_Message):
+    """Changes ``base_seq < seq <= last_seq`` of one account, oldest first: every change in
+    that range that still matters (one superseded by a newer change of the same item is
+    left out). The master commits it only if it has everything up to ``base_seq``, so a
+    lost or failed sync is never skipped over. Empty ``changes`` still proves the account's
+    sync path works."""
+
+    type: Literal["worker:data:sync"] = "worker:data:sync"
+    account_id: str
+    base_seq: int = Field(ge=0)
+    last_seq: int = Field(ge=0)
+    changes: list[ItemChange]
+
+    @model_validator(mode="after")
+    def _seqs_in_range(self) -> Self:
+        if self.last_seq < self.base_seq:
+            raise ValueError(f"last_seq {self.last_seq} is before base_seq {self.base_seq}")
+        for change in self.changes:
+            if not self.base_seq < change.seq <= self.last_seq:
+                raise ValueError(
+                    f"change seq {change.seq} outside ({self.base_seq}, {self.last_seq}]"
+                )
+        return self
+
+
+class WorkerAccountReleased(_Message):
+    """Answer to ``master:account:revoke``: the account's task has stopped, and nothing of
+    it is left unacknowledged (``unacked`` says otherwise, and those stay in the spool)."""
+
+    type: Literal["worker:account:released"] = "worker:account:released"
+    account_id: str
+    unacked: int
 
 
 class WorkerGoodbye(_Message):
@@ -112,8 +161,47 @@ class MasterShutdown(_Message):
 
 
 class MasterAccountAssign(_Message):
+    """Watch this account. The store has every change up to ``acked_seq``; ``digest``
+    messages with ``digest_total`` entries follow before the account starts."""
+
     type: Literal["master:account:assign"] = "master:account:assign"
     account: AccountSpec
+    acked_seq: int = Field(ge=0)
+    digest_total: int = Field(ge=0)
+
+
+class MasterAccountDigest(_Message):
+    """What the store holds for an account: ``[kind, id, version, hash]`` per item."""
+
+    type: Literal["master:account:digest"] = "master:account:digest"
+    account_id: str
+    entries: list[tuple[str, str, int, str]]
+
+
+class MasterDataAck(_Message):
+    """Every change of the account up to ``seq`` is committed to the store."""
+
+    type: Literal["master:data:ack"] = "master:data:ack"
+    account_id: str
+    seq: int
+
+
+class MasterDataNack(_Message):
+    """A sync could not be committed; the worker sends it again later."""
+
+    type: Literal["master:data:nack"] = "master:data:nack"
+    account_id: str
+    seq: int
+    reason: str
+
+
+class MasterSyncRequest(_Message):
+    """Send pending changes now; with ``from_seq``, send again every item changed after
+    that sequence number (as far as the worker still holds it)."""
+
+    type: Literal["master:sync:request"] = "master:sync:request"
+    account_id: str
+    from_seq: int | None = None
 
 
 class MasterAccountRevoke(_Message):
@@ -126,12 +214,18 @@ AnyMessage = (
     | WorkerHeartbeat
     | WorkerError
     | WorkerAccountState
+    | WorkerDataSync
+    | WorkerAccountReleased
     | WorkerGoodbye
     | MasterWelcome
     | MasterRefuse
     | MasterShutdown
     | MasterAccountAssign
+    | MasterAccountDigest
     | MasterAccountRevoke
+    | MasterDataAck
+    | MasterDataNack
+    | MasterSyncRequest
 )
 Message = Annotated[AnyMessage, Field(discriminator="type")]
 
@@ -195,6 +289,54 @@ class Encoder:
             body=body,
         )
         return envelope.model_dump_json().encode()
+
+    def encode_sync(
+        self, account_id: str, base_seq: int, last_seq: int, changes: list[bytes]
+    ) -> bytes:
+        """A ``worker:data:sync`` frame from changes already serialized as ItemChange JSON
+        (the same bytes the spool holds), so each item is serialized once. The receiver
+        validates it like any other message."""
+        head = json.dumps(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "id": next(self._ids),
+                "sent_at": time.time_ns() // 1_000_000,
+                "body": {
+                    "type": "worker:data:sync",
+                    "account_id": account_id,
+                    "base_seq": base_seq,
+                    "last_seq": last_seq,
+                },
+            },
+            separators=(",", ":"),
+        ).encode()
+        return head[:-2] + b',"changes":[' + b",".join(changes) + b"]}}"
+
+
+def change_json(seq: int, version: int, hash_: str, item_json: bytes) -> bytes:
+    """One ItemChange as JSON, built around the item's own JSON."""
+    return b'{"seq":%d,"version":%d,"hash":"%s","item":%s}' % (
+        seq,
+        version,
+        hash_.encode(),
+        item_json,
+    )
+
+
+def sync_batches(changes: list[bytes], budget: int = MAX_MESSAGE_BYTES) -> list[list[bytes]]:
+    """Split serialized changes into groups whose sync message stays within ``budget``."""
+    batches: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = _SYNC_OVERHEAD_BYTES
+    for change in changes:
+        if current and size + len(change) + 1 > budget:
+            batches.append(current)
+            current, size = [], _SYNC_OVERHEAD_BYTES
+        current.append(change)
+        size += len(change) + 1
+    if current:
+        batches.append(current)
+    return batches
 
 
 def decode(data: bytes) -> Envelope:

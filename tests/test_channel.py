@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hiscrm.channel import HEADER, Channel, FrameError, open_channel
+from hiscrm.channel import HEADER, MAX_FRAME_BYTES, Channel, FrameError, open_channel
 
 
 async def _pair() -> tuple[
@@ -30,7 +30,7 @@ async def _until(condition, timeout: float = 5.0) -> None:
 def test_frames_interoperate_with_plain_connections() -> None:
     async def main() -> None:
         channel, received, closed, peer = await _pair()
-        big = os.urandom(5 * 1024 * 1024)
+        big = os.urandom(MAX_FRAME_BYTES)
         payloads = [b"", b"x", big] + [f"m{i}".encode() for i in range(1000)]
         loop = asyncio.get_running_loop()
 
@@ -63,6 +63,27 @@ def test_an_oversized_frame_closes_the_channel_with_frame_error() -> None:
         assert isinstance(closed[0], FrameError)
         assert "frame announces -1 bytes" in str(closed[0])
         assert channel.send(b"x") is False
+        peer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_frames_over_the_limit_are_refused_on_both_ends() -> None:
+    async def main() -> None:
+        channel, _, closed, peer = await _pair()
+        with pytest.raises(FrameError, match="refusing to send"):
+            channel.send(b"x" * (MAX_FRAME_BYTES + 1))
+
+        def send_too_big() -> None:
+            try:
+                peer.send_bytes(b"y" * (MAX_FRAME_BYTES + 1))
+            except BrokenPipeError:  # the receiver hung up once it read the header
+                return
+
+        await asyncio.get_running_loop().run_in_executor(None, send_too_big)
+        await _until(lambda: len(closed) == 1)
+        assert isinstance(closed[0], FrameError)
         peer.close()
 
     asyncio.run(main())

@@ -22,7 +22,7 @@ BAD_CONFIGS = [
     ("[api]\nport = 70000\n", "api.port", "less than or equal to 65535"),
     (
         "[[accounts]]\nid = 'a'\nplatform = 'no such thing'\n",
-        "accounts",
+        "accounts[0].platform",
         "neither a built-in platform",
     ),
     ("[[accounts]]\nid = 'a'\n[[accounts]]\nid = 'a'\n", "accounts", "'a' appears more than once"),

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from hiscrm import protocol
+from hiscrm.items import Message, item_hash
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
     PROTOCOL_VERSION,
@@ -16,6 +17,15 @@ from hiscrm.protocol import (
     decode,
     message_types,
     schema_hash,
+)
+
+MESSAGE = Message(
+    id="m1",
+    conversation_id="c1",
+    direction="inbound",
+    sender_id="u1",
+    text="hi",
+    sent_at=1_763_848_020_123,
 )
 
 EXAMPLES: dict[str, AnyMessage] = {
@@ -41,9 +51,24 @@ EXAMPLES: dict[str, AnyMessage] = {
     "master:refuse": protocol.MasterRefuse(reason="protocol mismatch"),
     "master:shutdown": protocol.MasterShutdown(reason="shutdown", timeout_s=10),
     "master:account:assign": protocol.MasterAccountAssign(
-        account=AccountSpec(id="acc-1", platform="demo", options={"rate": 1})
+        account=AccountSpec(id="acc-1", platform="demo", options={"rate": 1}),
+        acked_seq=7,
+        digest_total=1,
+    ),
+    "master:account:digest": protocol.MasterAccountDigest(
+        account_id="acc-1", entries=[("message", "m1", 2, "00ff")]
     ),
     "master:account:revoke": protocol.MasterAccountRevoke(account_id="acc-1"),
+    "worker:data:sync": protocol.WorkerDataSync(
+        account_id="acc-1",
+        base_seq=3,
+        last_seq=4,
+        changes=[protocol.ItemChange(seq=4, version=2, hash="ab", item=MESSAGE)],
+    ),
+    "worker:account:released": protocol.WorkerAccountReleased(account_id="acc-1", unacked=0),
+    "master:data:ack": protocol.MasterDataAck(account_id="acc-1", seq=4),
+    "master:data:nack": protocol.MasterDataNack(account_id="acc-1", seq=4, reason="gap"),
+    "master:sync:request": protocol.MasterSyncRequest(account_id="acc-1", from_seq=0),
 }
 
 
@@ -118,3 +143,43 @@ def test_schema_hash_is_stable_and_covers_the_schema() -> None:
     schema = json.dumps(protocol.Envelope.model_json_schema())
     for tag in message_types():
         assert tag in schema
+
+
+def test_sync_fast_path_encodes_what_decode_validates() -> None:
+    item_json = MESSAGE.model_dump_json().encode()
+    changes = [protocol.change_json(s, 1, item_hash(item_json), item_json) for s in (5, 6)]
+    frame = Encoder().encode_sync('acc-"1', base_seq=4, last_seq=6, changes=changes)
+    body = decode(frame).body
+    assert isinstance(body, protocol.WorkerDataSync)
+    assert (body.account_id, body.base_seq, body.last_seq) == ('acc-"1', 4, 6)
+    assert [c.seq for c in body.changes] == [5, 6]
+    assert body.changes[0].item == MESSAGE
+
+
+def test_sync_batches_stay_under_the_message_limit() -> None:
+    item_json = (
+        Message(
+            id="m",
+            conversation_id="c",
+            direction="inbound",
+            sender_id="u",
+            text="x" * 300,
+            sent_at=1_763_848_020_123,
+        )
+        .model_dump_json()
+        .encode()
+    )
+    changes = [protocol.change_json(s, 1, "00", item_json) for s in range(1, 5001)]
+    batches = protocol.sync_batches(changes)
+    assert len(batches) >= 2
+    assert sum(len(b) for b in batches) == 5000
+    encoder = Encoder()
+    for batch in batches:
+        assert len(encoder.encode_sync("acc-1", 0, 0, batch)) <= protocol.MAX_MESSAGE_BYTES
+
+
+def test_sync_with_seqs_outside_its_range_is_invalid() -> None:
+    item_json = MESSAGE.model_dump_json().encode()
+    change = protocol.change_json(9, 1, "00", item_json)
+    with pytest.raises(ProtocolError, match="outside"):
+        decode(Encoder().encode_sync("acc-1", base_seq=4, last_seq=6, changes=[change]))

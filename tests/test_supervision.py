@@ -183,13 +183,29 @@ def test_master_sigkill_takes_every_worker_down_within_2s(
     start_master: MasterFactory, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "grandchildren"
+    behaviours = "testplatforms.behaviours"
     config = make_config(
         workers=2,
-        accounts=accounts("testplatforms.behaviours:SpawnGrandchild", n=2, pid_file=str(pid_file)),
+        accounts=[
+            # worker1 notices the closed pipe in its event loop ...
+            {
+                "id": "acc-1",
+                "platform": f"{behaviours}:SpawnGrandchild",
+                "options": {"pid_file": str(pid_file)},
+            },
+            # ... worker2's loop is blocked, so only the parent-death signal can end it.
+            {
+                "id": "acc-2",
+                "platform": f"{behaviours}:GrandchildThenBlock",
+                "options": {"pid_file": str(pid_file)},
+            },
+        ],
+        supervision={"heartbeat_timeout_s": 30.0},
     )
     master = start_master(config)
     workers = list(master.wait_all_running(["worker1", "worker2"]).values())
     wait_until(lambda: len(_pids(pid_file)) == 2, 10, "grandchildren started")
+    time.sleep(0.5)  # worker2's loop is blocked by now
     everything = workers + _pids(pid_file)
 
     os.kill(master.pid, signal.SIGKILL)
@@ -197,6 +213,7 @@ def test_master_sigkill_takes_every_worker_down_within_2s(
     assert took < 2.0
     assert master.proc is not None
     assert master.proc.wait(5) == -signal.SIGKILL
+    assert "the master has died (parent-death signal)" in master.worker_log("worker2").read_text()
     # The fixture then checks that no process carrying this master's marker is left.
 
 

@@ -75,15 +75,19 @@ class WorkerProcess:
     def send(self, payload: bytes) -> bool:
         return self.channel is not None and self.channel.send(payload)
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal the worker alone."""
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:  # already gone; its exit is on its way
+            return
+
     def signal_group(self, sig: signal.Signals) -> None:
         """Signal the worker's process group (it and everything it started)."""
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:  # it has not made its own group yet, or is gone
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                return
+            self.send_signal(sig)
 
     def reap(self) -> int | None:
         """The exit code (negative: the signal) once the process has exited."""
@@ -142,6 +146,17 @@ class SpawnLauncher:
             raise
         finally:
             child_end.close()
-        worker = WorkerProcess(boot.worker_id, process, post)
-        worker.channel = await open_channel(parent_end, worker.on_frame, worker.on_channel_closed)
+        worker: WorkerProcess | None = None
+        try:
+            worker = WorkerProcess(boot.worker_id, process, post)
+            worker.channel = await open_channel(
+                parent_end, worker.on_frame, worker.on_channel_closed
+            )
+        except BaseException:  # e.g. out of file descriptors: take the process down again
+            process.kill()
+            process.join()
+            parent_end.close()
+            if worker is not None:
+                worker.close()
+            raise
         return worker

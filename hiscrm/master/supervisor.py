@@ -46,7 +46,6 @@ class Supervisor:
         self.assignment, self.unassigned = assign_accounts(
             config.accounts, config.worker_ids, config.accounts_per_worker
         )
-        self.account_states: dict[str, WorkerAccountState] = {}
         self.protocol_errors_total = 0
         self.internal_errors_total = 0
         self._shutdown_reason: str | None = None
@@ -153,10 +152,13 @@ class Supervisor:
                 if (handle := self._current(worker_id, pid)) is not None:
                     await handle.on_exit(now)
             case ChannelClosed(worker_id, pid, error):
+                # A clean end of stream means the worker is exiting; its exit follows.
+                # A broken frame means the stream cannot be trusted: replace the worker.
                 handle = self._current(worker_id, pid)
                 if handle is not None and error is not None:
                     self._protocol_error(handle, "framing", str(error), b"")
-                    await handle.request_stop("protocol_error", now, restart=True)
+                    restart = self._shutdown_reason is None
+                    await handle.request_stop("protocol_error", now, restart=restart)
             case SignalReceived(signum):
                 await self._on_signal(signal.Signals(signum), now)
 
@@ -169,6 +171,8 @@ class Supervisor:
         match message:
             case WorkerHeartbeat():
                 handle.on_heartbeat(message, now)
+            case WorkerRegister() if handle.state is WorkerState.STOPPING:
+                self._log.info("registration ignored: worker is being stopped", worker=handle.id)
             case WorkerRegister():
                 if handle.state is not WorkerState.STARTING or message.worker_id != handle.id:
                     detail = (
@@ -191,7 +195,7 @@ class Supervisor:
                     traceback=message.traceback,
                 )
             case WorkerAccountState():
-                self.account_states[message.account_id] = message
+                pass  # the worker logs account transitions in its own log
             case WorkerGoodbye():
                 self._log.info(
                     "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
@@ -203,9 +207,12 @@ class Supervisor:
 
     def _send_assignment(self, handle: WorkerHandle) -> None:
         accounts: list[AccountSpec] = self.assignment.get(handle.id, [])
-        for account in accounts:
-            handle.send(MasterAccountAssign(account=account))
-        self._log.info("accounts assigned", worker=handle.id, accounts=[a.id for a in accounts])
+        sent = [
+            a.id
+            for a in accounts
+            if handle.send(MasterAccountAssign(account=a, acked_seq=0, digest_total=0))
+        ]
+        self._log.info("accounts assigned", worker=handle.id, accounts=sent)
 
     def _protocol_error(self, handle: WorkerHandle, kind: str, detail: str, head: bytes) -> None:
         handle.protocol_errors += 1

@@ -139,7 +139,8 @@ class WorkerHandle:
             raise IllegalTransition(f"{self.id}: {old} -> {new} ({reason})")
         self.state = new
         level = self._log.warning if new is WorkerState.BOOT_FAILED else self._log.info
-        level("worker state", pid=self.pid, old=str(old), new=str(new), reason=reason, **fields)
+        fields.setdefault("pid", self.pid)
+        level("worker state", old=str(old), new=str(new), reason=reason, **fields)
 
     def send(self, message: AnyMessage) -> bool:
         return self.process is not None and self.process.send(self._encoder.encode(message))
@@ -148,7 +149,7 @@ class WorkerHandle:
         sup, logs = self._sup, self._config.logs
         return WorkerBoot(
             worker_id=self.id,
-            master_pid=_master_pid(),
+            master_pid=os.getpid(),
             log_path=str(self.log_path),
             log_max_bytes=logs.max_bytes,
             log_backups=logs.backups,
@@ -170,7 +171,7 @@ class WorkerHandle:
         self._stop_reason, self._stop_stage, self._restart_after_stop = None, None, False
         try:
             self.process = await self._launcher.start(self._boot(), self._post)
-        except OSError as exc:  # fork/exec failed: out of memory, process limit, ...
+        except Exception as exc:  # fork/exec failed: out of memory, process or fd limit, ...
             self._log.error("cannot start worker process", exc_info=exc)
             self.last_exit = describe_exit(
                 1,
@@ -214,12 +215,20 @@ class WorkerHandle:
             start_ms=None if start_ms is None else round(start_ms, 1),
         )
         self.send(
-            MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=mine, master_pid=_master_pid())
+            MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=mine, master_pid=os.getpid())
         )
         self.deadline = now + self._sup.heartbeat_timeout_s
         return True
 
     def on_heartbeat(self, message: WorkerHeartbeat, now: float) -> None:
+        previous = self.last_heartbeat.log_write_errors if self.last_heartbeat else 0
+        if message.log_write_errors > previous:
+            self._log.error(
+                "worker cannot write its log file (disk full?)",
+                pid=self.pid,
+                lost_lines=message.log_write_errors,
+                log_path=str(self.log_path),
+            )
         self.last_heartbeat = message
         self.last_heartbeat_at = now
         if self.state is WorkerState.RUNNING:
@@ -235,15 +244,17 @@ class WorkerHandle:
             case WorkerState.STARTING:  # it cannot take messages yet
                 self._begin_stop(reason, now, restart=restart, stage=StopStage.SIGNALLED)
             case WorkerState.STOPPING:
-                self._restart_after_stop = restart
+                # A later request may cancel a planned restart, never add one: once a
+                # shutdown or stop is under way, nothing brings the worker back.
+                self._restart_after_stop = self._restart_after_stop and restart
             case WorkerState.STOPPED | WorkerState.BACKOFF | WorkerState.BOOT_FAILED:
                 if restart:
                     await self.start(now, reason)
                 elif self.state is not WorkerState.STOPPED:
                     self._transition(WorkerState.STOPPED, reason)
                     self.deadline = None
-            case WorkerState.EXITED:
-                raise IllegalTransition(f"{self.id}: stop requested while exited")
+            case WorkerState.EXITED:  # only between an exit and its follow-up; nothing to do
+                self._log.warning("stop requested while exited; ignored", reason=reason)
 
     def kill_now(self, reason: str, now: float) -> None:
         """SIGKILL at once (a second Ctrl-C, or a process that must not linger)."""
@@ -258,14 +269,20 @@ class WorkerHandle:
     def _begin_stop(self, reason: str, now: float, *, restart: bool, stage: StopStage) -> None:
         assert self.process is not None
         self._stop_reason, self._restart_after_stop, self._stop_stage = reason, restart, stage
+        if stage is StopStage.ASKED and reason != "protocol_mismatch":
+            shutdown = MasterShutdown(reason=reason, timeout_s=self._sup.stop_timeout_s)
+            if not self.send(shutdown):  # the pipe is gone: asking is pointless
+                stage = self._stop_stage = StopStage.SIGNALLED
         if stage is StopStage.ASKED:
-            if reason != "protocol_mismatch":  # a refused worker already has its answer
-                self.send(MasterShutdown(reason=reason, timeout_s=self._sup.stop_timeout_s))
             self.deadline = now + self._sup.stop_timeout_s
+        elif reason == "heartbeat_timeout" and stage is StopStage.SIGNALLED:
+            # To the worker alone: faulthandler writes its stuck stack to the log. Its
+            # children get SIGKILL with the group if it does not go.
+            self._stop_signal = signal.SIGABRT
+            self.process.send_signal(signal.SIGABRT)
+            self.deadline = now + self._sup.kill_timeout_s
         else:
             sig = signal.SIGKILL if stage is StopStage.KILLED else signal.SIGTERM
-            if reason == "heartbeat_timeout" and stage is StopStage.SIGNALLED:
-                sig = signal.SIGABRT  # faulthandler writes the stuck stack to the log
             self._stop_signal = sig
             self.process.signal_group(sig)
             self.deadline = now + self._sup.kill_timeout_s
@@ -332,15 +349,21 @@ class WorkerHandle:
         leftovers = process.kill_leftovers()
         process.close()
         requested = self._stop_reason if self.state is WorkerState.STOPPING else None
+        try:
+            tail = tail_lines(self.log_path, LOG_TAIL_LINES)
+        except OSError as exc:
+            tail = [f"(cannot read {self.log_path}: {exc})"]
         record = describe_exit(
             exitcode,
             requested=requested,
             during_start=self.registered is None,
             uptime_s=now - self.started_at if self.started_at is not None else 0.0,
             at_ms=_now_ms(),
-            log_tail=tail_lines(self.log_path, LOG_TAIL_LINES),
+            log_tail=tail,
         )
         self.last_exit = record
+        self.process = None
+        self.deadline = None
         level = self._log.error if record.is_failure else self._log.info
         level(
             "worker exited",
@@ -355,9 +378,7 @@ class WorkerHandle:
             noticed_at=process.exit_noticed_at,
             log_tail=record.log_tail,
         )
-        self._transition(WorkerState.EXITED, record.reason)
-        self.process = None
-        self.deadline = None
+        self._transition(WorkerState.EXITED, record.reason, pid=process.pid)
         await self._after_exit(record, now)
 
     async def _after_exit(self, record: ExitRecord, now: float) -> None:
@@ -379,10 +400,6 @@ class WorkerHandle:
         else:
             self._transition(WorkerState.BACKOFF, f"restart in {delay:.2f}s")
             self.deadline = now + delay
-
-
-def _master_pid() -> int:
-    return os.getpid()
 
 
 def _now_ms() -> int:

@@ -39,8 +39,15 @@ _ALLOWED: dict[AccountState, frozenset[AccountState]] = {
 }
 
 
+MAX_REASON_CHARS = 500
+
+
 class RunReturned(Exception):
     """A platform's ``run`` returned although the account was still assigned."""
+
+
+class TaskEnded(Exception):
+    """The account's supervising task ended while it should still be running."""
 
 
 class AccountRunner:
@@ -65,6 +72,7 @@ class AccountRunner:
         self._task: asyncio.Task[None] | None = None
 
     def _transition(self, new: AccountState, reason: str) -> None:
+        reason = reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + " …"
         old = self.state
         if new not in _ALLOWED[old]:
             raise RuntimeError(f"account {self.account.id}: illegal transition {old} -> {new}")
@@ -75,6 +83,18 @@ class AccountRunner:
     def start(self) -> None:
         self._transition(AccountState.RUNNING, "assigned")
         self._task = asyncio.create_task(self._supervise(), name=f"account:{self.account.id}")
+        self._task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: "asyncio.Task[None]") -> None:
+        """The supervising loop only ends when stopped; anything else is reported."""
+        if self.state in (AccountState.STOPPING, AccountState.STOPPED):
+            return
+        exc = None if task.cancelled() else task.exception()
+        self._errors.report(
+            "account",
+            exc or TaskEnded("account task ended unexpectedly"),
+            account_id=self.account.id,
+        )
 
     async def _supervise(self) -> None:
         while True:
@@ -82,8 +102,14 @@ class AccountRunner:
             try:
                 await self._platform().run(self.context)
                 raise RunReturned(f"{self._platform.__name__}.run() returned")
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                this_task = asyncio.current_task()
+                if this_task is not None and this_task.cancelling():
+                    raise  # we are being stopped
+                # A CancelledError leaking out of platform code (an awaited helper that
+                # was cancelled) is a failure of the platform, not a stop.
+                self._errors.report("account", exc, account_id=self.account.id)
+                reason = "CancelledError escaped from run()"
             except Exception as exc:
                 self._errors.report("account", exc, account_id=self.account.id)
                 reason = f"{type(exc).__name__}: {exc}"

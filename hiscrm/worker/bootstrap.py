@@ -63,7 +63,12 @@ def main(boot_json: str, conn: Connection) -> None:
         print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)
         traceback.print_exc()
         sys.exit(ExitCode.BOOT_FAILED)
-    sys.exit(run_worker(boot_json, conn, sink, started))
+    code = run_worker(boot_json, conn, sink, started)
+    # Exit now: the goodbye is sent and every log line written. A normal interpreter exit
+    # would wait for threads a platform left running, or tasks that ignore cancellation.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def set_graceful_stop(callback: Callable[[], None] | None) -> None:

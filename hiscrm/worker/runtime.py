@@ -71,7 +71,11 @@ def run_worker(boot_json: str, conn: Connection, sink: RotatingLogFile, started:
             log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
             return ExitCode.BOOT_FAILED
     runtime = WorkerRuntime(boot, platforms, sink, log, started)
-    return asyncio.run(runtime.serve(conn))
+    # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
+    # process ends with os._exit once serve() has said goodbye (see bootstrap).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(runtime.serve(conn))
 
 
 class WorkerRuntime:
@@ -137,7 +141,7 @@ class WorkerRuntime:
         self.send(WorkerGoodbye(reason=reason))
         if self.channel.is_open:
             try:
-                await asyncio.wait_for(self.channel.drain(), timeout=1.0)
+                await asyncio.wait_for(self.channel.flushed(), timeout=1.0)
             except TimeoutError:
                 self._log.error("goodbye not delivered: the master is not reading")
             self.channel.close()
@@ -179,9 +183,12 @@ class WorkerRuntime:
 
     def _on_thread_exception(self, args: threading.ExceptHookArgs) -> None:
         exc = args.exc_value or RuntimeError(f"thread {args.thread} failed")
+        name = args.thread.name if args.thread is not None else "?"
         loop = self._stop.get_loop() if self._stop is not None else None
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.errors.report, f"thread:{args.thread}", exc)
+        if loop is not None and not loop.is_closed() and loop.is_running():
+            loop.call_soon_threadsafe(self.errors.report, f"thread:{name}", exc)
+        else:  # the loop is gone: at least the log gets it
+            threading.__excepthook__(args)
 
     # --- heartbeats ----------------------------------------------------------------------
 
@@ -202,6 +209,7 @@ class WorkerRuntime:
                     seq=seq,
                     loop_lag_ms=round(lag * 1000, 3),
                     errors_total=self.errors.total,
+                    log_write_errors=self._sink.write_errors,
                     progress_at={
                         a: r.context.last_progress_at
                         for a, r in self.runners.items()

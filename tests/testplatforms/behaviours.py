@@ -49,6 +49,18 @@ class SpawnGrandchild:
         await forever()
 
 
+class GrandchildThenBlock:
+    """Starts `sleep 1000`, then blocks the event loop for good: only a signal handler
+    that runs outside the loop can take this worker and its child down."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(ctx.options["pid_file"], "a") as f:
+            f.write(f"{child.pid}\n")
+        await asyncio.sleep(0.3)  # let a heartbeat or two go out
+        time.sleep(1000)
+
+
 class WriteEverywhere:
     """Writes through every channel a worker has, then optionally segfaults."""
 

@@ -1,0 +1,156 @@
+"""One account's items in a worker, and its changes not yet acknowledged by the master.
+
+``upsert`` replaces what the worker observes of an item and bumps its version; an upsert
+that changes nothing is a no-op and sends nothing. Every change gets the account's next
+sequence number, goes to the spool at once and waits in ``pending`` until the master
+acknowledges it. Re-upserting an item that is still pending replaces its pending change,
+so a sync costs what changed since the last one, never the size of the account.
+
+The account starts from what the store already holds (the digest sent with the
+assignment: version and hash per item) plus whatever the spool still has, so versions go
+on where they left off and unchanged items stay no-ops across restarts.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from hiscrm.items import AnyItem, item_hash
+from hiscrm.protocol import ItemChange, change_json
+from hiscrm.worker.spool import Spool
+
+MAX_ITEM_BYTES = 256 * 1024  # far below the 1 MB message limit
+
+
+class InvalidItem(ValueError):
+    """An item a platform tried to upsert is not valid; it was not stored."""
+
+
+@dataclass(slots=True)
+class ItemState:
+    version: int
+    hash: str
+    seq: int  # the change that made it so (0: known only from the store's digest)
+    json: bytes | None  # None when known only from the digest
+
+
+@dataclass(slots=True)
+class LoadReport:
+    replayed: int  # changes from the spool the store did not have yet
+    skipped: int  # spool lines already committed
+    corrupt: int  # spool lines that could not be read
+    torn_bytes: int
+
+
+Key = tuple[str, str]  # (kind, item id)
+
+
+class AccountData:
+    def __init__(self, account_id: str, spool: Spool) -> None:
+        self.account_id = account_id
+        self._spool = spool
+        self.items: dict[Key, ItemState] = {}
+        self.pending: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()  # by seq
+        self.seq = 0  # the last sequence number given out
+        self.acked_seq = 0
+        self.sent_seq = 0  # the last one sent and not yet known to be lost
+
+    # --- start ---------------------------------------------------------------------------
+
+    def load(self, acked_seq: int, digest: list[tuple[str, str, int, str]]) -> LoadReport:
+        self.seq = self.acked_seq = self.sent_seq = acked_seq
+        for kind, item_id, version, hash_ in digest:
+            self.items[(kind, item_id)] = ItemState(version, hash_, 0, None)
+        contents = self._spool.open()
+        replayed = skipped = corrupt = 0
+        segment_last: list[int] = []
+        for lines in contents.segments:
+            last = 0
+            for line in lines:
+                try:
+                    change = ItemChange.model_validate_json(line)
+                except ValidationError:
+                    corrupt += 1
+                    continue
+                last = max(last, change.seq)
+                if self._replay(change, line, acked_seq):
+                    replayed += 1
+                else:
+                    skipped += 1
+            segment_last.append(last)
+            self.seq = max(self.seq, last)
+        self._spool.note_loaded(segment_last)
+        return LoadReport(replayed, skipped, corrupt, contents.torn_bytes)
+
+    def _replay(self, change: ItemChange, line: bytes, acked_seq: int) -> bool:
+        """Take a spooled change back into pending unless the store already has it."""
+        key = (change.item.kind, change.item.id)
+        known = self.items.get(key)
+        if change.seq <= acked_seq or (known is not None and known.version >= change.version):
+            return False
+        item_json = change.item.model_dump_json().encode()
+        self.items[key] = ItemState(change.version, change.hash, change.seq, item_json)
+        self.pending.pop(key, None)
+        self.pending[key] = (change.seq, line)
+        return True
+
+    # --- changes -------------------------------------------------------------------------
+
+    def upsert(self, item: AnyItem) -> bool:
+        """Record what the platform observed; True if it changed anything."""
+        data = item.model_dump_json().encode()
+        if len(data) > MAX_ITEM_BYTES:
+            raise InvalidItem(
+                f"{item.kind} {item.id!r} is {len(data)} bytes (limit {MAX_ITEM_BYTES})"
+            )
+        hash_ = item_hash(data)
+        key = (item.kind, item.id)
+        state = self.items.get(key)
+        if state is not None and state.hash == hash_:
+            return False
+        version = 1 if state is None else state.version + 1
+        self.seq += 1
+        line = change_json(self.seq, version, hash_, data)
+        self._spool.append(self.seq, line + b"\n")
+        self.items[key] = ItemState(version, hash_, self.seq, data)
+        self.pending.pop(key, None)
+        self.pending[key] = (self.seq, line)
+        return True
+
+    def unsent(self) -> list[bytes]:
+        """Pending changes not sent yet, oldest first."""
+        newer: list[bytes] = []
+        for seq, line in reversed(self.pending.values()):
+            if seq <= self.sent_seq:
+                break
+            newer.append(line)
+        newer.reverse()
+        return newer
+
+    def mark_sent(self) -> None:
+        self.sent_seq = self.seq
+
+    def on_ack(self, seq: int) -> None:
+        if seq <= self.acked_seq:
+            return
+        self.acked_seq = seq
+        while self.pending and next(iter(self.pending.values()))[0] <= seq:
+            self.pending.popitem(last=False)
+        self._spool.acked(seq)
+
+    def resend_unacked(self) -> None:
+        """Send every pending change again with the next flush."""
+        self.sent_seq = self.acked_seq
+
+    def changed_after(self, seq: int) -> list[bytes]:
+        """Every item this worker holds that changed after ``seq``, as it is now."""
+        chosen = sorted((s for s in self.items.values() if s.seq > seq), key=lambda s: s.seq)
+        return [change_json(s.seq, s.version, s.hash, s.json) for s in chosen if s.json is not None]
+
+    @property
+    def unacked(self) -> int:
+        return len(self.pending)
+
+    def close(self) -> None:
+        self._spool.close()
