@@ -60,6 +60,7 @@ class SupervisionConfig(_Section):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     backoff_reset_after_s: float = Field(default=60.0, gt=0)
+    reassign_after_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -80,6 +81,19 @@ class SyncConfig(_Section):
     stale_after_s: float = Field(default=300.0, gt=0)
 
 
+class RetentionConfig(_Section):
+    """Days to keep each collection in the store; a collection not named is kept forever."""
+
+    conversations: float | None = Field(default=None, gt=0)
+    messages: float | None = Field(default=None, gt=0)
+    comments: float | None = Field(default=None, gt=0)
+    contents: float | None = Field(default=None, gt=0)
+    notifications: float | None = Field(default=None, gt=0)
+
+    def days(self) -> dict[str, float]:
+        return {name: days for name, days in self.model_dump().items() if days is not None}
+
+
 class LogsConfig(_Section):
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
     backups: int = Field(default=5, ge=0, le=1000)
@@ -92,6 +106,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     sync: SyncConfig = SyncConfig()
+    retention: RetentionConfig = RetentionConfig()
     logs: LogsConfig = LogsConfig()
     accounts: list[AccountSpec] = Field(default_factory=list)
 

@@ -323,17 +323,20 @@ def change_json(seq: int, version: int, hash_: str, item_json: bytes) -> bytes:
     )
 
 
-def sync_batches(changes: list[bytes], budget: int = MAX_MESSAGE_BYTES) -> list[list[bytes]]:
-    """Split serialized changes into groups whose sync message stays within ``budget``."""
-    batches: list[list[bytes]] = []
-    current: list[bytes] = []
+def sync_batches(
+    changes: list[tuple[int, bytes]], budget: int = MAX_MESSAGE_BYTES
+) -> list[list[tuple[int, bytes]]]:
+    """Split ``(seq, serialized change)`` pairs, in order, into groups whose sync message
+    stays within ``budget``."""
+    batches: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
     size = _SYNC_OVERHEAD_BYTES
     for change in changes:
-        if current and size + len(change) + 1 > budget:
+        if current and size + len(change[1]) + 1 > budget:
             batches.append(current)
             current, size = [], _SYNC_OVERHEAD_BYTES
         current.append(change)
-        size += len(change) + 1
+        size += len(change[1]) + 1
     if current:
         batches.append(current)
     return batches
@@ -387,3 +390,6 @@ class WorkerBoot(BaseModel):
     backoff_max_s: float
     backoff_reset_after_s: float
     platforms: list[str]  # module:Class specs to import at boot
+    spool_dir: str  # <state_dir>/spool: unacknowledged changes per account
+    idle_sync_s: float  # an account with nothing new still syncs this often
+    ack_timeout_s: float  # a sync not acknowledged in this time is sent again

@@ -8,6 +8,7 @@ it is killed and the test fails.
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -160,6 +161,10 @@ class Master:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "hiscrm.db"
+
     def worker_log(self, worker_id: str) -> Path:
         return self.state_dir / "logs" / f"{worker_id}.log"
 
@@ -226,3 +231,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
             raise AssertionError(f"not within {timeout}s: {what}")
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the master's store, read-only, as an outside client would."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def count(db: Path, table: str, account_id: str) -> int:
+    rows = query(db, f"SELECT count(*) FROM {table} WHERE account_id = ?", account_id)
+    return int(rows[0][0]) if rows else 0

@@ -169,13 +169,17 @@ def test_sync_batches_stay_under_the_message_limit() -> None:
         .model_dump_json()
         .encode()
     )
-    changes = [protocol.change_json(s, 1, "00", item_json) for s in range(1, 5001)]
+    changes = [(s, protocol.change_json(s, 1, "00", item_json)) for s in range(1, 5001)]
     batches = protocol.sync_batches(changes)
     assert len(batches) >= 2
-    assert sum(len(b) for b in batches) == 5000
+    assert [seq for batch in batches for seq, _ in batch] == list(range(1, 5001))
     encoder = Encoder()
+    base = 0
     for batch in batches:
-        assert len(encoder.encode_sync("acc-1", 0, 0, batch)) <= protocol.MAX_MESSAGE_BYTES
+        frame = encoder.encode_sync("acc-1", base, batch[-1][0], [c for _, c in batch])
+        assert len(frame) <= protocol.MAX_MESSAGE_BYTES
+        assert len(decode(frame).body.changes) == len(batch)  # type: ignore[union-attr]
+        base = batch[-1][0]
 
 
 def test_sync_with_seqs_outside_its_range_is_invalid() -> None:

@@ -39,9 +39,12 @@ def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFa
     # The other worker was not touched.
     assert not master.log.find(event="worker exited", worker="worker2")
     # The replacement got the same accounts back.
-    assigned = master.log.find(event="accounts assigned", worker="worker1")
-    assert len(assigned) == 2
-    assert assigned[0]["accounts"] == assigned[1]["accounts"]
+    before = {
+        e["account_id"] for e in master.log.find(event="account assigned", pid=pids["worker1"])
+    }
+    assert before == {"acc-1", "acc-3"}
+    for account_id in before:
+        master.log.wait_for(event="account assigned", pid=new_pid, account_id=account_id)
 
     assert master.stop() == 0
 

@@ -107,7 +107,7 @@ def create_table_sql(kind: str) -> list[str]:
 def _migration_1(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE accounts (id TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL DEFAULT 0, "
-        "last_sync_at INTEGER, items INTEGER NOT NULL DEFAULT 0)"
+        "last_sync_at INTEGER)"
     )
     for kind in ITEM_MODELS:
         for statement in create_table_sql(kind):

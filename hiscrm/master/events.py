@@ -4,6 +4,8 @@ from a process that has since been replaced is recognised and dropped."""
 
 from dataclasses import dataclass
 
+from hiscrm.master.store_thread import SyncOutcome
+
 
 @dataclass(frozen=True, slots=True)
 class FrameReceived:
@@ -30,4 +32,11 @@ class SignalReceived:
     signum: int
 
 
-Event = FrameReceived | ChannelClosed | ProcessExited | SignalReceived
+@dataclass(frozen=True, slots=True)
+class StoreOutcomes:
+    """The store thread committed (or refused) these syncs."""
+
+    outcomes: list[SyncOutcome]
+
+
+Event = FrameReceived | ChannelClosed | ProcessExited | SignalReceived | StoreOutcomes

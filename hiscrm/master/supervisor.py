@@ -1,8 +1,9 @@
 """The master's one loop: it owns every worker handle and is the only code that changes them.
 
-Pipes, process exits and signals post events to one queue (see ``events``); the loop
-takes them one at a time and otherwise sleeps until the nearest deadline of any worker
-(a heartbeat expiring, a backoff ending, a stop escalating). There is no polling.
+Pipes, process exits, signals and the store thread post events to one queue (see
+``events``); the loop takes them one at a time and otherwise sleeps until the nearest
+deadline (a heartbeat expiring, a backoff ending, a stop escalating, an account going
+stale or due to move). There is no polling.
 """
 
 import asyncio
@@ -14,16 +15,24 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
 from hiscrm.config import Config
-from hiscrm.master.assignment import assign_accounts
-from hiscrm.master.events import ChannelClosed, Event, FrameReceived, ProcessExited, SignalReceived
+from hiscrm.master.account_manager import AccountManager
+from hiscrm.master.events import (
+    ChannelClosed,
+    Event,
+    FrameReceived,
+    ProcessExited,
+    SignalReceived,
+    StoreOutcomes,
+)
 from hiscrm.master.launcher import Launcher
 from hiscrm.master.rolling_restart import RollingRestart
+from hiscrm.master.store_thread import StoreThread, SyncOutcome
 from hiscrm.master.worker_handle import WorkerHandle, WorkerState
-from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
-    MasterAccountAssign,
     ProtocolError,
+    WorkerAccountReleased,
     WorkerAccountState,
+    WorkerDataSync,
     WorkerError,
     WorkerGoodbye,
     WorkerHeartbeat,
@@ -43,24 +52,28 @@ class Supervisor:
             worker_id: WorkerHandle(worker_id, config, launcher, self._events.put_nowait, log)
             for worker_id in config.worker_ids
         }
-        self.assignment, self.unassigned = assign_accounts(
-            config.accounts, config.worker_ids, config.accounts_per_worker
+        self.store = StoreThread(
+            config.state_dir / "hiscrm.db", self._from_store_thread, config.retention.days(), log
         )
+        self.accounts: AccountManager | None = None  # made in run(), on the loop
         self.protocol_errors_total = 0
         self.internal_errors_total = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._rollout: RollingRestart | None = None
 
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
 
+    def _from_store_thread(self, outcomes: list[SyncOutcome]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.post, StoreOutcomes(outcomes))
+
     # --- the loop ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_exception)
-        for sig in HANDLED_SIGNALS:
-            loop.add_signal_handler(sig, self.post, SignalReceived(sig))
         self._log.info(
             "master starting",
             pid=os.getpid(),
@@ -69,12 +82,12 @@ class Supervisor:
             workers=len(self.handles),
             accounts=len(self._config.accounts),
         )
-        if self.unassigned:
-            self._log.warning(
-                "accounts left unassigned: more accounts than workers * accounts_per_worker",
-                accounts=[a.id for a in self.unassigned],
-                capacity=len(self.handles) * self._config.accounts_per_worker,
-            )
+        self.store.start()  # opens and migrates the store; raises before any worker starts
+        self.accounts = AccountManager(
+            self._config, self.store, self.handles, self._log, loop.time()
+        )
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self.post, SignalReceived(sig))
         try:
             for handle in self.handles.values():
                 await handle.start(loop.time(), "master started")
@@ -84,6 +97,7 @@ class Supervisor:
         finally:
             for sig in HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
+            self.store.stop()
         self._log.info("master stopped", reason=self._shutdown_reason)
         return 0
 
@@ -92,10 +106,16 @@ class Supervisor:
             h.state is WorkerState.STOPPED for h in self.handles.values()
         )
 
+    def _deadlines(self) -> list[float]:
+        deadlines = [h.deadline for h in self.handles.values() if h.deadline is not None]
+        if self.accounts is not None and (due := self.accounts.next_deadline()) is not None:
+            deadlines.append(due)
+        return deadlines
+
     async def _next_event(self) -> Event | None:
         if not self._events.empty():
             return self._events.get_nowait()
-        deadlines = [h.deadline for h in self.handles.values() if h.deadline is not None]
+        deadlines = self._deadlines()
         if not deadlines:
             return await self._events.get()
         try:
@@ -114,7 +134,10 @@ class Supervisor:
             now = loop.time()
             for handle in self.handles.values():
                 if handle.deadline is not None and handle.deadline <= now:
-                    await handle.on_deadline(now)
+                    await self._on_handle_deadline(handle, now)
+            due = self.accounts.next_deadline() if self.accounts is not None else None
+            if self.accounts is not None and due is not None and due <= now:
+                self.accounts.on_deadline(now)
             if self._rollout is not None and await self._rollout.advance(self.handles, loop.time()):
                 self._rollout = None
         except Exception as exc:
@@ -143,6 +166,10 @@ class Supervisor:
         handle = self.handles.get(worker_id)
         return handle if handle is not None and handle.pid == pid else None
 
+    def _manager(self) -> AccountManager:
+        assert self.accounts is not None
+        return self.accounts
+
     async def _handle(self, event: Event, now: float) -> None:
         match event:
             case FrameReceived(worker_id, pid, data):
@@ -150,7 +177,7 @@ class Supervisor:
                     await self._on_frame(handle, data, now)
             case ProcessExited(worker_id, pid):
                 if (handle := self._current(worker_id, pid)) is not None:
-                    await handle.on_exit(now)
+                    await self._on_exit(handle, now)
             case ChannelClosed(worker_id, pid, error):
                 # A clean end of stream means the worker is exiting; its exit follows.
                 # A broken frame means the stream cannot be trusted: replace the worker.
@@ -159,8 +186,19 @@ class Supervisor:
                     self._protocol_error(handle, "framing", str(error), b"")
                     restart = self._shutdown_reason is None
                     await handle.request_stop("protocol_error", now, restart=restart)
+            case StoreOutcomes(outcomes):
+                self._manager().on_outcomes(outcomes, now)
             case SignalReceived(signum):
                 await self._on_signal(signal.Signals(signum), now)
+
+    async def _on_exit(self, handle: WorkerHandle, now: float) -> None:
+        was_registered = handle.registered is not None
+        await handle.on_exit(now)
+        if was_registered:
+            self._manager().worker_down(handle.id, now)
+
+    async def _on_handle_deadline(self, handle: WorkerHandle, now: float) -> None:
+        await handle.on_deadline(now)
 
     async def _on_frame(self, handle: WorkerHandle, data: bytes, now: float) -> None:
         try:
@@ -171,6 +209,10 @@ class Supervisor:
         match message:
             case WorkerHeartbeat():
                 handle.on_heartbeat(message, now)
+            case WorkerDataSync():
+                self._manager().on_sync(handle, message)
+            case WorkerAccountReleased():
+                self._manager().on_released(handle, message, now)
             case WorkerRegister() if handle.state is WorkerState.STOPPING:
                 self._log.info("registration ignored: worker is being stopped", worker=handle.id)
             case WorkerRegister():
@@ -181,7 +223,7 @@ class Supervisor:
                     self._protocol_error(handle, "invalid", detail, data[:80])
                     return
                 if handle.on_register(message, now):
-                    self._send_assignment(handle)
+                    self._manager().worker_up(handle, now)
             case WorkerError():
                 handle.worker_errors += 1
                 self._log.error(
@@ -201,18 +243,8 @@ class Supervisor:
                     "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
                 )
             case _:
-                self._protocol_error(
-                    handle, "invalid", f"{message.type} is not for the master", data[:80]
-                )
-
-    def _send_assignment(self, handle: WorkerHandle) -> None:
-        accounts: list[AccountSpec] = self.assignment.get(handle.id, [])
-        sent = [
-            a.id
-            for a in accounts
-            if handle.send(MasterAccountAssign(account=a, acked_seq=0, digest_total=0))
-        ]
-        self._log.info("accounts assigned", worker=handle.id, accounts=sent)
+                detail = f"{message.type} is not for the master"
+                self._protocol_error(handle, "invalid", detail, data[:80])
 
     def _protocol_error(self, handle: WorkerHandle, kind: str, detail: str, head: bytes) -> None:
         handle.protocol_errors += 1

@@ -159,6 +159,9 @@ class WorkerHandle:
             backoff_max_s=sup.backoff_max_s,
             backoff_reset_after_s=sup.backoff_reset_after_s,
             platforms=self._config.platform_specs,
+            spool_dir=str(self._config.state_dir / "spool"),
+            idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
+            ack_timeout_s=sup.heartbeat_timeout_s,
         )
 
     async def start(self, now: float, reason: str) -> None:

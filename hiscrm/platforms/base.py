@@ -4,6 +4,10 @@ A platform is a class whose instances have ``async def run(self, ctx)``. The wor
 one instance per account and awaits ``run`` for as long as the account is assigned to it;
 if ``run`` raises or returns, the worker logs it, reports it to the master and starts a
 fresh instance after a backoff.
+
+What it finds goes through ``ctx.upsert_<kind>(item)``, with a model from
+``hiscrm.items`` or a mapping of its fields; each returns True if it changed anything. An
+invalid item raises ``InvalidItem`` (already logged and reported).
 """
 
 from collections.abc import Mapping
@@ -11,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.items import Comment, Content, Conversation, Message, Notification
 from hiscrm.models import AccountSpec
 
 
@@ -28,6 +33,19 @@ class PlatformContext(Protocol):
 
     def progress(self) -> None:
         """Tell the worker the platform is alive and doing work (shown in status)."""
+
+    def count(self, kind: str) -> int:
+        """How many items of ``kind`` (``"message"``, …) the account has."""
+
+    def upsert_conversation(self, item: Conversation | Mapping[str, Any]) -> bool: ...
+
+    def upsert_message(self, item: Message | Mapping[str, Any]) -> bool: ...
+
+    def upsert_comment(self, item: Comment | Mapping[str, Any]) -> bool: ...
+
+    def upsert_content(self, item: Content | Mapping[str, Any]) -> bool: ...
+
+    def upsert_notification(self, item: Notification | Mapping[str, Any]) -> bool: ...
 
 
 @runtime_checkable

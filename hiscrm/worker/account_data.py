@@ -26,6 +26,8 @@ MAX_ITEM_BYTES = 256 * 1024  # far below the 1 MB message limit
 class InvalidItem(ValueError):
     """An item a platform tried to upsert is not valid; it was not stored."""
 
+    reported = False  # set once it has been logged, counted and sent to the master
+
 
 @dataclass(slots=True)
 class ItemState:
@@ -51,6 +53,7 @@ class AccountData:
         self.account_id = account_id
         self._spool = spool
         self.items: dict[Key, ItemState] = {}
+        self.counts: dict[str, int] = {}  # items per kind
         self.pending: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()  # by seq
         self.seq = 0  # the last sequence number given out
         self.acked_seq = 0
@@ -62,6 +65,7 @@ class AccountData:
         self.seq = self.acked_seq = self.sent_seq = acked_seq
         for kind, item_id, version, hash_ in digest:
             self.items[(kind, item_id)] = ItemState(version, hash_, 0, None)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
         contents = self._spool.open()
         replayed = skipped = corrupt = 0
         segment_last: list[int] = []
@@ -90,6 +94,8 @@ class AccountData:
         if change.seq <= acked_seq or (known is not None and known.version >= change.version):
             return False
         item_json = change.item.model_dump_json().encode()
+        if known is None:
+            self.counts[change.item.kind] = self.counts.get(change.item.kind, 0) + 1
         self.items[key] = ItemState(change.version, change.hash, change.seq, item_json)
         self.pending.pop(key, None)
         self.pending[key] = (change.seq, line)
@@ -97,8 +103,8 @@ class AccountData:
 
     # --- changes -------------------------------------------------------------------------
 
-    def upsert(self, item: AnyItem) -> bool:
-        """Record what the platform observed; True if it changed anything."""
+    def upsert(self, item: AnyItem) -> int:
+        """Record what the platform observed; the item's new version, or 0 if unchanged."""
         data = item.model_dump_json().encode()
         if len(data) > MAX_ITEM_BYTES:
             raise InvalidItem(
@@ -108,23 +114,25 @@ class AccountData:
         key = (item.kind, item.id)
         state = self.items.get(key)
         if state is not None and state.hash == hash_:
-            return False
+            return 0
         version = 1 if state is None else state.version + 1
+        if state is None:
+            self.counts[item.kind] = self.counts.get(item.kind, 0) + 1
         self.seq += 1
         line = change_json(self.seq, version, hash_, data)
         self._spool.append(self.seq, line + b"\n")
         self.items[key] = ItemState(version, hash_, self.seq, data)
         self.pending.pop(key, None)
         self.pending[key] = (self.seq, line)
-        return True
+        return version
 
-    def unsent(self) -> list[bytes]:
-        """Pending changes not sent yet, oldest first."""
-        newer: list[bytes] = []
+    def unsent(self) -> list[tuple[int, bytes]]:
+        """Pending changes not sent yet, oldest first, as ``(seq, change JSON)``."""
+        newer: list[tuple[int, bytes]] = []
         for seq, line in reversed(self.pending.values()):
             if seq <= self.sent_seq:
                 break
-            newer.append(line)
+            newer.append((seq, line))
         newer.reverse()
         return newer
 
@@ -143,10 +151,14 @@ class AccountData:
         """Send every pending change again with the next flush."""
         self.sent_seq = self.acked_seq
 
-    def changed_after(self, seq: int) -> list[bytes]:
+    def changed_after(self, seq: int) -> list[tuple[int, bytes]]:
         """Every item this worker holds that changed after ``seq``, as it is now."""
         chosen = sorted((s for s in self.items.values() if s.seq > seq), key=lambda s: s.seq)
-        return [change_json(s.seq, s.version, s.hash, s.json) for s in chosen if s.json is not None]
+        return [
+            (s.seq, change_json(s.seq, s.version, s.hash, s.json))
+            for s in chosen
+            if s.json is not None
+        ]
 
     @property
     def unacked(self) -> int:

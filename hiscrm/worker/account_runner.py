@@ -58,6 +58,7 @@ class AccountRunner:
         backoff: RestartBackoff,
         errors: ErrorReporter,
         on_state: Callable[["AccountRunner", str], None],
+        context: AccountContext,
         log: FilteringBoundLogger,
     ) -> None:
         self.account = account
@@ -66,7 +67,7 @@ class AccountRunner:
         self._errors = errors
         self._on_state = on_state
         self._log = log.bind(account_id=account.id)
-        self.context = AccountContext(account, self._log)
+        self.context = context
         self.state = AccountState.STOPPED
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
@@ -111,7 +112,8 @@ class AccountRunner:
                 self._errors.report("account", exc, account_id=self.account.id)
                 reason = "CancelledError escaped from run()"
             except Exception as exc:
-                self._errors.report("account", exc, account_id=self.account.id)
+                if not getattr(exc, "reported", False):  # InvalidItem is reported at upsert
+                    self._errors.report("account", exc, account_id=self.account.id)
                 reason = f"{type(exc).__name__}: {exc}"
             if self.state is not AccountState.RUNNING:  # it failed while being stopped
                 return

@@ -1,20 +1,50 @@
-"""The ``ctx`` a platform's ``run`` receives for one account."""
+"""The ``ctx`` a platform's ``run`` receives for one account.
+
+Platforms write what they find with ``ctx.upsert_<kind>(...)``, passing a model or a
+mapping of its fields. Bad data is refused at this boundary: the upsert raises
+:class:`InvalidItem` naming the problem (a time in seconds, a missing field), and the
+error is logged, counted and reported to the master, once.
+"""
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
+from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.items import (
+    URGENT_KINDS,
+    AnyItem,
+    Comment,
+    Content,
+    Conversation,
+    Message,
+    Notification,
+)
 from hiscrm.models import AccountSpec
+from hiscrm.worker.account_data import AccountData, InvalidItem
+from hiscrm.worker.error_reporter import ErrorReporter
+
+ItemT = TypeVar("ItemT", Conversation, Message, Comment, Content, Notification)
 
 
 class AccountContext:
-    def __init__(self, account: AccountSpec, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        account: AccountSpec,
+        log: FilteringBoundLogger,
+        data: AccountData,
+        on_change: Callable[[str, bool], None],
+        errors: ErrorReporter,
+    ) -> None:
         self._account = account
         self._options = MappingProxyType(account.options)
         self._log = log
+        self._data = data
+        self._on_change = on_change
+        self._errors = errors
         self.last_progress_at: int | None = None  # ms
 
     @property
@@ -31,3 +61,63 @@ class AccountContext:
 
     def progress(self) -> None:
         self.last_progress_at = time.time_ns() // 1_000_000
+
+    def count(self, kind: str) -> int:
+        """How many items of ``kind`` this account has (in the store or seen since)."""
+        return self._data.counts.get(kind, 0)
+
+    # --- writing what the platform found -------------------------------------------------
+
+    def upsert_conversation(self, item: Conversation | Mapping[str, Any]) -> bool:
+        return self.upsert(self._valid(Conversation, item))
+
+    def upsert_message(self, item: Message | Mapping[str, Any]) -> bool:
+        return self.upsert(self._valid(Message, item))
+
+    def upsert_comment(self, item: Comment | Mapping[str, Any]) -> bool:
+        return self.upsert(self._valid(Comment, item))
+
+    def upsert_content(self, item: Content | Mapping[str, Any]) -> bool:
+        return self.upsert(self._valid(Content, item))
+
+    def upsert_notification(self, item: Notification | Mapping[str, Any]) -> bool:
+        return self.upsert(self._valid(Notification, item))
+
+    def upsert(self, item: AnyItem) -> bool:
+        """Record an item; True if it changed anything (a no-op sends nothing)."""
+        try:
+            version = self._data.upsert(item)
+        except InvalidItem as exc:
+            self._refuse(exc)
+        self.progress()
+        if version:
+            urgent = (
+                version == 1
+                and item.kind in URGENT_KINDS
+                and getattr(item, "direction", "") == "inbound"
+            )
+            self._on_change(self._account.id, urgent)
+        return bool(version)
+
+    def _valid(self, model: type[ItemT], item: ItemT | Mapping[str, Any]) -> ItemT:
+        if isinstance(item, model):
+            return item
+        try:
+            return model.model_validate(item)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{_where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            )
+            kind = model.model_fields["kind"].default
+            item_id = item.get("id") if isinstance(item, Mapping) else None
+            self._refuse(InvalidItem(f"invalid {kind} {item_id!r}: {problems}"))
+
+    def _refuse(self, exc: InvalidItem) -> NoReturn:
+        self._errors.report("platform data", exc, account_id=self._account.id)
+        exc.reported = True
+        raise exc
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "item"

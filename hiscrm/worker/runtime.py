@@ -1,14 +1,15 @@
-"""The worker's event loop: registration, heartbeats, messages from the master, account
-tasks, and the way out.
+"""The worker's event loop: registration, heartbeats, messages from the master, and the
+way out. The accounts themselves live in ``account_host``.
 
 Lifecycle of a worker process::
 
     booting --register--> waiting for welcome --welcome--> serving --stop--> stopping --> exit
 
 It stops for one of four reasons, each with its exit code: ``master:shutdown`` or SIGTERM
-(graceful, 0), the master refused it or speaks another protocol (76), or the pipe to the
-master closed, meaning the master is gone (75; the worker then kills its own process group
-so that nothing it started survives).
+(graceful, 0: platforms stopped, pending changes flushed and acknowledged), the master
+refused it or speaks another protocol (76), or the pipe to the master closed, meaning
+the master is gone (75; the worker then kills its own process group so that nothing it
+started survives; unacknowledged changes wait in the spool).
 """
 
 import asyncio
@@ -16,18 +17,16 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.backoff import RestartBackoff
 from hiscrm.channel import Channel, open_channel
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
-from hiscrm.models import AccountSpec
-from hiscrm.platforms import resolve_platform_name
 from hiscrm.platforms.base import Platform
 from hiscrm.platforms.loader import load_platform
 from hiscrm.protocol import (
@@ -35,12 +34,15 @@ from hiscrm.protocol import (
     AnyMessage,
     Encoder,
     MasterAccountAssign,
+    MasterAccountDigest,
     MasterAccountRevoke,
+    MasterDataAck,
+    MasterDataNack,
     MasterRefuse,
     MasterShutdown,
+    MasterSyncRequest,
     MasterWelcome,
     ProtocolError,
-    WorkerAccountState,
     WorkerBoot,
     WorkerGoodbye,
     WorkerHeartbeat,
@@ -49,8 +51,9 @@ from hiscrm.protocol import (
     schema_hash,
 )
 from hiscrm.worker import bootstrap
-from hiscrm.worker.account_runner import AccountRunner, AccountState
+from hiscrm.worker.account_host import AccountHost
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.sync import Syncer
 
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
 
@@ -95,7 +98,7 @@ class WorkerRuntime:
         self._encoder = Encoder()
         self.channel: Channel | None = None
         self.errors = ErrorReporter(self.send, log)
-        self.runners: dict[str, AccountRunner] = {}
+        self.accounts: AccountHost | None = None
         self._welcomed = False
         self._stop: asyncio.Future[tuple[ExitCode, str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -103,9 +106,12 @@ class WorkerRuntime:
     # --- sending -------------------------------------------------------------------------
 
     def send(self, message: AnyMessage) -> bool:
+        return self.send_frame(self._encoder.encode(message))
+
+    def send_frame(self, frame: bytes) -> bool:
         if self.channel is None or not self.channel.is_open:
             return False
-        return self.channel.send(self._encoder.encode(message))
+        return self.channel.send(frame)
 
     # --- the main coroutine --------------------------------------------------------------
 
@@ -114,7 +120,17 @@ class WorkerRuntime:
         loop.set_exception_handler(self._on_loop_exception)
         threading.excepthook = self._on_thread_exception
         self._stop = loop.create_future()
-        self.channel = await open_channel(conn, self._on_frame, self._on_channel_closed)
+        channel = self.channel = await open_channel(conn, self._on_frame, self._on_channel_closed)
+        syncer = Syncer(
+            self.send_frame,
+            lambda: channel.write_buffer_size,
+            ack_timeout_s=self.boot.ack_timeout_s,
+            idle_sync_s=self.boot.idle_sync_s,
+            log=self._log,
+        )
+        self.accounts = AccountHost(
+            self.boot, self._platforms, self.errors, self.send, syncer, self.spawn, self._log
+        )
 
         def graceful_stop() -> None:  # runs in the SIGTERM handler
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
@@ -131,20 +147,23 @@ class WorkerRuntime:
             )
         )
         self.spawn(self._heartbeats(), "heartbeat")
+        self.spawn(syncer.run(), "sync")
         code, reason = await self._stop
         bootstrap.set_graceful_stop(None)
         if code is ExitCode.ORPHANED:
-            await self._stop_accounts(reason, ORPHAN_STOP_S)
+            await self.accounts.stop_all(reason, ORPHAN_STOP_S, flush=False)
             bootstrap.kill_own_group(reason)
-        await self._stop_accounts(reason, self._stop_timeout())
+        left = await self.accounts.stop_all(reason, self._stop_timeout(), flush=True)
+        if left:
+            self._log.warning("changes not acknowledged at exit stay in the spool", unacked=left)
         self._log.info("worker stopping", reason=reason, exit_code=int(code))
         self.send(WorkerGoodbye(reason=reason))
-        if self.channel.is_open:
+        if channel.is_open:
             try:
-                await asyncio.wait_for(self.channel.flushed(), timeout=1.0)
+                await asyncio.wait_for(channel.flushed(), timeout=1.0)
             except TimeoutError:
                 self._log.error("goodbye not delivered: the master is not reading")
-            self.channel.close()
+            channel.close()
         return int(code)
 
     def request_stop(self, code: ExitCode, reason: str) -> None:
@@ -155,13 +174,9 @@ class WorkerRuntime:
         # Leave the master a margin before it escalates to SIGTERM.
         return max(0.1, self.boot.stop_timeout_s * 0.8)
 
-    async def _stop_accounts(self, reason: str, timeout_s: float) -> None:
-        runners = list(self.runners.values())
-        await asyncio.gather(*(r.stop(reason, timeout_s) for r in runners))
-
     # --- tasks and errors ----------------------------------------------------------------
 
-    def spawn(self, coro: Any, source: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], source: str) -> asyncio.Task[Any]:
         """Start a task whose failure is reported, never lost."""
         task = asyncio.create_task(coro, name=source)
         self._tasks.add(task)
@@ -210,11 +225,7 @@ class WorkerRuntime:
                     loop_lag_ms=round(lag * 1000, 3),
                     errors_total=self.errors.total,
                     log_write_errors=self._sink.write_errors,
-                    progress_at={
-                        a: r.context.last_progress_at
-                        for a, r in self.runners.items()
-                        if r.context.last_progress_at is not None
-                    },
+                    progress_at=self.accounts.progress() if self.accounts else {},
                 )
             )
             try:
@@ -245,7 +256,27 @@ class WorkerRuntime:
             self.errors.report(f"handling {envelope.body.type}", exc)
 
     def _dispatch(self, message: AnyMessage) -> None:
+        accounts = self.accounts
+        assert accounts is not None
+        now = asyncio.get_running_loop().time()
         match message:
+            case MasterDataAck(account_id=account_id, seq=seq):
+                accounts.syncer.on_ack(account_id, seq, now)
+            case MasterDataNack(account_id=account_id, seq=seq, reason=reason):
+                accounts.syncer.on_nack(account_id, seq, reason)
+            case MasterAccountAssign():
+                accounts.assign(message)
+            case MasterAccountDigest():
+                accounts.digest(message)
+            case MasterAccountRevoke(account_id=account_id):
+                accounts.revoke(account_id, self._stop_timeout())
+            case MasterSyncRequest(account_id=account_id, from_seq=None):
+                accounts.syncer.flush(account_id, now)
+            case MasterSyncRequest(account_id=account_id, from_seq=int(from_seq)):
+                sent = accounts.syncer.resend_from(account_id, from_seq, now)
+                self._log.info(
+                    "sync requested", account_id=account_id, from_seq=from_seq, items=sent
+                )
             case MasterWelcome():
                 self._on_welcome(message)
             case MasterRefuse(reason=reason):
@@ -253,12 +284,6 @@ class WorkerRuntime:
                 self.request_stop(ExitCode.PROTOCOL_MISMATCH, f"refused: {reason}")
             case MasterShutdown(reason=reason):
                 self.request_stop(ExitCode.OK, f"master:shutdown ({reason})")
-            case MasterAccountAssign(account=account):
-                self._assign(account.id, account)
-            case MasterAccountRevoke(account_id=account_id):
-                runner = self.runners.pop(account_id, None)
-                if runner is not None:
-                    self.spawn(runner.stop("revoked", self._stop_timeout()), "revoke")
             case _:
                 raise ProtocolError("invalid", f"{message.type} is not for workers", b"")
 
@@ -276,30 +301,3 @@ class WorkerRuntime:
             return
         self._welcomed = True
         self._log.info("registered", master_pid=welcome.master_pid, schema=mine)
-
-    def _assign(self, account_id: str, account: AccountSpec) -> None:
-        if account_id in self.runners:
-            return
-        platform = self._platforms.get(resolve_platform_name(account.platform))
-        if platform is None:
-            raise LookupError(f"account {account_id}: platform {account.platform!r} not loaded")
-        backoff = RestartBackoff(
-            self.boot.backoff_initial_s, self.boot.backoff_max_s, self.boot.backoff_reset_after_s
-        )
-        runner = AccountRunner(
-            account, platform, backoff, self.errors, self._account_state, self._log
-        )
-        self.runners[account_id] = runner
-        runner.start()
-
-    def _account_state(self, runner: AccountRunner, reason: str) -> None:
-        self.send(
-            WorkerAccountState(
-                account_id=runner.account.id,
-                state=str(runner.state),
-                restarts=runner.restarts,
-                reason=reason,
-            )
-        )
-        if runner.state is AccountState.STOPPED and self.runners.get(runner.account.id) is runner:
-            del self.runners[runner.account.id]

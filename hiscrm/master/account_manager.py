@@ -1,0 +1,243 @@
+"""The master's side of the data path: which worker runs each account, syncs into the
+store, acknowledgements back, stale-sync health.
+
+The supervisor tells it when workers come and go and hands it the data messages; it
+decides with the :class:`Assigner`, writes through the :class:`StoreThread`, and answers
+workers only after the store has committed. Messages to one worker go out in the order
+they were decided (one chain of sends per worker), so a revoke can never overtake the
+assignment it revokes.
+"""
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.config import Config
+from hiscrm.master import datastore
+from hiscrm.master.assigner import Action, Assign, Assigner, Revoke
+from hiscrm.master.store_thread import StoreThread, SyncBatch, SyncOutcome
+from hiscrm.master.sync_health import SyncHealth
+from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.protocol import (
+    MAX_MESSAGE_BYTES,
+    MasterAccountAssign,
+    MasterAccountDigest,
+    MasterAccountRevoke,
+    MasterDataAck,
+    MasterDataNack,
+    MasterSyncRequest,
+    WorkerAccountReleased,
+    WorkerDataSync,
+)
+
+DigestEntry = tuple[str, str, int, str]
+
+
+def digest_chunks(
+    entries: list[DigestEntry], budget: int = MAX_MESSAGE_BYTES - 1000
+) -> list[list[DigestEntry]]:
+    """Split digest entries so each ``master:account:digest`` stays within the limit."""
+    chunks: list[list[DigestEntry]] = []
+    current: list[DigestEntry] = []
+    size = 0
+    for entry in entries:
+        entry_size = len(entry[0]) + len(entry[1]) + len(entry[3]) + 40  # quotes, commas, int
+        if current and size + entry_size > budget:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class AccountManager:
+    def __init__(
+        self,
+        config: Config,
+        store: StoreThread,
+        handles: dict[str, WorkerHandle],
+        log: FilteringBoundLogger,
+        now: float,
+    ) -> None:
+        self._store = store
+        self._handles = handles
+        self._log = log
+        self.assigner = Assigner(
+            config.accounts,
+            config.worker_ids,
+            config.accounts_per_worker,
+            config.supervision.reassign_after_s,
+            now,
+        )
+        self.health = SyncHealth(config.sync.stale_after_s, log)
+        self._outbox: dict[str, asyncio.Task[None]] = {}
+        self.internal_errors = 0
+        homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
+        if homeless:
+            self._log.warning(
+                "accounts left without a worker: more accounts than workers * accounts_per_worker",
+                accounts=homeless,
+            )
+
+    # --- worker lifecycle ----------------------------------------------------------------
+
+    def worker_up(self, handle: WorkerHandle, now: float) -> None:
+        self._execute(self.assigner.worker_up(handle.id, now), now)
+
+    def worker_down(self, worker_id: str, now: float) -> None:
+        self._execute(self.assigner.worker_down(worker_id, now), now)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d for d in (self.health.next_deadline(), self.assigner.next_deadline()) if d is not None
+        ]
+        return min(deadlines, default=None)
+
+    def on_deadline(self, now: float) -> None:
+        self.health.check(now)
+        self._execute(self.assigner.tick(now), now)
+
+    # --- data messages -------------------------------------------------------------------
+
+    def on_sync(self, handle: WorkerHandle, message: WorkerDataSync) -> None:
+        owner = self.assigner.owner_of(message.account_id)
+        if owner != handle.id or handle.pid is None:
+            reason = (
+                f"account {message.account_id!r} is not assigned to {handle.id} (owner: {owner})"
+            )
+            self.health.failure(message.account_id, "not_assigned")
+            self._log.error(
+                "sync refused", worker=handle.id, account_id=message.account_id, reason=reason
+            )
+            handle.send(
+                MasterDataNack(account_id=message.account_id, seq=message.last_seq, reason=reason)
+            )
+            return
+        self._store.submit(
+            SyncBatch(
+                handle.id,
+                handle.pid,
+                message.account_id,
+                message.base_seq,
+                message.last_seq,
+                message.changes,
+            )
+        )
+
+    def on_outcomes(self, outcomes: list[SyncOutcome], now: float) -> None:
+        at_ms = time.time_ns() // 1_000_000
+        for outcome in outcomes:
+            batch = outcome.batch
+            handle = self._handles.get(batch.worker_id)
+            same_process = handle is not None and handle.pid == batch.pid
+            if outcome.ok:
+                self.health.success(batch.account_id, now, at_ms, len(batch.changes))
+                if same_process and handle is not None:
+                    handle.send(
+                        MasterDataAck(account_id=batch.account_id, seq=outcome.committed_seq)
+                    )
+                continue
+            reason = outcome.error or "unknown"
+            kind = reason.split(":", 1)[0].replace(" ", "_")
+            self.health.failure(batch.account_id, kind)
+            self._log.warning(
+                "sync not committed",
+                worker=batch.worker_id,
+                account_id=batch.account_id,
+                base_seq=batch.base_seq,
+                last_seq=batch.last_seq,
+                reason=reason,
+            )
+            if same_process and handle is not None:
+                handle.send(
+                    MasterDataNack(account_id=batch.account_id, seq=batch.last_seq, reason=reason)
+                )
+
+    def on_released(self, handle: WorkerHandle, message: WorkerAccountReleased, now: float) -> None:
+        self._log.info(
+            "account released",
+            worker=handle.id,
+            account_id=message.account_id,
+            unacked=message.unacked,
+        )
+        self._execute(self.assigner.released(handle.id, message.account_id, now), now)
+
+    def request_sync(self, account_id: str, from_seq: int | None) -> str | None:
+        """Ask the account's worker to sync now; the worker id, or None if unassigned."""
+        owner = self.assigner.owner_of(account_id)
+        if owner is None:
+            return None
+        handle = self._handles[owner]
+        self._chain(
+            owner, self._send(handle, MasterSyncRequest(account_id=account_id, from_seq=from_seq))
+        )
+        return owner
+
+    # --- carrying out decisions ----------------------------------------------------------
+
+    def _execute(self, actions: list[Action], now: float) -> None:
+        for action in actions:
+            match action:
+                case Assign(worker_id, account):
+                    self.health.watch(account.id, now)
+                    self._chain(worker_id, self._assign(self._handles[worker_id], action))
+                case Revoke(worker_id, account_id):
+                    self._log.info("revoking account", worker=worker_id, account_id=account_id)
+                    handle = self._handles[worker_id]
+                    self._chain(
+                        worker_id, self._send(handle, MasterAccountRevoke(account_id=account_id))
+                    )
+
+    def _chain(self, worker_id: str, step: Coroutine[Any, Any, None]) -> None:
+        previous = self._outbox.get(worker_id)
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            await step
+
+        task = asyncio.create_task(after_previous(), name=f"outbox:{worker_id}")
+        task.add_done_callback(self._step_done)
+        self._outbox[worker_id] = task
+
+    def _step_done(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.internal_errors += 1
+        self._log.error(
+            "sending to a worker failed", task=task.get_name(), exc_info=task.exception()
+        )
+
+    async def _send(self, handle: WorkerHandle, message: Any) -> None:
+        handle.send(message)
+
+    async def _assign(self, handle: WorkerHandle, action: Assign) -> None:
+        pid = handle.pid
+        account_id = action.account.id
+
+        def read(conn: Any) -> tuple[int, list[DigestEntry]]:
+            return datastore.committed_seq(conn, account_id), datastore.digest(conn, account_id)
+
+        acked_seq, entries = await self._store.call(read)
+        if handle.pid != pid or handle.state is not WorkerState.RUNNING:
+            return  # it went away meanwhile; it gets its accounts again when it registers
+        handle.send(
+            MasterAccountAssign(
+                account=action.account, acked_seq=acked_seq, digest_total=len(entries)
+            )
+        )
+        for chunk in digest_chunks(entries):
+            handle.send(MasterAccountDigest(account_id=account_id, entries=chunk))
+        self._log.info(
+            "account assigned",
+            worker=handle.id,
+            pid=pid,
+            account_id=account_id,
+            acked_seq=acked_seq,
+            items=len(entries),
+        )

@@ -1,0 +1,191 @@
+"""Which worker watches which account, as decisions without I/O.
+
+* Every account has a *home*: planned round-robin at start, at most
+  ``accounts_per_worker`` per worker. It stays with its home across restarts of that
+  worker.
+* If the home cannot run (its process is gone: crashed, in backoff, boot_failed) for
+  ``reassign_after_s``, its accounts move to the least loaded running workers with room.
+  When the home runs again they move back.
+* Moving an account off a *running* worker is a handshake: revoke, wait for
+  ``worker:account:released`` (its task stopped, its changes flushed), then assign. So at
+  any moment an account is assigned to at most one worker. If the releasing worker dies,
+  its death is the release.
+
+The assigner returns ``Assign``/``Revoke`` actions; the account manager carries them out.
+"""
+
+from dataclasses import dataclass
+
+from hiscrm.models import AccountSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    worker_id: str
+    account: AccountSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    worker_id: str
+    account_id: str
+
+
+Action = Assign | Revoke
+
+
+@dataclass(slots=True)
+class Slot:
+    account: AccountSpec
+    home: str | None  # None: no room anywhere at start
+    owner: str | None = None  # assigned to (or being released by) this worker
+    releasing: bool = False  # a revoke is out; waiting for the owner to let go
+    target: str | None = None  # where it goes once released
+
+
+def plan_homes(
+    accounts: list[AccountSpec], worker_ids: list[str], per_worker: int
+) -> dict[str, str | None]:
+    """Round-robin, at most ``per_worker`` each; accounts beyond capacity get no home."""
+    capacity = len(worker_ids) * per_worker
+    return {
+        a.id: (worker_ids[i % len(worker_ids)] if i < capacity else None)
+        for i, a in enumerate(accounts)
+    }
+
+
+class Assigner:
+    def __init__(
+        self,
+        accounts: list[AccountSpec],
+        worker_ids: list[str],
+        per_worker: int,
+        reassign_after_s: float,
+        now: float,
+    ) -> None:
+        homes = plan_homes(accounts, worker_ids, per_worker)
+        self.slots: dict[str, Slot] = {a.id: Slot(a, homes[a.id]) for a in accounts}
+        self._workers = worker_ids
+        self._per_worker = per_worker
+        self._reassign_after_s = reassign_after_s
+        self._running: set[str] = set()
+        self._down_since: dict[str, float] = {w: now for w in worker_ids}
+
+    # --- queries -------------------------------------------------------------------------
+
+    def load(self, worker_id: str) -> int:
+        """Accounts a worker holds or is about to receive."""
+        return sum(
+            1
+            for s in self.slots.values()
+            if (s.owner == worker_id and not s.releasing) or s.target == worker_id
+        )
+
+    def accounts_of(self, worker_id: str) -> list[str]:
+        return [a for a, s in self.slots.items() if s.owner == worker_id]
+
+    def owner_of(self, account_id: str) -> str | None:
+        slot = self.slots.get(account_id)
+        return slot.owner if slot is not None else None
+
+    @property
+    def unplaced(self) -> list[str]:
+        return [a for a, s in self.slots.items() if s.owner is None]
+
+    def next_deadline(self) -> float | None:
+        """When accounts waiting for a down worker become due to move, if any wait."""
+        due = [
+            since + self._reassign_after_s
+            for worker, since in self._down_since.items()
+            if any(
+                (s.owner == worker and not s.releasing) or (s.owner is None and s.home == worker)
+                for s in self.slots.values()
+            )
+        ]
+        return min(due, default=None)
+
+    # --- events --------------------------------------------------------------------------
+
+    def worker_up(self, worker_id: str, now: float) -> list[Action]:
+        """A worker registered: give it its accounts, and call home the ones that moved."""
+        self._running.add(worker_id)
+        self._down_since.pop(worker_id, None)
+        actions: list[Action] = []
+        for slot in self.slots.values():
+            if slot.owner == worker_id and not slot.releasing:
+                actions.append(Assign(worker_id, slot.account))  # its own, after a restart
+            elif slot.home == worker_id and not slot.releasing and slot.owner != worker_id:
+                if slot.owner in self._running:  # moved away; bring it back by handshake
+                    slot.releasing, slot.target = True, worker_id
+                    actions.append(Revoke(slot.owner, slot.account.id))
+                else:  # nobody runs it now
+                    slot.owner = worker_id
+                    actions.append(Assign(worker_id, slot.account))
+        return actions + self._place_unowned(now)
+
+    def worker_down(self, worker_id: str, now: float) -> list[Action]:
+        """A worker's process is gone. Its accounts wait for it (sticky) for a while; any
+        it was releasing are released by its death."""
+        self._running.discard(worker_id)
+        self._down_since.setdefault(worker_id, now)
+        actions: list[Action] = []
+        for slot in self.slots.values():
+            if slot.owner == worker_id and slot.releasing:
+                actions += self._hand_over(slot, now)
+        return actions
+
+    def released(self, worker_id: str, account_id: str, now: float) -> list[Action]:
+        slot = self.slots.get(account_id)
+        if slot is None or slot.owner != worker_id or not slot.releasing:
+            return []
+        return self._hand_over(slot, now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Move the accounts of workers that have been down for ``reassign_after_s``."""
+        actions: list[Action] = []
+        for worker, since in list(self._down_since.items()):
+            if now - since < self._reassign_after_s:
+                continue
+            for slot in self.slots.values():
+                if slot.owner == worker and not slot.releasing:
+                    new_owner = self._least_loaded()
+                    if new_owner is None:
+                        break
+                    slot.owner = new_owner
+                    actions.append(Assign(new_owner, slot.account))
+        return actions + self._place_unowned(now)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _hand_over(self, slot: Slot, now: float) -> list[Action]:
+        target, slot.target, slot.releasing = slot.target, None, False
+        if target is not None and target in self._running:
+            slot.owner = target
+            return [Assign(target, slot.account)]
+        slot.owner = None
+        return self._place_unowned(now)
+
+    def _least_loaded(self) -> str | None:
+        candidates = [
+            w for w in self._workers if w in self._running and self.load(w) < self._per_worker
+        ]
+        return min(candidates, key=lambda w: (self.load(w), self._workers.index(w)), default=None)
+
+    def _place_unowned(self, now: float) -> list[Action]:
+        """Accounts nobody holds go home if their home runs; if it has been down for
+        ``reassign_after_s`` (or they have no home), to the least loaded worker with room."""
+        actions: list[Action] = []
+        for slot in self.slots.values():
+            if slot.owner is not None or slot.releasing:
+                continue
+            home = slot.home
+            if home is not None and home in self._running:
+                worker: str | None = home
+            elif home is None or now - self._down_since.get(home, now) >= self._reassign_after_s:
+                worker = self._least_loaded()
+            else:
+                continue  # its home may be back any moment
+            if worker is not None:
+                slot.owner = worker
+                actions.append(Assign(worker, slot.account))
+        return actions

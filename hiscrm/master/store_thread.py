@@ -1,0 +1,245 @@
+"""The one thread that owns the SQLite store: it opens it, migrates it, and performs every
+write, so the event loop never waits on disk.
+
+Syncs queue up while a transaction runs and go into the next one together (group
+commit). A sync is committed only if the store already has every change of its account
+up to the sync's ``base_seq``; otherwise it is refused as a gap, so a lost or failed
+sync is never skipped over. Each outcome (committed up to which seq, or why not) goes
+back to the loop, which acknowledges the worker only after the commit.
+
+Reads that must see every queued write (the digest sent with an assignment) and other
+store calls go through the same queue with ``call``.
+"""
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master import datastore
+from hiscrm.protocol import ItemChange
+
+T = TypeVar("T")
+MAX_GROUP = 512  # syncs per transaction at most
+RETENTION_EVERY_S = 3600.0
+
+
+@dataclass(slots=True)
+class SyncBatch:
+    worker_id: str
+    pid: int
+    account_id: str
+    base_seq: int
+    last_seq: int
+    changes: list[ItemChange]
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    batch: SyncBatch
+    committed_seq: int  # what the store has for the account afterwards
+    error: str | None = None  # None: committed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class _Call:
+    function: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: "asyncio.Future[Any]"
+
+
+_STOP = object()
+
+
+class StoreThread:
+    def __init__(
+        self,
+        path: Path,
+        on_outcomes: Callable[[list[SyncOutcome]], None],
+        retention_days: dict[str, float],
+        log: FilteringBoundLogger,
+    ) -> None:
+        self.path = path
+        self._on_outcomes = on_outcomes
+        self._retention = retention_days
+        self._log = log
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._upserter = datastore.Upserter()
+        self._committed: dict[str, int] = {}
+        self.commits = 0
+        self.items_written = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        """Open and migrate the store in its thread; raise here if that fails."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise datastore.StoreError(
+                f"{self.path}: {self._startup_error}"
+            ) from self._startup_error
+
+    def submit(self, batch: SyncBatch) -> None:
+        self._queue.put(batch)
+
+    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(connection)`` in the store thread, after everything queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Call(function, loop, future))
+        return await future
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish what is queued, then close the store."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                self._log.error("store thread did not finish in time", timeout_s=timeout_s)
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            conn = datastore.connect(self.path)
+            found = datastore.migrate(conn)
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        if found != datastore.SCHEMA_VERSION:
+            self._log.info(
+                "store migrated", path=str(self.path), old=found, new=datastore.SCHEMA_VERSION
+            )
+        self._ready.set()
+        next_retention = time.monotonic()
+        try:
+            while True:
+                work = [self._queue.get()]
+                while len(work) < MAX_GROUP:
+                    try:
+                        work.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                syncs = [w for w in work if isinstance(w, SyncBatch)]
+                if syncs:
+                    self._on_outcomes(self._commit(conn, syncs))
+                for call in (w for w in work if isinstance(w, _Call)):
+                    self._answer(conn, call)
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_EVERY_S
+                    self._apply_retention(conn)
+                if any(w is _STOP for w in work):
+                    return
+        except BaseException as exc:  # a bug here would silently stop every sync
+            self.errors += 1
+            self._log.critical("store thread died", exc_info=exc)
+            raise
+        finally:
+            conn.close()
+
+    def _committed_seq(self, conn: sqlite3.Connection, account_id: str) -> int:
+        if account_id not in self._committed:
+            self._committed[account_id] = datastore.committed_seq(conn, account_id)
+        return self._committed[account_id]
+
+    def _commit(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
+        try:
+            return self._commit_group(conn, syncs)
+        except sqlite3.Error as exc:
+            self.errors += 1
+            self._log.error(
+                "store commit failed; retrying syncs one by one", syncs=len(syncs), exc_info=exc
+            )
+            self._committed.clear()
+            outcomes = []
+            for batch in syncs:
+                try:
+                    outcomes += self._commit_group(conn, [batch])
+                except sqlite3.Error as single:
+                    self.errors += 1
+                    self._committed.clear()
+                    done = self._committed_seq(conn, batch.account_id)
+                    outcomes.append(SyncOutcome(batch, done, f"store error: {single}"))
+            return outcomes
+
+    def _commit_group(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
+        now_ms = time.time_ns() // 1_000_000
+        outcomes: list[SyncOutcome] = []
+        accepted: list[SyncBatch] = []
+        planned: dict[str, int] = {}
+        for batch in syncs:
+            done = planned.get(batch.account_id, self._committed_seq(conn, batch.account_id))
+            if batch.base_seq > done:
+                gap = f"gap: the store has up to {done}, this sync continues from {batch.base_seq}"
+                outcomes.append(SyncOutcome(batch, done, gap))
+                continue
+            planned[batch.account_id] = max(done, batch.last_seq)
+            accepted.append(batch)
+        if not accepted:
+            return outcomes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            written = 0
+            for batch in accepted:
+                rows = self._upserter.rows(batch.account_id, batch.changes, now_ms)
+                self._upserter.write(conn, rows)
+                datastore.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
+                written += len(batch.changes)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._committed.update(planned)
+        self.commits += 1
+        self.items_written += written
+        outcomes += [SyncOutcome(b, planned[b.account_id]) for b in accepted]
+        return outcomes
+
+    def _answer(self, conn: sqlite3.Connection, call: _Call) -> None:
+        try:
+            result = call.function(conn)
+        except Exception as exc:
+            call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
+        else:
+            call.loop.call_soon_threadsafe(_set_result, call.future, result)
+
+    def _apply_retention(self, conn: sqlite3.Connection) -> None:
+        if not self._retention:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            deleted = datastore.apply_retention(conn, self._retention, time.time_ns() // 1_000_000)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            self.errors += 1
+            self._log.error("retention failed", exc_info=exc)
+            return
+        if any(deleted.values()):
+            self._log.info("retention applied", deleted=deleted, keep_days=self._retention)
+
+
+def _set_result(future: "asyncio.Future[Any]", result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: "asyncio.Future[Any]", exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

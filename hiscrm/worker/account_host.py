@@ -1,0 +1,197 @@
+"""The accounts a worker runs: loading each one, running its platform, syncing its
+changes, and letting it go.
+
+An assigned account starts from what the store holds (the digest that follows the
+assignment) plus what its spool still has; only then does its platform start. A revoked
+account stops its platform, flushes its changes and waits for the master to acknowledge
+them (up to a limit; what is left stays in the spool for the next owner), releases the
+spool, and answers ``worker:account:released``.
+"""
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.backoff import RestartBackoff
+from hiscrm.models import AccountSpec
+from hiscrm.platforms import resolve_platform_name
+from hiscrm.platforms.base import Platform
+from hiscrm.protocol import (
+    AnyMessage,
+    MasterAccountAssign,
+    MasterAccountDigest,
+    WorkerAccountReleased,
+    WorkerAccountState,
+    WorkerBoot,
+)
+from hiscrm.worker.account_data import AccountData
+from hiscrm.worker.account_runner import AccountRunner, AccountState
+from hiscrm.worker.context import AccountContext
+from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.spool import Spool, SpoolBusy
+from hiscrm.worker.sync import Syncer
+
+SPOOL_RETRY_S = 1.0
+
+
+class SpoolDamaged(Exception):
+    """Lines of an account's spool could not be read back."""
+
+
+@dataclass
+class _Loading:
+    account: AccountSpec
+    acked_seq: int
+    digest_total: int
+    digest: list[tuple[str, str, int, str]] = field(default_factory=list)
+
+
+class AccountHost:
+    def __init__(
+        self,
+        boot: WorkerBoot,
+        platforms: dict[str, type[Platform]],
+        errors: ErrorReporter,
+        send: Callable[[AnyMessage], bool],
+        syncer: Syncer,
+        spawn: Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"],
+        log: FilteringBoundLogger,
+    ) -> None:
+        self._boot = boot
+        self._platforms = platforms
+        self._errors = errors
+        self._send = send
+        self.syncer = syncer
+        self._spawn = spawn
+        self._log = log
+        self.runners: dict[str, AccountRunner] = {}
+        self._loading: dict[str, _Loading] = {}
+
+    # --- assignment ----------------------------------------------------------------------
+
+    def assign(self, message: MasterAccountAssign) -> None:
+        account_id = message.account.id
+        if account_id in self.runners or account_id in self._loading:
+            return
+        self._loading[account_id] = _Loading(
+            message.account, message.acked_seq, message.digest_total
+        )
+        if message.digest_total == 0:
+            self._start(account_id)
+
+    def digest(self, message: MasterAccountDigest) -> None:
+        loading = self._loading.get(message.account_id)
+        if loading is None:
+            raise LookupError(
+                f"digest for account {message.account_id!r}, which is not being assigned"
+            )
+        loading.digest += message.entries
+        if len(loading.digest) >= loading.digest_total:
+            self._start(message.account_id)
+
+    def _start(self, account_id: str) -> None:
+        loading = self._loading.get(account_id)
+        if loading is None:
+            return  # revoked while it waited
+        account = loading.account
+        data = AccountData(account_id, Spool(Path(self._boot.spool_dir) / account_id))
+        try:
+            report = data.load(loading.acked_seq, loading.digest)
+        except SpoolBusy as exc:  # its previous owner has not let go yet
+            self._errors.report("spool", exc, account_id=account_id)
+            asyncio.get_running_loop().call_later(SPOOL_RETRY_S, self._start, account_id)
+            return
+        del self._loading[account_id]
+        if report.corrupt or report.torn_bytes:
+            problem = (
+                f"{report.corrupt} unreadable lines, {report.torn_bytes} bytes of a torn last line"
+            )
+            self._errors.report("spool", SpoolDamaged(problem), account_id=account_id)
+        self._log.info(
+            "account loaded",
+            account_id=account_id,
+            acked_seq=loading.acked_seq,
+            items=len(data.items),
+            replayed=report.replayed,
+        )
+        self.syncer.add(data)
+        if report.replayed:
+            self.syncer.changed(account_id, urgent=True)
+        platform = self._platforms[resolve_platform_name(account.platform)]
+        backoff = RestartBackoff(
+            self._boot.backoff_initial_s, self._boot.backoff_max_s, self._boot.backoff_reset_after_s
+        )
+        log = self._log.bind(account_id=account_id)
+        context = AccountContext(account, log, data, self.syncer.changed, self._errors)
+        runner = AccountRunner(
+            account, platform, backoff, self._errors, self._account_state, context, self._log
+        )
+        self.runners[account_id] = runner
+        runner.start()
+
+    def _account_state(self, runner: AccountRunner, reason: str) -> None:
+        self._send(
+            WorkerAccountState(
+                account_id=runner.account.id,
+                state=str(runner.state),
+                restarts=runner.restarts,
+                reason=reason,
+            )
+        )
+        if runner.state is AccountState.STOPPED and self.runners.get(runner.account.id) is runner:
+            del self.runners[runner.account.id]
+
+    # --- letting go ----------------------------------------------------------------------
+
+    def revoke(self, account_id: str, timeout_s: float) -> None:
+        if self._loading.pop(account_id, None) is not None or account_id not in self.runners:
+            self._send(WorkerAccountReleased(account_id=account_id, unacked=0))
+            return
+        self._spawn(self._release(account_id, timeout_s), f"release:{account_id}")
+
+    async def _release(self, account_id: str, timeout_s: float) -> None:
+        runner = self.runners.get(account_id)
+        if runner is not None:
+            await runner.stop("revoked", timeout_s / 2)
+        left = await self.syncer.flush_and_wait([account_id], timeout_s / 2)
+        data = self.syncer.remove(account_id)
+        if data is not None:
+            data.close()
+        unacked = left.get(account_id, 0)
+        if unacked:
+            self._log.warning(
+                "account released with unacknowledged changes in its spool",
+                account_id=account_id,
+                unacked=unacked,
+            )
+        self._send(WorkerAccountReleased(account_id=account_id, unacked=unacked))
+
+    async def stop_all(self, reason: str, timeout_s: float, *, flush: bool) -> dict[str, int]:
+        """Stop every platform; with ``flush``, send what is pending and wait for the
+        acknowledgements. Returns what stays unacknowledged (it is in the spool)."""
+        self._loading.clear()
+        runners = list(self.runners.values())
+        await asyncio.gather(
+            *(r.stop(reason, timeout_s / 2 if flush else timeout_s) for r in runners)
+        )
+        left: dict[str, int] = {}
+        if flush:
+            left = await self.syncer.flush_and_wait(list(self.syncer.accounts), timeout_s / 2)
+        else:
+            left = {a: d.unacked for a, d in self.syncer.accounts.items() if d.unacked}
+        for account_id in list(self.syncer.accounts):
+            data = self.syncer.remove(account_id)
+            if data is not None:
+                data.close()
+        return left
+
+    def progress(self) -> dict[str, int]:
+        return {
+            a: r.context.last_progress_at
+            for a, r in self.runners.items()
+            if r.context.last_progress_at is not None
+        }
