@@ -135,10 +135,11 @@ class Master:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Master":
+        """Start (or, after it died, start again) the master on this state dir."""
         env = dict(os.environ)
         env[MARKER] = self.marker
         env["PYTHONPATH"] = os.pathsep.join([str(self.code_dir), str(TESTS_DIR)])
-        with self.stdout_path.open("wb") as out:
+        with self.stdout_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,

@@ -181,7 +181,7 @@ class StoreThread:
     def _commit_group(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
         now_ms = time.time_ns() // 1_000_000
         outcomes: list[SyncOutcome] = []
-        accepted: list[SyncBatch] = []
+        accepted: list[tuple[SyncBatch, int]] = []  # with what the store has after it
         planned: dict[str, int] = {}
         for batch in syncs:
             done = planned.get(batch.account_id, self._committed_seq(conn, batch.account_id))
@@ -190,13 +190,13 @@ class StoreThread:
                 outcomes.append(SyncOutcome(batch, done, gap))
                 continue
             planned[batch.account_id] = max(done, batch.last_seq)
-            accepted.append(batch)
+            accepted.append((batch, planned[batch.account_id]))
         if not accepted:
             return outcomes
         conn.execute("BEGIN IMMEDIATE")
         try:
             written = 0
-            for batch in accepted:
+            for batch, _ in accepted:
                 rows = self._upserter.rows(batch.account_id, batch.changes, now_ms)
                 self._upserter.write(conn, rows)
                 datastore.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
@@ -208,7 +208,7 @@ class StoreThread:
         self._committed.update(planned)
         self.commits += 1
         self.items_written += written
-        outcomes += [SyncOutcome(b, planned[b.account_id]) for b in accepted]
+        outcomes += [SyncOutcome(batch, seq) for batch, seq in accepted]
         return outcomes
 
     def _answer(self, conn: sqlite3.Connection, call: _Call) -> None:

@@ -1,0 +1,137 @@
+"""The worker's per-account data: upsert semantics, pending changes, acks, the spool."""
+
+from pathlib import Path
+
+import pytest
+
+from hiscrm.items import Message
+from hiscrm.protocol import ItemChange
+from hiscrm.worker.account_data import AccountData, InvalidItem
+from hiscrm.worker.spool import Spool, SpoolBusy
+
+
+def message(n: int, text: str = "hi") -> Message:
+    return Message(
+        id=f"m{n}",
+        conversation_id="c",
+        direction="inbound",
+        sender_id="u",
+        text=text,
+        sent_at=1_763_848_020_000 + n,
+    )
+
+
+def fresh(
+    tmp_path: Path, acked: int = 0, digest: list[tuple[str, str, int, str]] | None = None
+) -> AccountData:
+    data = AccountData("acc", Spool(tmp_path / "acc"))
+    data.load(acked, digest or [])
+    return data
+
+
+def seqs(data: AccountData) -> list[int]:
+    return [seq for seq, _ in data.unsent()]
+
+
+def test_upsert_bumps_versions_and_a_repeat_is_a_no_op(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    assert data.upsert(message(1)) == 1
+    assert data.upsert(message(1)) == 0
+    assert data.upsert(message(1, "edited")) == 2
+    assert data.items[("message", "m1")].version == 2
+    assert data.seq == 2
+    assert data.counts == {"message": 1}
+
+
+def test_a_re_changed_item_has_one_pending_change_and_costs_what_changed(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(1000):
+        data.upsert(message(n))
+    data.mark_sent()
+    data.on_ack(data.seq)
+    assert data.unsent() == []
+    data.upsert(message(5, "new text"))
+    data.upsert(message(5, "newer text"))
+    unsent = data.unsent()
+    assert seqs(data) == [1002]
+    assert len(unsent[0][1]) < 400  # one item's worth, whatever the account's size
+    assert ItemChange.model_validate_json(unsent[0][1]).item.text == "newer text"  # type: ignore[union-attr]
+
+
+def test_acks_drop_pending_changes_and_spool_segments(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(10):
+        data.upsert(message(n))
+    assert len(list((tmp_path / "acc").glob("*.jsonl"))) == 1
+    data.mark_sent()
+    data.on_ack(4)
+    assert [s for s, _ in data.pending.values()] == [5, 6, 7, 8, 9, 10]
+    data.on_ack(10)
+    assert data.unacked == 0
+    assert list((tmp_path / "acc").glob("*.jsonl")) == []
+
+
+def test_resend_goes_back_to_the_last_ack(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(5):
+        data.upsert(message(n))
+    data.mark_sent()
+    data.on_ack(2)
+    assert data.unsent() == []
+    data.resend_unacked()
+    assert seqs(data) == [3, 4, 5]
+
+
+def test_a_restart_replays_only_what_the_store_lacks(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(6):
+        data.upsert(message(n))
+    data.upsert(message(0, "edited"))  # seq 7, version 2
+    data.close()  # the worker dies; the store had committed up to seq 3
+    digest = [("message", f"m{n}", 1, "x") for n in range(3)]
+    again = AccountData("acc", Spool(tmp_path / "acc"))
+    report = again.load(3, digest)
+    assert (report.replayed, report.corrupt, report.torn_bytes) == (4, 0, 0)
+    assert seqs(again) == [4, 5, 6, 7]
+    assert again.items[("message", "m0")].version == 2
+    assert again.seq == 7
+    assert again.upsert(message(9)) == 1
+    assert again.seq == 8
+
+
+def test_a_torn_last_line_is_cut_and_reported(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    data.upsert(message(1))
+    data.upsert(message(2))
+    data.close()
+    segment = next((tmp_path / "acc").glob("*.jsonl"))
+    with segment.open("ab") as f:
+        f.write(b'{"seq":3,"version":1,"hash":"ab","item":{"id":"m3"')  # killed mid-write
+    again = AccountData("acc", Spool(tmp_path / "acc"))
+    report = again.load(0, [])
+    assert report.replayed == 2
+    assert report.torn_bytes > 0
+    assert segment.read_bytes().endswith(b"\n")
+
+
+def test_the_spool_belongs_to_one_process_at_a_time(tmp_path: Path) -> None:
+    first = fresh(tmp_path)
+    with pytest.raises(SpoolBusy):
+        AccountData("acc", Spool(tmp_path / "acc")).load(0, [])
+    first.close()
+    fresh(tmp_path).close()
+
+
+def test_an_item_too_large_for_a_message_is_refused(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    with pytest.raises(InvalidItem, match="bytes"):
+        data.upsert(message(1, "x" * 300_000))
+    assert data.seq == 0
+
+
+def test_changed_after_sends_current_states(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(4):
+        data.upsert(message(n))
+    data.upsert(message(1, "edited"))  # seq 5
+    assert [seq for seq, _ in data.changed_after(2)] == [3, 4, 5]
