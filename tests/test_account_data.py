@@ -30,7 +30,7 @@ def fresh(
 
 
 def seqs(data: AccountData) -> list[int]:
-    return [seq for seq, _ in data.unsent()]
+    return [seq for seq, _ in data.unsent.values()]
 
 
 def test_upsert_bumps_versions_and_a_repeat_is_a_no_op(tmp_path: Path) -> None:
@@ -47,13 +47,13 @@ def test_a_re_changed_item_has_one_pending_change_and_costs_what_changed(tmp_pat
     data = fresh(tmp_path)
     for n in range(1000):
         data.upsert(message(n))
-    data.mark_sent()
+    data.take(10**9)
     data.on_ack(data.seq)
-    assert data.unsent() == []
+    assert not data.unsent
     data.upsert(message(5, "new text"))
     data.upsert(message(5, "newer text"))
-    unsent = data.unsent()
-    assert seqs(data) == [1002]
+    unsent = data.take(10**9)
+    assert [seq for seq, _ in unsent] == [1002]
     assert len(unsent[0][1]) < 400  # one item's worth, whatever the account's size
     assert ItemChange.model_validate_json(unsent[0][1]).item.text == "newer text"  # type: ignore[union-attr]
 
@@ -63,9 +63,9 @@ def test_acks_drop_pending_changes_and_spool_segments(tmp_path: Path) -> None:
     for n in range(10):
         data.upsert(message(n))
     assert len(list((tmp_path / "acc").glob("*.jsonl"))) == 1
-    data.mark_sent()
+    data.take(10**9)
     data.on_ack(4)
-    assert [s for s, _ in data.pending.values()] == [5, 6, 7, 8, 9, 10]
+    assert [s for s, _ in data.in_flight.values()] == [5, 6, 7, 8, 9, 10]
     data.on_ack(10)
     assert data.unacked == 0
     assert list((tmp_path / "acc").glob("*.jsonl")) == []
@@ -75,11 +75,27 @@ def test_resend_goes_back_to_the_last_ack(tmp_path: Path) -> None:
     data = fresh(tmp_path)
     for n in range(5):
         data.upsert(message(n))
-    data.mark_sent()
+    data.take(10**9)
     data.on_ack(2)
-    assert data.unsent() == []
+    assert not data.unsent
+    data.upsert(message(9))  # seq 6, not sent yet
     data.resend_unacked()
-    assert seqs(data) == [3, 4, 5]
+    assert seqs(data) == [3, 4, 5, 6]
+    assert data.sent_seq == 2
+
+
+def test_take_sends_the_oldest_within_a_byte_budget(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    for n in range(10):
+        data.upsert(message(n))
+    sizes = [len(line) for _, line in data.unsent.values()]
+    first = data.take(sizes[0] + sizes[1] + sizes[2] - 1)
+    assert [seq for seq, _ in first] == [1, 2]
+    assert data.sent_seq == 2
+    data.upsert(message(1, "edited"))  # supersedes seq 2 in flight
+    assert list(data.in_flight) == [("message", "m0")]
+    assert [seq for seq, _ in data.take(10**9)] == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert data.unacked == 10
 
 
 def test_a_restart_replays_only_what_the_store_lacks(tmp_path: Path) -> None:

@@ -37,6 +37,9 @@ class PlatformContext(Protocol):
     def count(self, kind: str) -> int:
         """How many items of ``kind`` (``"message"``, …) the account has."""
 
+    def pending(self) -> int:
+        """Changes not yet acknowledged by the master (a platform may pace itself by it)."""
+
     def upsert_conversation(self, item: Conversation | Mapping[str, Any]) -> bool: ...
 
     def upsert_message(self, item: Message | Mapping[str, Any]) -> bool: ...

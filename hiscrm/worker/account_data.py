@@ -2,9 +2,10 @@
 
 ``upsert`` replaces what the worker observes of an item and bumps its version; an upsert
 that changes nothing is a no-op and sends nothing. Every change gets the account's next
-sequence number, goes to the spool at once and waits in ``pending`` until the master
-acknowledges it. Re-upserting an item that is still pending replaces its pending change,
-so a sync costs what changed since the last one, never the size of the account.
+sequence number, goes to the spool at once, and waits first in ``unsent``, then (once
+sent) in ``in_flight`` until the master acknowledges it. Re-upserting an item replaces
+its waiting change, so a sync costs what changed since the last one, never the size of
+the account; taking the next changes to send costs what is taken.
 
 The account starts from what the store already holds (the digest sent with the
 assignment: version and hash per item) plus whatever the spool still has, so versions go
@@ -54,7 +55,9 @@ class AccountData:
         self._spool = spool
         self.items: dict[Key, ItemState] = {}
         self.counts: dict[str, int] = {}  # items per kind
-        self.pending: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()  # by seq
+        # (seq, change JSON) by item, oldest first; every unsent seq is after every sent one.
+        self.unsent: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
+        self.in_flight: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
         self.seq = 0  # the last sequence number given out
         self.acked_seq = 0
         self.sent_seq = 0  # the last one sent and not yet known to be lost
@@ -97,8 +100,7 @@ class AccountData:
         if known is None:
             self.counts[change.item.kind] = self.counts.get(change.item.kind, 0) + 1
         self.items[key] = ItemState(change.version, change.hash, change.seq, item_json)
-        self.pending.pop(key, None)
-        self.pending[key] = (change.seq, line)
+        self._queue(key, change.seq, line)
         return True
 
     # --- changes -------------------------------------------------------------------------
@@ -121,35 +123,58 @@ class AccountData:
         self.seq += 1
         line = change_json(self.seq, version, hash_, data)
         self._spool.append(self.seq, line + b"\n")
-        self.items[key] = ItemState(version, hash_, self.seq, data)
-        self.pending.pop(key, None)
-        self.pending[key] = (self.seq, line)
+        if state is None:
+            self.items[key] = ItemState(version, hash_, self.seq, data)
+        else:
+            state.version, state.hash, state.seq, state.json = version, hash_, self.seq, data
+        self._queue(key, self.seq, line)
         return version
 
-    def unsent(self) -> list[tuple[int, bytes]]:
-        """Pending changes not sent yet, oldest first, as ``(seq, change JSON)``."""
-        newer: list[tuple[int, bytes]] = []
-        for seq, line in reversed(self.pending.values()):
-            if seq <= self.sent_seq:
-                break
-            newer.append((seq, line))
-        newer.reverse()
-        return newer
+    def _queue(self, key: Key, seq: int, line: bytes) -> None:
+        """Wait to be sent; an older waiting change of the same item is superseded."""
+        if key in self.in_flight:
+            del self.in_flight[key]
+        elif key in self.unsent:
+            del self.unsent[key]
+        self.unsent[key] = (seq, line)
 
-    def mark_sent(self) -> None:
-        self.sent_seq = self.seq
+    def take(self, max_bytes: int) -> list[tuple[int, bytes]]:
+        """The oldest unsent changes, up to ``max_bytes`` (at least one), as
+        ``(seq, change JSON)``; from now on they are in flight."""
+        taken: list[tuple[int, bytes]] = []
+        size = 0
+        while self.unsent:
+            key, change = next(iter(self.unsent.items()))
+            if taken and size + len(change[1]) > max_bytes:
+                break
+            del self.unsent[key]
+            self.in_flight[key] = change
+            taken.append(change)
+            size += len(change[1])
+        if taken:
+            self.sent_seq = taken[-1][0]
+        return taken
 
     def on_ack(self, seq: int) -> None:
         if seq <= self.acked_seq:
             return
         self.acked_seq = seq
-        while self.pending and next(iter(self.pending.values()))[0] <= seq:
-            self.pending.popitem(last=False)
+        while self.in_flight and next(iter(self.in_flight.values()))[0] <= seq:
+            self.in_flight.popitem(last=False)
         self._spool.acked(seq)
 
     def resend_unacked(self) -> None:
-        """Send every pending change again with the next flush."""
+        """Everything not acknowledged goes again, from the last acknowledgement."""
+        if self.in_flight:
+            self.in_flight.update(self.unsent)
+            self.unsent, self.in_flight = self.in_flight, OrderedDict()
         self.sent_seq = self.acked_seq
+
+    def mark_all_sent(self) -> None:
+        """Everything waiting was just sent (by ``changed_after``)."""
+        self.in_flight.update(self.unsent)
+        self.unsent.clear()
+        self.sent_seq = self.seq
 
     def changed_after(self, seq: int) -> list[tuple[int, bytes]]:
         """Every item this worker holds that changed after ``seq``, as it is now."""
@@ -162,7 +187,7 @@ class AccountData:
 
     @property
     def unacked(self) -> int:
-        return len(self.pending)
+        return len(self.unsent) + len(self.in_flight)
 
     def close(self) -> None:
         self._spool.close()

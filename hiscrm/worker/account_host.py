@@ -9,6 +9,7 @@ spool, and answers ``worker:account:released``.
 """
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,8 +191,6 @@ class AccountHost:
         return left
 
     def progress(self) -> dict[str, int]:
-        return {
-            a: r.context.last_progress_at
-            for a, r in self.runners.items()
-            if r.context.last_progress_at is not None
-        }
+        now_ms = time.time_ns() // 1_000_000
+        stamps = {a: r.context.stamp_progress(now_ms) for a, r in self.runners.items()}
+        return {a: at for a, at in stamps.items() if at is not None}

@@ -6,7 +6,6 @@ mapping of its fields. Bad data is refused at this boundary: the upsert raises
 error is logged, counted and reported to the master, once.
 """
 
-import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
@@ -45,7 +44,8 @@ class AccountContext:
         self._data = data
         self._on_change = on_change
         self._errors = errors
-        self.last_progress_at: int | None = None  # ms
+        self._progressed = False
+        self.last_progress_at: int | None = None  # ms, as of the last heartbeat
 
     @property
     def account(self) -> AccountSpec:
@@ -60,7 +60,19 @@ class AccountContext:
         return self._log
 
     def progress(self) -> None:
-        self.last_progress_at = time.time_ns() // 1_000_000
+        self._progressed = True  # stamped by the next heartbeat: cheap enough per upsert
+
+    def stamp_progress(self, now_ms: int) -> int | None:
+        """Called with each heartbeat: the time of the platform's last progress."""
+        if self._progressed:
+            self._progressed = False
+            self.last_progress_at = now_ms
+        return self.last_progress_at
+
+    def pending(self) -> int:
+        """Changes of this account not yet acknowledged by the master. A platform that
+        produces faster than the store takes can watch this and slow down."""
+        return self._data.unacked
 
     def count(self, kind: str) -> int:
         """How many items of ``kind`` this account has (in the store or seen since)."""

@@ -6,11 +6,13 @@ replays what the store does not have. Lives in ``<state_dir>/spool/<account id>/
 segment files named by their first sequence number; a segment whose every change is
 acknowledged is deleted. A lock file makes sure one process at a time owns an account.
 
-Writes go straight to the file (no user-space buffer): they survive the process, not a
-power cut.
+Segments are memory-mapped (shared): an append is a memory copy into the page cache,
+with no system call, and like a ``write(2)`` it survives the death of the process (not
+a power cut). Unused space at the end of a segment reads as NUL bytes.
 """
 
 import fcntl
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +42,8 @@ class Spool:
         self.directory = directory
         self._lock_fd: int | None = None
         self._segments: list[_Segment] = []
-        self._fd: int | None = None  # the segment being appended to
-        self._size = 0
+        self._map: mmap.mmap | None = None  # the segment being appended to
+        self._used = 0
 
     def open(self) -> SpoolContents:
         """Take ownership and read back what is there."""
@@ -56,12 +58,10 @@ class Spool:
         segments: list[list[bytes]] = []
         torn = 0
         for path in sorted(self.directory.glob("*.jsonl")):
-            data = path.read_bytes()
+            data = path.read_bytes().rstrip(b"\0")
             cut = data.rfind(b"\n") + 1
-            if cut < len(data):
-                torn += len(data) - cut
-                with path.open("r+b") as f:
-                    f.truncate(cut)
+            torn += len(data) - cut
+            os.truncate(path, cut)
             segments.append(data[:cut].splitlines())
             first = int(path.stem)
             self._segments.append(_Segment(path, first, first))  # see note_loaded
@@ -73,30 +73,44 @@ class Spool:
             segment.last_seq = max(segment.first_seq, last)
 
     def append(self, seq: int, line: bytes) -> None:
-        if self._fd is None or self._size >= SEGMENT_BYTES:
-            self._start_segment(seq)
-        assert self._fd is not None
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._size += len(line)
+        end = self._used + len(line)
+        if self._map is None or end > SEGMENT_BYTES:
+            self._start_segment(seq, len(line))
+            end = len(line)
+        assert self._map is not None
+        self._map[self._used : end] = line
+        self._used = end
         self._segments[-1].last_seq = seq
 
-    def _start_segment(self, seq: int) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+    def _start_segment(self, seq: int, size: int) -> None:
+        self._finish_segment()
         path = self.directory / f"{seq:020d}.jsonl"
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._size = 0
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, max(SEGMENT_BYTES, size))
+            self._map = mmap.mmap(fd, max(SEGMENT_BYTES, size))
+        finally:
+            os.close(fd)
+        self._used = 0
         self._segments.append(_Segment(path, seq, seq))
+
+    def _finish_segment(self) -> None:
+        """Unmap the live segment and cut its file to what was written."""
+        if self._map is None:
+            return
+        self._map.close()
+        self._map = None
+        path = self._segments[-1].path
+        if path.exists():
+            os.truncate(path, self._used)
 
     def acked(self, seq: int) -> None:
         """Drop every segment whose changes are all acknowledged."""
         while self._segments and self._segments[0].last_seq <= seq:
             segment = self._segments.pop(0)
-            if not self._segments and self._fd is not None:  # it was the live one
-                os.close(self._fd)
-                self._fd = None
+            if not self._segments and self._map is not None:  # it was the live one
+                self._map.close()
+                self._map = None
             segment.path.unlink(missing_ok=True)
 
     @property
@@ -104,9 +118,7 @@ class Spool:
         return len(self._segments)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._finish_segment()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

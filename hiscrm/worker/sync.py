@@ -5,12 +5,17 @@ by ``master:data:ack`` once the store has committed it.
   out together); other changes go with the next regular flush, once a second.
 * An account with nothing new sends an empty sync every ``idle_sync_s``, so the master
   can tell a quiet account from one whose sync path is broken.
+* At most ``WINDOW_BYTES`` per account are in flight (sent, not yet acknowledged); each
+  acknowledgement lets the next changes go. So the master's queue stays bounded however
+  fast platforms produce, and a worker that outruns the store sees its backlog grow
+  (``ctx.pending()``) instead of the master's memory.
 * Changes stay pending (and in the spool) until acknowledged. After ``ack_timeout_s``
   without an acknowledgement, or on a ``master:data:nack``, everything pending is sent
   again; the store ignores what it already has.
 """
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
@@ -20,6 +25,7 @@ from hiscrm.worker.account_data import AccountData
 
 URGENT_DEBOUNCE_S = 0.005
 FLUSH_INTERVAL_S = 1.0
+WINDOW_BYTES = 256 * 1024  # per account, sent and not yet acknowledged
 MAX_QUEUED_BYTES = 8 * 1024 * 1024  # stop adding to the pipe while this much waits in it
 
 
@@ -44,9 +50,11 @@ class Syncer:
         self._wake = asyncio.Event()
         self._last_sent: dict[str, float] = {}
         self._unacked_since: dict[str, float] = {}
+        self._in_flight: dict[str, deque[tuple[int, int]]] = {}  # (last seq, bytes) per sync
         self._acked = asyncio.Event()  # set on every ack; flush_and_wait watches it
         self.syncs_sent = 0
         self.bytes_sent = 0
+        self.bytes_by_account: dict[str, int] = {}
         self.resends = 0
         self.nacks = 0
 
@@ -57,6 +65,7 @@ class Syncer:
         self._urgent.discard(account_id)
         self._last_sent.pop(account_id, None)
         self._unacked_since.pop(account_id, None)
+        self._in_flight.pop(account_id, None)
         return self.accounts.pop(account_id, None)
 
     def changed(self, account_id: str, urgent: bool) -> None:
@@ -100,8 +109,7 @@ class Syncer:
                     pending=data.unacked,
                     ack_timeout_s=self._ack_timeout_s,
                 )
-                data.resend_unacked()
-                del self._unacked_since[account_id]
+                self._go_back(data)
             self.flush(account_id, now)
             if now - self._last_sent.get(account_id, float("-inf")) >= self._idle_sync_s:
                 self._send_batches(data, [], data.sent_seq, now)
@@ -109,13 +117,17 @@ class Syncer:
     # --- sending -------------------------------------------------------------------------
 
     def flush(self, account_id: str, now: float) -> None:
+        """Send unsent changes, as far as the window allows; the rest goes as
+        acknowledgements come back."""
         data = self.accounts.get(account_id)
         if data is None or self._queued_bytes() > MAX_QUEUED_BYTES:
             return  # the next tick tries again once the master has caught up
-        changes = data.unsent()
-        if changes:
-            self._send_batches(data, changes, data.sent_seq, now)
-            data.mark_sent()
+        in_flight = self._in_flight.setdefault(account_id, deque())
+        room = WINDOW_BYTES - sum(size for _, size in in_flight)
+        if room <= 0 or not data.unsent:
+            return
+        base = data.sent_seq
+        self._send_batches(data, data.take(room), base, now)
 
     def resend_from(self, account_id: str, from_seq: int, now: float) -> int:
         """Send every item changed after ``from_seq`` again, as it is now."""
@@ -124,12 +136,13 @@ class Syncer:
             return 0
         changes = data.changed_after(from_seq)
         self._send_batches(data, changes, min(from_seq, data.sent_seq), now)
-        data.mark_sent()
+        data.mark_all_sent()
         return len(changes)
 
     def _send_batches(
         self, data: AccountData, changes: list[tuple[int, bytes]], base: int, now: float
     ) -> None:
+        in_flight = self._in_flight.setdefault(data.account_id, deque())
         for batch in sync_batches(changes) or [[]]:
             last = batch[-1][0] if batch else base
             frame = self._encoder.encode_sync(data.account_id, base, last, [c for _, c in batch])
@@ -137,6 +150,11 @@ class Syncer:
                 return  # the pipe is closed; the master's death ends this worker soon
             self.syncs_sent += 1
             self.bytes_sent += len(frame)
+            self.bytes_by_account[data.account_id] = self.bytes_by_account.get(
+                data.account_id, 0
+            ) + len(frame)
+            if batch:
+                in_flight.append((last, len(frame)))
             base = last
         self._last_sent[data.account_id] = now
         if data.sent_seq > data.acked_seq or changes:
@@ -149,12 +167,16 @@ class Syncer:
         if data is None:
             return
         data.on_ack(seq)
+        in_flight = self._in_flight.get(account_id)
+        while in_flight and in_flight[0][0] <= seq:
+            in_flight.popleft()
         if data.acked_seq >= data.sent_seq:
             self._unacked_since.pop(account_id, None)
         else:
             self._unacked_since[account_id] = now  # progress: restart the clock
         self._acked.set()
         self._acked.clear()
+        self.flush(account_id, now)  # the window has room again
 
     def on_nack(self, account_id: str, seq: int, reason: str) -> None:
         data = self.accounts.get(account_id)
@@ -168,8 +190,13 @@ class Syncer:
             reason=reason,
             from_seq=data.acked_seq,
         )
+        self._go_back(data)
+
+    def _go_back(self, data: AccountData) -> None:
+        """Forget what is in flight; the next flush sends everything pending again."""
         data.resend_unacked()
-        self._unacked_since.pop(account_id, None)
+        self._unacked_since.pop(data.account_id, None)
+        self._in_flight.pop(data.account_id, None)
 
     async def flush_and_wait(self, account_ids: list[str], timeout_s: float) -> dict[str, int]:
         """Send what is pending and wait (up to ``timeout_s``) until the master has it;

@@ -1,0 +1,169 @@
+"""Data path figures: sustained items/s into the store, new-message latency, and bytes on
+the pipe for one changed item.
+
+1. Throughput: ``--workers`` workers each run ``--accounts-per-worker`` accounts of a
+   platform that upserts new messages flat out. Items/s = growth of the store's committed
+   sequence numbers over a window after a warm-up.
+2. Latency: a platform upserts a new inbound message every 20 ms with the wall-clock time
+   in its text; this script polls the store (read-only SQLite, every 1 ms) and records
+   when each row became readable. Measured on an otherwise idle master, then with the
+   throughput load running beside it.
+3. Bytes: accounts of 1 000 and 100 000 items; once everything is acknowledged, one item
+   changes; the worker's own counter says how many bytes its sync took.
+
+    python bench/sync.py [--workers 2] [--accounts-per-worker 4] [--seconds 10]
+"""
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import machine, running_master, summary
+
+BASE = """
+workers = {workers}
+accounts_per_worker = 100
+[api]
+port = 0
+[supervision]
+heartbeat_timeout_s = 60
+[sync]
+stale_after_s = 3600
+"""
+
+
+def accounts_toml(accounts: list[tuple[str, str, dict[str, object]]]) -> str:
+    out = []
+    for account_id, platform, options in accounts:
+        opts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
+        out.append(
+            f'[[accounts]]\nid = "{account_id}"\nplatform = "{platform}"\noptions = {{ {opts} }}\n'
+        )
+    return "\n".join(out)
+
+
+def committed(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM accounts").fetchone()
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def wait_for_db(db: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not db.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{db} not created")
+        time.sleep(0.05)
+
+
+def throughput(workers: int, per_worker: int, seconds: float) -> float:
+    flood = [
+        (f"flood-{n}", "benchplatforms:Flood", {"batch": 200}) for n in range(workers * per_worker)
+    ]
+    with running_master(BASE.format(workers=workers) + accounts_toml(flood)) as (_, state, log):
+        for w in range(1, workers + 1):
+            log.wait(event="worker state", worker=f"worker{w}", new="running")
+        db = state / "hiscrm.db"
+        wait_for_db(db)
+        time.sleep(3.0)  # warm-up
+        first, t0 = committed(db), time.monotonic()
+        time.sleep(seconds)
+        last, t1 = committed(db), time.monotonic()
+    return (last - first) / (t1 - t0)
+
+
+def latency(samples: int, with_load: tuple[int, int, float] | None) -> list[float]:
+    """``with_load``: (workers, accounts per worker, items/s per account; 0 = flat out)."""
+    accounts = [("ping", "benchplatforms:Pinger", {"interval_s": 0.02})]
+    workers = 1
+    if with_load is not None:
+        workers, per_worker, rate = with_load
+        accounts += [
+            (f"flood-{n}", "benchplatforms:Flood", {"batch": 50, "rate": rate})
+            for n in range(workers * per_worker)
+        ]
+    with running_master(BASE.format(workers=workers) + accounts_toml(accounts)) as (_, state, log):
+        log.wait(event="account assigned", account_id="ping")
+        db = state / "hiscrm.db"
+        wait_for_db(db)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        time.sleep(2.0 if with_load else 0.5)
+        query = "SELECT id, text FROM messages WHERE account_id = 'ping' AND id > ? ORDER BY id"
+        # Rows already there were written before we looked: start after them.
+        seen = max((r[0] for r in conn.execute(query, ("",))), default="")
+        results: list[float] = []
+        deadline = time.monotonic() + 120
+        while len(results) < samples and time.monotonic() < deadline:
+            rows = conn.execute(query, (seen,)).fetchall()
+            now = time.time()
+            for item_id, text in rows:
+                results.append((now - float(text)) * 1000)
+                seen = item_id
+            time.sleep(0.001)
+        conn.close()
+    return results[:samples]
+
+
+def bytes_per_change() -> list[dict[str, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp)
+        accounts = [
+            (
+                f"big-{n}",
+                "benchplatforms:OneChange",
+                {"items": n, "result_file": str(results / f"{n}.json")},
+            )
+            for n in (1_000, 100_000)
+        ]
+        with running_master(BASE.format(workers=1) + accounts_toml(accounts)) as (_, _, _):
+            deadline = time.monotonic() + 300
+            while not all((results / f"{n}.json").exists() for n in (1_000, 100_000)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("big accounts did not finish")
+                time.sleep(0.2)
+        return [json.loads((results / f"{n}.json").read_text()) for n in (1_000, 100_000)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--accounts-per-worker", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args()
+
+    print(f"machine: {machine()}")
+    rates = [throughput(args.workers, args.accounts_per_worker, args.seconds) for _ in range(3)]
+    runs = ", ".join(f"{r:,.0f}" for r in rates)
+    print(
+        f"throughput, {args.workers} workers x {args.accounts_per_worker} accounts flat out: "
+        f"median {statistics.median(rates):,.0f} items/s  (runs: {runs})"
+    )
+    print(summary("new inbound message -> readable, idle", latency(args.samples, None)))
+    accounts = args.workers * args.accounts_per_worker
+    half = statistics.median(rates) / 2 / accounts
+    load = (args.workers, args.accounts_per_worker)
+    print(
+        summary(
+            f"... beside {half * accounts:,.0f} items/s (half)",
+            latency(args.samples, (*load, half)),
+        )
+    )
+    print(summary("... beside the flat-out load", latency(args.samples, (*load, 0.0))))
+    for result in bytes_per_change():
+        print(
+            f"one changed item in an account of {result['items']:>7,} items: "
+            f"{result['bytes']:,} bytes on the pipe "
+            f"(filling the account took {result['fill_s']} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
