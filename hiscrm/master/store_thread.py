@@ -9,6 +9,9 @@ back to the loop, which acknowledges the worker only after the commit.
 
 Reads that must see every queued write (the digest sent with an assignment) and other
 store calls go through the same queue with ``call``.
+
+Checkpoints (copying the write-ahead log back into the database) run in a second thread
+on a connection of its own, in SQLite's passive mode, so they never hold up a commit.
 """
 
 import asyncio
@@ -29,6 +32,7 @@ from hiscrm.protocol import ItemChange
 T = TypeVar("T")
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
+CHECKPOINT_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -77,6 +81,10 @@ class StoreThread:
         self._log = log
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._checkpoints, name="checkpoint", daemon=True
+        )
+        self._stopping = threading.Event()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._upserter = datastore.Upserter()
@@ -93,6 +101,7 @@ class StoreThread:
             raise datastore.StoreError(
                 f"{self.path}: {self._startup_error}"
             ) from self._startup_error
+        self._checkpointer.start()
 
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)
@@ -106,6 +115,9 @@ class StoreThread:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish what is queued, then close the store."""
+        self._stopping.set()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join(timeout_s)
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
@@ -118,6 +130,7 @@ class StoreThread:
         try:
             conn = datastore.connect(self.path)
             found = datastore.migrate(conn)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
@@ -145,11 +158,29 @@ class StoreThread:
                     next_retention = time.monotonic() + RETENTION_EVERY_S
                     self._apply_retention(conn)
                 if any(w is _STOP for w in work):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a small WAL behind
                     return
         except BaseException as exc:  # a bug here would silently stop every sync
             self.errors += 1
             self._log.critical("store thread died", exc_info=exc)
             raise
+        finally:
+            conn.close()
+
+    def _checkpoints(self) -> None:
+        try:
+            conn = datastore.connect(self.path)
+        except sqlite3.Error as exc:
+            self.errors += 1
+            self._log.error("cannot open the store for checkpoints", exc_info=exc)
+            return
+        try:
+            while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    self.errors += 1
+                    self._log.error("checkpoint failed", exc_info=exc)
         finally:
             conn.close()
 
