@@ -41,10 +41,13 @@ def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
         config: dict[str, Any] | None = None,
         extra_args: list[str] | None = None,
         code_dir: Path = REPO,
+        env: dict[str, str] | None = None,
     ) -> Master:
         home = tmp_path / f"m{len(masters)}"
         home.mkdir()
-        master = Master(home, config if config is not None else make_config(), extra_args, code_dir)
+        master = Master(
+            home, config if config is not None else make_config(), extra_args, code_dir, env
+        )
         masters.append(master)
         return master.start()
 

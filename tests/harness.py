@@ -122,6 +122,7 @@ class Master:
         config: dict[str, Any],
         extra_args: list[str] | None = None,
         code_dir: Path = REPO,
+        env: dict[str, str] | None = None,
     ):
         self.dir = tmp_path
         self.state_dir = tmp_path / "var"
@@ -132,6 +133,7 @@ class Master:
         self.stdout_path = tmp_path / "master.out"
         self.extra_args = extra_args or []
         self.code_dir = code_dir  # where the hiscrm package is imported from
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Master":
@@ -139,6 +141,7 @@ class Master:
         env = dict(os.environ)
         env[MARKER] = self.marker
         env["PYTHONPATH"] = os.pathsep.join([str(self.code_dir), str(TESTS_DIR)])
+        env.update(self.extra_env)
         with self.stdout_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [

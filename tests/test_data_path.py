@@ -289,3 +289,56 @@ def test_quiet_accounts_stay_fresh_and_a_blocked_sync_goes_stale_and_recovers(
     master.log.wait_for(event="account sync resumed", account_id="blocked", timeout=10)
     assert not master.log.find(event="account sync is stale", account_id="quiet")
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_accounts_of_a_worker_that_cannot_boot_move_and_come_back(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "worker2-broken"
+    marker.touch()
+    accounts = [
+        {"id": f"acc-{n}", "platform": "testplatforms.flaky_import:Demo", "options": {"rate": 20.0}}
+        for n in range(1, 5)
+    ]
+    config = make_config(
+        workers=2, accounts=accounts, supervision={"reassign_after_s": 1.5, "backoff_max_s": 0.5}
+    )
+    master = start_master(config, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
+    w1 = master.wait_running("worker1")
+    master.log.wait_for(event="worker state", worker="worker2", new="boot_failed")
+    # After reassign_after_s, worker2's accounts (acc-2, acc-4) move to worker1 and sync there.
+    for account in ("acc-2", "acc-4"):
+        master.log.wait_for(
+            event="account assigned", worker="worker1", account_id=account, timeout=15
+        )
+    wait_until(lambda: count(master.db, "messages", "acc-2") > 5, 15, "acc-2 syncing on worker1")
+
+    marker.unlink()  # worker2 can boot again: its accounts go home by handshake
+    w2 = master.wait_running("worker2", timeout=20)
+    for account in ("acc-2", "acc-4"):
+        master.log.wait_for(
+            event="account assigned", worker="worker2", pid=w2, account_id=account, timeout=20
+        )
+    before = count(master.db, "messages", "acc-4")
+    wait_until(
+        lambda: count(master.db, "messages", "acc-4") > before + 5, 15, "acc-4 syncing at home"
+    )
+    assert master.stop() == 0
+
+    # At every moment an account had one worker: each move to worker2 came after worker1
+    # released it.
+    events = master.log.events
+    for account in ("acc-2", "acc-4"):
+        history = [
+            (e["event"], e["worker"])
+            for e in events
+            if e.get("account_id") == account
+            and e["event"] in ("account assigned", "account released")
+        ]
+        assert history[:3] == [
+            ("account assigned", "worker1"),
+            ("account released", "worker1"),
+            ("account assigned", "worker2"),
+        ], history
+    assert w1 == master.log.find(event="account assigned", account_id="acc-1")[0]["pid"]
