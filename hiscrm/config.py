@@ -34,7 +34,17 @@ class _Section(BaseModel):
 
 class ApiConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=3000, ge=0, le=65535)
+    port: int = Field(default=3000, ge=0, le=65535)  # 0: any free port (see master.json)
+    auth: bool = True  # bearer token from <state_dir>/token on every route but /healthz
+    metrics_public: bool = False  # serve /metrics without the token
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Self:
+        if not self.auth and not self.is_loopback:
+            raise ValueError(
+                f"auth = false is only allowed on a loopback address, not host {self.host!r}"
+            )
+        return self
 
     @property
     def is_loopback(self) -> bool:

@@ -137,6 +137,9 @@ def configure_worker_logging(sink: RotatingLogFile) -> None:
     _bridge_stdlib_logging()
 
 
+QUIET_LOGGERS = ("uvicorn.error",)  # start/stop chatter the master logs in its own words
+
+
 def configure_master_logging(sink: RotatingLogFile, console: TextIO = sys.stderr) -> None:
     tee = _TeeLogger(sink, console)
     structlog.configure(
@@ -146,6 +149,8 @@ def configure_master_logging(sink: RotatingLogFile, console: TextIO = sys.stderr
         cache_logger_on_first_use=True,
     )
     _bridge_stdlib_logging()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:

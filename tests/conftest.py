@@ -1,5 +1,6 @@
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ def make_config(
     return config
 
 
-@pytest.fixture
-def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
+@contextmanager
+def masters(directory: Path) -> Iterator[MasterFactory]:
     """Start real masters; afterwards stop them and fail if anything they started is left."""
-    masters: list[Master] = []
+    started: list[Master] = []
 
     def start(
         config: dict[str, Any] | None = None,
@@ -43,18 +44,18 @@ def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
         code_dir: Path = REPO,
         env: dict[str, str] | None = None,
     ) -> Master:
-        home = tmp_path / f"m{len(masters)}"
+        home = directory / f"m{len(started)}"
         home.mkdir()
         master = Master(
             home, config if config is not None else make_config(), extra_args, code_dir, env
         )
-        masters.append(master)
+        started.append(master)
         return master.start()
 
     yield start
 
     leftovers: list[str] = []
-    for master in masters:
+    for master in started:
         if master.proc is not None and master.proc.poll() is None:
             try:
                 master.stop(timeout=20)
@@ -66,3 +67,16 @@ def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
             time.sleep(0.05)
         leftovers += kill_leftovers(master.marker)
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture
+def start_master(tmp_path: Path) -> Iterator[MasterFactory]:
+    with masters(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_module_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterFactory]:
+    """For tests that can share one master (they must not change what others rely on)."""
+    with masters(tmp_path_factory.mktemp("shared")) as start:
+        yield start

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 MARKER = "HISCRM_TEST_MARKER"
@@ -168,6 +169,21 @@ class Master:
     @property
     def db(self) -> Path:
         return self.state_dir / "hiscrm.db"
+
+    def api_url(self, timeout: float = 20.0) -> str:
+        """The API's URL from master.json, once the master has written it."""
+        path = self.state_dir / "master.json"
+        wait_until(path.exists, timeout, "master.json written")
+        return str(json.loads(path.read_text())["api_url"])
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
+
+    def http(self, token: str | None = None, timeout: float = 60.0) -> httpx.Client:
+        """A client of the API, with the master's token unless told otherwise."""
+        headers = {"Authorization": f"Bearer {token if token is not None else self.token}"}
+        return httpx.Client(base_url=self.api_url(), headers=headers, timeout=timeout)
 
     def worker_log(self, worker_id: str) -> Path:
         return self.state_dir / "logs" / f"{worker_id}.log"

@@ -10,7 +10,7 @@ assignment it revokes.
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -63,7 +63,9 @@ class AccountManager:
         handles: dict[str, WorkerHandle],
         log: FilteringBoundLogger,
         now: float,
+        observe_commit_latency: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        self._observe_commit_latency = observe_commit_latency
         self._store = store
         self._handles = handles
         self._log = log
@@ -75,6 +77,7 @@ class AccountManager:
             now,
         )
         self.health = SyncHealth(config.sync.stale_after_s, log)
+        self.account_states: dict[str, str] = {}  # as its worker last reported
         self._outbox: dict[str, asyncio.Task[None]] = {}
         self.internal_errors = 0
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
@@ -136,6 +139,7 @@ class AccountManager:
             handle = self._handles.get(batch.worker_id)
             same_process = handle is not None and handle.pid == batch.pid
             if outcome.ok:
+                self._observe_commit_latency(time.monotonic() - batch.received_at)
                 self.health.success(batch.account_id, now, at_ms, len(batch.changes))
                 if same_process and handle is not None:
                     handle.send(

@@ -14,9 +14,10 @@ from hiscrm.config import ConfigError, load_config
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_master_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
-from hiscrm.master.launcher import SpawnLauncher
+from hiscrm.master.api.auth import load_or_create_token
+from hiscrm.master.api.server import bind
+from hiscrm.master.runner import run_master
 from hiscrm.master.state_dir import StateDir, StateDirError
-from hiscrm.master.supervisor import Supervisor
 
 
 def _positive_int(text: str) -> int:
@@ -56,17 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     except StateDirError as exc:
         print(f"hiscrm: {exc}", file=sys.stderr)
         return ExitCode.CRASHED
+    try:
+        api_socket = bind(config.api.host, config.api.port)
+    except OSError as exc:
+        print(
+            f"hiscrm: cannot listen on {config.api.host}:{config.api.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        state.release()
+        return ExitCode.CRASHED
     master_log = RotatingLogFile(state.master_log, config.logs.max_bytes, config.logs.backups)
     master_log.open()
     configure_master_logging(master_log)
     log = get_logger()
     try:
-        state.write_master_json(config.api.url)
-        supervisor = Supervisor(config, SpawnLauncher(), log)
-        return asyncio.run(supervisor.run())
+        token = load_or_create_token(state.root, log) if config.api.auth else None
+        port = api_socket.getsockname()[1]  # the real one, when the config says 0
+        state.write_master_json(config.api.model_copy(update={"port": port}).url)
+        return asyncio.run(run_master(config, api_socket, token, log))
     except BaseException as exc:
         log.critical("master failed", exc_info=exc)
         raise
     finally:
+        api_socket.close()
         state.release()
         master_log.close()

@@ -2,7 +2,9 @@
 queue; only the supervisor loop acts on them. Process events carry the pid, so an event
 from a process that has since been replaced is recognised and dropped."""
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from hiscrm.master.store_thread import SyncOutcome
 
@@ -33,10 +35,20 @@ class SignalReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Command:
+    """An operator's action (from the API): ``stop``, ``start``, ``restart`` of a worker,
+    or ``reload`` of all. ``reply`` gets the result once the action has settled."""
+
+    action: str
+    worker_id: str | None
+    reply: "asyncio.Future[Any]"
+
+
+@dataclass(frozen=True, slots=True)
 class StoreOutcomes:
     """The store thread committed (or refused) these syncs."""
 
     outcomes: list[SyncOutcome]
 
 
-Event = FrameReceived | ChannelClosed | ProcessExited | SignalReceived | StoreOutcomes
+Event = FrameReceived | ChannelClosed | ProcessExited | SignalReceived | StoreOutcomes | Command

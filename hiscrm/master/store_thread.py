@@ -103,6 +103,10 @@ class StoreThread:
             ) from self._startup_error
         self._checkpointer.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)
 

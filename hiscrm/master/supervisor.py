@@ -9,6 +9,8 @@ stale or due to move). There is no polling.
 import asyncio
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -18,6 +20,7 @@ from hiscrm.config import Config
 from hiscrm.master.account_manager import AccountManager
 from hiscrm.master.events import (
     ChannelClosed,
+    Command,
     Event,
     FrameReceived,
     ProcessExited,
@@ -25,6 +28,7 @@ from hiscrm.master.events import (
     StoreOutcomes,
 )
 from hiscrm.master.launcher import Launcher
+from hiscrm.master.metrics import MasterMetrics
 from hiscrm.master.rolling_restart import RollingRestart
 from hiscrm.master.store_thread import StoreThread, SyncOutcome
 from hiscrm.master.worker_handle import WorkerHandle, WorkerState
@@ -41,12 +45,26 @@ from hiscrm.protocol import (
 )
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SETTLED = (WorkerState.RUNNING, WorkerState.BOOT_FAILED, WorkerState.BACKOFF, WorkerState.STOPPED)
+
+
+class CommandRefused(Exception):
+    """An operator's action that cannot be carried out now (the reason says why)."""
 
 
 class Supervisor:
-    def __init__(self, config: Config, launcher: Launcher, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        config: Config,
+        launcher: Launcher,
+        log: FilteringBoundLogger,
+        metrics: MasterMetrics | None = None,
+    ) -> None:
+        self.config = config
         self._config = config
         self._log = log
+        self._metrics = metrics
+        self.started_at_ms = time.time_ns() // 1_000_000
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self.handles: dict[str, WorkerHandle] = {
             worker_id: WorkerHandle(worker_id, config, launcher, self._events.put_nowait, log)
@@ -61,9 +79,24 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._rollout: RollingRestart | None = None
+        self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
 
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
+
+    def now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_reason is not None
+
+    async def command(self, action: str, worker_id: str | None = None) -> Any:
+        """Carry out an operator's action in the loop; returns once it has settled: the
+        WorkerHandle for stop/start/restart, the RollingRestart for reload."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.post(Command(action, worker_id, reply))
+        return await reply
 
     def _from_store_thread(self, outcomes: list[SyncOutcome]) -> None:
         assert self._loop is not None
@@ -71,7 +104,17 @@ class Supervisor:
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    def count_internal_error(self) -> int:
+        self.internal_errors_total += 1
+        return self.internal_errors_total
+
+    async def run(
+        self,
+        on_ready: Callable[[], Awaitable[None]] | None = None,
+        on_stopped: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Run until shut down. ``on_ready`` runs once the store is open, before workers
+        start; ``on_stopped`` once every worker has stopped."""
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_exception)
         self._log.info(
@@ -84,16 +127,25 @@ class Supervisor:
         )
         self.store.start()  # opens and migrates the store; raises before any worker starts
         self.accounts = AccountManager(
-            self._config, self.store, self.handles, self._log, loop.time()
+            self._config,
+            self.store,
+            self.handles,
+            self._log,
+            loop.time(),
+            self._metrics.commit_latency.observe if self._metrics else lambda seconds: None,
         )
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
         try:
+            if on_ready is not None:
+                await on_ready()
             for handle in self.handles.values():
                 await handle.start(loop.time(), "master started")
             while not self._finished():
                 event = await self._next_event()
                 await self._step(event)
+            if on_stopped is not None:
+                await on_stopped()
         finally:
             for sig in HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
@@ -138,8 +190,9 @@ class Supervisor:
             due = self.accounts.next_deadline() if self.accounts is not None else None
             if self.accounts is not None and due is not None and due <= now:
                 self.accounts.on_deadline(now)
-            if self._rollout is not None and await self._rollout.advance(self.handles, loop.time()):
-                self._rollout = None
+            if self._rollout is not None and not self._rollout.done:
+                await self._rollout.advance(self.handles, loop.time())
+            self._answer_waiters()
         except Exception as exc:
             self.internal_errors_total += 1
             self._log.error(
@@ -188,8 +241,72 @@ class Supervisor:
                     await handle.request_stop("protocol_error", now, restart=restart)
             case StoreOutcomes(outcomes):
                 self._manager().on_outcomes(outcomes, now)
+            case Command():
+                try:
+                    await self._on_command(event, now)
+                except Exception as exc:  # CommandRefused, or a bug: the caller hears of it
+                    if not event.reply.done():
+                        event.reply.set_exception(exc)
+                    if not isinstance(exc, CommandRefused):
+                        raise
             case SignalReceived(signum):
                 await self._on_signal(signal.Signals(signum), now)
+
+    async def _on_command(self, command: Command, now: float) -> None:
+        if self._shutdown_reason is not None:
+            raise CommandRefused("the master is shutting down")
+        if command.action == "reload":
+            if self._rollout is not None and not self._rollout.done:
+                raise CommandRefused("a rolling restart is already under way")
+            rollout = self._rollout = RollingRestart(list(self.handles), self._log, now)
+            self._log.info("rolling restart of all workers requested")
+            self._wait(command.reply, lambda: rollout if rollout.done else None)
+            return
+        assert command.worker_id is not None
+        handle = self.handles[command.worker_id]
+        before = handle.starts
+        waiting = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)
+        self._log.info(
+            "operator action", action=command.action, worker=handle.id, state=handle.state.value
+        )
+        match command.action:
+            case "stop":
+                await handle.request_stop("stop", now, restart=False)
+                self._wait(
+                    command.reply, lambda: handle if handle.state is WorkerState.STOPPED else None
+                )
+                return
+            case "start" if handle.state is WorkerState.RUNNING:
+                command.reply.set_result(handle)
+                return
+            case "start" | "restart" if handle.state in waiting:
+                await handle.start(now, f"{command.action}ed by operator")
+            case "restart":
+                await handle.request_stop("restart", now, restart=True)
+            case "start":  # starting or stopping: see where it settles
+                pass
+            case _:
+                raise CommandRefused(f"unknown action {command.action!r}")
+
+        def settled() -> WorkerHandle | None:
+            return handle if handle.starts > before and handle.state in SETTLED else None
+
+        self._wait(command.reply, settled)
+
+    def _wait(self, reply: "asyncio.Future[Any]", result: Callable[[], Any]) -> None:
+        self._waiters.append((result, reply))
+
+    def _answer_waiters(self) -> None:
+        still: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        for result, reply in self._waiters:
+            if reply.done():  # the caller gave up
+                continue
+            value = result()
+            if value is None:
+                still.append((result, reply))
+            else:
+                reply.set_result(value)
+        self._waiters = still
 
     async def _on_exit(self, handle: WorkerHandle, now: float) -> None:
         was_registered = handle.registered is not None
@@ -236,8 +353,8 @@ class Supervisor:
                     worker_errors_total=handle.worker_errors,
                     traceback=message.traceback,
                 )
-            case WorkerAccountState():
-                pass  # the worker logs account transitions in its own log
+            case WorkerAccountState():  # the worker logged it; kept for status
+                self._manager().account_states[message.account_id] = message.state
             case WorkerGoodbye():
                 self._log.info(
                     "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
@@ -247,7 +364,7 @@ class Supervisor:
                 self._protocol_error(handle, "invalid", detail, data[:80])
 
     def _protocol_error(self, handle: WorkerHandle, kind: str, detail: str, head: bytes) -> None:
-        handle.protocol_errors += 1
+        handle.protocol_errors[kind] = handle.protocol_errors.get(kind, 0) + 1
         self.protocol_errors_total += 1
         self._log.error(
             "protocol error",
@@ -263,15 +380,19 @@ class Supervisor:
         if sig is signal.SIGHUP:
             if self._shutdown_reason is not None:
                 self._log.warning("SIGHUP ignored: shutting down")
-            elif self._rollout is not None:
+            elif self._rollout is not None and not self._rollout.done:
                 self._log.warning("SIGHUP ignored: a rolling restart is already under way")
             else:
                 self._log.info("SIGHUP: rolling restart of all workers")
-                self._rollout = RollingRestart(list(self.handles), self._log)
+                self._rollout = RollingRestart(list(self.handles), self._log, now)
             return
         if self._shutdown_reason is None:
             self._shutdown_reason = sig.name
             self._rollout = None
+            for _, reply in self._waiters:
+                if not reply.done():
+                    reply.set_exception(CommandRefused("the master is shutting down"))
+            self._waiters.clear()
             self._log.info("shutting down", signal=sig.name)
             for handle in self.handles.values():
                 await handle.request_stop("shutdown", now, restart=False)

@@ -111,7 +111,7 @@ class WorkerHandle:
         self.last_exit: ExitRecord | None = None
         self.starts = 0
         self.restarts_by_reason: dict[str, int] = {}
-        self.protocol_errors = 0
+        self.protocol_errors: dict[str, int] = {}  # by kind
         self.worker_errors = 0
         self._stop_reason: str | None = None
         self._restart_after_stop = False

@@ -5,8 +5,12 @@ anything of the application is imported it:
 
 1. starts a new session, so the worker and everything it starts form one process group
    that the master can stop as a whole;
-2. asks the kernel for SIGTERM when the master dies (PR_SET_PDEATHSIG) and handles it by
-   killing that group, so no worker outlives its master even with a blocked event loop;
+2. asks the kernel for a signal of its own when the master dies (PR_SET_PDEATHSIG with
+   SIGRTMIN+1) and handles it by killing that group, so no worker outlives its master
+   even with a blocked event loop. (Not SIGTERM: a SIGKILLed master with several
+   threads hands its children to a surviving thread first and the signal comes then,
+   while getppid() still names the master, so a SIGTERM could not be told apart from a
+   graceful stop.);
 3. points file descriptors 1 and 2 at ``logs/<worker>.log`` and enables faulthandler
    there, so even an import error or a segfault ends up in the file.
 
@@ -31,6 +35,7 @@ from hiscrm.exit_codes import ExitCode
 from hiscrm.logfile import LineStream, RotatingLogFile
 
 _PR_SET_PDEATHSIG = 1
+MASTER_DIED = signal.SIGRTMIN + 1  # sent by the kernel, only when the master dies
 
 # What SIGTERM does while the master is alive; the runtime sets it once its loop runs.
 _graceful_stop: Callable[[], None] | None = None
@@ -41,8 +46,8 @@ def main(boot_json: str, conn: Connection) -> None:
     boot = json.loads(boot_json)
     os.setsid()
     master_pid = int(boot["master_pid"])
-    _install_sigterm(master_pid)
-    _set_parent_death_signal(signal.SIGTERM)
+    _install_signal_handlers()
+    _set_parent_death_signal(MASTER_DIED)
     if os.getppid() != master_pid:  # the master died before we asked to be told
         os._exit(ExitCode.ORPHANED)
 
@@ -83,22 +88,24 @@ def kill_own_group(why: str) -> None:
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def _install_sigterm(master_pid: int) -> None:
-    # A plain handler, not loop.add_signal_handler: it must run even while the event loop
-    # is blocked, which is exactly when a parent-death signal matters most.
+def _install_signal_handlers() -> None:
+    # Plain handlers, not loop.add_signal_handler: the parent-death one must run even
+    # while the event loop is blocked, which is exactly when it matters most.
+    def on_master_died(signum: int, frame: FrameType | None) -> None:
+        kill_own_group("the master has died (parent-death signal)")
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if os.getppid() != master_pid:
-            kill_own_group("the master has died (parent-death signal)")
-        elif _graceful_stop is not None:
+        if _graceful_stop is not None:
             _graceful_stop()
-        else:  # still booting: nothing to wind down
+        else:  # still booting, or already on the way out: nothing to wind down
             os._exit(ExitCode.OK)
 
+    signal.signal(MASTER_DIED, on_master_died)
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
 
 
-def _set_parent_death_signal(sig: signal.Signals) -> None:
+def _set_parent_death_signal(sig: int) -> None:
     if not sys.platform.startswith("linux"):
         return  # elsewhere the pipe's end-of-file is the only notice
     libc = ctypes.CDLL(None, use_errno=True)

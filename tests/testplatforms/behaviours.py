@@ -61,6 +61,18 @@ class GrandchildThenBlock:
         time.sleep(1000)
 
 
+class Ticker:
+    """Prints "tick N" every ``interval_s``, numbered on across restarts of the platform."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        interval = float(ctx.options.get("interval_s", 0.005))
+        n = 0
+        while True:
+            print(f"tick {n:07d} " + "." * 60)
+            n += 1
+            await asyncio.sleep(interval)
+
+
 class WriteEverywhere:
     """Writes through every channel a worker has, then optionally segfaults."""
 

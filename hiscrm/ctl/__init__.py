@@ -1,0 +1,1 @@
+"""hiscrmctl: control a running master through its HTTP API. Imports neither side."""

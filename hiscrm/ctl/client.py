@@ -1,0 +1,87 @@
+"""Finding the running master and talking to its API.
+
+The master is found through ``<state_dir>/master.json`` (its pid and API URL) and
+``<state_dir>/token``. Every way this can fail becomes a :class:`CtlError` with a
+sentence that says what to check.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+
+class CtlError(Exception):
+    """Something went wrong; the message is for the operator."""
+
+
+class MasterClient:
+    def __init__(self, state_dir: Path, timeout_s: float) -> None:
+        self.state_dir = state_dir
+        info_path = state_dir / "master.json"
+        try:
+            info = json.loads(info_path.read_text())
+        except FileNotFoundError:
+            missing = f"{info_path.name} is missing"
+            raise CtlError(
+                f"no master is running with state directory {state_dir} ({missing})"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise CtlError(f"cannot read {info_path}: {exc}") from None
+        pid = info.get("pid")
+        if not isinstance(pid, int) or not psutil.pid_exists(pid):
+            raise CtlError(
+                f"{info_path} names pid {pid}, which is not running: the master has died"
+            )
+        self.url = str(info.get("api_url", ""))
+        token_path = state_dir / "token"
+        headers = {}
+        if token_path.exists():
+            try:
+                headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
+            except OSError as exc:
+                raise CtlError(f"cannot read the API token {token_path}: {exc}") from None
+        self._token_path = token_path
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def request(self, method: str, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        try:
+            response = self._http.request(method, path, params=query)
+        except httpx.ConnectError:
+            raise CtlError(f"cannot reach the master at {self.url}: is it running?") from None
+        except httpx.TimeoutException:
+            raise CtlError(f"the master at {self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise CtlError(f"{method} {self.url}{path} failed: {exc}") from None
+        return self._json(response, method, path)
+
+    def stream(self, path: str, **params: Any) -> Iterator[bytes]:
+        query = {k: v for k, v in params.items() if v is not None}
+        try:
+            with self._http.stream("GET", path, params=query, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._json(response, "GET", path)
+                yield from response.iter_raw()
+        except httpx.ConnectError:
+            raise CtlError(f"cannot reach the master at {self.url}: is it running?") from None
+        except httpx.RemoteProtocolError:
+            return  # the master went away while we followed
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text[:200]}
+        if response.status_code == 401:
+            raise CtlError(
+                f"the master refused the token in {self._token_path}: {body.get('error')}"
+            )
+        if response.status_code >= 400:
+            error = body.get("error", "") if isinstance(body, dict) else body
+            raise CtlError(f"{method} {path}: {response.status_code} {error}")
+        return body

@@ -1,0 +1,168 @@
+"""Reading the five collections for the API, and marking items read.
+
+No SQL is built from request strings: table, filter and sort names are looked up in the
+per-collection whitelists below, and every value is a bound parameter. Reads run on
+read-only connections (one per thread); marking read is a write and goes through the
+store thread like every other write.
+"""
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from hiscrm.items import COLLECTIONS
+from hiscrm.master import datastore
+
+T = TypeVar("T")
+TOTALS_TTL_S = 1.0
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    table: str
+    time_field: str
+    filters: tuple[str, ...] = ()  # equality filters, each a column of the table
+    sorts: tuple[str, ...] = ()  # columns it may be sorted by, besides the time field
+    readable: bool = False  # has is_read / read_at
+
+    @property
+    def sort_columns(self) -> tuple[str, ...]:
+        return (self.time_field, "synced_at", "version", "id", *self.sorts)
+
+
+SPECS: dict[str, CollectionSpec] = {
+    "conversations": CollectionSpec("conversations", "last_message_at", sorts=("title",)),
+    "messages": CollectionSpec(
+        "messages", "sent_at", filters=("conversation_id", "direction", "sender_id"), readable=True
+    ),
+    "comments": CollectionSpec(
+        "comments", "created_at", filters=("content_id", "direction", "author_id"), readable=True
+    ),
+    "contents": CollectionSpec(
+        "contents", "published_at", sorts=("views", "likes", "comment_count")
+    ),
+    "notifications": CollectionSpec("notifications", "created_at", filters=("category",)),
+}
+assert set(SPECS) == set(COLLECTIONS)
+
+
+@dataclass
+class CollectionQuery:
+    account_id: str
+    filters: dict[str, str] = field(default_factory=dict)
+    is_read: bool | None = None
+    since: int | None = None  # ms, inclusive, on the collection's time field
+    until: int | None = None  # ms, exclusive
+    sort: str | None = None  # default: the time field
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = 50
+    offset: int = 0
+
+
+def _row(spec: CollectionSpec, row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("hash", None)
+    row.pop("seq", None)
+    if "participants" in row:
+        row["participants"] = json.loads(row["participants"]) if row["participants"] else []
+    if spec.readable:
+        row["is_read"] = bool(row["is_read"])
+    return row
+
+
+def query_collection(
+    conn: sqlite3.Connection, collection: str, query: CollectionQuery
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of a collection and the total matching; raises KeyError on a name outside
+    the whitelists (the API validates before it gets here)."""
+    spec = SPECS[collection]
+    where = ["account_id = ?"]
+    params: list[Any] = [query.account_id]
+    for name, value in query.filters.items():
+        column = spec.filters[spec.filters.index(name)]
+        where.append(f"{column} = ?")
+        params.append(value)
+    if query.is_read is not None:
+        if not spec.readable:
+            raise KeyError("is_read")
+        where.append("is_read = ?")
+        params.append(int(query.is_read))
+    if query.since is not None:
+        where.append(f"{spec.time_field} >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        where.append(f"{spec.time_field} < ?")
+        params.append(query.until)
+    sort = spec.sort_columns[spec.sort_columns.index(query.sort or spec.time_field)]
+    order = {"asc": "ASC", "desc": "DESC"}[query.order]
+    condition = " AND ".join(where)
+    total = int(
+        conn.execute(f"SELECT count(*) FROM {spec.table} WHERE {condition}", params).fetchone()[0]
+    )
+    page = f"ORDER BY {sort} {order}, id {order} LIMIT ? OFFSET ?"
+    cursor = conn.execute(
+        f"SELECT * FROM {spec.table} WHERE {condition} {page}", [*params, query.limit, query.offset]
+    )
+    return [_row(spec, row) for row in datastore.rows_as_dicts(cursor)], total
+
+
+def get_item(
+    conn: sqlite3.Connection, collection: str, account_id: str, item_id: str
+) -> dict[str, Any] | None:
+    spec = SPECS[collection]
+    cursor = conn.execute(
+        f"SELECT * FROM {spec.table} WHERE account_id = ? AND id = ?", (account_id, item_id)
+    )
+    rows = datastore.rows_as_dicts(cursor)
+    return _row(spec, rows[0]) if rows else None
+
+
+def mark_read(
+    conn: sqlite3.Connection, collection: str, account_id: str, item_id: str, at_ms: int
+) -> dict[str, Any] | None:
+    """Set ``is_read`` (keeping the first ``read_at``); None if there is no such item.
+    Runs in the store thread: syncs never touch these columns, so it survives them."""
+    spec = SPECS[collection]
+    if not spec.readable:
+        raise KeyError(collection)
+    conn.execute(
+        f"UPDATE {spec.table} SET is_read = 1, read_at = coalesce(read_at, ?) "
+        "WHERE account_id = ? AND id = ?",
+        (at_ms, account_id, item_id),
+    )
+    return get_item(conn, collection, account_id, item_id)
+
+
+class StoreReader:
+    """Read-only connections to the store, one per thread, used off the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._totals: tuple[float, dict[str, int]] | None = None
+        self._totals_lock = asyncio.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = datastore.connect(self.path, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(lambda: function(self._conn()))
+
+    async def totals(self) -> tuple[dict[str, int], int]:
+        """Items per collection, counted at most ``TOTALS_TTL_S`` ago; and when (ms)."""
+        async with self._totals_lock:
+            now = time.monotonic()
+            if self._totals is None or now - self._totals[0] > TOTALS_TTL_S:
+                counts = await self.run(datastore.count_items)
+                self._totals = (now, counts)
+            taken, counts = self._totals
+        return counts, time.time_ns() // 1_000_000 - int((time.monotonic() - taken) * 1000)

@@ -1,0 +1,171 @@
+"""What the HTTP API answers, as pydantic models (they make the OpenAPI schema too).
+
+They reuse the models the rest of the program uses: ``ExitRecord`` for how a worker
+ended, the item models (plus what the store adds) for the collections.
+"""
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from hiscrm.items import Comment, Content, Conversation, Message, Notification
+from hiscrm.master.exit_record import ExitRecord
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class WorkerInfo(BaseModel):
+    id: str
+    state: str
+    pid: int | None
+    restarts: int
+    restarts_by_reason: dict[str, int]
+    accounts: list[str]
+    heartbeat_age_s: float | None
+    loop_lag_ms: float | None
+    started_at: int | None  # ms, when the current process started
+    uptime_s: float | None
+    rss_bytes: int | None
+    cpu_percent: float | None
+    errors_total: int  # worker:error messages from this slot
+    protocol_errors: int
+    last_exit: ExitRecord | None
+    code_version: str | None  # not tracked yet: always null
+    stale_code: bool
+
+
+class WorkerAction(BaseModel):
+    """The outcome of a stop, start or restart: the worker as it is now."""
+
+    action: str
+    previous_pid: int | None
+    took_s: float
+    worker: WorkerInfo
+
+
+class ReloadStep(BaseModel):
+    worker: str
+    old_pid: int | None
+    new_pid: int | None
+    state: str
+    took_s: float
+
+
+class ReloadResult(BaseModel):
+    complete: bool
+    took_s: float
+    steps: list[ReloadStep]
+    error: str | None = None
+
+
+class AccountInfo(BaseModel):
+    id: str
+    platform: str
+    worker: str | None  # the worker running it now
+    home: str | None  # the worker it belongs to when that one is healthy
+    state: str | None  # its task's state in the worker, as last reported
+    last_sync_at: int | None  # ms, last committed sync
+    stale: bool
+    syncs: int
+    items_synced: int
+    sync_errors: dict[str, int]
+    counts: dict[str, int] | None = None  # items in the store per collection
+
+
+class SyncRequested(BaseModel):
+    account_id: str
+    worker: str
+    from_seq: int | None
+
+
+class StoreTotals(BaseModel):
+    path: str
+    items: dict[str, int]  # per collection
+    counted_at: int  # ms; counts are at most a second old
+
+
+class SyncTotals(BaseModel):
+    syncs: int
+    items: int
+    errors: int
+    stale_accounts: int
+    last_success_at: int | None
+
+
+class StatusInfo(BaseModel):
+    version: str
+    pid: int
+    started_at: int
+    uptime_s: float
+    state_dir: str
+    shutting_down: bool
+    workers: dict[str, int]  # by state
+    workers_total: int
+    accounts_total: int
+    accounts_assigned: int
+    store: StoreTotals
+    sync: SyncTotals
+    protocol_errors_total: int
+    worker_errors_total: int
+    internal_errors_total: int
+
+
+class Health(BaseModel):
+    status: str  # "ok" or "failing"
+    checks: dict[str, bool]
+
+
+class _Stored(BaseModel):
+    """What the store adds to every item."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str
+    version: int
+    synced_at: int
+
+
+class _Readable(BaseModel):
+    is_read: bool
+    read_at: int | None
+
+
+class StoredConversation(Conversation, _Stored):
+    pass
+
+
+class StoredMessage(Message, _Stored, _Readable):
+    pass
+
+
+class StoredComment(Comment, _Stored, _Readable):
+    pass
+
+
+class StoredContent(Content, _Stored):
+    pass
+
+
+class StoredNotification(Notification, _Stored):
+    pass
+
+
+STORED_MODELS: dict[str, type[BaseModel]] = {
+    "conversations": StoredConversation,
+    "messages": StoredMessage,
+    "comments": StoredComment,
+    "contents": StoredContent,
+    "notifications": StoredNotification,
+}

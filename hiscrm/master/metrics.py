@@ -1,0 +1,152 @@
+"""Prometheus metrics of the master, read from the live state at every scrape.
+
+Counters and gauges are not kept twice: a collector reads them from the worker handles
+and the account manager when ``/metrics`` is scraped, so they can never drift from what
+status reports. Only the commit-latency histogram records observations as they happen.
+"""
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hiscrm.master.process_stats import ProcessStats
+
+if TYPE_CHECKING:
+    from hiscrm.master.supervisor import Supervisor
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class MasterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.commit_latency = Histogram(
+            "hiscrm_sync_commit_latency_seconds",
+            "From a worker:data:sync reaching the master to its commit in the store",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def attach(self, supervisor: "Supervisor", processes: ProcessStats) -> None:
+        self.registry.register(_LiveState(supervisor, processes))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveState(Collector):
+    def __init__(self, supervisor: "Supervisor", processes: ProcessStats) -> None:
+        self._supervisor = supervisor
+        self._processes = processes
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._workers()
+        yield from self._accounts()
+        master = self._supervisor
+        yield CounterMetricFamily(
+            "hiscrm_master_internal_errors_total",
+            "Errors inside the master itself (bugs), logged with their traceback",
+            value=master.internal_errors_total,
+        )
+
+    def _workers(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "hiscrm_worker_up", "1 if the worker is registered and running", labels=["worker"]
+        )
+        state = GaugeMetricFamily(
+            "hiscrm_worker_state", "1 for the state the worker is in", labels=["worker", "state"]
+        )
+        restarts = CounterMetricFamily(
+            "hiscrm_worker_restarts_total",
+            "Restarts of a worker slot, by the reason of the exit before",
+            labels=["worker", "reason"],
+        )
+        errors = CounterMetricFamily(
+            "hiscrm_worker_errors_total", "worker:error reports received", labels=["worker"]
+        )
+        protocol = CounterMetricFamily(
+            "hiscrm_protocol_errors_total",
+            "Frames from a worker that could not be used, by kind",
+            labels=["worker", "kind"],
+        )
+        heartbeat = GaugeMetricFamily(
+            "hiscrm_worker_heartbeat_age_seconds",
+            "Time since the last heartbeat",
+            labels=["worker"],
+        )
+        rss = GaugeMetricFamily(
+            "hiscrm_worker_rss_bytes", "Resident memory of the worker process", labels=["worker"]
+        )
+        cpu = CounterMetricFamily(
+            "hiscrm_worker_cpu_seconds_total",
+            "CPU time of the current worker process",
+            labels=["worker"],
+        )
+        now = self._supervisor.now()
+        live: set[int] = set()
+        for handle in self._supervisor.handles.values():
+            running = handle.registered is not None and handle.state.value == "running"
+            up.add_metric([handle.id], 1.0 if running else 0.0)
+            state.add_metric([handle.id, handle.state.value], 1.0)
+            for reason, count in handle.restarts_by_reason.items():
+                restarts.add_metric([handle.id, reason], count)
+            errors.add_metric([handle.id], handle.worker_errors)
+            for kind, count in handle.protocol_errors.items():
+                protocol.add_metric([handle.id, kind], count)
+            age = handle.heartbeat_age_s(now)
+            if age is not None and handle.pid is not None:
+                heartbeat.add_metric([handle.id], age)
+            if handle.pid is not None:
+                live.add(handle.pid)
+                sample = self._processes.sample(handle.pid)
+                if sample is not None:
+                    rss.add_metric([handle.id], sample.rss_bytes)
+                    cpu.add_metric([handle.id], sample.cpu_seconds)
+        self._processes.keep_only(live)
+        yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu)
+
+    def _accounts(self) -> Iterator[Metric]:
+        manager = self._supervisor.accounts
+        if manager is None:
+            return
+        syncs = CounterMetricFamily(
+            "hiscrm_worker_data_sync_total",
+            "Syncs committed to the store",
+            labels=["worker", "account"],
+        )
+        items = CounterMetricFamily(
+            "hiscrm_sync_items_total", "Changed items committed to the store", labels=["account"]
+        )
+        errors = CounterMetricFamily(
+            "hiscrm_worker_data_sync_errors_total",
+            "Syncs not committed, by reason",
+            labels=["account", "reason"],
+        )
+        last = GaugeMetricFamily(
+            "hiscrm_worker_data_sync_last_success_timestamp_seconds",
+            "When the account's last sync was committed",
+            labels=["account"],
+        )
+        stale = GaugeMetricFamily(
+            "hiscrm_account_stale", "1 while the account's sync is stale", labels=["account"]
+        )
+        assigned = GaugeMetricFamily(
+            "hiscrm_account_assigned", "1 if the account has a worker", labels=["account", "worker"]
+        )
+        for account_id, slot in manager.assigner.slots.items():
+            health = manager.health.accounts.get(account_id)
+            worker = slot.owner or ""
+            assigned.add_metric([account_id, worker], 1.0 if slot.owner else 0.0)
+            if health is None:
+                continue
+            syncs.add_metric([worker, account_id], health.syncs)
+            items.add_metric([account_id], health.items)
+            for reason, count in health.errors.items():
+                errors.add_metric([account_id, reason], count)
+            if health.last_success_at is not None:
+                last.add_metric([account_id], health.last_success_at / 1000)
+            stale.add_metric([account_id], 1.0 if health.stale else 0.0)
+        yield from (syncs, items, errors, last, stale, assigned)
