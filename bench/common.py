@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -52,11 +52,17 @@ def at(event: dict[str, Any]) -> float:
 
 
 @contextmanager
-def running_master(config_toml: str) -> Iterator[tuple[subprocess.Popen[bytes], Path, Log]]:
-    """A master on a throwaway state dir; stopped (SIGTERM) on the way out."""
+def running_master(
+    config_toml: str, prepare: Callable[[Path], None] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Log]]:
+    """A master on a throwaway state dir; stopped (SIGTERM) on the way out. ``prepare``
+    gets the state dir before the master starts."""
     with tempfile.TemporaryDirectory(prefix="hiscrm-bench-") as tmp:
         home = Path(tmp)
         (home / "bench.toml").write_text(config_toml)
+        if prepare is not None:
+            (home / "var").mkdir()
+            prepare(home / "var")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(BENCH)])}
         master = subprocess.Popen(
             [sys.executable, "-m", "hiscrm.master", "--config", str(home / "bench.toml")],

@@ -322,9 +322,7 @@ def _add_collection_routes(router: APIRouter, control: Control, collection: str)
             limit=values["limit"],
             offset=values["offset"],
         )
-        rows, total = await control.reader.run(
-            lambda conn: queries.query_collection(conn, collection, query)
-        )
+        rows, total = await control.reader.page(collection, query)
         return {"items": rows, "total": total, "limit": query.limit, "offset": query.offset}
 
     router.add_api_route(

@@ -6,7 +6,7 @@ ended, the item models (plus what the store adds) for the collections.
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hiscrm.items import Comment, Content, Conversation, Message, Notification
 from hiscrm.master.exit_record import ExitRecord
@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
-    total: int
+    total: int = Field(description="all that match; for collections, counted at most 1 s ago")
     limit: int
     offset: int
 
