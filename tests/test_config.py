@@ -21,6 +21,11 @@ BAD_CONFIGS = [
     ("[logs]\nbackups = -1\n", "logs.backups", "greater than or equal to 0"),
     ("[api]\nport = 70000\n", "api.port", "less than or equal to 65535"),
     (
+        "[api]\nhost = '0.0.0.0'\nauth = false\n",
+        "api",
+        "auth = false is only allowed on a loopback address, not host '0.0.0.0'",
+    ),
+    (
         "[[accounts]]\nid = 'a'\nplatform = 'no such thing'\n",
         "accounts[0].platform",
         "neither a built-in platform",
