@@ -104,6 +104,13 @@ class RetentionConfig(_Section):
         return {name: days for name, days in self.model_dump().items() if days is not None}
 
 
+class CodeConfig(_Section):
+    """Which installed packages count as code to fingerprint (besides hiscrm and
+    everything outside site-packages)."""
+
+    packages: list[str] = Field(default_factory=list)
+
+
 class LogsConfig(_Section):
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
     backups: int = Field(default=5, ge=0, le=1000)
@@ -117,6 +124,7 @@ class Config(_Section):
     supervision: SupervisionConfig = SupervisionConfig()
     sync: SyncConfig = SyncConfig()
     retention: RetentionConfig = RetentionConfig()
+    code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
     accounts: list[AccountSpec] = Field(default_factory=list)
 

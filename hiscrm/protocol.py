@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hiscrm.code_fingerprint import CodeFile
 from hiscrm.items import Item
 from hiscrm.models import AccountSpec
 
@@ -46,6 +47,8 @@ class WorkerRegister(_Message):
     schema_hash: str
     platforms: list[str]
     boot_ms: float  # from the start of the interpreter to this message
+    code_version: str
+    code_files: list[CodeFile]  # what it runs, to compare with the disk
 
 
 class WorkerHeartbeat(_Message):
@@ -391,5 +394,6 @@ class WorkerBoot(BaseModel):
     backoff_reset_after_s: float
     platforms: list[str]  # module:Class specs to import at boot
     spool_dir: str  # <state_dir>/spool: unacknowledged changes per account
+    code_packages: list[str] = Field(default_factory=list)  # fingerprinted besides hiscrm
     idle_sync_s: float  # an account with nothing new still syncs this often
     ack_timeout_s: float  # a sync not acknowledged in this time is sent again

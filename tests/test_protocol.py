@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from hiscrm import protocol
+from hiscrm.code_fingerprint import CodeFile
 from hiscrm.items import Message, item_hash
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
@@ -30,7 +31,14 @@ MESSAGE = Message(
 
 EXAMPLES: dict[str, AnyMessage] = {
     "worker:register": protocol.WorkerRegister(
-        worker_id="worker1", pid=42, protocol=1, schema_hash="abc", platforms=["x:Y"], boot_ms=12.5
+        worker_id="worker1",
+        pid=42,
+        protocol=1,
+        schema_hash="abc",
+        platforms=["x:Y"],
+        boot_ms=12.5,
+        code_version="0123456789ab",
+        code_files=[CodeFile(path="/srv/x.py", size=10, mtime_ns=1, sha256="ff")],
     ),
     "worker:heartbeat": protocol.WorkerHeartbeat(
         seq=3, loop_lag_ms=0.4, errors_total=0, progress_at={"acc-1": 1763848020123}

@@ -96,6 +96,8 @@ def register(handle: WorkerHandle, now: float) -> None:
         schema_hash=schema_hash(),
         platforms=[],
         boot_ms=1.0,
+        code_version="v1",
+        code_files=[],
     )
     assert handle.on_register(message, now)
 

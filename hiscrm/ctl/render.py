@@ -54,6 +54,7 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
         "RESTARTS",
         "HEARTBEAT",
         "RSS",
+        "CODE",
         "ACCOUNTS",
         "LAST EXIT",
     ):
@@ -73,10 +74,19 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
             str(w["restarts"]),
             _seconds(w["heartbeat_age_s"]),
             f"{w['rss_bytes'] / 2**20:.0f} MiB" if w["rss_bytes"] else "-",
+            (w["code_version"] or "-") + (" [red]stale[/]" if w["stale_code"] else ""),
             ",".join(w["accounts"]) or "-",
             exit_text,
         )
     console.print(table)
+    if status["stale_code"]:
+        console.print(
+            "[red]the master's own code changed on disk: restart the master to load it[/]"
+        )
+    if status["stale_workers"]:
+        console.print(
+            f"[yellow]{status['stale_workers']} worker(s) run stale code: hiscrmctl reload[/]"
+        )
     items = ", ".join(f"{n} {name}" for name, n in status["store"]["items"].items())
     console.print(
         f"store: {items}; syncs {status['sync']['syncs']}, errors {status['sync']['errors']}"

@@ -51,6 +51,11 @@ class _LiveState(Collector):
             "Errors inside the master itself (bugs), logged with their traceback",
             value=master.internal_errors_total,
         )
+        yield GaugeMetricFamily(
+            "hiscrm_master_stale_code",
+            "1 if the master's own code changed on disk (only a master restart loads it)",
+            value=1.0 if master.code.master_changed() else 0.0,
+        )
 
     def _workers(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -71,6 +76,16 @@ class _LiveState(Collector):
             "hiscrm_protocol_errors_total",
             "Frames from a worker that could not be used, by kind",
             labels=["worker", "kind"],
+        )
+        stale = GaugeMetricFamily(
+            "hiscrm_worker_stale_code",
+            "1 if files the worker imported changed on disk since (reload to run them)",
+            labels=["worker"],
+        )
+        code = GaugeMetricFamily(
+            "hiscrm_worker_code_info",
+            "The code version a worker runs",
+            labels=["worker", "version"],
         )
         heartbeat = GaugeMetricFamily(
             "hiscrm_worker_heartbeat_age_seconds",
@@ -105,8 +120,15 @@ class _LiveState(Collector):
                 if sample is not None:
                     rss.add_metric([handle.id], sample.rss_bytes)
                     cpu.add_metric([handle.id], sample.cpu_seconds)
+            registered = handle.registered
+            if registered is not None and handle.pid is not None:
+                changed = self._supervisor.code.changed(
+                    registered.code_version, registered.code_files
+                )
+                stale.add_metric([handle.id], 1.0 if changed else 0.0)
+                code.add_metric([handle.id, registered.code_version], 1.0)
         self._processes.keep_only(live)
-        yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu)
+        yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu, stale, code)
 
     def _accounts(self) -> Iterator[Metric]:
         manager = self._supervisor.accounts

@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import __version__
 from hiscrm.config import Config
 from hiscrm.master.account_manager import AccountManager
+from hiscrm.master.code_status import CodeStatus
 from hiscrm.master.events import (
     ChannelClosed,
     Command,
@@ -74,6 +75,7 @@ class Supervisor:
             config.state_dir / "hiscrm.db", self._from_store_thread, config.retention.days(), log
         )
         self.accounts: AccountManager | None = None  # made in run(), on the loop
+        self.code = CodeStatus(config.code.packages)
         self.protocol_errors_total = 0
         self.internal_errors_total = 0
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -162,6 +162,7 @@ class WorkerHandle:
             spool_dir=str(self._config.state_dir / "spool"),
             idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
             ack_timeout_s=sup.heartbeat_timeout_s,
+            code_packages=self._config.code.packages,
         )
 
     async def start(self, now: float, reason: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.channel import Channel, open_channel
+from hiscrm.code_fingerprint import CodeFile, code_version, loaded_files
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
@@ -89,8 +90,10 @@ class WorkerRuntime:
         sink: RotatingLogFile,
         log: FilteringBoundLogger,
         started: float,
+        code_files: list[CodeFile] | None = None,
     ) -> None:
         self.boot = boot
+        self._code_files = code_files  # a forked worker has its template's fingerprint
         self._platforms = platforms
         self._sink = sink
         self._log = log
@@ -136,6 +139,7 @@ class WorkerRuntime:
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
 
         bootstrap.set_graceful_stop(graceful_stop)
+        files = self._code_files or loaded_files(self.boot.code_packages)
         self.send(
             WorkerRegister(
                 worker_id=self.boot.worker_id,
@@ -144,6 +148,8 @@ class WorkerRuntime:
                 schema_hash=schema_hash(),
                 platforms=sorted(self._platforms),
                 boot_ms=(time.monotonic() - self._started) * 1000,
+                code_version=code_version(files),
+                code_files=files,
             )
         )
         self.spawn(self._heartbeats(), "heartbeat")

@@ -10,6 +10,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from hiscrm import __version__
 from hiscrm.logfile import tail_lines
@@ -37,6 +38,12 @@ class NotFound(LookupError):
     pass
 
 
+@dataclass(frozen=True)
+class CodeInfo:
+    version: str
+    stale: list[str]  # files that changed on disk since the process loaded them
+
+
 class Control:
     def __init__(
         self, supervisor: Supervisor, reader: queries.StoreReader, processes: ProcessStats
@@ -62,6 +69,7 @@ class Control:
         sample = self._processes.sample(handle.pid) if handle.pid is not None else None
         manager = self.supervisor.accounts
         started = handle.started_at
+        code = self.code_of(handle)
         return WorkerInfo(
             id=handle.id,
             state=handle.state.value,
@@ -82,9 +90,17 @@ class Control:
             errors_total=handle.worker_errors,
             protocol_errors=sum(handle.protocol_errors.values()),
             last_exit=handle.last_exit,
-            code_version=None,
-            stale_code=False,
+            code_version=code.version if code else None,
+            stale_code=bool(code and code.stale),
+            stale_files=code.stale if code else [],
         )
+
+    def code_of(self, handle: WorkerHandle) -> "CodeInfo | None":
+        registered = handle.registered
+        if registered is None or handle.pid is None:
+            return None
+        stale = self.supervisor.code.changed(registered.code_version, registered.code_files)
+        return CodeInfo(registered.code_version, stale)
 
     def workers(self) -> list[WorkerInfo]:
         return [self.worker(h) for h in self.supervisor.handles.values()]
@@ -200,6 +216,11 @@ class Control:
             protocol_errors_total=supervisor.protocol_errors_total,
             worker_errors_total=sum(h.worker_errors for h in supervisor.handles.values()),
             internal_errors_total=supervisor.internal_errors_total,
+            code_version=supervisor.code.master_version,
+            stale_code=bool(supervisor.code.master_changed()),
+            stale_workers=sum(
+                1 for h in supervisor.handles.values() if (c := self.code_of(h)) and c.stale
+            ),
         )
 
     def health(self) -> Health:

@@ -42,8 +42,9 @@ class WorkerInfo(BaseModel):
     errors_total: int  # worker:error messages from this slot
     protocol_errors: int
     last_exit: ExitRecord | None
-    code_version: str | None  # not tracked yet: always null
-    stale_code: bool
+    code_version: str | None  # hash of the source files it imported (null until registered)
+    stale_code: bool  # some of those files changed on disk since: reload to run the new code
+    stale_files: list[str]
 
 
 class WorkerAction(BaseModel):
@@ -120,6 +121,9 @@ class StatusInfo(BaseModel):
     protocol_errors_total: int
     worker_errors_total: int
     internal_errors_total: int
+    code_version: str  # the master's own code
+    stale_code: bool  # the master's code changed on disk: only a master restart loads it
+    stale_workers: int
 
 
 class Health(BaseModel):
