@@ -272,21 +272,47 @@ def test_second_master_on_same_state_dir_is_refused(start_master: MasterFactory)
 
 
 @pytest.mark.timeout(60)
-def test_sighup_restarts_workers_one_at_a_time(start_master: MasterFactory) -> None:
+def test_sighup_reloads_workers_one_at_a_time_new_before_old(start_master: MasterFactory) -> None:
     master = start_master(make_config(workers=2))
     before = master.wait_all_running(["worker1", "worker2"])
     mark = master.mark()
 
     os.kill(master.pid, signal.SIGHUP)
 
-    master.log.wait_for(after=mark, event="rolling restart complete", timeout=20)
+    master.log.wait_for(after=mark, event="reload complete", timeout=20)
     events = master.log.events[mark:]
-    order = [(e["worker"], e["new"]) for e in events if e.get("event") == "worker state"]
-    w1_running = order.index(("worker1", "running"))
-    w2_stopping = order.index(("worker2", "stopping"))
-    assert w1_running < w2_stopping, f"worker2 stopped before worker1 was back: {order}"
-    for worker, pid in before.items():
+    states = [(e["worker"], e["pid"], e["new"]) for e in events if e.get("event") == "worker state"]
+    for n, worker in enumerate(("worker1", "worker2")):
+        old = before[worker]
+        new_running = next(
+            i for i, (w, p, s) in enumerate(states) if w == worker and s == "running"
+        )
+        old_stopping = next(
+            i for i, (w, p, s) in enumerate(states) if w == worker and p == old and s == "stopping"
+        )
+        assert new_running < old_stopping, (
+            f"{worker}'s old process stopped before its new one ran: {states}"
+        )
         exited = [e for e in events if e.get("event") == "worker exited" and e["worker"] == worker]
-        assert exited[0]["pid"] == pid
-        assert exited[0]["reason"] == "reload"
+        assert (exited[0]["pid"], exited[0]["reason"]) == (old, "reload")
+        handed = [
+            e for e in events if e.get("event") == "account handed over" and e["worker"] == worker
+        ]
+        assert sorted(e["account_id"] for e in handed) == [f"acc-{n + 1}", f"acc-{n + 3}"]
+        assert all(e["gap_ms"] < 2000 for e in handed)
+    # worker2 started only once worker1 was done
+    w2_start = next(
+        i
+        for i, e in enumerate(events)
+        if e.get("event") == "reload: starting replacement" and e["worker"] == "worker2"
+    )
+    w1_done = next(
+        i
+        for i, e in enumerate(events)
+        if e.get("event") == "reload: worker replaced" and e["worker"] == "worker1"
+    )
+    assert w1_done < w2_start
+    assert not [
+        e for e in events if e.get("event") in ("worker error", "protocol error", "sync refused")
+    ]
     assert master.stop() == 0

@@ -122,9 +122,12 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 for step in result["steps"]:
                     pids = f"pid {step['old_pid']} -> {step['new_pid']}"
-                    console.print(
-                        f"{step['worker']}: {pids} ({step['state']}) in {step['took_s']:.2f} s"
+                    gap = step["max_gap_ms"]
+                    handed = f"{step['accounts']} accounts" + (
+                        f", longest gap {gap:.0f} ms" if gap else ""
                     )
+                    took = f"in {step['took_s']:.2f} s"
+                    console.print(f"{step['worker']}: {pids} ({step['state']}) {took}, {handed}")
                 outcome = "complete" if result["complete"] else f"stopped: {result['error']}"
                 console.print(f"reload {outcome} after {result['took_s']:.2f} s")
             return ExitCode.OK if result["complete"] else ExitCode.CRASHED

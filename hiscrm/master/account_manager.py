@@ -11,6 +11,7 @@ assignment it revokes.
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -34,6 +35,20 @@ from hiscrm.protocol import (
 )
 
 DigestEntry = tuple[str, str, int, str]
+
+
+@dataclass
+class Handover:
+    """A rolling reload moving a slot's accounts from its old process to its new one."""
+
+    old: WorkerHandle
+    new: WorkerHandle
+    old_pid: int | None
+    accounts: list[str]
+    pending: set[str]  # not released by the old process yet
+    revoked_at: dict[str, float] = field(default_factory=dict)
+    released_at: dict[str, float] = field(default_factory=dict)
+    gaps_ms: dict[str, float] = field(default_factory=dict)  # revoked -> running in the new one
 
 
 def digest_chunks(
@@ -64,8 +79,14 @@ class AccountManager:
         log: FilteringBoundLogger,
         now: float,
         observe_commit_latency: Callable[[float], None] = lambda seconds: None,
+        find_handle: Callable[[str, int], WorkerHandle | None] | None = None,
     ) -> None:
         self._observe_commit_latency = observe_commit_latency
+        # The handle whose process has this pid: during a reload a slot has two.
+        self._find_handle = find_handle or (
+            lambda worker_id, pid: h if (h := handles.get(worker_id)) and h.pid == pid else None
+        )
+        self._handovers: dict[str, Handover] = {}
         self._store = store
         self._handles = handles
         self._log = log
@@ -136,8 +157,8 @@ class AccountManager:
         at_ms = time.time_ns() // 1_000_000
         for outcome in outcomes:
             batch = outcome.batch
-            handle = self._handles.get(batch.worker_id)
-            same_process = handle is not None and handle.pid == batch.pid
+            handle = self._find_handle(batch.worker_id, batch.pid)
+            same_process = handle is not None
             if outcome.ok:
                 self._observe_commit_latency(time.monotonic() - batch.received_at)
                 self.health.success(batch.account_id, now, at_ms, len(batch.changes))
@@ -166,10 +187,92 @@ class AccountManager:
         self._log.info(
             "account released",
             worker=handle.id,
+            pid=handle.pid,
             account_id=message.account_id,
             unacked=message.unacked,
         )
+        handover = self._handovers.get(handle.id)
+        if (
+            handover is not None
+            and handle is handover.old
+            and message.account_id in handover.pending
+        ):
+            self._hand_to_new(handover, message.account_id, now)
+            return
         self._execute(self.assigner.released(handle.id, message.account_id, now), now)
+
+    def on_account_state(
+        self, handle: WorkerHandle, account_id: str, state: str, now: float
+    ) -> None:
+        self.account_states[account_id] = state
+        handover = self._handovers.get(handle.id)
+        if (
+            handover is None
+            or handle is not handover.new
+            or state != "running"
+            or account_id not in handover.revoked_at
+            or account_id in handover.gaps_ms
+        ):
+            return
+        gap_ms = (now - handover.revoked_at[account_id]) * 1000
+        handover.gaps_ms[account_id] = gap_ms
+        released = handover.released_at.get(account_id)
+        self._log.info(
+            "account handed over",
+            worker=handle.id,
+            account_id=account_id,
+            old_pid=handover.old_pid,
+            new_pid=handle.pid,
+            gap_ms=round(gap_ms, 1),
+            flush_ms=round((released - handover.revoked_at[account_id]) * 1000, 1)
+            if released
+            else None,
+        )
+
+    # --- handing accounts from an old process to its replacement (rolling reload) ---------
+
+    def begin_handover(self, old: WorkerHandle, new: WorkerHandle, now: float) -> None:
+        """Revoke every account of ``old``; each goes to ``new`` once released."""
+        accounts = [
+            a for a in self.assigner.accounts_of(old.id) if not self.assigner.slots[a].releasing
+        ]
+        handover = Handover(old, new, old.pid, accounts, set(accounts))
+        self._handovers[old.id] = handover
+        for account_id in accounts:
+            handover.revoked_at[account_id] = now
+            self._chain(old.id, self._send(old, MasterAccountRevoke(account_id=account_id)))
+        self._log.info(
+            "handing accounts over",
+            worker=old.id,
+            old_pid=old.pid,
+            new_pid=new.pid,
+            accounts=accounts,
+        )
+
+    def handover_done(self, old: WorkerHandle) -> bool:
+        handover = self._handovers.get(old.id)
+        return handover is None or handover.old is not old or not handover.pending
+
+    def end_handover(self, old: WorkerHandle) -> "Handover | None":
+        handover = self._handovers.get(old.id)
+        if handover is None or handover.old is not old:
+            return None
+        return self._handovers.pop(old.id)
+
+    def retired_process_exited(self, handle: WorkerHandle, now: float) -> None:
+        """An old process died during a handover: its death releases what it held."""
+        handover = self._handovers.get(handle.id)
+        if handover is not None and handover.old is handle:
+            for account_id in sorted(handover.pending):
+                self._hand_to_new(handover, account_id, now)
+
+    def _hand_to_new(self, handover: "Handover", account_id: str, now: float) -> None:
+        handover.pending.discard(account_id)
+        handover.released_at[account_id] = now
+        new = handover.new
+        self._chain(
+            new.id, self._assign(new, Assign(new.id, self.assigner.slots[account_id].account))
+        )
 
     def request_sync(self, account_id: str, from_seq: int | None) -> str | None:
         """Ask the account's worker to sync now; the worker id, or None if unassigned."""

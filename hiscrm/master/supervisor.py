@@ -30,7 +30,7 @@ from hiscrm.master.events import (
 )
 from hiscrm.master.launcher import Launcher
 from hiscrm.master.metrics import MasterMetrics
-from hiscrm.master.rolling_restart import RollingRestart
+from hiscrm.master.rolling_reload import RollingReload
 from hiscrm.master.store_thread import StoreThread, SyncOutcome
 from hiscrm.master.worker_handle import WorkerHandle, WorkerState
 from hiscrm.protocol import (
@@ -67,10 +67,14 @@ class Supervisor:
         self._metrics = metrics
         self.started_at_ms = time.time_ns() // 1_000_000
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._launcher = launcher
         self.handles: dict[str, WorkerHandle] = {
             worker_id: WorkerHandle(worker_id, config, launcher, self._events.put_nowait, log)
             for worker_id in config.worker_ids
         }
+        # Processes of a slot beside its current one, during a reload: the replacement
+        # until it takes over, then the old one until it has stopped.
+        self.others: list[WorkerHandle] = []
         self.store = StoreThread(
             config.state_dir / "hiscrm.db", self._from_store_thread, config.retention.days(), log
         )
@@ -80,7 +84,8 @@ class Supervisor:
         self.internal_errors_total = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
-        self._rollout: RollingRestart | None = None
+        self._rollout: RollingReload | None = None
+        self.last_reload: RollingReload | None = None
         self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
 
     def post(self, event: Event) -> None:
@@ -95,7 +100,7 @@ class Supervisor:
 
     async def command(self, action: str, worker_id: str | None = None) -> Any:
         """Carry out an operator's action in the loop; returns once it has settled: the
-        WorkerHandle for stop/start/restart, the RollingRestart for reload."""
+        WorkerHandle for stop/start/restart, the RollingReload for reload."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.post(Command(action, worker_id, reply))
         return await reply
@@ -135,6 +140,7 @@ class Supervisor:
             self._log,
             loop.time(),
             self._metrics.commit_latency.observe if self._metrics else lambda seconds: None,
+            self._current,
         )
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
@@ -155,13 +161,16 @@ class Supervisor:
         self._log.info("master stopped", reason=self._shutdown_reason)
         return 0
 
+    def all_handles(self) -> list[WorkerHandle]:
+        return [*self.handles.values(), *self.others]
+
     def _finished(self) -> bool:
         return self._shutdown_reason is not None and all(
-            h.state is WorkerState.STOPPED for h in self.handles.values()
+            h.state is WorkerState.STOPPED for h in self.all_handles()
         )
 
     def _deadlines(self) -> list[float]:
-        deadlines = [h.deadline for h in self.handles.values() if h.deadline is not None]
+        deadlines = [h.deadline for h in self.all_handles() if h.deadline is not None]
         if self.accounts is not None and (due := self.accounts.next_deadline()) is not None:
             deadlines.append(due)
         return deadlines
@@ -186,14 +195,15 @@ class Supervisor:
             if event is not None:
                 await self._handle(event, loop.time())
             now = loop.time()
-            for handle in self.handles.values():
+            for handle in self.all_handles():
                 if handle.deadline is not None and handle.deadline <= now:
                     await self._on_handle_deadline(handle, now)
             due = self.accounts.next_deadline() if self.accounts is not None else None
             if self.accounts is not None and due is not None and due <= now:
                 self.accounts.on_deadline(now)
             if self._rollout is not None and not self._rollout.done:
-                await self._rollout.advance(self.handles, loop.time())
+                await self._rollout.advance(loop.time())
+            self.others = [h for h in self.others if h.state is not WorkerState.STOPPED]
             self._answer_waiters()
         except Exception as exc:
             self.internal_errors_total += 1
@@ -217,13 +227,43 @@ class Supervisor:
     # --- events --------------------------------------------------------------------------
 
     def _current(self, worker_id: str, pid: int) -> WorkerHandle | None:
-        """The handle if the event comes from its current process; None for a stale event."""
-        handle = self.handles.get(worker_id)
-        return handle if handle is not None and handle.pid == pid else None
+        """The handle whose process sent the event; None for a stale one (a process that
+        has since been replaced)."""
+        for handle in self.all_handles():
+            if handle.id == worker_id and handle.pid == pid:
+                return handle
+        return None
 
     def _manager(self) -> AccountManager:
         assert self.accounts is not None
         return self.accounts
+
+    accounts_manager = _manager
+
+    # --- reload --------------------------------------------------------------------------
+
+    def new_replacement(self, worker_id: str) -> WorkerHandle:
+        """A second process for a slot, for a reload; not restarted if it fails."""
+        handle = WorkerHandle(
+            worker_id,
+            self._config,
+            self._launcher,
+            self._events.put_nowait,
+            self._log,
+            restartable=False,
+        )
+        self.others.append(handle)
+        return handle
+
+    def promote(self, old: WorkerHandle, new: WorkerHandle) -> None:
+        """``new`` becomes the slot's process; ``old`` stays aside until it has stopped."""
+        new.take_over_from(old)
+        self.handles[new.id] = new
+        self.others.remove(new)
+        self.others.append(old)
+        self._log.info(
+            "worker replaced by its new process", worker=new.id, old_pid=old.pid, new_pid=new.pid
+        )
 
     async def _handle(self, event: Event, now: float) -> None:
         match event:
@@ -258,10 +298,7 @@ class Supervisor:
         if self._shutdown_reason is not None:
             raise CommandRefused("the master is shutting down")
         if command.action == "reload":
-            if self._rollout is not None and not self._rollout.done:
-                raise CommandRefused("a rolling restart is already under way")
-            rollout = self._rollout = RollingRestart(list(self.handles), self._log, now)
-            self._log.info("rolling restart of all workers requested")
+            rollout = self._begin_reload("requested", now)
             self._wait(command.reply, lambda: rollout if rollout.done else None)
             return
         assert command.worker_id is not None
@@ -312,8 +349,11 @@ class Supervisor:
 
     async def _on_exit(self, handle: WorkerHandle, now: float) -> None:
         was_registered = handle.registered is not None
+        current = self.handles.get(handle.id) is handle
         await handle.on_exit(now)
-        if was_registered:
+        if not current:  # a reload's old or new process: the slot itself is not down
+            self._manager().retired_process_exited(handle, now)
+        elif was_registered:
             self._manager().worker_down(handle.id, now)
 
     async def _on_handle_deadline(self, handle: WorkerHandle, now: float) -> None:
@@ -341,7 +381,8 @@ class Supervisor:
                     )
                     self._protocol_error(handle, "invalid", detail, data[:80])
                     return
-                if handle.on_register(message, now):
+                # A reload's new process gets its accounts by handover, not as the slot's.
+                if handle.on_register(message, now) and self.handles.get(handle.id) is handle:
                     self._manager().worker_up(handle, now)
             case WorkerError():
                 handle.worker_errors += 1
@@ -356,7 +397,7 @@ class Supervisor:
                     traceback=message.traceback,
                 )
             case WorkerAccountState():  # the worker logged it; kept for status
-                self._manager().account_states[message.account_id] = message.state
+                self._manager().on_account_state(handle, message.account_id, message.state, now)
             case WorkerGoodbye():
                 self._log.info(
                     "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
@@ -378,27 +419,37 @@ class Supervisor:
             protocol_errors_total=self.protocol_errors_total,
         )
 
+    def _begin_reload(self, why: str, now: float) -> RollingReload:
+        if self._rollout is not None and not self._rollout.done:
+            raise CommandRefused("a reload is already under way")
+        self._log.info("reload of all workers", why=why)
+        self._rollout = self.last_reload = RollingReload(self, self._log, now)
+        return self._rollout
+
     async def _on_signal(self, sig: signal.Signals, now: float) -> None:
         if sig is signal.SIGHUP:
             if self._shutdown_reason is not None:
                 self._log.warning("SIGHUP ignored: shutting down")
-            elif self._rollout is not None and not self._rollout.done:
-                self._log.warning("SIGHUP ignored: a rolling restart is already under way")
-            else:
-                self._log.info("SIGHUP: rolling restart of all workers")
-                self._rollout = RollingRestart(list(self.handles), self._log, now)
+                return
+            try:
+                self._begin_reload("SIGHUP", now)
+            except CommandRefused as exc:
+                self._log.warning("SIGHUP ignored", reason=str(exc))
             return
         if self._shutdown_reason is None:
             self._shutdown_reason = sig.name
+            if self._rollout is not None and not self._rollout.done:
+                self._rollout.abandon(now)
             self._rollout = None
             for _, reply in self._waiters:
                 if not reply.done():
                     reply.set_exception(CommandRefused("the master is shutting down"))
             self._waiters.clear()
             self._log.info("shutting down", signal=sig.name)
-            for handle in self.handles.values():
+            for handle in self.all_handles():
+                handle.restartable = handle.restartable and handle in self.handles.values()
                 await handle.request_stop("shutdown", now, restart=False)
         else:
             self._log.warning("second signal: killing all workers now", signal=sig.name)
-            for handle in self.handles.values():
+            for handle in self.all_handles():
                 handle.kill_now("shutdown", now)

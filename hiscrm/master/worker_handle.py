@@ -88,8 +88,14 @@ class WorkerHandle:
         launcher: Launcher,
         post: Callable[[Event], None],
         log: FilteringBoundLogger,
+        *,
+        restartable: bool = True,
     ) -> None:
         self.id = worker_id
+        # A rolling reload's new process for this slot (until it takes over) and the old one
+        # it replaces are not restarted: if the new one fails, the reload stops and the old
+        # one goes on serving; the old one is on its way out anyway.
+        self.restartable = restartable
         self._config = config
         self._sup = config.supervision
         self._launcher = launcher
@@ -117,6 +123,17 @@ class WorkerHandle:
         self._restart_after_stop = False
         self._stop_stage: StopStage | None = None
         self._stop_signal: signal.Signals | None = None
+
+    def take_over_from(self, old: "WorkerHandle") -> None:
+        """Become the slot's handle in place of ``old`` (a rolling reload): its history of
+        restarts and errors carries over, and the reload counts as a restart."""
+        self.restartable, old.restartable = True, False
+        self.restarts_by_reason = dict(old.restarts_by_reason)
+        self.restarts_by_reason["reload"] = self.restarts_by_reason.get("reload", 0) + 1
+        self.worker_errors = old.worker_errors
+        self.protocol_errors = dict(old.protocol_errors)
+        self.last_exit = old.last_exit
+        self.backoff = old.backoff
 
     # --- queries -------------------------------------------------------------------------
 
@@ -386,7 +403,7 @@ class WorkerHandle:
         await self._after_exit(record, now)
 
     async def _after_exit(self, record: ExitRecord, now: float) -> None:
-        if self._stop_reason is not None and not self._restart_after_stop:
+        if (self._stop_reason is not None and not self._restart_after_stop) or not self.restartable:
             self._transition(WorkerState.STOPPED, record.reason)
             return
         if not record.is_failure:

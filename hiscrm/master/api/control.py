@@ -29,7 +29,7 @@ from hiscrm.master.api.schemas import (
     WorkerInfo,
 )
 from hiscrm.master.process_stats import ProcessStats
-from hiscrm.master.rolling_restart import RollingRestart
+from hiscrm.master.rolling_reload import RollingReload
 from hiscrm.master.supervisor import Supervisor
 from hiscrm.master.worker_handle import WorkerHandle, WorkerState
 
@@ -123,15 +123,10 @@ class Control:
             )
 
     async def reload(self, timeout_s: float) -> ReloadResult:
-        rollout: RollingRestart = await asyncio.wait_for(
+        rollout: RollingReload = await asyncio.wait_for(
             self.supervisor.command("reload"), timeout_s
         )
-        return ReloadResult(
-            complete=rollout.error is None,
-            took_s=round((rollout.ended or rollout.began) - rollout.began, 3),
-            steps=[ReloadStep(**vars(step)) for step in rollout.steps],
-            error=rollout.error,
-        )
+        return reload_result(rollout)
 
     def action_timeout_s(self) -> float:
         """Long enough for a stop that escalates to SIGKILL and a start that times out."""
@@ -221,6 +216,7 @@ class Control:
             stale_workers=sum(
                 1 for h in supervisor.handles.values() if (c := self.code_of(h)) and c.stale
             ),
+            last_reload=reload_result(supervisor.last_reload) if supervisor.last_reload else None,
         )
 
     def health(self) -> Health:
@@ -239,3 +235,12 @@ def _round(value: float | None) -> float | None:
 def _wall_ms(now: float, loop_time: float) -> int:
     """A loop-clock moment as ms since the epoch."""
     return time.time_ns() // 1_000_000 - int((now - loop_time) * 1000)
+
+
+def reload_result(rollout: RollingReload) -> ReloadResult:
+    return ReloadResult(
+        complete=rollout.done and rollout.error is None,
+        took_s=round((rollout.ended or rollout.began) - rollout.began, 3),
+        steps=[ReloadStep(**vars(step)) for step in rollout.steps],
+        error=rollout.error,
+    )

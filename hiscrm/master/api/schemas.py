@@ -62,6 +62,8 @@ class ReloadStep(BaseModel):
     new_pid: int | None
     state: str
     took_s: float
+    accounts: int  # handed over from the old process to the new one
+    max_gap_ms: float | None  # the longest an account had no running task
 
 
 class ReloadResult(BaseModel):
@@ -124,6 +126,7 @@ class StatusInfo(BaseModel):
     code_version: str  # the master's own code
     stale_code: bool  # the master's code changed on disk: only a master restart loads it
     stale_workers: int
+    last_reload: ReloadResult | None
 
 
 class Health(BaseModel):
