@@ -32,7 +32,8 @@ def _check_epoch_ms(value: int) -> int:
 EpochMs = Annotated[StrictInt, AfterValidator(_check_epoch_ms)]
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 Direction = Literal["inbound", "outbound"]
-Count = Annotated[StrictInt, Field(ge=0)]
+MAX_INT = 2**63 - 1  # what SQLite stores
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
 
 
 class _Item(BaseModel):

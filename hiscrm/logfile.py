@@ -197,29 +197,31 @@ class _BinaryLines(io.RawIOBase):
         return len(data)
 
 
-TAIL_READ_BYTES = 64 * 1024  # how far back from the end a tail looks
-TAIL_LINE_CHARS = 500  # longer lines are cut, so a tail stays a few kilobytes
+TAIL_BYTES_PER_LINE = 1024  # how far back a tail looks: this much per line asked for ...
+TAIL_MIN_BYTES = 64 * 1024  # ... but at least this
+TAIL_LINE_CHARS = 500  # longer lines are cut, so a tail stays a few kilobytes per line
 
 
 def tail_lines(path: Path, n: int) -> list[str]:
     """The last ``n`` lines of a log file, reaching into ``path.1`` if the file is short
-    (it may just have been rotated). Reads at most 64 KiB per file; cuts long lines.
-    Missing files give no lines."""
-    lines = _tail_of(path, n)
+    (it may just have been rotated). Reads a bounded stretch from the end (about 1 KiB
+    per line asked for, at least 64 KiB); cuts long lines. Missing files give no lines."""
+    budget = max(TAIL_MIN_BYTES, n * TAIL_BYTES_PER_LINE)
+    lines = _tail_of(path, n, budget)
     if len(lines) < n:
-        lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines)) + lines
+        lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines), budget) + lines
     return [
         line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " …" for line in lines
     ]
 
 
-def _tail_of(path: Path, n: int) -> list[str]:
+def _tail_of(path: Path, n: int, budget: int) -> list[str]:
     if n <= 0:
         return []
     try:
         with path.open("rb") as f:
             end = f.seek(0, io.SEEK_END)
-            start = max(0, end - TAIL_READ_BYTES)
+            start = max(0, end - budget)
             f.seek(start)
             data = f.read(end - start)
     except FileNotFoundError:

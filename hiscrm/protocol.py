@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hiscrm.code_fingerprint import CodeFile
-from hiscrm.items import Item
+from hiscrm.items import MAX_INT, Item
 from hiscrm.models import AccountSpec
 
 PROTOCOL_VERSION = 1
@@ -60,6 +60,7 @@ class WorkerHeartbeat(_Message):
     errors_total: int
     progress_at: dict[str, int] = Field(default_factory=dict)  # account id -> ms of last progress
     log_write_errors: int = 0  # log lines the worker could not write (disk full)
+    sync: dict[str, int] = Field(default_factory=dict)  # messages, bytes, resends, nacks
 
 
 class WorkerError(_Message):
@@ -89,8 +90,8 @@ class ItemChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seq: int = Field(ge=1)
-    version: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_INT)
+    version: int = Field(ge=1, le=MAX_INT)
     hash: str
     item: Item
 

@@ -151,3 +151,35 @@ def test_changed_after_sends_current_states(tmp_path: Path) -> None:
         data.upsert(message(n))
     data.upsert(message(1, "edited"))  # seq 5
     assert [seq for seq, _ in data.changed_after(2)] == [3, 4, 5]
+
+
+def test_a_segment_killed_as_it_began_does_not_swallow_the_next_changes(tmp_path: Path) -> None:
+    data = fresh(tmp_path)
+    data.upsert(message(1))
+    data.upsert(message(2))
+    data.take(10**9)
+    data.on_ack(2)  # its segment is gone
+    data.upsert(message(3))  # seq 3 starts a new segment ...
+    data.close()
+    segment = next((tmp_path / "acc").glob("*.jsonl"))
+    segment.write_bytes(b'{"seq":3,"vers')  # ... and the worker died in its first line
+    again = AccountData("acc", Spool(tmp_path / "acc"))
+    report = again.load(2, [("message", "m1", 1, "x"), ("message", "m2", 1, "y")])
+    assert report.torn_bytes > 0
+    assert not segment.exists()  # nothing in it was ever durable: its name is free again
+    again.upsert(message(4))
+    again.take(10**9)
+    again.on_ack(2)  # an old ack must not delete the live segment
+    again.close()
+    third = AccountData("acc", Spool(tmp_path / "acc"))
+    third.load(2, [])
+    assert [seq for seq, _ in third.unsent.values()] == [again.seq]
+
+
+def test_a_released_account_refuses_writes(tmp_path: Path) -> None:
+    from hiscrm.worker.spool import SpoolClosed
+
+    data = fresh(tmp_path)
+    data.close()
+    with pytest.raises(SpoolClosed):
+        data.upsert(message(1))

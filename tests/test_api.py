@@ -59,15 +59,17 @@ def test_only_healthz_is_open_and_tokens_are_checked(shared: Master) -> None:
         "status": "ok",
         "checks": {"event_loop": True, "store_thread": True, "not_shutting_down": True},
     }
-    for path in (
-        "/status",
-        "/workers",
-        "/accounts",
-        "/metrics",
-        "/openapi.json",
-        "/accounts/burst/messages",
-    ):
-        assert "missing bearer token" in error(httpx.get(f"{url}{path}"), 401)
+    with shared.http() as http:
+        spec = http.get("/openapi.json").json()
+    real = {"worker_id": "worker1", "account_id": "burst", "item_id": "b00001"}
+    routes = [(m.upper(), path) for path, ops in spec["paths"].items() for m in ops]
+    assert len(routes) >= 20
+    for method, path in [*routes, ("GET", "/api/v1/openapi.json")]:
+        concrete = path.format(**real).removeprefix("/api/v1")
+        if concrete == "/healthz":
+            continue
+        response = httpx.request(method, f"{url}{concrete}")
+        assert "missing bearer token" in error(response, 401), f"{method} {path}"
     with shared.http(token="not-the-token") as http:
         assert error(http.get("/status"), 401) == "invalid token"
         assert error(http.post("/workers/worker1/restart"), 401) == "invalid token"
@@ -241,6 +243,7 @@ def test_sync_on_request_resends_from_a_sequence_number(shared: Master) -> None:
         assert answer.status_code == 202
         assert answer.json() == {"account_id": "burst", "worker": "worker1", "from_seq": 0}
         assert http.post("/accounts/burst/sync").status_code == 202
+        assert http.post("/accounts/burst/sync", params={"from_seq": 10**9}).status_code == 202
     wait_until(
         lambda: (
             f"account_id=burst from_seq=0 items={BURST}" in shared.worker_log("worker1").read_text()
@@ -249,7 +252,9 @@ def test_sync_on_request_resends_from_a_sequence_number(shared: Master) -> None:
         "the worker resent the account",
     )
     with shared.http() as http:
-        assert http.get("/accounts/burst/messages").json()["total"] == BURST  # still once each
+        page = http.get("/accounts/burst/messages", params={"limit": 1000}).json()
+        assert page["total"] == BURST  # still once each ...
+        assert {m["version"] for m in page["items"]} == {1}  # ... and unchanged
 
 
 @pytest.mark.timeout(60)
@@ -308,8 +313,20 @@ def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactor
             http.post("/workers/worker2/start").json()["worker"]["pid"] == started["worker"]["pid"]
         )
 
+        refused = {}
+
+        def stop_during_reload() -> None:
+            time.sleep(0.1)
+            with master.http() as other:
+                refused["answer"] = other.post("/workers/worker1/stop")
+
+        during = threading.Thread(target=stop_during_reload)
+        during.start()
         reload = http.post("/reload").json()
+        during.join()
+        assert "a reload is under way" in error(refused["answer"], 409)
         assert reload["complete"] is True
+        assert all(s["accounts"] == 2 and s["max_gap_ms"] is not None for s in reload["steps"])
         assert [s["worker"] for s in reload["steps"]] == ["worker1", "worker2"]
         assert all(
             s["state"] == "running" and s["new_pid"] != s["old_pid"] for s in reload["steps"]

@@ -66,7 +66,7 @@ def test_a_moved_account_whose_temporary_owner_died_goes_straight_home() -> None
     assert assigned(assigner.worker_up("worker2", 32)) == [("worker2", "a2")]
 
 
-def test_capacity_is_respected_and_overflow_placed_when_room_appears() -> None:
+def test_capacity_is_respected_and_overflow_waits_unplaced() -> None:
     assigner = Assigner(accounts(5), WORKERS, per_worker=2, reassign_after_s=30, now=0)
     assert assigned(assigner.worker_up("worker1", 0)) == [("worker1", "a1"), ("worker1", "a3")]
     assert assigned(assigner.worker_up("worker2", 0)) == [("worker2", "a2"), ("worker2", "a4")]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -20,6 +21,12 @@ RECORDING = "testplatforms.recording"
 def recorded(record_dir: Path, account_id: str) -> list[dict[str, Any]]:
     path = record_dir / f"{account_id}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _after_pid(log_text: str, pid: int) -> str:
+    """The part of a worker log written by the process with this pid."""
+    start = log_text.rfind(f"pid={pid} python=")
+    return log_text[start:] if start >= 0 else ""
 
 
 def spool_segments(state_dir: Path) -> list[Path]:
@@ -121,12 +128,12 @@ def test_an_update_reaches_the_store_and_is_read_survives_it(
     assert master.stop() == 0
 
 
-def _stream_config(record_dir: Path, **top: Any) -> dict[str, Any]:
+def _stream_config(record_dir: Path, per_tick: int = 5, **top: Any) -> dict[str, Any]:
     accounts = [
         {
             "id": f"acc-{n}",
             "platform": f"{RECORDING}:Stream",
-            "options": {"record_dir": str(record_dir), "per_tick": 5},
+            "options": {"record_dir": str(record_dir), "per_tick": per_tick},
         }
         for n in range(1, 3)
     ]
@@ -157,13 +164,33 @@ def test_kill9_worker_mid_sync_loses_and_duplicates_nothing(
 ) -> None:
     record_dir = tmp_path / "records"
     record_dir.mkdir()
-    master = start_master(_stream_config(record_dir))
+    master = start_master(_stream_config(record_dir, per_tick=20))
     pids = master.wait_all_running(["worker1", "worker2"])
     wait_until(lambda: count(master.db, "messages", "acc-1") > 200, 20, "streaming")
     mark = master.mark()
-    os.kill(pids["worker1"], signal.SIGKILL)
+    # While the master is paused no acknowledgement comes: changes pile up beyond the
+    # in-flight window, unsent, in the worker's spool only. Then the worker dies.
+    os.kill(master.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.0)
+        os.kill(pids["worker1"], signal.SIGKILL)
+    finally:
+        os.kill(master.pid, signal.SIGCONT)
     new_pid = master.wait_running("worker1", after=mark)
     master.log.wait_for(event="account assigned", pid=new_pid, account_id="acc-1")
+    wait_until(
+        lambda: "account loaded" in _after_pid(master.worker_log("worker1").read_text(), new_pid),
+        10,
+        "acc-1 loaded",
+    )
+    loaded = re.search(
+        r"account loaded +account_id=acc-1 acked_seq=\d+ items=\d+ replayed=(\d+)",
+        _after_pid(master.worker_log("worker1").read_text(), new_pid),
+    )
+    assert loaded, "the new worker did not load acc-1"
+    assert int(loaded.group(1)) > 0, (
+        "nothing was in flight at the kill: the spool replay went untested"
+    )
     before = len(recorded(record_dir, "acc-1"))
     wait_until(lambda: len(recorded(record_dir, "acc-1")) > before + 200, 20, "streaming again")
     assert master.stop() == 0

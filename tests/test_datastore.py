@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from hiscrm.items import Conversation, Message, item_hash
+from hiscrm.items import Content, Conversation, Message, item_hash
 from hiscrm.master import datastore
 from hiscrm.master.store_thread import StoreThread, SyncBatch, SyncOutcome
 from hiscrm.protocol import ItemChange
@@ -168,3 +168,26 @@ def test_a_store_from_a_newer_program_is_refused(tmp_path: Path) -> None:
     thread = StoreThread(path, lambda o: None, {}, structlog.get_logger())
     with pytest.raises(datastore.StoreError, match="schema version 99"):
         thread.start()
+
+
+def test_a_poison_sync_is_refused_and_the_store_goes_on(store: Store) -> None:
+    huge = Content.model_construct(
+        id="c1",
+        kind="content",
+        title="t",
+        url="",
+        published_at=None,
+        views=2**64,
+        likes=0,
+        comment_count=0,
+    )
+    poison = ItemChange.model_construct(seq=1, version=1, hash="x", item=huge)
+    refused = store.sync(0, 1, poison)  # type: ignore[arg-type]
+    assert not refused.ok
+    assert refused.error is not None
+    assert "OverflowError" in refused.error
+    assert store.thread.alive
+    assert store.thread.errors >= 1
+    assert store.sync(0, 2, change(2, 1)).ok  # later syncs of the account are committed
+    assert store.rows("SELECT id FROM messages") == [("m1",)]
+    assert store.rows("SELECT count(*) FROM contents") == [(0,)]

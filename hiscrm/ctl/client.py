@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import psutil
 
+PAGE = 1000
+
 
 class CtlError(Exception):
     """Something went wrong; the message is for the operator."""
@@ -58,6 +60,15 @@ class MasterClient:
         except httpx.HTTPError as exc:
             raise CtlError(f"{method} {self.url}{path} failed: {exc}") from None
         return self._json(response, method, path)
+
+    def all_pages(self, path: str) -> list[Any]:
+        """Every item of a paged list."""
+        items: list[Any] = []
+        while True:
+            page = self.request("GET", path, limit=PAGE, offset=len(items))
+            items += page["items"]
+            if not page["items"] or len(items) >= page["total"]:
+                return items
 
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         query = {k: v for k, v in params.items() if v is not None}

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 
@@ -97,14 +98,16 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
     match args.command:
         case "status":
             status = client.request("GET", "/status")
-            workers = client.request("GET", "/workers", limit=1000)["items"]
+            workers = client.all_pages("/workers")
             if args.json:
                 emit(args, {"status": status, "workers": workers})
             else:
                 render.status(console, status, workers)
             return ExitCode.OK
         case "restart" | "stop" | "start":
-            result = client.request("POST", f"/workers/{args.worker}/{args.command}")
+            result = client.request(
+                "POST", f"/workers/{quote(args.worker, safe='')}/{args.command}"
+            )
             worker = result["worker"]
             if args.json:
                 emit(args, result)
@@ -139,7 +142,9 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                 return ExitCode.OK
-            result = client.request("GET", f"/workers/{args.worker}/logs", tail=args.lines)
+            result = client.request(
+                "GET", f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines
+            )
             if args.json:
                 emit(args, result)
             else:
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                     print(line)
             return ExitCode.OK
         case "accounts":
-            accounts = client.request("GET", "/accounts", limit=1000)["items"]
+            accounts = client.all_pages("/accounts")
             if args.json:
                 emit(args, accounts)
             else:

@@ -9,6 +9,7 @@ assignment it revokes.
 """
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from hiscrm.protocol import (
 )
 
 DigestEntry = tuple[str, str, int, str]
+ASSIGN_ATTEMPTS = 3
 
 
 @dataclass
@@ -59,7 +61,8 @@ def digest_chunks(
     current: list[DigestEntry] = []
     size = 0
     for entry in entries:
-        entry_size = len(entry[0]) + len(entry[1]) + len(entry[3]) + 40  # quotes, commas, int
+        # What the entry takes in the message's JSON: UTF-8 bytes, escapes included.
+        entry_size = len(json.dumps(entry, ensure_ascii=False).encode()) + 1
         if current and size + entry_size > budget:
             chunks.append(current)
             current, size = [], 0
@@ -80,7 +83,9 @@ class AccountManager:
         now: float,
         observe_commit_latency: Callable[[float], None] = lambda seconds: None,
         find_handle: Callable[[str, int], WorkerHandle | None] | None = None,
+        count_error: Callable[[], int] | None = None,
     ) -> None:
+        self._count_error = count_error or (lambda: 0)
         self._observe_commit_latency = observe_commit_latency
         # The handle whose process has this pid: during a reload a slot has two.
         self._find_handle = find_handle or (
@@ -100,7 +105,6 @@ class AccountManager:
         self.health = SyncHealth(config.sync.stale_after_s, log)
         self.account_states: dict[str, str] = {}  # as its worker last reported
         self._outbox: dict[str, asyncio.Task[None]] = {}
-        self.internal_errors = 0
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
         if homeless:
             self._log.warning(
@@ -274,15 +278,18 @@ class AccountManager:
             new.id, self._assign(new, Assign(new.id, self.assigner.slots[account_id].account))
         )
 
-    def request_sync(self, account_id: str, from_seq: int | None) -> str | None:
-        """Ask the account's worker to sync now; the worker id, or None if unassigned."""
+    def request_sync(self, account_id: str, from_seq: int | None) -> str:
+        """Ask the account's worker to sync now; its id. LookupError says why it cannot."""
         owner = self.assigner.owner_of(account_id)
         if owner is None:
-            return None
+            raise LookupError(f"account {account_id!r} has no worker right now")
         handle = self._handles[owner]
-        self._chain(
-            owner, self._send(handle, MasterSyncRequest(account_id=account_id, from_seq=from_seq))
-        )
+        if handle.state is not WorkerState.RUNNING:
+            raise LookupError(
+                f"account {account_id!r} belongs to {owner}, which is {handle.state.value}"
+            )
+        if not handle.send(MasterSyncRequest(account_id=account_id, from_seq=from_seq)):
+            raise LookupError(f"{owner} did not take the request: its pipe is closed")
         return owner
 
     # --- carrying out decisions ----------------------------------------------------------
@@ -315,7 +322,7 @@ class AccountManager:
     def _step_done(self, task: "asyncio.Task[None]") -> None:
         if task.cancelled() or task.exception() is None:
             return
-        self.internal_errors += 1
+        self._count_error()
         self._log.error(
             "sending to a worker failed", task=task.get_name(), exc_info=task.exception()
         )
@@ -324,27 +331,55 @@ class AccountManager:
         handle.send(message)
 
     async def _assign(self, handle: WorkerHandle, action: Assign) -> None:
+        """Send the assignment and the store's digest of the account. Read and encoded in
+        the store thread (a big account's digest is megabytes); tried again if it fails."""
         pid = handle.pid
         account_id = action.account.id
+        encode = handle.encoder.encode
 
-        def read(conn: Any) -> tuple[int, list[DigestEntry]]:
-            return datastore.committed_seq(conn, account_id), datastore.digest(conn, account_id)
+        def read(conn: Any) -> tuple[int, int, list[bytes]]:
+            acked = datastore.committed_seq(conn, account_id)
+            entries = datastore.digest(conn, account_id)
+            frames = [
+                encode(
+                    MasterAccountAssign(
+                        account=action.account, acked_seq=acked, digest_total=len(entries)
+                    )
+                )
+            ]
+            frames += [
+                encode(MasterAccountDigest(account_id=account_id, entries=c))
+                for c in digest_chunks(entries)
+            ]
+            return acked, len(entries), frames
 
-        acked_seq, entries = await self._store.call(read)
+        for attempt in range(1, ASSIGN_ATTEMPTS + 1):
+            try:
+                acked_seq, items, frames = await self._store.call(read)
+                break
+            except Exception as exc:
+                self._count_error()
+                self._log.error(
+                    "cannot read the account's digest",
+                    account_id=account_id,
+                    attempt=attempt,
+                    exc_info=exc,
+                )
+                await asyncio.sleep(attempt)
+        else:
+            return  # logged above; the account shows stale until its worker registers again
         if handle.pid != pid or handle.state is not WorkerState.RUNNING:
             return  # it went away meanwhile; it gets its accounts again when it registers
-        handle.send(
-            MasterAccountAssign(
-                account=action.account, acked_seq=acked_seq, digest_total=len(entries)
+        if not all(handle.send_frame(frame) for frame in frames):
+            self._log.error(
+                "assignment not delivered: the pipe closed", worker=handle.id, account_id=account_id
             )
-        )
-        for chunk in digest_chunks(entries):
-            handle.send(MasterAccountDigest(account_id=account_id, entries=chunk))
+            return
         self._log.info(
             "account assigned",
             worker=handle.id,
             pid=pid,
             account_id=account_id,
             acked_seq=acked_seq,
-            items=len(entries),
+            items=items,
         )

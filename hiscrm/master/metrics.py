@@ -51,6 +51,16 @@ class _LiveState(Collector):
             "Errors inside the master itself (bugs), logged with their traceback",
             value=master.internal_errors_total,
         )
+        store = master.store
+        for name, value, text in (
+            ("hiscrm_store_commits_total", store.commits, "Transactions committed to the store"),
+            ("hiscrm_store_items_written_total", store.items_written, "Changed items written"),
+            ("hiscrm_store_errors_total", store.errors, "Failed commits and store thread errors"),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+        yield GaugeMetricFamily(
+            "hiscrm_store_up", "1 while the store thread runs", value=1.0 if store.alive else 0.0
+        )
         yield GaugeMetricFamily(
             "hiscrm_master_stale_code",
             "1 if the master's own code changed on disk (only a master restart loads it)",
@@ -76,6 +86,16 @@ class _LiveState(Collector):
             "hiscrm_protocol_errors_total",
             "Frames from a worker that could not be used, by kind",
             labels=["worker", "kind"],
+        )
+        sync_bytes = CounterMetricFamily(
+            "hiscrm_worker_sync_bytes_total",
+            "Bytes of syncs the worker's process sent",
+            labels=["worker"],
+        )
+        resends = CounterMetricFamily(
+            "hiscrm_worker_sync_resends_total",
+            "Times the worker's process sent unacknowledged changes again",
+            labels=["worker"],
         )
         stale = GaugeMetricFamily(
             "hiscrm_worker_stale_code",
@@ -120,6 +140,10 @@ class _LiveState(Collector):
                 if sample is not None:
                     rss.add_metric([handle.id], sample.rss_bytes)
                     cpu.add_metric([handle.id], sample.cpu_seconds)
+            if handle.last_heartbeat is not None and handle.pid is not None:
+                counters = handle.last_heartbeat.sync
+                sync_bytes.add_metric([handle.id], counters.get("bytes", 0))
+                resends.add_metric([handle.id], counters.get("resends", 0))
             registered = handle.registered
             if registered is not None and handle.pid is not None:
                 changed = self._supervisor.code.changed(
@@ -129,6 +153,7 @@ class _LiveState(Collector):
                 code.add_metric([handle.id, registered.code_version], 1.0)
         self._processes.keep_only(live)
         yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu, stale, code)
+        yield from (sync_bytes, resends)
 
     def _accounts(self) -> Iterator[Metric]:
         manager = self._supervisor.accounts

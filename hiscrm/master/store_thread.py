@@ -110,12 +110,14 @@ class StoreThread:
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)
 
-    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+    async def call(self, function: Callable[[sqlite3.Connection], T], timeout_s: float = 60.0) -> T:
         """Run ``function(connection)`` in the store thread, after everything queued."""
+        if not self.alive:
+            raise datastore.StoreError("the store thread is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Call(function, loop, future))
-        return await future
+        return await asyncio.wait_for(future, timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish what is queued, then close the store."""
@@ -153,14 +155,18 @@ class StoreThread:
                         work.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                syncs = [w for w in work if isinstance(w, SyncBatch)]
-                if syncs:
-                    self._on_outcomes(self._commit(conn, syncs))
-                for call in (w for w in work if isinstance(w, _Call)):
-                    self._answer(conn, call)
-                if time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + RETENTION_EVERY_S
-                    self._apply_retention(conn)
+                try:
+                    syncs = [w for w in work if isinstance(w, SyncBatch)]
+                    if syncs:
+                        self._on_outcomes(self._commit(conn, syncs))
+                    for call in (w for w in work if isinstance(w, _Call)):
+                        self._answer(conn, call)
+                    if time.monotonic() >= next_retention:
+                        next_retention = time.monotonic() + RETENTION_EVERY_S
+                        self._apply_retention(conn)
+                except Exception as exc:  # a bug: counted and logged, and the store goes on
+                    self.errors += 1
+                    self._log.error("store thread error", errors=self.errors, exc_info=exc)
                 if any(w is _STOP for w in work):
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a small WAL behind
                     return
@@ -194,24 +200,44 @@ class StoreThread:
         return self._committed[account_id]
 
     def _commit(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
+        """Commit the group; if that fails, each sync alone, so one bad sync (whatever the
+        error) is refused with its reason while the others, and the thread, go on."""
         try:
             return self._commit_group(conn, syncs)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self.errors += 1
             self._log.error(
                 "store commit failed; retrying syncs one by one", syncs=len(syncs), exc_info=exc
             )
-            self._committed.clear()
-            outcomes = []
-            for batch in syncs:
-                try:
-                    outcomes += self._commit_group(conn, [batch])
-                except sqlite3.Error as single:
-                    self.errors += 1
-                    self._committed.clear()
-                    done = self._committed_seq(conn, batch.account_id)
-                    outcomes.append(SyncOutcome(batch, done, f"store error: {single}"))
-            return outcomes
+        self._committed.clear()
+        outcomes = []
+        for batch in syncs:
+            try:
+                outcomes += self._commit_group(conn, [batch])
+            except Exception as single:
+                self.errors += 1
+                self._committed.clear()
+                self._log.error(
+                    "sync refused by the store",
+                    account_id=batch.account_id,
+                    base_seq=batch.base_seq,
+                    last_seq=batch.last_seq,
+                    exc_info=single,
+                )
+                done = self._safe_committed_seq(conn, batch.account_id)
+                outcomes.append(
+                    SyncOutcome(batch, done, f"store error: {type(single).__name__}: {single}")
+                )
+        return outcomes
+
+    def _safe_committed_seq(self, conn: sqlite3.Connection, account_id: str) -> int:
+        try:
+            return self._committed_seq(conn, account_id)
+        except sqlite3.Error as exc:  # the store itself is failing; the outcome says so
+            self._log.error(
+                "cannot read the committed sequence", account_id=account_id, exc_info=exc
+            )
+            return -1
 
     def _commit_group(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
         now_ms = time.time_ns() // 1_000_000
@@ -238,7 +264,8 @@ class StoreThread:
                 written += len(batch.changes)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         self._committed.update(planned)
         self.commits += 1
@@ -262,7 +289,8 @@ class StoreThread:
             deleted = datastore.apply_retention(conn, self._retention, time.time_ns() // 1_000_000)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self.errors += 1
             self._log.error("retention failed", exc_info=exc)
             return

@@ -62,7 +62,6 @@ class Supervisor:
         metrics: MasterMetrics | None = None,
     ) -> None:
         self.config = config
-        self._config = config
         self._log = log
         self._metrics = metrics
         self.started_at_ms = time.time_ns() // 1_000_000
@@ -128,19 +127,20 @@ class Supervisor:
             "master starting",
             pid=os.getpid(),
             version=__version__,
-            state_dir=str(self._config.state_dir),
+            state_dir=str(self.config.state_dir),
             workers=len(self.handles),
-            accounts=len(self._config.accounts),
+            accounts=len(self.config.accounts),
         )
         self.store.start()  # opens and migrates the store; raises before any worker starts
         self.accounts = AccountManager(
-            self._config,
+            self.config,
             self.store,
             self.handles,
             self._log,
             loop.time(),
             self._metrics.commit_latency.observe if self._metrics else lambda seconds: None,
             self._current,
+            self.count_internal_error,
         )
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
@@ -246,7 +246,7 @@ class Supervisor:
         """A second process for a slot, for a reload; not restarted if it fails."""
         handle = WorkerHandle(
             worker_id,
-            self._config,
+            self.config,
             self._launcher,
             self._events.put_nowait,
             self._log,
@@ -302,6 +302,10 @@ class Supervisor:
             self._wait(command.reply, lambda: rollout if rollout.done else None)
             return
         assert command.worker_id is not None
+        if self._rollout is not None and not self._rollout.done:
+            raise CommandRefused(
+                f"a reload is under way; {command.action} {command.worker_id} after it"
+            )
         handle = self.handles[command.worker_id]
         before = handle.starts
         waiting = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)
@@ -316,7 +320,8 @@ class Supervisor:
                 )
                 return
             case "start" if handle.state is WorkerState.RUNNING:
-                command.reply.set_result(handle)
+                if not command.reply.done():  # the caller may have given up already
+                    command.reply.set_result(handle)
                 return
             case "start" | "restart" if handle.state in waiting:
                 await handle.start(now, f"{command.action}ed by operator")

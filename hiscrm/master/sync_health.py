@@ -41,11 +41,6 @@ class SyncHealth:
         if account.watched_since is None:
             account.watched_since = now
 
-    def unwatch(self, account_id: str) -> None:
-        account = self._get(account_id)
-        account.watched_since = None
-        account.stale = False
-
     def success(self, account_id: str, now: float, at_ms: int, items: int) -> None:
         account = self._get(account_id)
         account.syncs += 1

@@ -159,8 +159,15 @@ class WorkerHandle:
         fields.setdefault("pid", self.pid)
         level("worker state", old=str(old), new=str(new), reason=reason, **fields)
 
+    @property
+    def encoder(self) -> Encoder:
+        return self._encoder
+
     def send(self, message: AnyMessage) -> bool:
-        return self.process is not None and self.process.send(self._encoder.encode(message))
+        return self.send_frame(self._encoder.encode(message))
+
+    def send_frame(self, frame: bytes) -> bool:
+        return self.process is not None and self.process.send(frame)
 
     def _boot(self) -> WorkerBoot:
         sup, logs = self._sup, self._config.logs

@@ -87,6 +87,9 @@ class AccountData:
                     skipped += 1
             segment_last.append(last)
             self.seq = max(self.seq, last)
+        # Never below a segment's first number, even if its lines were unreadable: the next
+        # segment must get a new name.
+        self.seq = max(self.seq, contents.first_seq)
         self._spool.note_loaded(segment_last)
         return LoadReport(replayed, skipped, corrupt, contents.torn_bytes)
 

@@ -33,7 +33,7 @@ from hiscrm.worker.account_data import AccountData
 from hiscrm.worker.account_runner import AccountRunner, AccountState
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
-from hiscrm.worker.spool import Spool, SpoolBusy
+from hiscrm.worker.spool import Spool
 from hiscrm.worker.sync import Syncer
 
 SPOOL_RETRY_S = 1.0
@@ -49,6 +49,7 @@ class _Loading:
     acked_seq: int
     digest_total: int
     digest: list[tuple[str, str, int, str]] = field(default_factory=list)
+    retry: asyncio.TimerHandle | None = None  # waiting for the spool, if busy
 
 
 class AccountHost:
@@ -77,6 +78,9 @@ class AccountHost:
     def assign(self, message: MasterAccountAssign) -> None:
         account_id = message.account.id
         if account_id in self.runners or account_id in self._loading:
+            self._log.warning(
+                "assignment of an account already here ignored", account_id=account_id
+            )
             return
         self._loading[account_id] = _Loading(
             message.account, message.acked_seq, message.digest_total
@@ -96,15 +100,19 @@ class AccountHost:
 
     def _start(self, account_id: str) -> None:
         loading = self._loading.get(account_id)
-        if loading is None:
-            return  # revoked while it waited
+        if loading is None or len(loading.digest) < loading.digest_total:
+            return  # revoked while it waited, or the digest is not complete yet
+        loading.retry = None
         account = loading.account
         data = AccountData(account_id, Spool(Path(self._boot.spool_dir) / account_id))
         try:
             report = data.load(loading.acked_seq, loading.digest)
-        except SpoolBusy as exc:  # its previous owner has not let go yet
+        except Exception as exc:  # SpoolBusy: its previous owner has not let go yet
+            data.close()
             self._errors.report("spool", exc, account_id=account_id)
-            asyncio.get_running_loop().call_later(SPOOL_RETRY_S, self._start, account_id)
+            loading.retry = asyncio.get_running_loop().call_later(
+                SPOOL_RETRY_S, self._start, account_id
+            )
             return
         del self._loading[account_id]
         if report.corrupt or report.torn_bytes:
@@ -149,7 +157,10 @@ class AccountHost:
     # --- letting go ----------------------------------------------------------------------
 
     def revoke(self, account_id: str, timeout_s: float) -> None:
-        if self._loading.pop(account_id, None) is not None or account_id not in self.runners:
+        loading = self._loading.pop(account_id, None)
+        if loading is not None and loading.retry is not None:
+            loading.retry.cancel()
+        if loading is not None or account_id not in self.runners:
             self._send(WorkerAccountReleased(account_id=account_id, unacked=0))
             return
         self._spawn(self._release(account_id, timeout_s), f"release:{account_id}")
@@ -174,6 +185,9 @@ class AccountHost:
     async def stop_all(self, reason: str, timeout_s: float, *, flush: bool) -> dict[str, int]:
         """Stop every platform; with ``flush``, send what is pending and wait for the
         acknowledgements. Returns what stays unacknowledged (it is in the spool)."""
+        for loading in self._loading.values():
+            if loading.retry is not None:
+                loading.retry.cancel()
         self._loading.clear()
         runners = list(self.runners.values())
         await asyncio.gather(

@@ -231,6 +231,7 @@ class WorkerRuntime:
                     loop_lag_ms=round(lag * 1000, 3),
                     errors_total=self.errors.total,
                     log_write_errors=self._sink.write_errors,
+                    sync=self.accounts.syncer.counters() if self.accounts else {},
                     progress_at=self.accounts.progress() if self.accounts else {},
                 )
             )

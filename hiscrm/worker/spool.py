@@ -24,6 +24,10 @@ class SpoolBusy(Exception):
     """Another process holds this account's spool: it is assigned twice."""
 
 
+class SpoolClosed(Exception):
+    """The account was released by this worker; nothing may be written for it here."""
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -35,6 +39,7 @@ class _Segment:
 class SpoolContents:
     segments: list[list[bytes]]  # complete lines per segment, oldest first
     torn_bytes: int  # incomplete last lines (the writer died mid-write), discarded
+    first_seq: int  # the highest first sequence number of any segment kept (0: none)
 
 
 class Spool:
@@ -57,15 +62,19 @@ class Spool:
         self._lock_fd = fd
         segments: list[list[bytes]] = []
         torn = 0
+        first = 0
         for path in sorted(self.directory.glob("*.jsonl")):
             data = path.read_bytes().rstrip(b"\0")
             cut = data.rfind(b"\n") + 1
             torn += len(data) - cut
+            if cut == 0:  # nothing complete in it (killed as it began): nothing to keep
+                path.unlink()
+                continue
             os.truncate(path, cut)
             segments.append(data[:cut].splitlines())
             first = int(path.stem)
             self._segments.append(_Segment(path, first, first))  # see note_loaded
-        return SpoolContents(segments, torn)
+        return SpoolContents(segments, torn, first)
 
     def note_loaded(self, last_seqs: list[int]) -> None:
         """The reader tells the last sequence number in each segment ``open`` returned."""
@@ -73,6 +82,8 @@ class Spool:
             segment.last_seq = max(segment.first_seq, last)
 
     def append(self, seq: int, line: bytes) -> None:
+        if self._lock_fd is None:
+            raise SpoolClosed(f"{self.directory} is closed: the account was released")
         end = self._used + len(line)
         if self._map is None or end > SEGMENT_BYTES:
             self._start_segment(seq, len(line))
@@ -85,12 +96,17 @@ class Spool:
     def _start_segment(self, seq: int, size: int) -> None:
         self._finish_segment()
         path = self.directory / f"{seq:020d}.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_EXCL: a name in use means the sequence went backwards; never write over it.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.ftruncate(fd, max(SEGMENT_BYTES, size))
+            # Space reserved now: a full disk is an error here, not a SIGBUS on a write.
+            os.posix_fallocate(fd, 0, max(SEGMENT_BYTES, size))
             self._map = mmap.mmap(fd, max(SEGMENT_BYTES, size))
-        finally:
+        except BaseException:
             os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         self._used = 0
         self._segments.append(_Segment(path, seq, seq))
 

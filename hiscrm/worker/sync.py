@@ -58,6 +58,14 @@ class Syncer:
         self.resends = 0
         self.nacks = 0
 
+    def counters(self) -> dict[str, int]:
+        return {
+            "messages": self.syncs_sent,
+            "bytes": self.bytes_sent,
+            "resends": self.resends,
+            "nacks": self.nacks,
+        }
+
     def add(self, data: AccountData) -> None:
         self.accounts[data.account_id] = data
 
@@ -130,10 +138,12 @@ class Syncer:
         self._send_batches(data, data.take(room), base, now)
 
     def resend_from(self, account_id: str, from_seq: int, now: float) -> int:
-        """Send every item changed after ``from_seq`` again, as it is now."""
+        """Send every item changed after ``from_seq`` again, as it is now. Never from later
+        than the last acknowledgement: what was not acknowledged goes too."""
         data = self.accounts.get(account_id)
         if data is None:
             return 0
+        from_seq = min(from_seq, data.acked_seq)
         changes = data.changed_after(from_seq)
         self._send_batches(data, changes, min(from_seq, data.sent_seq), now)
         data.mark_all_sent()
@@ -180,7 +190,7 @@ class Syncer:
 
     def on_nack(self, account_id: str, seq: int, reason: str) -> None:
         data = self.accounts.get(account_id)
-        if data is None:
+        if data is None or seq <= data.acked_seq:  # about a sync acknowledged since: stale
             return
         self.nacks += 1
         self._log.warning(

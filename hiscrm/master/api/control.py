@@ -89,6 +89,7 @@ class Control:
             cpu_percent=sample.cpu_percent if sample else None,
             errors_total=handle.worker_errors,
             protocol_errors=sum(handle.protocol_errors.values()),
+            sync=dict(handle.last_heartbeat.sync) if handle.last_heartbeat else {},
             last_exit=handle.last_exit,
             code_version=code.version if code else None,
             stale_code=bool(code and code.stale),
@@ -172,8 +173,6 @@ class Control:
         manager = self.supervisor.accounts
         assert manager is not None
         worker = manager.request_sync(account_id, from_seq)
-        if worker is None:
-            raise LookupError(f"account {account_id!r} has no worker right now")
         return SyncRequested(account_id=account_id, worker=worker, from_seq=from_seq)
 
     # --- the whole ---------------------------------------------------------------------
@@ -200,7 +199,14 @@ class Control:
             accounts_assigned=len(self.config.accounts) - len(manager.assigner.unplaced)
             if manager
             else 0,
-            store=StoreTotals(path=str(self.reader.path), items=counts, counted_at=counted_at),
+            store=StoreTotals(
+                path=str(self.reader.path),
+                items=counts,
+                counted_at=counted_at,
+                commits=supervisor.store.commits,
+                items_written=supervisor.store.items_written,
+                errors=supervisor.store.errors,
+            ),
             sync=SyncTotals(
                 syncs=sum(a.syncs for a in health),
                 items=sum(a.items for a in health),

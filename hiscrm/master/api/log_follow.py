@@ -33,8 +33,12 @@ def _rotated(path: Path, handle: BinaryIO) -> bool:
         return True
 
 
-def _drain(handle: BinaryIO) -> bytes:
-    return b"".join(iter(lambda: handle.read(READ_CHUNK), b""))
+async def _drain(handle: BinaryIO) -> AsyncIterator[bytes]:
+    """What is there, piece by piece, letting the loop breathe between pieces (a worker
+    logging fast can write hundreds of megabytes between two wake-ups)."""
+    while chunk := handle.read(READ_CHUNK):
+        yield chunk
+        await asyncio.sleep(0)
 
 
 async def follow(path: Path, stop: asyncio.Event) -> AsyncIterator[bytes]:
@@ -53,13 +57,14 @@ async def follow(path: Path, stop: asyncio.Event) -> AsyncIterator[bytes]:
                 handle = _open(path, at_end=False)
             if handle is None:
                 continue
-            if data := _drain(handle):
+            async for data in _drain(handle):
                 yield data
             if _rotated(path, handle):  # the old file is read to its end: on to the new one
                 handle.close()
                 handle = _open(path, at_end=False)
-                if handle is not None and (data := _drain(handle)):
-                    yield data
+                if handle is not None:
+                    async for data in _drain(handle):
+                        yield data
     finally:
         if handle is not None:
             handle.close()

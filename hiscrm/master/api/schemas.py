@@ -41,6 +41,7 @@ class WorkerInfo(BaseModel):
     cpu_percent: float | None
     errors_total: int  # worker:error messages from this slot
     protocol_errors: int
+    sync: dict[str, int]  # its process's syncs sent: messages, bytes, resends, nacks
     last_exit: ExitRecord | None
     code_version: str | None  # hash of the source files it imported (null until registered)
     stale_code: bool  # some of those files changed on disk since: reload to run the new code
@@ -97,6 +98,9 @@ class StoreTotals(BaseModel):
     path: str
     items: dict[str, int]  # per collection
     counted_at: int  # ms; counts are at most a second old
+    commits: int
+    items_written: int
+    errors: int
 
 
 class SyncTotals(BaseModel):
