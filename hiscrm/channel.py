@@ -141,14 +141,18 @@ class Channel(asyncio.Protocol):
 
 
 async def open_channel(
-    conn: Connection,
+    conn: Connection | socket.socket,
     on_frame: Callable[[bytes], None],
     on_close: Callable[[Exception | None], None],
 ) -> Channel:
-    """Take over ``conn`` (which is closed) and return an asyncio Channel on its socket."""
-    fd = os.dup(conn.fileno())
-    conn.close()
-    sock = socket.socket(fileno=fd)
+    """Take over ``conn`` (a multiprocessing Connection, which is closed, or a connected
+    stream socket) and return an asyncio Channel on it."""
+    if isinstance(conn, socket.socket):
+        sock = conn
+    else:
+        fd = os.dup(conn.fileno())
+        conn.close()
+        sock = socket.socket(fileno=fd)
     loop = asyncio.get_running_loop()
     _, channel = await loop.create_unix_connection(lambda: Channel(on_frame, on_close), sock=sock)
     return channel

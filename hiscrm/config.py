@@ -71,6 +71,7 @@ class SupervisionConfig(_Section):
     backoff_max_s: float = Field(default=30.0, gt=0)
     backoff_reset_after_s: float = Field(default=60.0, gt=0)
     reassign_after_s: float = Field(default=30.0, gt=0)
+    fork_template: bool = True  # start workers by forking a warm template (Linux)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -287,7 +287,11 @@ def metric(text: str, line_start: str) -> float:
 
 @pytest.mark.timeout(90)
 def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactory) -> None:
-    master = start_master(make_config(workers=2))
+    slow = [
+        {"id": f"acc-{n}", "platform": "tests.testplatforms.behaviours:SlowToStop"}
+        for n in range(1, 5)
+    ]  # each hand-over takes 0.4 s, so the reload below is still under way when stop comes
+    master = start_master(make_config(workers=2, accounts=slow))
     pids = master.wait_all_running(["worker1", "worker2"])
     with master.http() as http:
         restarted = http.post("/workers/worker1/restart").json()
@@ -316,8 +320,12 @@ def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactor
         refused = {}
 
         def stop_during_reload() -> None:
-            time.sleep(0.1)
             with master.http() as other:
+                wait_until(
+                    lambda: (other.get("/status").json()["last_reload"] or {}).get("steps"),
+                    10,
+                    "the reload to begin",
+                )
                 refused["answer"] = other.post("/workers/worker1/stop")
 
         during = threading.Thread(target=stop_during_reload)
@@ -326,7 +334,9 @@ def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactor
         during.join()
         assert "a reload is under way" in error(refused["answer"], 409)
         assert reload["complete"] is True
-        assert all(s["accounts"] == 2 and s["max_gap_ms"] is not None for s in reload["steps"])
+        assert all(s["accounts"] == 2 and s["max_gap_ms"] is not None for s in reload["steps"]), [
+            (s["accounts"], s["max_gap_ms"]) for s in reload["steps"]
+        ]
         assert [s["worker"] for s in reload["steps"]] == ["worker1", "worker2"]
         assert all(
             s["state"] == "running" and s["new_pid"] != s["old_pid"] for s in reload["steps"]

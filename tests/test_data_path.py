@@ -328,9 +328,10 @@ def test_accounts_of_a_worker_that_cannot_boot_move_and_come_back(
         {"id": f"acc-{n}", "platform": "testplatforms.flaky_import:Demo", "options": {"rate": 20.0}}
         for n in range(1, 5)
     ]
-    config = make_config(
-        workers=2, accounts=accounts, supervision={"reassign_after_s": 1.5, "backoff_max_s": 0.5}
-    )
+    # Spawned workers each import the platform themselves, so one of them can fail alone
+    # (a fork template imports it once for all).
+    supervision = {"reassign_after_s": 1.5, "backoff_max_s": 0.5, "fork_template": False}
+    config = make_config(workers=2, accounts=accounts, supervision=supervision)
     master = start_master(config, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
     w1 = master.wait_running("worker1")
     master.log.wait_for(event="worker state", worker="worker2", new="boot_failed")

@@ -51,6 +51,7 @@ class Handover:
     revoked_at: dict[str, float] = field(default_factory=dict)
     released_at: dict[str, float] = field(default_factory=dict)
     gaps_ms: dict[str, float] = field(default_factory=dict)  # revoked -> running in the new one
+    settled: set[str] = field(default_factory=set)  # the new process reported a state for it
 
 
 def digest_chunks(
@@ -210,6 +211,8 @@ class AccountManager:
     ) -> None:
         self.account_states[account_id] = state
         handover = self._handovers.get(handle.id)
+        if handover is not None and handle is handover.new and account_id in handover.released_at:
+            handover.settled.add(account_id)
         if (
             handover is None
             or handle is not handover.new
@@ -254,8 +257,17 @@ class AccountManager:
         )
 
     def handover_done(self, old: WorkerHandle) -> bool:
+        """Every account released by the old process and taken up by the new one (or the
+        new one is gone, and the slot's restart takes the accounts)."""
         handover = self._handovers.get(old.id)
-        return handover is None or handover.old is not old or not handover.pending
+        if handover is None or handover.old is not old:
+            return True
+        if handover.pending:
+            return False
+        return (
+            handover.settled >= set(handover.accounts)
+            or handover.new.state is not WorkerState.RUNNING
+        )
 
     def end_handover(self, old: WorkerHandle) -> "Handover | None":
         handover = self._handovers.get(old.id)

@@ -25,17 +25,24 @@ EOF_GRACE_S = 0.5  # after the exit, how long to wait for the pipe's last bytes
 
 
 class WorkerProcess:
-    """A started worker process as the master sees it."""
+    """A started worker process as the master sees it: spawned (``process`` is its
+    multiprocessing handle) or forked from the template (the master's child all the same,
+    reaped through its pidfd)."""
 
-    def __init__(self, worker_id: str, process: BaseProcess, post: Callable[[Event], None]) -> None:
-        assert process.pid is not None
+    def __init__(
+        self,
+        worker_id: str,
+        pid: int,
+        post: Callable[[Event], None],
+        process: BaseProcess | None = None,
+    ) -> None:
         self.worker_id = worker_id
-        self.pid: int = process.pid
+        self.pid = pid
         self._process = process
         self._post = post
         self._loop = asyncio.get_running_loop()
         self.channel: Channel | None = None
-        self._exit_fd = _exit_fd(process)
+        self._exit_fd = _exit_fd(pid, process)
         self._exited = False
         self.exit_noticed_at: float | None = None  # time.time() when the pidfd fired
         self._channel_closed = False
@@ -89,10 +96,22 @@ class WorkerProcess:
         except ProcessLookupError:  # it has not made its own group yet, or is gone
             self.send_signal(sig)
 
+    @property
+    def forked(self) -> bool:
+        return self._process is None
+
     def reap(self) -> int | None:
         """The exit code (negative: the signal) once the process has exited."""
-        self._process.join(timeout=0)
-        return self._process.exitcode
+        if self._process is not None:
+            self._process.join(timeout=0)
+            return self._process.exitcode
+        try:
+            info = os.waitid(os.P_PIDFD, self._exit_fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:  # not our child after all: no status to be had
+            return None
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def kill_leftovers(self) -> bool:
         """After the worker is reaped: SIGKILL whatever is left of its group. True if
@@ -111,14 +130,14 @@ class WorkerProcess:
         os.close(self._exit_fd)
         if self.channel is not None:
             self.channel.close()
-        if self._process.exitcode is not None:
+        if self._process is not None and self._process.exitcode is not None:
             self._process.close()
 
 
-def _exit_fd(process: BaseProcess) -> int:
-    assert process.pid is not None
+def _exit_fd(pid: int, process: BaseProcess | None) -> int:
     if hasattr(os, "pidfd_open"):
-        return os.pidfd_open(process.pid)
+        return os.pidfd_open(pid)
+    assert process is not None, "forked workers need pidfd_open (Linux)"
     return os.dup(process.sentinel)  # readable at exit too, unless a grandchild inherited it
 
 
@@ -148,7 +167,8 @@ class SpawnLauncher:
             child_end.close()
         worker: WorkerProcess | None = None
         try:
-            worker = WorkerProcess(boot.worker_id, process, post)
+            assert process.pid is not None
+            worker = WorkerProcess(boot.worker_id, process.pid, post, process)
             worker.channel = await open_channel(
                 parent_end, worker.on_frame, worker.on_channel_closed
             )

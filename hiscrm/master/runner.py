@@ -8,22 +8,39 @@ import socket
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm import prctl
 from hiscrm.config import Config
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.queries import StoreReader
 from hiscrm.master.api.server import ApiServer
-from hiscrm.master.launcher import SpawnLauncher
+from hiscrm.master.launcher import Launcher, SpawnLauncher
 from hiscrm.master.metrics import MasterMetrics
 from hiscrm.master.process_stats import ProcessStats
 from hiscrm.master.supervisor import Supervisor
+from hiscrm.master.template_launcher import TemplateLauncher
+
+
+def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
+    """Forking from a warm template needs the master to adopt orphans (Linux); without
+    that, or when turned off, every worker is a fresh spawn."""
+    spawn = SpawnLauncher()
+    if not config.supervision.fork_template:
+        return spawn
+    try:
+        prctl.set_child_subreaper()
+    except OSError as exc:
+        log.warning("workers start by spawn: cannot become a child subreaper", error=str(exc))
+        return spawn
+    return TemplateLauncher(config, spawn, log)
 
 
 async def run_master(
     config: Config, api_socket: socket.socket, token: str | None, log: FilteringBoundLogger
 ) -> int:
     metrics = MasterMetrics()
-    supervisor = Supervisor(config, SpawnLauncher(), log, metrics)
+    launcher = make_launcher(config, log)
+    supervisor = Supervisor(config, launcher, log, metrics)
     processes = ProcessStats()
     metrics.attach(supervisor, processes)
     control = Control(supervisor, StoreReader(supervisor.store.path), processes)
@@ -37,4 +54,8 @@ async def run_master(
         host, port = api.address
         log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
 
-    return await supervisor.run(on_ready=start_api, on_stopped=api.stop)
+    try:
+        return await supervisor.run(on_ready=start_api, on_stopped=api.stop)
+    finally:
+        if isinstance(launcher, TemplateLauncher):
+            launcher.stop()

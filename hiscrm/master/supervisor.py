@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psutil
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
@@ -81,6 +82,7 @@ class Supervisor:
         self.code = CodeStatus(config.code.packages)
         self.protocol_errors_total = 0
         self.internal_errors_total = 0
+        self.orphans_reaped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._rollout: RollingReload | None = None
@@ -144,6 +146,7 @@ class Supervisor:
         )
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
+        loop.add_signal_handler(signal.SIGCHLD, self._reap_orphans)
         try:
             if on_ready is not None:
                 await on_ready()
@@ -155,11 +158,30 @@ class Supervisor:
             if on_stopped is not None:
                 await on_stopped()
         finally:
-            for sig in HANDLED_SIGNALS:
+            for sig in (*HANDLED_SIGNALS, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
             self.store.stop()
         self._log.info("master stopped", reason=self._shutdown_reason)
         return 0
+
+    def _reap_orphans(self) -> None:
+        """SIGCHLD: reap children nobody else will. As a child subreaper the master adopts
+        what escapes a dead worker's process group; once killed, they must be reaped."""
+        known = {h.pid for h in self.all_handles() if h.pid is not None}
+        known_by_launcher = getattr(self._launcher, "known_pids", None)
+        if known_by_launcher is not None:
+            known |= known_by_launcher()
+        for child in psutil.Process().children():
+            try:
+                if child.pid in known or child.status() != psutil.STATUS_ZOMBIE:
+                    continue
+                os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.NoSuchProcess, ChildProcessError):
+                continue
+            self.orphans_reaped += 1
+            self._log.info(
+                "reaped an adopted orphan", pid=child.pid, orphans_reaped=self.orphans_reaped
+            )
 
     def all_handles(self) -> list[WorkerHandle]:
         return [*self.handles.values(), *self.others]

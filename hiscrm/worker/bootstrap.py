@@ -1,7 +1,9 @@
-"""Entry point of a worker process: the target the master hands to ``multiprocessing``.
+"""Entry points of a worker process.
 
-It runs in a freshly spawned interpreter, so the worker loads the code now on disk. Before
-anything of the application is imported it:
+``main`` is the target the master hands to ``multiprocessing`` (a fresh interpreter that
+imports the code now on disk); ``forked_main`` runs in a worker forked from the warm
+template (``template.py``), which imported the same code just before. Either way,
+before anything else the process:
 
 1. starts a new session, so the worker and everything it starts form one process group
    that the master can stop as a whole;
@@ -14,15 +16,15 @@ anything of the application is imported it:
 3. points file descriptors 1 and 2 at ``logs/<worker>.log`` and enables faulthandler
    there, so even an import error or a segfault ends up in the file.
 
-Only the standard library and ``hiscrm.logfile``/``hiscrm.exit_codes`` (themselves
-standard-library only) are imported at module level.
+Only the standard library and hiscrm's standard-library-only modules (``logfile``,
+``exit_codes``, ``prctl``) are imported at module level.
 """
 
-import ctypes
 import faulthandler
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -30,27 +32,61 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
+from typing import Any, NoReturn
 
+from hiscrm import prctl
 from hiscrm.exit_codes import ExitCode
 from hiscrm.logfile import LineStream, RotatingLogFile
 
-_PR_SET_PDEATHSIG = 1
 MASTER_DIED = signal.SIGRTMIN + 1  # sent by the kernel, only when the master dies
+REPARENT_WAIT_S = 2.0
 
 # What SIGTERM does while the master is alive; the runtime sets it once its loop runs.
 _graceful_stop: Callable[[], None] | None = None
 
 
 def main(boot_json: str, conn: Connection) -> None:
+    """A spawned worker."""
     started = time.monotonic()
     boot = json.loads(boot_json)
-    os.setsid()
+    _become_worker(int(boot["master_pid"]))
+    sink = _capture_output(boot)
+    try:
+        from hiscrm.worker.runtime import run_worker
+    except BaseException:
+        print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(ExitCode.BOOT_FAILED)
+    _exit(run_worker(boot_json, conn, sink, started))
+
+
+def forked_main(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
+    """A worker forked from the template (by way of a process that exits at once, so
+    the worker becomes the master's child: the master is a child subreaper)."""
+    boot = json.loads(boot_json)
     master_pid = int(boot["master_pid"])
+    deadline = time.monotonic() + REPARENT_WAIT_S
+    while os.getppid() != master_pid:
+        if time.monotonic() > deadline:
+            os._exit(ExitCode.ORPHANED)  # the master is gone (or not our reaper)
+        time.sleep(0.0002)
+    _become_worker(master_pid)
+    sink = _capture_output(boot)
+    from hiscrm.worker.runtime import run_worker  # imported by the template already
+
+    _exit(run_worker(boot_json, socket.socket(fileno=channel_fd), sink, started, preloaded))
+
+
+def _become_worker(master_pid: int) -> None:
+    os.setsid()
     _install_signal_handlers()
-    _set_parent_death_signal(MASTER_DIED)
+    if sys.platform.startswith("linux"):  # elsewhere the pipe's end-of-file is the only notice
+        prctl.set_parent_death_signal(MASTER_DIED)
     if os.getppid() != master_pid:  # the master died before we asked to be told
         os._exit(ExitCode.ORPHANED)
 
+
+def _capture_output(boot: dict[str, Any]) -> RotatingLogFile:
     sink = RotatingLogFile(
         Path(boot["log_path"]), int(boot["log_max_bytes"]), int(boot["log_backups"]), (1, 2)
     )
@@ -61,14 +97,10 @@ def main(boot_json: str, conn: Connection) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     os.environ["NO_COLOR"] = "1"
     os.environ.pop("FORCE_COLOR", None)
+    return sink
 
-    try:
-        from hiscrm.worker.runtime import run_worker
-    except BaseException:
-        print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)
-        traceback.print_exc()
-        sys.exit(ExitCode.BOOT_FAILED)
-    code = run_worker(boot_json, conn, sink, started)
+
+def _exit(code: int) -> NoReturn:
     # Exit now: the goodbye is sent and every log line written. A normal interpreter exit
     # would wait for threads a platform left running, or tasks that ignore cancellation.
     sys.stdout.flush()
@@ -103,15 +135,6 @@ def _install_signal_handlers() -> None:
     signal.signal(MASTER_DIED, on_master_died)
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
-
-
-def _set_parent_death_signal(sig: int) -> None:
-    if not sys.platform.startswith("linux"):
-        return  # elsewhere the pipe's end-of-file is the only notice
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
 
 
 def _redirect_stdin() -> None:

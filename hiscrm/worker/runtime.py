@@ -14,10 +14,12 @@ started survives; unacknowledged changes wait in the spool).
 
 import asyncio
 import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -59,22 +61,47 @@ from hiscrm.worker.sync import Syncer
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
 
 
-def run_worker(boot_json: str, conn: Connection, sink: RotatingLogFile, started: float) -> int:
-    """Called by ``bootstrap.main`` once the log file is in place. Returns the exit code."""
+@dataclass(frozen=True)
+class Preloaded:
+    """What the fork template imported and measured before forking this worker."""
+
+    platforms: dict[str, type[Platform]]
+    code_files: list[CodeFile]
+
+
+def load_platforms(specs: list[str]) -> dict[str, type[Platform]]:
+    return {spec: load_platform(spec) for spec in specs}
+
+
+def run_worker(
+    boot_json: str,
+    conn: Connection | socket.socket,
+    sink: RotatingLogFile,
+    started: float,
+    preloaded: Preloaded | None = None,
+) -> int:
+    """Called by ``bootstrap`` once the log file is in place. Returns the exit code."""
     boot = WorkerBoot.model_validate_json(boot_json)
     configure_worker_logging(sink)
     log = get_logger()
     log.info(
-        "worker starting", worker=boot.worker_id, pid=os.getpid(), python=sys.version.split()[0]
+        "worker starting",
+        worker=boot.worker_id,
+        pid=os.getpid(),
+        python=sys.version.split()[0],
+        forked=preloaded is not None,
     )
-    platforms: dict[str, type[Platform]] = {}
+    platforms = dict(preloaded.platforms) if preloaded else {}
     for spec in boot.platforms:
+        if spec in platforms:
+            continue
         try:
             platforms[spec] = load_platform(spec)
         except BaseException as exc:
             log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
             return ExitCode.BOOT_FAILED
-    runtime = WorkerRuntime(boot, platforms, sink, log, started)
+    code_files = preloaded.code_files if preloaded else None
+    runtime = WorkerRuntime(boot, platforms, sink, log, started, code_files)
     # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
     # process ends with os._exit once serve() has said goodbye (see bootstrap).
     loop = asyncio.new_event_loop()
@@ -118,7 +145,7 @@ class WorkerRuntime:
 
     # --- the main coroutine --------------------------------------------------------------
 
-    async def serve(self, conn: Connection) -> int:
+    async def serve(self, conn: Connection | socket.socket) -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_exception)
         threading.excepthook = self._on_thread_exception

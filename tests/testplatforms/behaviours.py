@@ -26,6 +26,17 @@ class Idle:
         await forever()
 
 
+class SlowToStop:
+    """Takes ``stop_delay_s`` to finish after it is cancelled (a platform closing a browser)."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        try:
+            await forever()
+        except asyncio.CancelledError:
+            await asyncio.sleep(float(ctx.options.get("stop_delay_s", 0.4)))
+            raise
+
+
 class BlockLoopOnce:
     """Blocks the worker's event loop with time.sleep the first time it runs."""
 
