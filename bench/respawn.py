@@ -43,7 +43,7 @@ def main() -> None:
     with running_master(CONFIG.format(workers=args.workers)) as (_, _, log):
         ids = [f"worker{n}" for n in range(1, args.workers + 1)]
         running = {w: log.wait(0, event="worker state", worker=w, new="running") for w in ids}
-        teardown, noticed, logged, registered, start_ms = [], [], [], [], []
+        teardown, noticed, logged, registered, start_ms, boot_ms = [], [], [], [], [], []
         for n in range(args.kills):
             worker = ids[n % len(ids)]
             up = running[worker]
@@ -56,6 +56,7 @@ def main() -> None:
             select.select([pidfd], [], [], 10)
             dead_at = time.time()
             os.close(pidfd)
+            time.sleep(0.2)  # read the log afterwards: polling it now would compete for CPU
             exited = log.wait(mark, event="worker exited", worker=worker)
             back = log.wait(mark, event="worker state", worker=worker, new="running")
             teardown.append((dead_at - killed_at) * 1000)
@@ -63,6 +64,7 @@ def main() -> None:
             logged.append((at(exited) - killed_at) * 1000)
             registered.append((at(back) - killed_at) * 1000)
             start_ms.append(back["start_ms"])
+            boot_ms.append(back["boot_ms"])
             running[worker] = back
 
     print(f"machine: {machine()}")
@@ -72,6 +74,7 @@ def main() -> None:
     print(summary("exit logged with reason and tail", logged))
     print(summary("kill -> replacement registered", registered))
     print(summary("  of which: start -> registered", start_ms))
+    print(summary("  of which: in the worker", boot_ms))
 
 
 if __name__ == "__main__":

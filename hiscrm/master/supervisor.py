@@ -48,6 +48,7 @@ from hiscrm.protocol import (
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SETTLED = (WorkerState.RUNNING, WorkerState.BOOT_FAILED, WorkerState.BACKOFF, WorkerState.STOPPED)
+ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
 
 
 class CommandRefused(Exception):
@@ -86,6 +87,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._rollout: RollingReload | None = None
+        self._orphan_scan: asyncio.TimerHandle | None = None
         self.last_reload: RollingReload | None = None
         self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
 
@@ -146,7 +148,7 @@ class Supervisor:
         )
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
-        loop.add_signal_handler(signal.SIGCHLD, self._reap_orphans)
+        loop.add_signal_handler(signal.SIGCHLD, self._schedule_orphan_reaping)
         try:
             if on_ready is not None:
                 await on_ready()
@@ -160,11 +162,22 @@ class Supervisor:
         finally:
             for sig in (*HANDLED_SIGNALS, signal.SIGCHLD):
                 loop.remove_signal_handler(sig)
+            if self._orphan_scan is not None:
+                self._orphan_scan.cancel()
             self.store.stop()
         self._log.info("master stopped", reason=self._shutdown_reason)
         return 0
 
+    def _schedule_orphan_reaping(self) -> None:
+        """SIGCHLD: reap orphans a little later, in one pass for a burst of signals and
+        off the path of a respawn (the scan reads /proc: a millisecond or more)."""
+        if self._orphan_scan is None:
+            self._orphan_scan = asyncio.get_running_loop().call_later(
+                ORPHAN_SCAN_DELAY_S, self._reap_orphans
+            )
+
     def _reap_orphans(self) -> None:
+        self._orphan_scan = None
         """SIGCHLD: reap children nobody else will. As a child subreaper the master adopts
         what escapes a dead worker's process group; once killed, they must be reaped."""
         known = {h.pid for h in self.all_handles() if h.pid is not None}

@@ -16,6 +16,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -33,10 +34,19 @@ from hiscrm.protocol import WorkerBoot
 TEMPLATE_ENTRYPOINT = Entrypoint("hiscrm.worker.template:main")
 FORK_TIMEOUT_S = 10.0
 MAX_MESSAGE = 1 << 20
+SPARE_AFTER_S = 0.05  # after a spare is used, when to ask for the next one
 
 
 class TemplateGone(Exception):
     pass
+
+
+@dataclass
+class Spare:
+    """A worker forked ahead by the template, waiting on ``sock`` for its boot data."""
+
+    pid: int
+    sock: socket.socket
 
 
 class _Template:
@@ -65,18 +75,19 @@ class _Template:
         self.alive = True
         self.retired = False
         self._forks: deque[asyncio.Future[int]] = deque()
+        self.spare: Spare | None = None  # a worker forked ahead, waiting to be told who
         self._exit_fd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._control.fileno(), self._on_message)
         self._loop.add_reader(self._exit_fd, self._on_exit)
 
     def _on_message(self) -> None:
         try:
-            data = self._control.recv(MAX_MESSAGE)
+            data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, 1)
         except BlockingIOError:
             return
         except OSError as exc:
             self._log.error("template control socket failed", pid=self.pid, exc_info=exc)
-            data = b""
+            data, fds = b"", []
         if not data:
             self._loop.remove_reader(self._control.fileno())
             return
@@ -89,11 +100,40 @@ class _Template:
             case "failed":
                 self.error = f"{message['error']}\n{message['traceback']}"
                 _resolve(self.ready, False)
+            case "spare" if len(fds) == 1:
+                self._drop_spare()
+                self.spare = Spare(int(message["pid"]), socket.socket(fileno=fds.pop()))
             case "forked":
                 if self._forks:
                     _resolve(self._forks.popleft(), int(message["pid"]))
             case other:
                 self._log.error("template sent something unknown", pid=self.pid, type=other)
+        for fd in fds:
+            os.close(fd)
+
+    def take_spare(self) -> "Spare | None":
+        """The waiting spare, if any; the template is asked for the next one."""
+        spare, self.spare = self.spare, None
+        if spare is not None:  # not at once: forking it would compete with this start
+            self._loop.call_later(SPARE_AFTER_S, self._request_spare)
+        return spare
+
+    def _request_spare(self) -> None:
+        if self.alive and not self.retired:
+            self._request({"type": "spare"})
+
+    def _drop_spare(self) -> None:
+        """Close the spare's socket (so it exits) and reap it when it has."""
+        if self.spare is not None:
+            self.spare.sock.close()
+            _reap_when_gone(self._loop, self.spare.pid, self._log)
+            self.spare = None
+
+    def _request(self, request: dict[str, Any]) -> None:
+        try:
+            self._control.send(json.dumps(request).encode())
+        except OSError as exc:  # it is dying: its exit is on the way
+            self._log.error("cannot send to the template", pid=self.pid, exc_info=exc)
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._exit_fd)
@@ -105,6 +145,7 @@ class _Template:
         _resolve(self.ready, False)
         while self._forks:
             _resolve(self._forks.popleft(), 0)
+        self._drop_spare()
         if not self.retired and self.ready.result():
             self._log.error(
                 "fork template died; the next start makes a new one",
@@ -140,6 +181,7 @@ class _Template:
     def retire(self) -> None:
         """Tell it to exit (the workers it forked are the master's, they stay)."""
         self.retired = True
+        self._drop_spare()
         if self.alive:
             try:
                 self._control.send(b'{"type": "exit"}')
@@ -148,6 +190,25 @@ class _Template:
                     "cannot tell the old template to exit; killing it", pid=self.pid, exc_info=exc
                 )
                 self.process.kill()
+
+
+def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int, log: FilteringBoundLogger) -> None:
+    """Reap an unused spare (a child of the master) once it has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # reaped already
+
+    def reap() -> None:
+        loop.remove_reader(fd)
+        try:
+            os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError as exc:
+            log.error("cannot reap a template's spare", pid=pid, exc_info=exc)
+        finally:
+            os.close(fd)
+
+    loop.add_reader(fd, reap)
 
 
 def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
@@ -169,11 +230,12 @@ class TemplateLauncher:
         )
         self._not_before = 0.0
         self.forks = 0
+        self.spares_used = 0
         self.spawns = 0
         self.templates_started = 0
         logs = config.state_dir / "logs"
         self._log_path = logs / "template.log"
-        self._boot_json = json.dumps(
+        self._template_boot = dict(
             {
                 "log_path": str(self._log_path),
                 "log_max_bytes": config.logs.max_bytes,
@@ -182,7 +244,7 @@ class TemplateLauncher:
                 "platforms": config.platform_specs,
                 "code_packages": config.code.packages,
             }
-        )
+        )  # and a sample worker boot, for its spares to rehearse with
 
     @property
     def template(self) -> _Template | None:
@@ -191,15 +253,16 @@ class TemplateLauncher:
     def known_pids(self) -> set[int]:
         """Children of the master that the template launcher reaps itself."""
         self._retired = [t for t in self._retired if t.alive]
-        return {t.pid for t in (self._template, *self._retired) if t is not None}
+        templates = [t for t in (self._template, *self._retired) if t is not None]
+        return {t.pid for t in templates} | {t.spare.pid for t in templates if t.spare}
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess:
-        template = await self._ready_template()
+        template = await self._ready_template(boot)
         if template is None:
             self.spawns += 1
             return await self._spawn.start(boot, post)
         try:
-            pid, channel_end = await template.fork(boot)
+            pid, channel_end = self._start_spare(template, boot) or await template.fork(boot)
         except TemplateGone as exc:
             self._log.error("fork from the template failed; starting by spawn", exc_info=exc)
             self._template = None
@@ -219,7 +282,29 @@ class TemplateLauncher:
         self.forks += 1
         return worker
 
-    async def _ready_template(self) -> _Template | None:
+    def _start_spare(
+        self, template: _Template, boot: WorkerBoot
+    ) -> tuple[int, socket.socket] | None:
+        """Start the template's spare as this worker: its pid and the master's end of
+        its channel; None if there is no spare or it is gone."""
+        spare = template.take_spare()
+        if spare is None:
+            return None
+        ours, theirs = socket.socketpair()
+        try:
+            socket.send_fds(spare.sock, [boot.model_dump_json().encode()], [theirs.fileno()])
+        except OSError as exc:
+            self._log.error("the template's spare is gone; forking", pid=spare.pid, exc_info=exc)
+            ours.close()
+            _reap_when_gone(asyncio.get_running_loop(), spare.pid, self._log)
+            return None
+        finally:
+            theirs.close()
+            spare.sock.close()
+        self.spares_used += 1
+        return spare.pid, ours
+
+    async def _ready_template(self, sample: WorkerBoot) -> _Template | None:
         template = self._template
         if template is not None and template.alive and not template.ready.done():
             await template.ready  # being started for another worker a moment ago
@@ -242,11 +327,12 @@ class TemplateLauncher:
         self._template = None
         if time.monotonic() < self._not_before:
             return None
-        return await self._new_template()
+        return await self._new_template(sample)
 
-    async def _new_template(self) -> _Template | None:
+    async def _new_template(self, sample: WorkerBoot) -> _Template | None:
         began = time.monotonic()
-        template = self._template = _Template(self._boot_json, self._log)
+        boot_json = json.dumps({**self._template_boot, "sample_boot": sample.model_dump_json()})
+        template = self._template = _Template(boot_json, self._log)
         self.templates_started += 1
         try:
             ok = await asyncio.wait_for(

@@ -50,6 +50,7 @@ def main(boot_json: str, conn: Connection) -> None:
     started = time.monotonic()
     boot = json.loads(boot_json)
     _become_worker(int(boot["master_pid"]))
+    _redirect_stdin()
     sink = _capture_output(boot)
     try:
         from hiscrm.worker.runtime import run_worker
@@ -63,15 +64,24 @@ def main(boot_json: str, conn: Connection) -> None:
 def forked_main(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
     """A worker forked from the template (by way of a process that exits at once, so
     the worker becomes the master's child: the master is a child subreaper)."""
-    boot = json.loads(boot_json)
-    master_pid = int(boot["master_pid"])
+    prepare_forked(int(json.loads(boot_json)["master_pid"]))
+    run_forked(boot_json, channel_fd, started, preloaded)
+
+
+def prepare_forked(master_pid: int) -> None:
+    """The part of a forked worker's start that does not depend on which worker it will
+    be: a template's spare does it ahead of time, while it waits for a request."""
     deadline = time.monotonic() + REPARENT_WAIT_S
     while os.getppid() != master_pid:
         if time.monotonic() > deadline:
             os._exit(ExitCode.ORPHANED)  # the master is gone (or not our reaper)
         time.sleep(0.0002)
     _become_worker(master_pid)
-    sink = _capture_output(boot)
+    _redirect_stdin()
+
+
+def run_forked(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
+    sink = _capture_output(json.loads(boot_json))
     from hiscrm.worker.runtime import run_worker  # imported by the template already
 
     _exit(run_worker(boot_json, socket.socket(fileno=channel_fd), sink, started, preloaded))
@@ -91,7 +101,6 @@ def _capture_output(boot: dict[str, Any]) -> RotatingLogFile:
         Path(boot["log_path"]), int(boot["log_max_bytes"]), int(boot["log_backups"]), (1, 2)
     )
     sink.open()
-    _redirect_stdin()
     sys.stdout = LineStream(sink, 1)
     sys.stderr = LineStream(sink, 2)
     faulthandler.enable(file=sys.stderr, all_threads=True)

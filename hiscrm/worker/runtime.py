@@ -21,6 +21,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -67,6 +68,42 @@ class Preloaded:
 
     platforms: dict[str, type[Platform]]
     code_files: list[CodeFile]
+    loop: asyncio.AbstractEventLoop | None = None  # made by a spare ahead of time
+
+
+def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEventLoop:
+    """In a template's spare, before it knows which worker it will be: go through the
+    motions of a start once (validate a boot, log a line, encode a registration, run the
+    loop), so the memory a start touches is copied from the template now, not while a
+    worker is waited for. Nothing leaves the process. Returns the event loop to use."""
+    boot = WorkerBoot.model_validate_json(sample_boot_json)
+    sink = RotatingLogFile(Path(os.devnull), 1 << 62, 0)
+    sink.open()
+    configure_worker_logging(sink)
+    get_logger().info("rehearsal", worker=boot.worker_id)
+    encoder = Encoder()
+    files = preloaded.code_files
+    encoder.encode(
+        WorkerRegister(
+            worker_id=boot.worker_id,
+            pid=os.getpid(),
+            protocol=PROTOCOL_VERSION,
+            schema_hash=schema_hash(),
+            platforms=sorted(preloaded.platforms),
+            boot_ms=0.0,
+            code_version=code_version(files),
+            code_files=files,
+        )
+    )
+    decode(
+        encoder.encode(
+            MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=schema_hash(), master_pid=0)
+        )
+    )
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    sink.close()
+    return loop
 
 
 def load_platforms(specs: list[str]) -> dict[str, type[Platform]]:
@@ -104,7 +141,7 @@ def run_worker(
     runtime = WorkerRuntime(boot, platforms, sink, log, started, code_files)
     # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
     # process ends with os._exit once serve() has said goodbye (see bootstrap).
-    loop = asyncio.new_event_loop()
+    loop = preloaded.loop if preloaded and preloaded.loop else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     return loop.run_until_complete(runtime.serve(conn))
 

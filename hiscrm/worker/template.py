@@ -22,11 +22,14 @@ version, files), ``failed`` (error, traceback), ``forked`` (pid).
 import gc
 import json
 import os
+import random
 import signal
 import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +80,15 @@ def main(boot_json: str, control: socket.socket) -> None:
             "code_files": [f.model_dump() for f in files],
         },
     )
-    _serve(control, preloaded)
+    _serve(control, preloaded, int(boot["master_pid"]), boot["sample_boot"])
 
 
 def _send(control: socket.socket, message: dict[str, Any]) -> None:
     control.send(json.dumps(message).encode())
 
 
-def _serve(control: socket.socket, preloaded: Any) -> None:
+def _serve(control: socket.socket, preloaded: Any, master_pid: int, sample_boot: str) -> None:
+    _offer_spare(control, preloaded, master_pid, sample_boot)
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 4)
@@ -95,29 +99,100 @@ def _serve(control: socket.socket, preloaded: Any) -> None:
         request = json.loads(data)
         if request["type"] == "exit":
             os._exit(ExitCode.OK)
+        if request["type"] == "spare":  # the last one was used
+            _offer_spare(control, preloaded, master_pid, sample_boot)
+            continue
         if request["type"] == "fork" and len(fds) == 1:
             pid = _fork_worker(request["boot"], fds[0], control, preloaded)
             os.close(fds[0])
-            _send(control, {"type": "forked", "pid": pid, "request": request.get("request")})
+            _send(control, {"type": "forked", "pid": pid})
             continue
         for fd in fds:
             os.close(fd)
         print(f"template: unknown request {request!r:.200}", file=sys.stderr)
 
 
-def _fork_worker(boot_json: str, channel_fd: int, control: socket.socket, preloaded: Any) -> int:
-    """Fork a worker by way of a middle process; the worker's pid (0 if that failed)."""
+def _offer_spare(control: socket.socket, preloaded: Any, master_pid: int, sample_boot: str) -> None:
+    """Fork a spare worker and give the master the socket that will start it.
+
+    A spare is a worker forked ahead of time and prepared as far as it can be without
+    knowing which worker it will be; it waits on its socket. The master sends it the
+    boot data and the channel directly, so a respawn costs no fork and no round trip
+    through the template. It exits when that socket closes unused (the master retired
+    its template, or is gone)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = _double_fork(lambda: _spare_main(theirs, control, preloaded, master_pid, sample_boot))
+    theirs.close()
+    try:
+        if pid:
+            socket.send_fds(
+                control, [json.dumps({"type": "spare", "pid": pid}).encode()], [ours.fileno()]
+            )
+    finally:
+        ours.close()
+
+
+def _spare_main(
+    sock: socket.socket,
+    control: socket.socket,
+    preloaded: Any,
+    master_pid: int,
+    sample_boot: str,
+) -> None:
+    from hiscrm.worker import bootstrap
+    from hiscrm.worker.runtime import rehearse
+
+    _drop_template_state(control, keep=sock.fileno())
+    bootstrap.prepare_forked(master_pid)
+    loop = rehearse(sample_boot, preloaded)
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    except OSError:
+        data, fds = b"", []
     started = time.monotonic()
+    sock.close()
+    if not data or len(fds) != 1:  # never used: its template was retired, or the master died
+        os._exit(ExitCode.OK)
+    bootstrap.run_forked(data.decode(), fds[0], started, replace(preloaded, loop=loop))
+
+
+def _fork_worker(boot_json: str, channel_fd: int, control: socket.socket, preloaded: Any) -> int:
+    """Fork a worker for this request now; its pid (0 if that failed)."""
+    started = time.monotonic()
+
+    def become_worker() -> None:
+        from hiscrm.worker.bootstrap import forked_main
+
+        _drop_template_state(control, keep=channel_fd)
+        forked_main(boot_json, channel_fd, started, preloaded)
+
+    return _double_fork(become_worker)
+
+
+def _double_fork(child: Callable[[], object]) -> int:
+    """Run ``child`` in a grandchild, by way of a middle process that exits at once so the
+    grandchild becomes the master's (the subreaper's) child. Its pid, 0 if forking failed."""
     read_end, write_end = os.pipe()
-    middle = os.fork()
+    try:
+        middle = os.fork()
+    except OSError as exc:
+        print(f"template: cannot fork: {exc}", file=sys.stderr)
+        os.close(read_end)
+        os.close(write_end)
+        return 0
     if middle == 0:  # the middle process: fork the worker, say its pid, vanish
         try:
             os.close(read_end)
-            worker = os.fork()
-            if worker == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
                 os.close(write_end)
-                _become_worker(boot_json, channel_fd, control, started, preloaded)
-            os.write(write_end, str(worker).encode())
+                try:
+                    child()
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(ExitCode.BOOT_FAILED)
+            os.write(write_end, str(grandchild).encode())
         finally:
             os._exit(0)
     os.close(write_end)
@@ -127,25 +202,16 @@ def _fork_worker(boot_json: str, channel_fd: int, control: socket.socket, preloa
     return int(answer) if answer else 0
 
 
-def _become_worker(
-    boot_json: str, channel_fd: int, control: socket.socket, started: float, preloaded: Any
-) -> None:
-    """In the forked worker: drop what belongs to the template, then run as a worker."""
-    try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        control.close()
-        # gc stays frozen: unfreezing would have the collector walk, and so copy, every
-        # page shared with the template.
-        os.closerange(3, channel_fd)  # the template's log file and anything else it held
-        os.closerange(channel_fd + 1, _max_fd())
-        from hiscrm.worker.bootstrap import forked_main
-
-        forked_main(boot_json, channel_fd, started, preloaded)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(ExitCode.BOOT_FAILED)
+def _drop_template_state(control: socket.socket, keep: int) -> None:
+    """In a forked child: no template signal handlers, control socket or open files."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    control.close()
+    # gc stays frozen: unfreezing would have the collector walk, and so copy, every
+    # page shared with the template.
+    os.closerange(3, keep)  # the template's log file and anything else it held
+    os.closerange(keep + 1, _max_fd())
+    random.seed()  # never the template's sequence (os.fork reseeds too; be explicit)
 
 
 def _max_fd() -> int:
