@@ -322,7 +322,7 @@ def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactor
         def stop_during_reload() -> None:
             with master.http() as other:
                 wait_until(
-                    lambda: (other.get("/status").json()["last_reload"] or {}).get("steps"),
+                    lambda: (other.get("/status").json()["last_reload"] or {}).get("running"),
                     10,
                     "the reload to begin",
                 )

@@ -20,6 +20,8 @@ def accounts(platform: str, n: int = 1, **options: object) -> list[dict[str, obj
 def test_kill9_worker_is_replaced_and_the_death_is_logged(start_master: MasterFactory) -> None:
     master = start_master(make_config(workers=2))
     pids = master.wait_all_running(["worker1", "worker2"])
+    for account_id in ("acc-1", "acc-3"):
+        master.log.wait_for(event="account assigned", pid=pids["worker1"], account_id=account_id)
     mark = master.mark()
 
     os.kill(pids["worker1"], signal.SIGKILL)
@@ -84,6 +86,13 @@ def test_platform_import_error_is_boot_failed_with_backoff(start_master: MasterF
     assert "Traceback (most recent call last)" in log_text
     assert "bad_import.py" in log_text
     assert "boot failed: cannot load platform" in log_text
+    # The fork template could not load it either, and said so with the traceback.
+    template = master.log.find(
+        event="fork template could not load the worker code; workers start by spawn meanwhile"
+    )
+    assert template
+    assert template[0]["level"] == "error"
+    assert any("RuntimeError: boom at import" in line for line in template[0]["log_tail"])
 
     # Watch for a while: retries happen, but no faster than the backoff allows.
     watch_s = 4.0

@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=_positive_int, help="number of workers (overrides the file)"
     )
     parser.add_argument("--state-dir", type=Path, help="state directory (overrides the file)")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="development: reload the workers when a file of their code changes",
+    )
     parser.add_argument("--version", action="version", version=f"hiscrm {__version__}")
     return parser.parse_args(argv)
 
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         token = load_or_create_token(state.root, log) if config.api.auth else None
         port = api_socket.getsockname()[1]  # the real one, when the config says 0
         state.write_master_json(config.api.model_copy(update={"port": port}).url)
-        return asyncio.run(run_master(config, api_socket, token, log))
+        return asyncio.run(run_master(config, api_socket, token, log, watch=args.watch))
     except BaseException as exc:
         log.critical("master failed", exc_info=exc)
         raise

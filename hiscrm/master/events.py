@@ -42,6 +42,7 @@ class Command:
     action: str
     worker_id: str | None
     reply: "asyncio.Future[Any]"
+    why: str = "requested"  # for the log: who asked (the API, --watch)
 
 
 @dataclass(frozen=True, slots=True)

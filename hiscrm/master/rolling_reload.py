@@ -15,6 +15,7 @@ and ``error`` says why. A SIGTERM during a reload takes effect at once (the supe
 drops the reload and stops every process).
 """
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -55,7 +56,10 @@ class _Current:
 
 
 class RollingReload:
-    def __init__(self, supervisor: "Supervisor", log: FilteringBoundLogger, now: float) -> None:
+    def __init__(
+        self, supervisor: "Supervisor", log: FilteringBoundLogger, now: float, why: str
+    ) -> None:
+        self.why = why  # SIGHUP, requested (API), --watch
         self._supervisor = supervisor
         self._log = log
         self._pending = deque(supervisor.handles)
@@ -142,6 +146,9 @@ class RollingReload:
     def _fail(self, current: _Current, now: float) -> None:
         record = current.new.last_exit
         why = record.detail if record else "it stopped before registering"
+        cause = _exception_line(record.log_tail if record else [])
+        if cause:
+            why = f"{why}: {cause}"
         self.error = f"the new {current.new.id} did not start ({why}); the old one keeps serving"
         self.steps.append(
             Step(
@@ -163,3 +170,14 @@ class RollingReload:
         self._current = None
         self.error = self.error or "interrupted by shutdown"
         self.ended = now
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
+
+
+def _exception_line(lines: list[str]) -> str | None:
+    """The last 'SomeError: message' line of a log tail (a traceback's conclusion)."""
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()[:300]
+    return None

@@ -4,6 +4,7 @@
 state directory, the API's port) and hands over here.
 """
 
+import asyncio
 import socket
 
 from structlog.typing import FilteringBoundLogger
@@ -14,11 +15,19 @@ from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.queries import StoreReader
 from hiscrm.master.api.server import ApiServer
+from hiscrm.master.code_watch import CodeWatcher
 from hiscrm.master.launcher import Launcher, SpawnLauncher
 from hiscrm.master.metrics import MasterMetrics
 from hiscrm.master.process_stats import ProcessStats
 from hiscrm.master.supervisor import Supervisor
 from hiscrm.master.template_launcher import TemplateLauncher
+
+WATCH_STOP_S = 2.0
+
+
+def _watch_ended(task: "asyncio.Task[None]", log: FilteringBoundLogger) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("--watch failed; code changes no longer reload the workers", exc_info=exc)
 
 
 def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
@@ -36,7 +45,11 @@ def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
 
 
 async def run_master(
-    config: Config, api_socket: socket.socket, token: str | None, log: FilteringBoundLogger
+    config: Config,
+    api_socket: socket.socket,
+    token: str | None,
+    log: FilteringBoundLogger,
+    watch: bool = False,
 ) -> int:
     metrics = MasterMetrics()
     launcher = make_launcher(config, log)
@@ -49,13 +62,26 @@ async def run_master(
     )
     api = ApiServer(app, api_socket)
 
-    async def start_api() -> None:
+    stop_watching = asyncio.Event()
+    watching: asyncio.Task[None] | None = None
+
+    async def on_ready() -> None:
+        nonlocal watching
         api.start()
         host, port = api.address
         log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
+        if watch:
+            watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
+            watching.add_done_callback(lambda task: _watch_ended(task, log))
+
+    async def on_stopped() -> None:
+        stop_watching.set()
+        if watching is not None:
+            await asyncio.wait({watching}, timeout=WATCH_STOP_S)
+        await api.stop()
 
     try:
-        return await supervisor.run(on_ready=start_api, on_stopped=api.stop)
+        return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
     finally:
         if isinstance(launcher, TemplateLauncher):
             launcher.stop()

@@ -101,11 +101,13 @@ class Supervisor:
     def shutting_down(self) -> bool:
         return self._shutdown_reason is not None
 
-    async def command(self, action: str, worker_id: str | None = None) -> Any:
+    async def command(
+        self, action: str, worker_id: str | None = None, why: str = "requested"
+    ) -> Any:
         """Carry out an operator's action in the loop; returns once it has settled: the
         WorkerHandle for stop/start/restart, the RollingReload for reload."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.post(Command(action, worker_id, reply))
+        self.post(Command(action, worker_id, reply, why))
         return await reply
 
     def _from_store_thread(self, outcomes: list[SyncOutcome]) -> None:
@@ -333,7 +335,7 @@ class Supervisor:
         if self._shutdown_reason is not None:
             raise CommandRefused("the master is shutting down")
         if command.action == "reload":
-            rollout = self._begin_reload("requested", now)
+            rollout = self._begin_reload(command.why, now)
             self._wait(command.reply, lambda: rollout if rollout.done else None)
             return
         assert command.worker_id is not None
@@ -463,7 +465,7 @@ class Supervisor:
         if self._rollout is not None and not self._rollout.done:
             raise CommandRefused("a reload is already under way")
         self._log.info("reload of all workers", why=why)
-        self._rollout = self.last_reload = RollingReload(self, self._log, now)
+        self._rollout = self.last_reload = RollingReload(self, self._log, now, why)
         return self._rollout
 
     async def _on_signal(self, sig: signal.Signals, now: float) -> None:

@@ -6,6 +6,8 @@ import gc
 import json
 import logging
 import os
+import random
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +25,34 @@ async def forever() -> None:
 
 class Idle:
     async def run(self, ctx: PlatformContext) -> None:
+        await forever()
+
+
+class Introspect:
+    """Writes down what the worker process holds: its fds, random state, signal handlers,
+    logging handlers, parent and session, to ``<out_dir>/<account>.json``."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        fds = {}
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                fds[name] = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+        report = {
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "pgid": os.getpgrp(),
+            "sid": os.getsid(0),
+            "fds": fds,
+            "random": random.random(),
+            "sigterm": repr(signal.getsignal(signal.SIGTERM)),
+            "sighup": repr(signal.getsignal(signal.SIGHUP)),
+            "logging_handlers": [type(h).__name__ for h in logging.getLogger().handlers],
+            "running_loop": id(asyncio.get_running_loop()),
+        }
+        out = Path(ctx.options["out_dir"]) / f"{ctx.account.id}.json"
+        out.write_text(json.dumps(report))
         await forever()
 
 

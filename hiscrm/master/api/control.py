@@ -245,6 +245,8 @@ def _wall_ms(now: float, loop_time: float) -> int:
 
 def reload_result(rollout: RollingReload) -> ReloadResult:
     return ReloadResult(
+        why=rollout.why,
+        running=not rollout.done,
         complete=rollout.done and rollout.error is None,
         took_s=round((rollout.ended or rollout.began) - rollout.began, 3),
         steps=[ReloadStep(**vars(step)) for step in rollout.steps],

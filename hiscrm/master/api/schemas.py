@@ -68,7 +68,9 @@ class ReloadStep(BaseModel):
 
 
 class ReloadResult(BaseModel):
-    complete: bool
+    why: str  # SIGHUP, requested (API or hiscrmctl), --watch
+    running: bool  # still under way
+    complete: bool  # every worker replaced
     took_s: float
     steps: list[ReloadStep]
     error: str | None = None
