@@ -65,6 +65,7 @@ def test_forked_workers_do_not_inherit_the_templates_state(
         assert "on_sigterm" in report["sigterm"]  # the worker's handler, not the template's
         assert report["sighup"] == "<Handlers.SIG_DFL: 0>"
         assert report["logging_handlers"] == ["_StdlibBridge"]
+        assert report["process_name"] == f"hiscrm-{worker}"
     assert reports["acc-1"]["random"] != reports["acc-2"]["random"]
     template_fds = {
         os.readlink(f"/proc/{template['pid']}/fd/{fd}")

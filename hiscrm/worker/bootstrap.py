@@ -22,6 +22,7 @@ Only the standard library and hiscrm's standard-library-only modules (``logfile`
 
 import faulthandler
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -81,7 +82,10 @@ def prepare_forked(master_pid: int) -> None:
 
 
 def run_forked(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
-    sink = _capture_output(json.loads(boot_json))
+    boot = json.loads(boot_json)
+    sink = _capture_output(boot)
+    # As a spawned worker is named; inherited from the template it would say "template".
+    multiprocessing.current_process().name = f"hiscrm-{boot['worker_id']}"
     from hiscrm.worker.runtime import run_worker  # imported by the template already
 
     _exit(run_worker(boot_json, socket.socket(fileno=channel_fd), sink, started, preloaded))

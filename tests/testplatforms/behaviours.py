@@ -5,6 +5,7 @@ import faulthandler
 import gc
 import json
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ class Introspect:
             "sigterm": repr(signal.getsignal(signal.SIGTERM)),
             "sighup": repr(signal.getsignal(signal.SIGHUP)),
             "logging_handlers": [type(h).__name__ for h in logging.getLogger().handlers],
-            "running_loop": id(asyncio.get_running_loop()),
+            "process_name": multiprocessing.current_process().name,
         }
         out = Path(ctx.options["out_dir"]) / f"{ctx.account.id}.json"
         out.write_text(json.dumps(report))
