@@ -7,7 +7,9 @@ hash; ``code_version`` is a short hash over the set. Comparing with the disk cos
 ``stat`` per file; a file is read and hashed again only when its size or mtime moved.
 """
 
+import contextlib
 import hashlib
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -15,6 +17,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+import hiscrm
+
+RACY_MARGIN_NS = 10_000_000  # file system timestamps can lag the clock by a tick
 
 
 class CodeFile(BaseModel):
@@ -47,6 +53,7 @@ def loaded_files(extra_packages: Iterable[str] = ()) -> list[CodeFile]:
     roots = _library_roots()
     wanted = {"hiscrm", *extra_packages}
     paths: set[str] = set()
+    cached: dict[str, str] = {}  # source path -> its bytecode cache
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if not file or not file.endswith(".py"):
@@ -54,13 +61,61 @@ def loaded_files(extra_packages: Iterable[str] = ()) -> list[CodeFile]:
         path = os.path.realpath(file)
         if name.partition(".")[0] in wanted or not path.startswith(roots):
             paths.add(path)
+            if isinstance(pyc := getattr(module, "__cached__", None), str):
+                cached[path] = pyc
     files = []
     for path in sorted(paths):
         try:
-            files.append(describe(path))
+            file = describe(path)
         except OSError:  # a module loaded from a file that is gone: it cannot match the disk
-            files.append(CodeFile(path=path, size=-1, mtime_ns=-1, sha256="missing"))
+            file = CodeFile(path=path, size=-1, mtime_ns=-1, sha256="missing")
+        if file.sha256 != "missing" and _racy(file, cached.get(path)):
+            file = file.model_copy(update={"mtime_ns": -1, "sha256": "racy"})
+        files.append(file)
     return files
+
+
+def _racy(file: CodeFile, pyc: str | None) -> bool:
+    """True if the process may run other code than the file holds now, so that the file
+    must count as changed (the process is then stale, and replaced on the next start):
+    the file was modified after the process began importing (it may have read the
+    version before), or Python took a stale bytecode cache (``drop_stale_bytecode``)."""
+    if file.mtime_ns >= hiscrm.IMPORTS_BEGAN_NS - RACY_MARGIN_NS:
+        return True
+    return pyc is not None and drop_stale_bytecode(file.path, pyc)
+
+
+def drop_stale_bytecode(source: str, pyc: str | None = None) -> bool:
+    """Remove the bytecode cache of ``source`` if Python would take it although it was
+    written before the source's last change; True if it was there.
+
+    A cache's header records the source's mtime in whole seconds and its size, so a
+    same-size edit within the second of the previous one goes unnoticed by Python. The
+    master calls this for every changed file before it starts a process on the new
+    code; a process checks the files it imported (see ``_racy``)."""
+    if pyc is None:
+        try:
+            pyc = importlib.util.cache_from_source(source)
+        except (ValueError, NotImplementedError):
+            return False
+    try:
+        with open(pyc, "rb") as f:
+            header = f.read(16)
+        pyc_mtime_ns = os.stat(pyc).st_mtime_ns
+        stat = os.stat(source)
+    except OSError:
+        return False  # no cache (or no source): nothing stale to take
+    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:
+        return False  # not a timestamp-checked cache
+    recorded = (int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little"))
+    taken = recorded == (int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    if not (taken and pyc_mtime_ns < stat.st_mtime_ns):
+        return False
+    # Gone already (another process was first), or not ours to remove (read-only): then
+    # processes keep counting the file as changed, which is the truth.
+    with contextlib.suppress(OSError):
+        os.unlink(pyc)
+    return True
 
 
 def code_version(files: Iterable[CodeFile]) -> str:
@@ -96,4 +151,5 @@ class DiskCheck:
                     continue
             if self._hashes[key] != file.sha256:
                 out.append(file.path)
+                drop_stale_bytecode(file.path)  # so the next process compiles it afresh
         return out

@@ -103,19 +103,20 @@ def test_a_dead_template_is_replaced_at_the_next_start(start_master: MasterFacto
     pids = master.wait_all_running(["worker1", "worker2"])
     first = master.log.wait_for(event="fork template ready")
     spare = wait_until_spare(first["pid"], master.pid)
+    mark = master.mark()
     os.kill(first["pid"], signal.SIGKILL)
-    died = master.log.wait_for(event="fork template died; the next start makes a new one")
+    died = master.log.wait_for(after=mark, event="fork template died; starting a new one")
     assert died["level"] == "error"
     assert died["pid"] == first["pid"]
     # Its spare goes with it, and is reaped: no zombie left under the master.
     wait_until(lambda: gone(spare), 5, "the spare gone")
     wait_until(lambda: not zombies(master.pid), 5, "no zombies")
+    second = master.log.wait_for(after=mark, event="fork template ready")
+    assert second["pid"] != first["pid"]
 
     mark = master.mark()
     os.kill(pids["worker1"], signal.SIGKILL)
     back = master.wait_running("worker1", after=mark)
-    second = master.log.wait_for(after=mark, event="fork template ready")
-    assert second["pid"] != first["pid"]
     assert forked(master, "worker1", back)
     assert psutil.Process(pids["worker2"]).is_running()  # untouched by the template's death
     assert master.stop() == 0

@@ -269,6 +269,16 @@ class AccountManager:
             or handover.new.state is not WorkerState.RUNNING
         )
 
+    def handover_waiting_for(self, old: WorkerHandle) -> dict[str, list[str]]:
+        """For the log: accounts not released by the old process, not taken up by the new."""
+        handover = self._handovers.get(old.id)
+        if handover is None or handover.old is not old:
+            return {}
+        return {
+            "release": sorted(handover.pending),
+            "take_up": sorted(set(handover.accounts) - handover.settled - handover.pending),
+        }
+
     def end_handover(self, old: WorkerHandle) -> "Handover | None":
         handover = self._handovers.get(old.id)
         if handover is None or handover.old is not old:

@@ -142,6 +142,9 @@ def _exit_fd(pid: int, process: BaseProcess | None) -> int:
 
 
 class Launcher(Protocol):
+    async def prepare(self, sample: WorkerBoot) -> None:
+        """Once, before the first workers start."""
+
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess: ...
 
 
@@ -150,6 +153,9 @@ class SpawnLauncher:
 
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
+
+    async def prepare(self, sample: WorkerBoot) -> None:
+        return None  # nothing to get ready
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess:
         parent_end, child_end = self._context.Pipe(duplex=True)

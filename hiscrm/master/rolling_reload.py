@@ -53,6 +53,7 @@ class _Current:
     old_pid: int | None
     began: float
     phase: Phase = Phase.STARTING
+    deadline: float | None = None  # of the hand-over: then the old process is stopped anyway
 
 
 class RollingReload:
@@ -73,6 +74,11 @@ class RollingReload:
     def done(self) -> bool:
         return self.ended is not None
 
+    @property
+    def deadline(self) -> float | None:
+        """When the supervisor must call ``advance`` even if nothing happens."""
+        return self._current.deadline if self._current is not None else None
+
     async def advance(self, now: float) -> None:
         """Move on as far as the processes allow; returns when it has to wait."""
         while not self.done:
@@ -90,9 +96,20 @@ class RollingReload:
                 self._supervisor.promote(current.old, current.new)
                 self._supervisor.accounts_manager().begin_handover(current.old, current.new, now)
                 current.phase = Phase.HANDING_OVER
+                sup = self._supervisor.config.supervision
+                current.deadline = now + sup.stop_timeout_s + sup.start_timeout_s
             if current.phase is Phase.HANDING_OVER:
-                if not self._supervisor.accounts_manager().handover_done(current.old):
-                    return
+                manager = self._supervisor.accounts_manager()
+                if not manager.handover_done(current.old):
+                    if current.deadline is None or now < current.deadline:
+                        return
+                    self._log.error(
+                        "reload: hand-over not finished in time; stopping the old process",
+                        worker=current.new.id,
+                        old_pid=current.old_pid,
+                        waiting_for=manager.handover_waiting_for(current.old),
+                    )
+                current.deadline = None
                 await current.old.request_stop("reload", now, restart=False)
                 current.phase = Phase.STOPPING_OLD
             if current.phase is Phase.STOPPING_OLD:

@@ -6,6 +6,7 @@ state directory, the API's port) and hands over here.
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
@@ -25,8 +26,11 @@ from hiscrm.master.template_launcher import TemplateLauncher
 WATCH_STOP_S = 2.0
 
 
-def _watch_ended(task: "asyncio.Task[None]", log: FilteringBoundLogger) -> None:
+def _watch_ended(
+    task: "asyncio.Task[None]", log: FilteringBoundLogger, count_error: Callable[[], int]
+) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
+        count_error()
         log.error("--watch failed; code changes no longer reload the workers", exc_info=exc)
 
 
@@ -54,6 +58,8 @@ async def run_master(
     metrics = MasterMetrics()
     launcher = make_launcher(config, log)
     supervisor = Supervisor(config, launcher, log, metrics)
+    if isinstance(launcher, TemplateLauncher):
+        launcher.count_error = supervisor.count_internal_error
     processes = ProcessStats()
     metrics.attach(supervisor, processes)
     control = Control(supervisor, StoreReader(supervisor.store.path), processes)
@@ -72,7 +78,9 @@ async def run_master(
         log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
         if watch:
             watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
-            watching.add_done_callback(lambda task: _watch_ended(task, log))
+            watching.add_done_callback(
+                lambda task: _watch_ended(task, log, supervisor.count_internal_error)
+            )
 
     async def on_stopped() -> None:
         stop_watching.set()

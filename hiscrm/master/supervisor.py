@@ -154,6 +154,8 @@ class Supervisor:
         try:
             if on_ready is not None:
                 await on_ready()
+            if self.handles:
+                await self._launcher.prepare(next(iter(self.handles.values())).boot())
             for handle in self.handles.values():
                 await handle.start(loop.time(), "master started")
             while not self._finished():
@@ -209,6 +211,8 @@ class Supervisor:
     def _deadlines(self) -> list[float]:
         deadlines = [h.deadline for h in self.all_handles() if h.deadline is not None]
         if self.accounts is not None and (due := self.accounts.next_deadline()) is not None:
+            deadlines.append(due)
+        if self._rollout is not None and (due := self._rollout.deadline) is not None:
             deadlines.append(due)
         return deadlines
 

@@ -1,11 +1,13 @@
 """Starting workers by forking a warm template (``hiscrm/worker/template.py``).
 
 Before every fork the template's code fingerprint is checked against the disk; if a
-file changed, a new template (a fresh interpreter) is started first and the old one is
-told to exit, so a restart never runs stale code. A template that dies is replaced at
-the next start. A template that cannot load the code (a platform raising at import) is
-not retried until its backoff ends; meanwhile workers start by plain spawn, fail at boot
-and show the traceback in their own logs, as without a template.
+file changed, the template is retired and a new one (a fresh interpreter) is started in
+the background, and until it is ready workers start by plain spawn, so a restart never
+runs stale code. The master's loop never waits for a template, except once before the
+first workers start. A template that dies is replaced, after a backoff if it keeps
+dying. A template that cannot load the code (a platform raising at import) is retried
+after its backoff; meanwhile workers start by spawn, fail at boot and show the
+traceback in their own logs, as without a template.
 """
 
 import asyncio
@@ -32,9 +34,11 @@ from hiscrm.master.launcher import SpawnLauncher, WorkerProcess
 from hiscrm.protocol import WorkerBoot
 
 TEMPLATE_ENTRYPOINT = Entrypoint("hiscrm.worker.template:main")
-FORK_TIMEOUT_S = 10.0
+FORK_TIMEOUT_S = 2.0  # a healthy template forks in milliseconds
 MAX_MESSAGE = 1 << 20
 SPARE_AFTER_S = 0.05  # after a spare is used, when to ask for the next one
+
+ErrorLogger = Callable[..., None]
 
 
 class TemplateGone(Exception):
@@ -52,8 +56,16 @@ class Spare:
 class _Template:
     """One template process and the control socket to it."""
 
-    def __init__(self, boot_json: str, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        boot_json: str,
+        log: FilteringBoundLogger,
+        error: ErrorLogger,
+        on_exit: Callable[["_Template"], None],
+    ) -> None:
         self._log = log
+        self._error = error
+        self._on_exit_callback = on_exit
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         context = multiprocessing.get_context("spawn")
@@ -62,10 +74,14 @@ class _Template:
         )
         try:
             self.process.start()
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         assert self.process.pid is not None
         self.pid: int = self.process.pid
+        self.began = time.monotonic()
         ours.setblocking(False)
         self._control = ours
         self.ready: asyncio.Future[bool] = self._loop.create_future()
@@ -86,16 +102,31 @@ class _Template:
         except BlockingIOError:
             return
         except OSError as exc:
-            self._log.error("template control socket failed", pid=self.pid, exc_info=exc)
+            self._error("template control socket failed", pid=self.pid, exc_info=exc)
             data, fds = b"", []
         if not data:
             self._loop.remove_reader(self._control.fileno())
             return
-        message: dict[str, Any] = json.loads(data)
-        match message.get("type"):
+        try:
+            self._handle(json.loads(data), fds)
+        except (ValueError, KeyError, TypeError) as exc:  # our own template: a bug
+            self._error(
+                "template sent a bad message; killing it",
+                pid=self.pid,
+                first_bytes=repr(data[:80]),
+                exc_info=exc,
+            )
+            self.process.kill()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        match message["type"]:
+            case "files":  # the fingerprint comes in parts, then "ready"
+                self.code_files += [CodeFile(**f) for f in message["files"]]
             case "ready":
-                self.code_files = [CodeFile(**f) for f in message["code_files"]]
-                self.code_version = message["code_version"]
+                self.code_version = str(message["code_version"])
                 _resolve(self.ready, True)
             case "failed":
                 self.error = f"{message['error']}\n{message['traceback']}"
@@ -107,9 +138,7 @@ class _Template:
                 if self._forks:
                     _resolve(self._forks.popleft(), int(message["pid"]))
             case other:
-                self._log.error("template sent something unknown", pid=self.pid, type=other)
-        for fd in fds:
-            os.close(fd)
+                raise ValueError(f"unknown message type {other!r}")
 
     def take_spare(self) -> "Spare | None":
         """The waiting spare, if any; the template is asked for the next one."""
@@ -126,14 +155,14 @@ class _Template:
         """Close the spare's socket (so it exits) and reap it when it has."""
         if self.spare is not None:
             self.spare.sock.close()
-            _reap_when_gone(self._loop, self.spare.pid, self._log)
+            reap_when_gone(self._loop, self.spare.pid, self._error)
             self.spare = None
 
     def _request(self, request: dict[str, Any]) -> None:
         try:
             self._control.send(json.dumps(request).encode())
         except OSError as exc:  # it is dying: its exit is on the way
-            self._log.error("cannot send to the template", pid=self.pid, exc_info=exc)
+            self._error("cannot send to the template", pid=self.pid, exc_info=exc)
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._exit_fd)
@@ -146,15 +175,11 @@ class _Template:
         while self._forks:
             _resolve(self._forks.popleft(), 0)
         self._drop_spare()
-        if not self.retired and self.ready.result():
-            self._log.error(
-                "fork template died; the next start makes a new one",
-                pid=self.pid,
-                exitcode=self.process.exitcode,
-            )
+        self._on_exit_callback(self)
 
     async def fork(self, boot: WorkerBoot) -> tuple[int, socket.socket]:
-        """A new worker's pid and the master's end of its channel."""
+        """Fork a worker now (no spare was ready): its pid and the master's end of its
+        channel."""
         if not self.alive:
             raise TemplateGone(f"template {self.pid} is gone")
         ours, theirs = socket.socketpair()
@@ -186,14 +211,14 @@ class _Template:
             try:
                 self._control.send(b'{"type": "exit"}')
             except OSError as exc:
-                self._log.error(
+                self._error(
                     "cannot tell the old template to exit; killing it", pid=self.pid, exc_info=exc
                 )
                 self.process.kill()
 
 
-def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int, log: FilteringBoundLogger) -> None:
-    """Reap an unused spare (a child of the master) once it has exited."""
+def reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int, error: ErrorLogger) -> None:
+    """Reap a child of the master (an unused spare) once it has exited."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -203,8 +228,10 @@ def _reap_when_gone(loop: asyncio.AbstractEventLoop, pid: int, log: FilteringBou
         loop.remove_reader(fd)
         try:
             os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError as exc:
-            log.error("cannot reap a template's spare", pid=pid, exc_info=exc)
+        except ChildProcessError:
+            pass  # the orphan scan was first; it logged the reaping
+        except OSError as exc:
+            error("cannot reap a template's spare", pid=pid, exc_info=exc)
         finally:
             os.close(fd)
 
@@ -224,27 +251,35 @@ class TemplateLauncher:
         self._disk = DiskCheck()
         self._template: _Template | None = None
         self._retired: list[_Template] = []
+        self._starting: set[int] = set()  # pids between fork and the handle that owns them
         sup = config.supervision
         self._backoff = RestartBackoff(
             sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_reset_after_s
         )
         self._not_before = 0.0
+        self._retry: asyncio.TimerHandle | None = None
+        self._sample: WorkerBoot | None = None
         self.forks = 0
         self.spares_used = 0
         self.spawns = 0
         self.templates_started = 0
+        self.errors_total = 0
+        self.count_error: Callable[[], object] = lambda: None  # the master's error counter
         logs = config.state_dir / "logs"
         self._log_path = logs / "template.log"
-        self._template_boot = dict(
-            {
-                "log_path": str(self._log_path),
-                "log_max_bytes": config.logs.max_bytes,
-                "log_backups": config.logs.backups,
-                "master_pid": os.getpid(),
-                "platforms": config.platform_specs,
-                "code_packages": config.code.packages,
-            }
-        )  # and a sample worker boot, for its spares to rehearse with
+        self._template_boot = {
+            "log_path": str(self._log_path),
+            "log_max_bytes": config.logs.max_bytes,
+            "log_backups": config.logs.backups,
+            "master_pid": os.getpid(),
+            "platforms": config.platform_specs,
+            "code_packages": config.code.packages,
+        }  # and a sample worker boot, for its spares to rehearse with
+
+    def _error(self, event: str, **fields: Any) -> None:
+        self.errors_total += 1
+        self.count_error()
+        self._log.error(event, **fields)
 
     @property
     def template(self) -> _Template | None:
@@ -254,20 +289,31 @@ class TemplateLauncher:
         """Children of the master that the template launcher reaps itself."""
         self._retired = [t for t in self._retired if t.alive]
         templates = [t for t in (self._template, *self._retired) if t is not None]
-        return {t.pid for t in templates} | {t.spare.pid for t in templates if t.spare}
+        spares = {t.spare.pid for t in templates if t.spare}
+        return {t.pid for t in templates} | spares | self._starting
+
+    async def prepare(self, sample: WorkerBoot) -> None:
+        """Before the first workers start: a template, if one gets ready in time."""
+        self._sample = sample
+        template = self._begin_template()
+        if template is not None:
+            await asyncio.wait({template.ready}, timeout=self._config.supervision.start_timeout_s)
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess:
-        template = await self._ready_template(boot)
+        self._sample = self._sample or boot
+        template = self._usable_template()
         if template is None:
             self.spawns += 1
             return await self._spawn.start(boot, post)
         try:
             pid, channel_end = self._start_spare(template, boot) or await template.fork(boot)
         except TemplateGone as exc:
-            self._log.error("fork from the template failed; starting by spawn", exc_info=exc)
-            self._template = None
+            self._error("fork from the template failed; starting by spawn", exc_info=exc)
+            if template is self._template:  # not already replaced (it died meanwhile)
+                self._discard(template)
             self.spawns += 1
             return await self._spawn.start(boot, post)
+        self._starting.add(pid)
         worker: WorkerProcess | None = None
         try:
             worker = WorkerProcess(boot.worker_id, pid, post)
@@ -279,6 +325,8 @@ class TemplateLauncher:
             if worker is not None:
                 worker.close()
             raise
+        finally:
+            self._starting.discard(pid)
         self.forks += 1
         return worker
 
@@ -294,9 +342,9 @@ class TemplateLauncher:
         try:
             socket.send_fds(spare.sock, [boot.model_dump_json().encode()], [theirs.fileno()])
         except OSError as exc:
-            self._log.error("the template's spare is gone; forking", pid=spare.pid, exc_info=exc)
+            self._error("the template's spare is gone; forking", pid=spare.pid, exc_info=exc)
             ours.close()
-            _reap_when_gone(asyncio.get_running_loop(), spare.pid, self._log)
+            reap_when_gone(asyncio.get_running_loop(), spare.pid, self._error)
             return None
         finally:
             theirs.close()
@@ -304,65 +352,105 @@ class TemplateLauncher:
         self.spares_used += 1
         return spare.pid, ours
 
-    async def _ready_template(self, sample: WorkerBoot) -> _Template | None:
+    def _usable_template(self) -> _Template | None:
+        """The template if it is ready and its code is what is on disk. Otherwise None
+        (start this worker by spawn), and a new template is on its way if need be."""
         template = self._template
-        if template is not None and template.alive and not template.ready.done():
-            await template.ready  # being started for another worker a moment ago
-        if (
-            template is not None
-            and template.alive
-            and template.ready.done()
-            and template.ready.result()
-        ):
-            changed = self._disk.changed(template.code_files)
-            if not changed:
-                return template
-            self._log.info(
-                "code changed since the template loaded it; starting a new template",
-                old_pid=template.pid,
-                changed=changed[:5],
-            )
-            template.retire()
-            self._retired.append(template)
-        self._template = None
-        if time.monotonic() < self._not_before:
+        if template is None:
+            self._begin_template()
             return None
-        return await self._new_template(sample)
+        if not template.ready.done():
+            return None  # still loading
+        if not template.ready.result() or not template.alive:
+            return None  # failed or gone: being replaced
+        changed = self._disk.changed(template.code_files)
+        if not changed:
+            return template
+        self._log.info(
+            "code changed since the template loaded it; starting a new template",
+            old_pid=template.pid,
+            changed=changed[:5],
+        )
+        self._retire(template)
+        self._begin_template()
+        return None
 
-    async def _new_template(self, sample: WorkerBoot) -> _Template | None:
-        began = time.monotonic()
-        boot_json = json.dumps({**self._template_boot, "sample_boot": sample.model_dump_json()})
-        template = self._template = _Template(boot_json, self._log)
+    def _begin_template(self) -> _Template | None:
+        """Start a new template in the background, unless one is starting or backing off."""
+        if self._template is not None or self._sample is None:
+            return self._template
+        delay = self._not_before - time.monotonic()
+        if delay > 0:
+            if self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(delay, self._retry_template)
+            return None
+        boot = {**self._template_boot, "sample_boot": self._sample.model_dump_json()}
+        template = self._template = _Template(
+            json.dumps(boot), self._log, self._error, self._on_template_exit
+        )
         self.templates_started += 1
-        try:
-            ok = await asyncio.wait_for(
-                asyncio.shield(template.ready), self._config.supervision.start_timeout_s
-            )
-        except TimeoutError:
-            ok = False
+        template.ready.add_done_callback(lambda _: self._on_template_settled(template))
+        timeout = self._config.supervision.start_timeout_s
+        asyncio.get_running_loop().call_later(timeout, self._check_ready_in_time, template)
+        return template
+
+    def _retry_template(self) -> None:
+        self._retry = None
+        self._begin_template()
+
+    def _check_ready_in_time(self, template: _Template) -> None:
+        if not template.ready.done():
             template.error = "it did not get ready in time"
             template.process.kill()
-        if ok:
+
+    def _on_template_settled(self, template: _Template) -> None:
+        took_ms = round((time.monotonic() - template.began) * 1000, 1)
+        if template.ready.result():
             self._log.info(
                 "fork template ready",
                 pid=template.pid,
                 code_version=template.code_version,
-                took_ms=round((time.monotonic() - began) * 1000, 1),
+                took_ms=took_ms,
             )
-            return template
-        delay = self._backoff.record_failure(0.0, during_start=True)
-        self._not_before = time.monotonic() + delay
-        self._template = None
-        self._log.error(
+            return
+        self._discard(template)
+        self._error(
             "fork template could not load the worker code; workers start by spawn meanwhile",
             pid=template.pid,
-            error=(template.error or "").splitlines()[:1],
-            retry_in_s=round(delay, 2),
+            error=(template.error or "it exited").splitlines()[:1],
+            retry_in_s=round(self._not_before - time.monotonic(), 2),
             log_tail=tail_lines(self._log_path, 20),
         )
-        return None
+
+    def _on_template_exit(self, template: _Template) -> None:
+        if template.retired or not template.ready.result():
+            return  # asked to go, or it never got ready (already reported)
+        self._error(
+            "fork template died; starting a new one",
+            pid=template.pid,
+            exitcode=template.process.exitcode,
+        )
+        self._discard(template)
+        self._begin_template()
+
+    def _discard(self, template: _Template) -> None:
+        """Give up on ``template``: retire it, and wait a backoff before the next."""
+        ran_for = time.monotonic() - template.began
+        never_ready = not (template.ready.done() and template.ready.result())
+        delay = self._backoff.record_failure(ran_for, during_start=never_ready)
+        self._not_before = time.monotonic() + delay
+        self._retire(template)
+
+    def _retire(self, template: _Template) -> None:
+        if template is self._template:
+            self._template = None
+        if template.alive and template not in self._retired:
+            self._retired.append(template)
+        template.retire()
 
     def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         for template in (self._template, *self._retired):
             if template is not None and template.alive:
                 template.retire()

@@ -16,6 +16,7 @@ Every transition goes through ``_transition``, which refuses illegal moves and l
 move once. The supervisor calls the ``on_*`` methods; the handle never reads a clock.
 """
 
+import asyncio
 import os
 import signal
 import time
@@ -169,7 +170,8 @@ class WorkerHandle:
     def send_frame(self, frame: bytes) -> bool:
         return self.process is not None and self.process.send(frame)
 
-    def _boot(self) -> WorkerBoot:
+    def boot(self) -> WorkerBoot:
+        """What this worker's process is told when it starts."""
         sup, logs = self._sup, self._config.logs
         return WorkerBoot(
             worker_id=self.id,
@@ -198,7 +200,7 @@ class WorkerHandle:
         self.last_heartbeat_at = self.last_heartbeat = None
         self._stop_reason, self._stop_stage, self._restart_after_stop = None, None, False
         try:
-            self.process = await self._launcher.start(self._boot(), self._post)
+            self.process = await self._launcher.start(self.boot(), self._post)
         except Exception as exc:  # fork/exec failed: out of memory, process or fd limit, ...
             self._log.error("cannot start worker process", exc_info=exc)
             self.last_exit = describe_exit(
@@ -209,13 +211,18 @@ class WorkerHandle:
                 at_ms=_now_ms(),
                 log_tail=[f"cannot start process: {exc}"],
             )
+            if not self.restartable:  # a reload's replacement: the reload gives up on it
+                self._transition(WorkerState.BOOT_FAILED, "start failed")
+                self._transition(WorkerState.STOPPED, "not retried: a reload's replacement")
+                return
             delay = self.backoff.record_failure(0.0, during_start=True)
             self._transition(WorkerState.BOOT_FAILED, f"start failed; retry in {delay:.2f}s")
             self.deadline = now + delay
             return
         self.started_at = now
         self._transition(WorkerState.STARTING, reason, restarts=self.restarts)
-        self.deadline = now + self._sup.start_timeout_s
+        # From now, not from before the launch: starting may have taken a while.
+        self.deadline = asyncio.get_running_loop().time() + self._sup.start_timeout_s
 
     def on_register(self, message: WorkerRegister, now: float) -> bool:
         """The worker's first message, checked against our protocol. True if accepted."""

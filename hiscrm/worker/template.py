@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from hiscrm.exit_codes import ExitCode
 from hiscrm.logfile import LineStream, RotatingLogFile
 
 MAX_MESSAGE = 1 << 20
+FILES_PER_MESSAGE = 200
 
 
 def main(boot_json: str, control: socket.socket) -> None:
@@ -71,15 +73,10 @@ def main(boot_json: str, control: socket.socket) -> None:
     gc.freeze()  # what is here now is shared with every fork; keep the collector off it
     version = code_version(files)
     print(f"template pid {os.getpid()} ready, code {version}", file=sys.stderr)
-    _send(
-        control,
-        {
-            "type": "ready",
-            "pid": os.getpid(),
-            "code_version": version,
-            "code_files": [f.model_dump() for f in files],
-        },
-    )
+    dumped = [f.model_dump() for f in files]
+    for start in range(0, len(dumped), FILES_PER_MESSAGE):  # a message holds ~200 KB
+        _send(control, {"type": "files", "files": dumped[start : start + FILES_PER_MESSAGE]})
+    _send(control, {"type": "ready", "pid": os.getpid(), "code_version": version})
     _serve(control, preloaded, int(boot["master_pid"]), boot["sample_boot"])
 
 
@@ -203,14 +200,28 @@ def _double_fork(child: Callable[[], object]) -> int:
 
 
 def _drop_template_state(control: socket.socket, keep: int) -> None:
-    """In a forked child: no template signal handlers, control socket or open files."""
+    """In a forked child: no template signal handlers, control socket, open files or
+    output streams."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     control.close()
     # gc stays frozen: unfreezing would have the collector walk, and so copy, every
     # page shared with the template.
-    os.closerange(3, keep)  # the template's log file and anything else it held
-    os.closerange(keep + 1, _max_fd())
+    kept = {keep}
+    # multiprocessing's resource tracker (the master's) is shared, as with spawn;
+    # closing its fd would leave the tracker writing to whatever reuses the number.
+    tracker_fd = getattr(resource_tracker._resource_tracker, "_fd", None)
+    if isinstance(tracker_fd, int):
+        kept.add(tracker_fd)
+    low = 3
+    for fd in sorted(kept):  # the template's log file and anything else it held
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+    # Until the worker opens its own log: plain streams on fds 1 and 2 (the template's
+    # log), not the template's line streams, whose file is closed now.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     random.seed()  # never the template's sequence (os.fork reseeds too; be explicit)
 
 
