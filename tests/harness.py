@@ -271,3 +271,11 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def count(db: Path, table: str, account_id: str) -> int:
     rows = query(db, f"SELECT count(*) FROM {table} WHERE account_id = ?", account_id)
     return int(rows[0][0]) if rows else 0
+
+
+def metric(text: str, line_start: str) -> float:
+    """The value of the first sample in a Prometheus exposition that starts so."""
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {line_start!r} in the metrics")

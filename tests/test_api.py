@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, wait_until
+from harness import Master, metric, wait_until
 
 RECORDING = "testplatforms.recording"
 BURST = 120
@@ -276,13 +276,6 @@ def test_metrics_speak_prometheus(shared: Master) -> None:
         'hiscrm_account_stale{account="demo-a"} 0.0',
     ):
         assert name in text, name
-
-
-def metric(text: str, line_start: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.mark.timeout(90)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, gone, wait_until
+from harness import Master, gone, metric, wait_until
 
 
 def introspecting(out_dir: Path, n: int) -> list[dict[str, object]]:
@@ -44,10 +44,17 @@ def test_forked_workers_do_not_inherit_the_templates_state(
     wait_until(lambda: len(list(out.glob("*.json"))) == 2, 15, "reports written")
     # Once more after a crash: the replacement comes from the template's spare.
     (out / "acc-1.json").unlink()
-    mark = master.mark()
-    os.kill(pids["worker1"], signal.SIGKILL)
-    respawned = master.wait_running("worker1", after=mark)
+    spares = 'hiscrm_worker_starts_total{how="spare"}'
+    with master.http() as http:
+        before = metric(http.get("/metrics").text, spares)
+        mark = master.mark()
+        os.kill(pids["worker1"], signal.SIGKILL)
+        respawned = master.wait_running("worker1", after=mark)
+        metrics = http.get("/metrics").text
     wait_until(lambda: (out / "acc-1.json").exists(), 15, "report of the replacement")
+    assert metric(metrics, spares) == before + 1
+    assert metric(metrics, 'hiscrm_worker_starts_total{how="spawn"}') == 0
+    assert metric(metrics, "hiscrm_fork_templates_started_total") == 1
 
     reports = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     assert reports["acc-1"]["pid"] == respawned

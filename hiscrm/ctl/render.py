@@ -45,8 +45,7 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
     if status["shutting_down"]:
         parts.append("[yellow]shutting down[/]")
     console.print("  ".join(parts))
-    table = Table(box=None, pad_edge=False)
-    for column in (
+    table = _table(
         "WORKER",
         "STATE",
         "PID",
@@ -57,8 +56,7 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
         "CODE",
         "ACCOUNTS",
         "LAST EXIT",
-    ):
-        table.add_column(column)
+    )
     for w in workers:
         last = w["last_exit"]
         exit_text = "-"
@@ -94,19 +92,9 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
 
 
 def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
-    table = Table(box=None, pad_edge=False)
-    for column in (
-        "ACCOUNT",
-        "PLATFORM",
-        "WORKER",
-        "STATE",
-        "LAST SYNC",
-        "STALE",
-        "SYNCS",
-        "ITEMS",
-        "ERRORS",
-    ):
-        table.add_column(column)
+    table = _table(
+        "ACCOUNT", "PLATFORM", "WORKER", "STATE", "LAST SYNC", "STALE", "SYNCS", "ITEMS", "ERRORS"
+    )
     for a in accounts:
         table.add_row(
             a["id"],
@@ -120,3 +108,10 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
             str(sum(a["sync_errors"].values())),
         )
     console.print(table)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    return table

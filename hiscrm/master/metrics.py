@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hiscrm.master.process_stats import ProcessStats
+from hiscrm.master.template_launcher import TemplateLauncher
 
 if TYPE_CHECKING:
     from hiscrm.master.supervisor import Supervisor
@@ -61,6 +62,22 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(
             "hiscrm_store_up", "1 while the store thread runs", value=1.0 if store.alive else 0.0
         )
+        launcher = master.launcher
+        if isinstance(launcher, TemplateLauncher):
+            starts = CounterMetricFamily(
+                "hiscrm_worker_starts_total",
+                "Worker processes started: from the template's spare, forked on request, "
+                "or spawned (no template ready)",
+                labels=["how"],
+            )
+            for how, n in launcher.starts.items():
+                starts.add_metric([how], n)
+            yield starts
+            yield CounterMetricFamily(
+                "hiscrm_fork_templates_started_total",
+                "Fork templates started (at start-up, after a code change, after a death)",
+                value=launcher.templates_started,
+            )
         yield GaugeMetricFamily(
             "hiscrm_master_stale_code",
             "1 if the master's own code changed on disk (only a master restart loads it)",

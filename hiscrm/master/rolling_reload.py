@@ -17,7 +17,7 @@ drops the reload and stops every process).
 
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -150,15 +150,7 @@ class RollingReload:
         )
         self.steps.append(step)
         self._current = None
-        self._log.info(
-            "reload: worker replaced",
-            worker=step.worker,
-            old_pid=step.old_pid,
-            new_pid=step.new_pid,
-            took_s=step.took_s,
-            accounts=step.accounts,
-            max_gap_ms=step.max_gap_ms,
-        )
+        self._log.info("reload: worker replaced", **asdict(step))
 
     def _fail(self, current: _Current, now: float) -> None:
         record = current.new.last_exit

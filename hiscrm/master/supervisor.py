@@ -94,6 +94,10 @@ class Supervisor:
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
 
+    @property
+    def launcher(self) -> Launcher:
+        return self._launcher
+
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else time.monotonic()
 

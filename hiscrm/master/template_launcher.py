@@ -259,11 +259,8 @@ class TemplateLauncher:
         self._not_before = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._sample: WorkerBoot | None = None
-        self.forks = 0
-        self.spares_used = 0
-        self.spawns = 0
+        self.starts = {"spare": 0, "fork": 0, "spawn": 0}  # workers started, by how
         self.templates_started = 0
-        self.errors_total = 0
         self.count_error: Callable[[], object] = lambda: None  # the master's error counter
         logs = config.state_dir / "logs"
         self._log_path = logs / "template.log"
@@ -277,7 +274,6 @@ class TemplateLauncher:
         }  # and a sample worker boot, for its spares to rehearse with
 
     def _error(self, event: str, **fields: Any) -> None:
-        self.errors_total += 1
         self.count_error()
         self._log.error(event, **fields)
 
@@ -303,16 +299,21 @@ class TemplateLauncher:
         self._sample = self._sample or boot
         template = self._usable_template()
         if template is None:
-            self.spawns += 1
+            self.starts["spawn"] += 1
             return await self._spawn.start(boot, post)
+        how = "spare"
         try:
-            pid, channel_end = self._start_spare(template, boot) or await template.fork(boot)
+            started = self._start_spare(template, boot)
+            if started is None:
+                how = "fork"
+                started = await template.fork(boot)
         except TemplateGone as exc:
             self._error("fork from the template failed; starting by spawn", exc_info=exc)
             if template is self._template:  # not already replaced (it died meanwhile)
                 self._discard(template)
-            self.spawns += 1
+            self.starts["spawn"] += 1
             return await self._spawn.start(boot, post)
+        pid, channel_end = started
         self._starting.add(pid)
         worker: WorkerProcess | None = None
         try:
@@ -327,7 +328,7 @@ class TemplateLauncher:
             raise
         finally:
             self._starting.discard(pid)
-        self.forks += 1
+        self.starts[how] += 1
         return worker
 
     def _start_spare(
@@ -349,7 +350,6 @@ class TemplateLauncher:
         finally:
             theirs.close()
             spare.sock.close()
-        self.spares_used += 1
         return spare.pid, ours
 
     def _usable_template(self) -> _Template | None:

@@ -36,6 +36,7 @@ from hiscrm.master.api.schemas import (
     SyncRequested,
     WorkerAction,
     WorkerInfo,
+    page_of,
 )
 from hiscrm.master.metrics import MasterMetrics
 from hiscrm.master.supervisor import CommandRefused
@@ -150,13 +151,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> Page[WorkerInfo]:
-        everything = control.workers()
-        return Page(
-            items=everything[offset : offset + limit],
-            total=len(everything),
-            limit=limit,
-            offset=offset,
-        )
+        return page_of(control.workers(), limit, offset)
 
     @routes.get("/workers/{worker_id}", dependencies=[Depends(only())])
     async def worker(worker_id: WorkerId) -> WorkerInfo:
@@ -224,13 +219,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> Page[AccountInfo]:
-        everything = control.accounts()
-        return Page(
-            items=everything[offset : offset + limit],
-            total=len(everything),
-            limit=limit,
-            offset=offset,
-        )
+        return page_of(control.accounts(), limit, offset)
 
     @routes.get("/accounts/{account_id}", dependencies=[Depends(only())])
     async def account(account_id: AccountId) -> AccountInfo:

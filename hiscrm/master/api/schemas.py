@@ -21,6 +21,13 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+def page_of(everything: list[T], limit: int, offset: int) -> Page[T]:
+    """One page of a list held in memory."""
+    return Page(
+        items=everything[offset : offset + limit], total=len(everything), limit=limit, offset=offset
+    )
+
+
 class ErrorBody(BaseModel):
     error: str
     detail: Any = None
