@@ -38,21 +38,16 @@ class Channel(asyncio.Protocol):
         self,
         on_frame: Callable[[bytes], None],
         on_close: Callable[[Exception | None], None],
-        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self._on_frame = on_frame
         self._on_close = on_close
-        self._max = max_frame_bytes
+        self._max = MAX_FRAME_BYTES
         self._buffer = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._closed = False
         self._error: Exception | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self.frames_in = 0
-        self.frames_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -61,7 +56,6 @@ class Channel(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         buffer = self._buffer
         buffer += data
         offset, size = 0, len(buffer)
@@ -75,7 +69,6 @@ class Channel(asyncio.Protocol):
                 break
             payload = bytes(buffer[offset + HEADER.size : end])
             offset = end
-            self.frames_in += 1
             self._on_frame(payload)
             if self._closed:
                 return
@@ -115,13 +108,7 @@ class Channel(asyncio.Protocol):
         if not self.is_open or self._transport is None:
             return False
         self._transport.write(frame(payload))
-        self.frames_out += 1
-        self.bytes_out += len(payload) + HEADER.size
         return True
-
-    async def drain(self) -> None:
-        """Wait until the queue is below the high-water mark (or the channel closed)."""
-        await self._writable.wait()
 
     async def flushed(self) -> None:
         """Wait until every queued byte is handed to the kernel (or the channel closed)."""

@@ -149,7 +149,8 @@ class DiskCheck:
                 except OSError:
                     out.append(file.path)
                     continue
+                if self._hashes[key] != file.sha256:  # newly seen to differ
+                    drop_stale_bytecode(file.path)  # so the next process compiles it afresh
             if self._hashes[key] != file.sha256:
                 out.append(file.path)
-                drop_stale_bytecode(file.path)  # so the next process compiles it afresh
         return out

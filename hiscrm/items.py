@@ -8,6 +8,7 @@ the master owns (``is_read``, ``read_at``) live only in the store.
 """
 
 import hashlib
+import time
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
@@ -30,6 +31,13 @@ def _check_epoch_ms(value: int) -> int:
 
 
 EpochMs = Annotated[StrictInt, AfterValidator(_check_epoch_ms)]
+
+
+def epoch_ms() -> int:
+    """Now, in the unit of every time in hiscrm: integer milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 Direction = Literal["inbound", "outbound"]
 MAX_INT = 2**63 - 1  # what SQLite stores
@@ -89,7 +97,6 @@ class Notification(_Item):
 
 AnyItem = Conversation | Message | Comment | Content | Notification
 Item = Annotated[AnyItem, Field(discriminator="kind")]
-Kind = Literal["conversation", "message", "comment", "content", "notification"]
 
 ITEM_MODELS: dict[str, type[AnyItem]] = {
     "conversation": Conversation,

@@ -15,18 +15,21 @@ lists every class, and ``tests/test_protocol.py`` checks that nothing is left ou
 import hashlib
 import itertools
 import json
-import time
-from typing import Annotated, Any, Literal, Self
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hiscrm.channel import MAX_FRAME_BYTES
 from hiscrm.code_fingerprint import CodeFile
-from hiscrm.items import MAX_INT, Item
+from hiscrm.items import MAX_INT, Item, epoch_ms
 from hiscrm.models import AccountSpec
 
 PROTOCOL_VERSION = 1
 ERROR_HEAD_BYTES = 80  # how much of a bad frame goes into the error message
-MAX_MESSAGE_BYTES = 1_000_000  # syncs and digests are chunked to stay below this
+# Syncs and digests are chunked to stay below this: a frame's limit, less room for the
+# envelope around them.
+MAX_MESSAGE_BYTES = MAX_FRAME_BYTES - 64 * 1024
 _SYNC_OVERHEAD_BYTES = 300  # envelope and body fields around the list of changes
 
 
@@ -289,7 +292,7 @@ class Encoder:
         envelope = Envelope.model_construct(
             protocol=PROTOCOL_VERSION,
             id=next(self._ids),
-            sent_at=time.time_ns() // 1_000_000,
+            sent_at=epoch_ms(),
             body=body,
         )
         return envelope.model_dump_json().encode()
@@ -304,7 +307,7 @@ class Encoder:
             {
                 "protocol": PROTOCOL_VERSION,
                 "id": next(self._ids),
-                "sent_at": time.time_ns() // 1_000_000,
+                "sent_at": epoch_ms(),
                 "body": {
                     "type": "worker:data:sync",
                     "account_id": account_id,
@@ -327,23 +330,33 @@ def change_json(seq: int, version: int, hash_: str, item_json: bytes) -> bytes:
     )
 
 
+T = TypeVar("T")
+
+
+def chunk_by_size(items: list[T], size_of: Callable[[T], int], budget: int) -> list[list[T]]:
+    """Split ``items``, in order, into groups whose sizes add up to at most ``budget``
+    (an item bigger than that goes alone)."""
+    chunks: list[list[T]] = []
+    current: list[T] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if current and size + item_size > budget:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def sync_batches(
     changes: list[tuple[int, bytes]], budget: int = MAX_MESSAGE_BYTES
 ) -> list[list[tuple[int, bytes]]]:
     """Split ``(seq, serialized change)`` pairs, in order, into groups whose sync message
     stays within ``budget``."""
-    batches: list[list[tuple[int, bytes]]] = []
-    current: list[tuple[int, bytes]] = []
-    size = _SYNC_OVERHEAD_BYTES
-    for change in changes:
-        if current and size + len(change[1]) + 1 > budget:
-            batches.append(current)
-            current, size = [], _SYNC_OVERHEAD_BYTES
-        current.append(change)
-        size += len(change[1]) + 1
-    if current:
-        batches.append(current)
-    return batches
+    return chunk_by_size(changes, lambda change: len(change[1]) + 1, budget - _SYNC_OVERHEAD_BYTES)
 
 
 def decode(data: bytes) -> Envelope:

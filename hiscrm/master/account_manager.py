@@ -18,6 +18,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
+from hiscrm.items import epoch_ms
 from hiscrm.master import datastore
 from hiscrm.master.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.store_thread import StoreThread, SyncBatch, SyncOutcome
@@ -33,6 +34,7 @@ from hiscrm.protocol import (
     MasterSyncRequest,
     WorkerAccountReleased,
     WorkerDataSync,
+    chunk_by_size,
 )
 
 DigestEntry = tuple[str, str, int, str]
@@ -58,20 +60,10 @@ def digest_chunks(
     entries: list[DigestEntry], budget: int = MAX_MESSAGE_BYTES - 1000
 ) -> list[list[DigestEntry]]:
     """Split digest entries so each ``master:account:digest`` stays within the limit."""
-    chunks: list[list[DigestEntry]] = []
-    current: list[DigestEntry] = []
-    size = 0
-    for entry in entries:
-        # What the entry takes in the message's JSON: UTF-8 bytes, escapes included.
-        entry_size = len(json.dumps(entry, ensure_ascii=False).encode()) + 1
-        if current and size + entry_size > budget:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry_size
-    if current:
-        chunks.append(current)
-    return chunks
+    # What an entry takes in the message's JSON: UTF-8 bytes, escapes included.
+    return chunk_by_size(
+        entries, lambda entry: len(json.dumps(entry, ensure_ascii=False).encode()) + 1, budget
+    )
 
 
 class AccountManager:
@@ -159,7 +151,7 @@ class AccountManager:
         )
 
     def on_outcomes(self, outcomes: list[SyncOutcome], now: float) -> None:
-        at_ms = time.time_ns() // 1_000_000
+        at_ms = epoch_ms()
         for outcome in outcomes:
             batch = outcome.batch
             handle = self._find_handle(batch.worker_id, batch.pid)

@@ -14,6 +14,7 @@
 The assigner returns ``Assign``/``Revoke`` actions; the account manager carries them out.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 from hiscrm.models import AccountSpec
@@ -143,14 +144,17 @@ class Assigner:
     def tick(self, now: float) -> list[Action]:
         """Move the accounts of workers that have been down for ``reassign_after_s``."""
         actions: list[Action] = []
+        loads = self._loads()
         for worker, since in list(self._down_since.items()):
             if now - since < self._reassign_after_s:
                 continue
             for slot in self.slots.values():
                 if slot.owner == worker and not slot.releasing:
-                    new_owner = self._least_loaded()
+                    new_owner = self._least_loaded(loads)
                     if new_owner is None:
                         break
+                    loads[worker] -= 1
+                    loads[new_owner] += 1
                     slot.owner = new_owner
                     actions.append(Assign(new_owner, slot.account))
         return actions + self._place_unowned(now)
@@ -165,16 +169,29 @@ class Assigner:
         slot.owner = None
         return self._place_unowned(now)
 
-    def _least_loaded(self) -> str | None:
+    def _loads(self) -> Counter[str]:
+        """``load`` of every worker, counted in one pass."""
+        loads: Counter[str] = Counter()
+        for s in self.slots.values():
+            holders = {s.owner} if s.owner is not None and not s.releasing else set()
+            if s.target is not None:
+                holders.add(s.target)
+            loads.update(holders)
+        return loads
+
+    def _least_loaded(self, loads: Counter[str]) -> str | None:
+        """The running worker with the fewest accounts and room for one more (the first
+        in worker order on a tie)."""
         candidates = [
-            w for w in self._workers if w in self._running and self.load(w) < self._per_worker
+            w for w in self._workers if w in self._running and loads[w] < self._per_worker
         ]
-        return min(candidates, key=lambda w: (self.load(w), self._workers.index(w)), default=None)
+        return min(candidates, key=lambda w: loads[w], default=None)  # min keeps the first
 
     def _place_unowned(self, now: float) -> list[Action]:
         """Accounts nobody holds go home if their home runs; if it has been down for
         ``reassign_after_s`` (or they have no home), to the least loaded worker with room."""
         actions: list[Action] = []
+        loads: Counter[str] | None = None  # counted when first needed
         for slot in self.slots.values():
             if slot.owner is not None or slot.releasing:
                 continue
@@ -182,10 +199,13 @@ class Assigner:
             if home is not None and home in self._running:
                 worker: str | None = home
             elif home is None or now - self._down_since.get(home, now) >= self._reassign_after_s:
-                worker = self._least_loaded()
+                loads = loads if loads is not None else self._loads()
+                worker = self._least_loaded(loads)
             else:
                 continue  # its home may be back any moment
             if worker is not None:
                 slot.owner = worker
+                if loads is not None:
+                    loads[worker] += 1
                 actions.append(Assign(worker, slot.account))
         return actions

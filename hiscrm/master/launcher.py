@@ -142,10 +142,18 @@ def _exit_fd(pid: int, process: BaseProcess | None) -> int:
 
 
 class Launcher(Protocol):
-    async def prepare(self, sample: WorkerBoot) -> None:
-        """Once, before the first workers start."""
+    starts: dict[str, int]  # workers started, by how (for metrics)
+
+    async def prepare(self, sample: WorkerBoot, count_error: Callable[[], object]) -> None:
+        """Once, before the first workers start; ``count_error`` counts what it logs."""
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess: ...
+
+    def known_pids(self) -> set[int]:
+        """Children of the master besides the workers that the launcher reaps itself."""
+
+    def stop(self) -> None:
+        """The master is done: let go of whatever the launcher keeps running."""
 
 
 class SpawnLauncher:
@@ -153,9 +161,16 @@ class SpawnLauncher:
 
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
+        self.starts = {"spawn": 0}
 
-    async def prepare(self, sample: WorkerBoot) -> None:
+    async def prepare(self, sample: WorkerBoot, count_error: Callable[[], object]) -> None:
         return None  # nothing to get ready
+
+    def known_pids(self) -> set[int]:
+        return set()
+
+    def stop(self) -> None:
+        return None  # it keeps nothing running
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess:
         parent_end, child_end = self._context.Pipe(duplex=True)
@@ -171,6 +186,7 @@ class SpawnLauncher:
             raise
         finally:
             child_end.close()
+        self.starts["spawn"] += 1
         worker: WorkerProcess | None = None
         try:
             assert process.pid is not None

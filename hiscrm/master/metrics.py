@@ -63,16 +63,16 @@ class _LiveState(Collector):
             "hiscrm_store_up", "1 while the store thread runs", value=1.0 if store.alive else 0.0
         )
         launcher = master.launcher
+        starts = CounterMetricFamily(
+            "hiscrm_worker_starts_total",
+            "Worker processes started: from the template's spare, forked on request, "
+            "or spawned (no template ready, or none configured)",
+            labels=["how"],
+        )
+        for how, n in launcher.starts.items():
+            starts.add_metric([how], n)
+        yield starts
         if isinstance(launcher, TemplateLauncher):
-            starts = CounterMetricFamily(
-                "hiscrm_worker_starts_total",
-                "Worker processes started: from the template's spare, forked on request, "
-                "or spawned (no template ready)",
-                labels=["how"],
-            )
-            for how, n in launcher.starts.items():
-                starts.add_metric([how], n)
-            yield starts
             yield CounterMetricFamily(
                 "hiscrm_fork_templates_started_total",
                 "Fork templates started (at start-up, after a code change, after a death)",

@@ -58,8 +58,6 @@ async def run_master(
     metrics = MasterMetrics()
     launcher = make_launcher(config, log)
     supervisor = Supervisor(config, launcher, log, metrics)
-    if isinstance(launcher, TemplateLauncher):
-        launcher.count_error = supervisor.count_internal_error
     processes = ProcessStats()
     metrics.attach(supervisor, processes)
     control = Control(supervisor, StoreReader(supervisor.store.path), processes)
@@ -88,8 +86,4 @@ async def run_master(
             await asyncio.wait({watching}, timeout=WATCH_STOP_S)
         await api.stop()
 
-    try:
-        return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
-    finally:
-        if isinstance(launcher, TemplateLauncher):
-            launcher.stop()
+    return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)

@@ -3,11 +3,11 @@
 import fcntl
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from hiscrm import __version__
+from hiscrm.items import epoch_ms
 
 
 class StateDirError(Exception):
@@ -53,7 +53,7 @@ class StateDir:
             "api_url": api_url,
             "state_dir": str(self.root),
             "version": __version__,
-            "started_at": time.time_ns() // 1_000_000,
+            "started_at": epoch_ms(),
         }
         tmp = self.master_json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")

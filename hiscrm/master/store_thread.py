@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.items import epoch_ms
 from hiscrm.master import datastore
 from hiscrm.protocol import ItemChange
 
@@ -240,7 +241,7 @@ class StoreThread:
             return -1
 
     def _commit_group(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = epoch_ms()
         outcomes: list[SyncOutcome] = []
         accepted: list[tuple[SyncBatch, int]] = []  # with what the store has after it
         planned: dict[str, int] = {}
@@ -286,7 +287,7 @@ class StoreThread:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
-            deleted = datastore.apply_retention(conn, self._retention, time.time_ns() // 1_000_000)
+            deleted = datastore.apply_retention(conn, self._retention, epoch_ms())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

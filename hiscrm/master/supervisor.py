@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
 from hiscrm.config import Config
+from hiscrm.items import epoch_ms
 from hiscrm.master.account_manager import AccountManager
 from hiscrm.master.code_status import CodeStatus
 from hiscrm.master.events import (
@@ -66,7 +67,7 @@ class Supervisor:
         self.config = config
         self._log = log
         self._metrics = metrics
-        self.started_at_ms = time.time_ns() // 1_000_000
+        self.started_at_ms = epoch_ms()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._launcher = launcher
         self.handles: dict[str, WorkerHandle] = {
@@ -159,7 +160,8 @@ class Supervisor:
             if on_ready is not None:
                 await on_ready()
             if self.handles:
-                await self._launcher.prepare(next(iter(self.handles.values())).boot())
+                sample = next(iter(self.handles.values())).boot()
+                await self._launcher.prepare(sample, self.count_internal_error)
             for handle in self.handles.values():
                 await handle.start(loop.time(), "master started")
             while not self._finished():
@@ -172,6 +174,7 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             if self._orphan_scan is not None:
                 self._orphan_scan.cancel()
+            self._launcher.stop()
             self.store.stop()
         self._log.info("master stopped", reason=self._shutdown_reason)
         return 0
@@ -185,13 +188,11 @@ class Supervisor:
             )
 
     def _reap_orphans(self) -> None:
+        """Reap children nobody else will. As a child subreaper the master adopts what
+        escapes a dead worker's process group; once killed, they must be reaped."""
         self._orphan_scan = None
-        """SIGCHLD: reap children nobody else will. As a child subreaper the master adopts
-        what escapes a dead worker's process group; once killed, they must be reaped."""
         known = {h.pid for h in self.all_handles() if h.pid is not None}
-        known_by_launcher = getattr(self._launcher, "known_pids", None)
-        if known_by_launcher is not None:
-            known |= known_by_launcher()
+        known |= self._launcher.known_pids()
         for child in psutil.Process().children():
             try:
                 if child.pid in known or child.status() != psutil.STATUS_ZOMBIE:
@@ -251,21 +252,19 @@ class Supervisor:
             self.others = [h for h in self.others if h.state is not WorkerState.STOPPED]
             self._answer_waiters()
         except Exception as exc:
-            self.internal_errors_total += 1
             self._log.error(
                 "master error while handling an event",
                 during=repr(event)[:200],
-                internal_errors_total=self.internal_errors_total,
+                internal_errors_total=self.count_internal_error(),
                 exc_info=exc,
             )
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        self.internal_errors_total += 1
         exc = context.get("exception")
         self._log.error(
             "master event loop error",
             message=context.get("message"),
-            internal_errors_total=self.internal_errors_total,
+            internal_errors_total=self.count_internal_error(),
             exc_info=exc if isinstance(exc, BaseException) else None,
         )
 

@@ -58,7 +58,7 @@ class _Template:
 
     def __init__(
         self,
-        boot_json: str,
+        args: tuple[str, str],
         log: FilteringBoundLogger,
         error: ErrorLogger,
         on_exit: Callable[["_Template"], None],
@@ -70,7 +70,7 @@ class _Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         context = multiprocessing.get_context("spawn")
         self.process = context.Process(
-            target=TEMPLATE_ENTRYPOINT, args=(boot_json, theirs), name="hiscrm-template"
+            target=TEMPLATE_ENTRYPOINT, args=(*args, theirs), name="hiscrm-template"
         )
         try:
             self.process.start()
@@ -135,8 +135,12 @@ class _Template:
                 self._drop_spare()
                 self.spare = Spare(int(message["pid"]), socket.socket(fileno=fds.pop()))
             case "forked":
-                if self._forks:
-                    _resolve(self._forks.popleft(), int(message["pid"]))
+                pid = int(message["pid"])
+                waiting = self._forks.popleft() if self._forks else None
+                if waiting is None or waiting.done():  # given up on: the child exits alone
+                    self._error("a fork came too late; its process is dropped", pid=pid)
+                else:
+                    waiting.set_result(pid)
             case other:
                 raise ValueError(f"unknown message type {other!r}")
 
@@ -261,20 +265,12 @@ class TemplateLauncher:
         self._sample: WorkerBoot | None = None
         self.starts = {"spare": 0, "fork": 0, "spawn": 0}  # workers started, by how
         self.templates_started = 0
-        self.count_error: Callable[[], object] = lambda: None  # the master's error counter
+        self._count_error: Callable[[], object] = lambda: None  # the master's, from prepare
         logs = config.state_dir / "logs"
         self._log_path = logs / "template.log"
-        self._template_boot = {
-            "log_path": str(self._log_path),
-            "log_max_bytes": config.logs.max_bytes,
-            "log_backups": config.logs.backups,
-            "master_pid": os.getpid(),
-            "platforms": config.platform_specs,
-            "code_packages": config.code.packages,
-        }  # and a sample worker boot, for its spares to rehearse with
 
     def _error(self, event: str, **fields: Any) -> None:
-        self.count_error()
+        self._count_error()
         self._log.error(event, **fields)
 
     @property
@@ -288,9 +284,10 @@ class TemplateLauncher:
         spares = {t.spare.pid for t in templates if t.spare}
         return {t.pid for t in templates} | spares | self._starting
 
-    async def prepare(self, sample: WorkerBoot) -> None:
+    async def prepare(self, sample: WorkerBoot, count_error: Callable[[], object]) -> None:
         """Before the first workers start: a template, if one gets ready in time."""
         self._sample = sample
+        self._count_error = count_error
         template = self._begin_template()
         if template is not None:
             await asyncio.wait({template.ready}, timeout=self._config.supervision.start_timeout_s)
@@ -384,9 +381,11 @@ class TemplateLauncher:
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(delay, self._retry_template)
             return None
-        boot = {**self._template_boot, "sample_boot": self._sample.model_dump_json()}
         template = self._template = _Template(
-            json.dumps(boot), self._log, self._error, self._on_template_exit
+            (str(self._log_path), self._sample.model_dump_json()),
+            self._log,
+            self._error,
+            self._on_template_exit,
         )
         self.templates_started += 1
         template.ready.add_done_callback(lambda _: self._on_template_settled(template))

@@ -19,7 +19,6 @@ move once. The supervisor calls the ``on_*`` methods; the handle never reads a c
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -29,6 +28,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.backoff import RestartBackoff
 from hiscrm.config import Config
+from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
 from hiscrm.master.events import Event
 from hiscrm.master.exit_record import ExitRecord, describe_exit
@@ -208,7 +208,7 @@ class WorkerHandle:
                 requested=None,
                 during_start=True,
                 uptime_s=0.0,
-                at_ms=_now_ms(),
+                at_ms=epoch_ms(),
                 log_tail=[f"cannot start process: {exc}"],
             )
             if not self.restartable:  # a reload's replacement: the reload gives up on it
@@ -393,7 +393,7 @@ class WorkerHandle:
             requested=requested,
             during_start=self.registered is None,
             uptime_s=now - self.started_at if self.started_at is not None else 0.0,
-            at_ms=_now_ms(),
+            at_ms=epoch_ms(),
             log_tail=tail,
         )
         self.last_exit = record
@@ -435,7 +435,3 @@ class WorkerHandle:
         else:
             self._transition(WorkerState.BACKOFF, f"restart in {delay:.2f}s")
             self.deadline = now + delay
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -15,10 +15,10 @@ adds new items rather than rewriting old ones.
 
 import asyncio
 import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
+from hiscrm.items import epoch_ms
 from hiscrm.platforms.base import PlatformContext
 
 WORDS = (
@@ -34,10 +34,6 @@ def _number(options: Mapping[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"demo option {key!r} must be a number, got {value!r}")
     return float(value)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class DemoPlatform:
@@ -113,7 +109,7 @@ class _Generator:
     def message(self, inbound: bool) -> None:
         conversation = self.rng.choice(self.conversations)
         customer = conversation.replace("conv", "customer")
-        now = _now_ms()
+        now = epoch_ms()
         self.ctx.upsert_message(
             {
                 "id": f"msg-{self.messages}",
@@ -144,7 +140,7 @@ class _Generator:
                 "content_id": content,
                 "author_id": f"fan-{self.rng.randint(1, 50)}",
                 "text": self.text(),
-                "created_at": _now_ms(),
+                "created_at": epoch_ms(),
             }
         )
         self.comments += 1
@@ -174,7 +170,7 @@ class _Generator:
                 "id": f"note-{self.notifications}",
                 "category": self.rng.choice(["follow", "like", "mention", "system"]),
                 "text": self.text(),
-                "created_at": _now_ms(),
+                "created_at": epoch_ms(),
             }
         )
         self.notifications += 1

@@ -121,16 +121,16 @@ class AccountData:
         if state is not None and state.hash == hash_:
             return 0
         version = 1 if state is None else state.version + 1
+        seq = self.seq + 1
+        line = change_json(seq, version, hash_, data)
+        self._spool.append(seq, line + b"\n")  # first: if it fails, nothing has changed
+        self.seq = seq
         if state is None:
             self.counts[item.kind] = self.counts.get(item.kind, 0) + 1
-        self.seq += 1
-        line = change_json(self.seq, version, hash_, data)
-        self._spool.append(self.seq, line + b"\n")
-        if state is None:
-            self.items[key] = ItemState(version, hash_, self.seq, data)
+            self.items[key] = ItemState(version, hash_, seq, data)
         else:
-            state.version, state.hash, state.seq, state.json = version, hash_, self.seq, data
-        self._queue(key, self.seq, line)
+            state.version, state.hash, state.seq, state.json = version, hash_, seq, data
+        self._queue(key, seq, line)
         return version
 
     def _queue(self, key: Key, seq: int, line: bytes) -> None:

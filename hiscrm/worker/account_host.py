@@ -9,7 +9,6 @@ spool, and answers ``worker:account:released``.
 """
 
 import asyncio
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.backoff import RestartBackoff
+from hiscrm.items import epoch_ms
 from hiscrm.models import AccountSpec
 from hiscrm.platforms import resolve_platform_name
 from hiscrm.platforms.base import Platform
@@ -33,10 +33,11 @@ from hiscrm.worker.account_data import AccountData
 from hiscrm.worker.account_runner import AccountRunner, AccountState
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
-from hiscrm.worker.spool import Spool
+from hiscrm.worker.spool import Spool, SpoolBusy
 from hiscrm.worker.sync import Syncer
 
-SPOOL_RETRY_S = 1.0
+SPOOL_RETRY_S = 1.0  # the previous owner still holds the spool
+SPOOL_FAILED_RETRY_S = 10.0  # the spool cannot be read
 
 
 class SpoolDamaged(Exception):
@@ -107,11 +108,18 @@ class AccountHost:
         data = AccountData(account_id, Spool(Path(self._boot.spool_dir) / account_id))
         try:
             report = data.load(loading.acked_seq, loading.digest)
-        except Exception as exc:  # SpoolBusy: its previous owner has not let go yet
+        except SpoolBusy as exc:  # its previous owner has not let go yet: expected, brief
+            data.close()
+            self._log.info("spool still held; retrying", account_id=account_id, detail=str(exc))
+            loading.retry = asyncio.get_running_loop().call_later(
+                SPOOL_RETRY_S, self._start, account_id
+            )
+            return
+        except Exception as exc:  # unreadable spool, disk error: reported, retried slowly
             data.close()
             self._errors.report("spool", exc, account_id=account_id)
             loading.retry = asyncio.get_running_loop().call_later(
-                SPOOL_RETRY_S, self._start, account_id
+                SPOOL_FAILED_RETRY_S, self._start, account_id
             )
             return
         del self._loading[account_id]
@@ -205,6 +213,6 @@ class AccountHost:
         return left
 
     def progress(self) -> dict[str, int]:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = epoch_ms()
         stamps = {a: r.context.stamp_progress(now_ms) for a, r in self.runners.items()}
         return {a: at for a, at in stamps.items() if at is not None}

@@ -52,7 +52,7 @@ def main(boot_json: str, conn: Connection) -> None:
     boot = json.loads(boot_json)
     _become_worker(int(boot["master_pid"]))
     _redirect_stdin()
-    sink = _capture_output(boot)
+    sink = capture_output(boot)
     try:
         from hiscrm.worker.runtime import run_worker
     except BaseException:
@@ -83,7 +83,7 @@ def prepare_forked(master_pid: int) -> None:
 
 def run_forked(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
     boot = json.loads(boot_json)
-    sink = _capture_output(boot)
+    sink = capture_output(boot)
     # As a spawned worker is named; inherited from the template it would say "template".
     multiprocessing.current_process().name = f"hiscrm-{boot['worker_id']}"
     from hiscrm.worker.runtime import run_worker  # imported by the template already
@@ -100,7 +100,7 @@ def _become_worker(master_pid: int) -> None:
         os._exit(ExitCode.ORPHANED)
 
 
-def _capture_output(boot: dict[str, Any]) -> RotatingLogFile:
+def capture_output(boot: dict[str, Any]) -> RotatingLogFile:
     sink = RotatingLogFile(
         Path(boot["log_path"]), int(boot["log_max_bytes"]), int(boot["log_backups"]), (1, 2)
     )

@@ -17,11 +17,9 @@ class ErrorReporter:
         self._send = send
         self._log = log
         self.total = 0
-        self.by_source: dict[str, int] = {}
 
     def report(self, source: str, exc: BaseException, *, account_id: str | None = None) -> None:
         self.total += 1
-        self.by_source[source] = self.by_source.get(source, 0) + 1
         self._log.error(
             "error",
             source=source,

@@ -82,19 +82,7 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
     configure_worker_logging(sink)
     get_logger().info("rehearsal", worker=boot.worker_id)
     encoder = Encoder()
-    files = preloaded.code_files
-    encoder.encode(
-        WorkerRegister(
-            worker_id=boot.worker_id,
-            pid=os.getpid(),
-            protocol=PROTOCOL_VERSION,
-            schema_hash=schema_hash(),
-            platforms=sorted(preloaded.platforms),
-            boot_ms=0.0,
-            code_version=code_version(files),
-            code_files=files,
-        )
-    )
+    encoder.encode(registration(boot, preloaded.platforms, preloaded.code_files, 0.0))
     decode(
         encoder.encode(
             MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=schema_hash(), master_pid=0)
@@ -104,6 +92,22 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
     loop.run_until_complete(asyncio.sleep(0))
     sink.close()
     return loop
+
+
+def registration(
+    boot: WorkerBoot, platforms: dict[str, type[Platform]], files: list[CodeFile], boot_ms: float
+) -> WorkerRegister:
+    """The worker's first message: who it is, what it speaks, what code it runs."""
+    return WorkerRegister(
+        worker_id=boot.worker_id,
+        pid=os.getpid(),
+        protocol=PROTOCOL_VERSION,
+        schema_hash=schema_hash(),
+        platforms=sorted(platforms),
+        boot_ms=boot_ms,
+        code_version=code_version(files),
+        code_files=files,
+    )
 
 
 def load_platforms(specs: list[str]) -> dict[str, type[Platform]]:
@@ -204,18 +208,8 @@ class WorkerRuntime:
 
         bootstrap.set_graceful_stop(graceful_stop)
         files = self._code_files or loaded_files(self.boot.code_packages)
-        self.send(
-            WorkerRegister(
-                worker_id=self.boot.worker_id,
-                pid=os.getpid(),
-                protocol=PROTOCOL_VERSION,
-                schema_hash=schema_hash(),
-                platforms=sorted(self._platforms),
-                boot_ms=(time.monotonic() - self._started) * 1000,
-                code_version=code_version(files),
-                code_files=files,
-            )
-        )
+        boot_ms = (time.monotonic() - self._started) * 1000
+        self.send(registration(self.boot, self._platforms, files, boot_ms))
         self.spawn(self._heartbeats(), "heartbeat")
         self.spawn(syncer.run(), "sync")
         code, reason = await self._stop

@@ -31,28 +31,24 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing import resource_tracker
-from pathlib import Path
 from typing import Any
 
 from hiscrm import prctl
 from hiscrm.exit_codes import ExitCode
-from hiscrm.logfile import LineStream, RotatingLogFile
+from hiscrm.worker import bootstrap
 
 MAX_MESSAGE = 1 << 20
 FILES_PER_MESSAGE = 200
 
 
-def main(boot_json: str, control: socket.socket) -> None:
-    boot = json.loads(boot_json)
+def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
+    """``sample_boot``: a worker's boot data (the settings every worker shares, and what
+    the spares rehearse with); the template itself logs to ``log_path``."""
+    boot = {**json.loads(sample_boot), "log_path": log_path}
     os.setsid()
     if sys.platform.startswith("linux"):
         prctl.set_parent_death_signal(signal.SIGKILL)  # it holds nothing worth saving
-    sink = RotatingLogFile(
-        Path(boot["log_path"]), int(boot["log_max_bytes"]), int(boot["log_backups"]), (1, 2)
-    )
-    sink.open()
-    sys.stdout = LineStream(sink, 1)
-    sys.stderr = LineStream(sink, 2)
+    bootstrap.capture_output(boot)
     try:
         from hiscrm.code_fingerprint import code_version, loaded_files
         from hiscrm.protocol import schema_hash
@@ -77,7 +73,7 @@ def main(boot_json: str, control: socket.socket) -> None:
     for start in range(0, len(dumped), FILES_PER_MESSAGE):  # a message holds ~200 KB
         _send(control, {"type": "files", "files": dumped[start : start + FILES_PER_MESSAGE]})
     _send(control, {"type": "ready", "pid": os.getpid(), "code_version": version})
-    _serve(control, preloaded, int(boot["master_pid"]), boot["sample_boot"])
+    _serve(control, preloaded, int(boot["master_pid"]), sample_boot)
 
 
 def _send(control: socket.socket, message: dict[str, Any]) -> None:
@@ -136,7 +132,6 @@ def _spare_main(
     master_pid: int,
     sample_boot: str,
 ) -> None:
-    from hiscrm.worker import bootstrap
     from hiscrm.worker.runtime import rehearse
 
     _drop_template_state(control, keep=sock.fileno())
@@ -144,7 +139,8 @@ def _spare_main(
     loop = rehearse(sample_boot, preloaded)
     try:
         data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
-    except OSError:
+    except OSError:  # not a close (that reads as b""): say so in the template's log
+        traceback.print_exc()
         data, fds = b"", []
     started = time.monotonic()
     sock.close()
@@ -158,10 +154,8 @@ def _fork_worker(boot_json: str, channel_fd: int, control: socket.socket, preloa
     started = time.monotonic()
 
     def become_worker() -> None:
-        from hiscrm.worker.bootstrap import forked_main
-
         _drop_template_state(control, keep=channel_fd)
-        forked_main(boot_json, channel_fd, started, preloaded)
+        bootstrap.forked_main(boot_json, channel_fd, started, preloaded)
 
     return _double_fork(become_worker)
 

@@ -7,7 +7,6 @@ traceback and counted like any other error in the master.
 """
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,7 @@ from starlette.exceptions import HTTPException
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
+from hiscrm.items import epoch_ms
 from hiscrm.master.api import queries
 from hiscrm.master.api.auth import token_matches
 from hiscrm.master.api.control import Control, NotFound
@@ -344,7 +344,7 @@ def _add_collection_routes(router: APIRouter, control: Control, collection: str)
 
     async def mark_read(account_id: AccountId, item_id: ItemIdPath) -> Any:
         control.check_account(account_id)
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = epoch_ms()
         row = await control.supervisor.store.call(
             lambda conn: queries.mark_read(conn, collection, account_id, item_id, now_ms)
         )

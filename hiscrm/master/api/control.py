@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from hiscrm import __version__
+from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
 from hiscrm.master import datastore
 from hiscrm.master.api import queries
@@ -179,7 +180,7 @@ class Control:
 
     async def status(self) -> StatusInfo:
         supervisor = self.supervisor
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = epoch_ms()
         by_state: dict[str, int] = {s.value: 0 for s in WorkerState}
         for handle in supervisor.handles.values():
             by_state[handle.state.value] += 1
@@ -240,7 +241,7 @@ def _round(value: float | None) -> float | None:
 
 def _wall_ms(now: float, loop_time: float) -> int:
     """A loop-clock moment as ms since the epoch."""
-    return time.time_ns() // 1_000_000 - int((now - loop_time) * 1000)
+    return epoch_ms() - int((now - loop_time) * 1000)
 
 
 def reload_result(rollout: RollingReload) -> ReloadResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from hiscrm.items import COLLECTIONS
+from hiscrm.items import COLLECTIONS, epoch_ms
 from hiscrm.master import datastore
 
 T = TypeVar("T")
@@ -205,4 +205,4 @@ class StoreReader:
                 counts = await self.run(datastore.count_items)
                 self._totals = (now, counts)
             taken, counts = self._totals
-        return counts, time.time_ns() // 1_000_000 - int((time.monotonic() - taken) * 1000)
+        return counts, epoch_ms() - int((time.monotonic() - taken) * 1000)
