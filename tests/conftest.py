@@ -10,6 +10,13 @@ from harness import FAST_SUPERVISION, REPO, Master, kill_leftovers, marked_proce
 MasterFactory = Callable[..., Master]
 
 
+def accounts_of(platform: str, n: int = 1, **options: object) -> list[dict[str, Any]]:
+    """``n`` accounts acc-1 … acc-n on one platform, with the same options."""
+    return [
+        {"id": f"acc-{i}", "platform": platform, "options": dict(options)} for i in range(1, n + 1)
+    ]
+
+
 def make_config(
     accounts: list[dict[str, Any]] | None = None,
     workers: int = 2,

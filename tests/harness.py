@@ -279,3 +279,10 @@ def metric(text: str, line_start: str) -> float:
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {line_start!r} in the metrics")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A file of JSON lines (as the recording platforms write); empty if not there yet."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MasterFactory, make_config
-from harness import count, gone, query, wait_until
+from conftest import MasterFactory, accounts_of, make_config
+from harness import count, gone, query, read_jsonl, wait_until
 
 from hiscrm.items import ITEM_MODELS
 from hiscrm.master.datastore import observed_fields
@@ -19,8 +19,7 @@ RECORDING = "testplatforms.recording"
 
 
 def recorded(record_dir: Path, account_id: str) -> list[dict[str, Any]]:
-    path = record_dir / f"{account_id}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(record_dir / f"{account_id}.jsonl")
 
 
 def _after_pid(log_text: str, pid: int) -> str:
@@ -129,14 +128,7 @@ def test_an_update_reaches_the_store_and_is_read_survives_it(
 
 
 def _stream_config(record_dir: Path, per_tick: int = 5, **top: Any) -> dict[str, Any]:
-    accounts = [
-        {
-            "id": f"acc-{n}",
-            "platform": f"{RECORDING}:Stream",
-            "options": {"record_dir": str(record_dir), "per_tick": per_tick},
-        }
-        for n in range(1, 3)
-    ]
+    accounts = accounts_of(f"{RECORDING}:Stream", 2, record_dir=str(record_dir), per_tick=per_tick)
     return make_config(workers=2, accounts=accounts, **top)
 
 
@@ -225,10 +217,10 @@ def test_kill9_master_mid_sync_then_restart_loses_and_duplicates_nothing(
             20,
             f"{account} again",
         )
-    loaded = master.log.find(event="account assigned")
-    assert any(e["acked_seq"] > 0 for e in loaded[-2:]), (
-        "the new master started from what was acked"
-    )
+    # The new master assigned each account from what the old one had acked.
+    for account in ("acc-1", "acc-2"):
+        assigned = master.log.wait_for(after=mark, event="account assigned", account_id=account)
+        assert assigned["acked_seq"] > 0, assigned
     assert master.stop() == 0
     _check_stream_complete(master, record_dir)
     assert spool_segments(master.state_dir) == []
@@ -324,10 +316,7 @@ def test_accounts_of_a_worker_that_cannot_boot_move_and_come_back(
 ) -> None:
     marker = tmp_path / "worker2-broken"
     marker.touch()
-    accounts = [
-        {"id": f"acc-{n}", "platform": "testplatforms.flaky_import:Demo", "options": {"rate": 20.0}}
-        for n in range(1, 5)
-    ]
+    accounts = accounts_of("testplatforms.flaky_import:Demo", 4, rate=20.0)
     # Spawned workers each import the platform themselves, so one of them can fail alone
     # (a fork template imports it once for all).
     supervision = {"reassign_after_s": 1.5, "backoff_max_s": 0.5, "fork_template": False}

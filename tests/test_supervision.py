@@ -6,14 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MasterFactory, make_config
+from conftest import MasterFactory, accounts_of, make_config
 from harness import gone, wait_until
-
-
-def accounts(platform: str, n: int = 1, **options: object) -> list[dict[str, object]]:
-    return [
-        {"id": f"acc-{i}", "platform": platform, "options": dict(options)} for i in range(1, n + 1)
-    ]
 
 
 @pytest.mark.timeout(60)
@@ -70,7 +64,7 @@ def test_repeated_crashes_back_off(start_master: MasterFactory) -> None:
 def test_platform_import_error_is_boot_failed_with_backoff(start_master: MasterFactory) -> None:
     config = make_config(
         workers=1,
-        accounts=accounts("testplatforms.bad_import:Never"),
+        accounts=accounts_of("testplatforms.bad_import:Never"),
         supervision={"backoff_initial_s": 0.3, "backoff_max_s": 1.2},
     )
     master = start_master(config)
@@ -113,7 +107,7 @@ def test_blocked_event_loop_is_replaced_after_heartbeat_timeout(
     master = start_master(
         make_config(
             workers=1,
-            accounts=accounts("testplatforms.behaviours:BlockLoopOnce", marker=str(marker)),
+            accounts=accounts_of("testplatforms.behaviours:BlockLoopOnce", marker=str(marker)),
         )
     )
     pid = master.wait_running("worker1")
@@ -169,7 +163,9 @@ def test_grandchildren_do_not_survive_kill_respawn_or_stop(
     master = start_master(
         make_config(
             workers=1,
-            accounts=accounts("testplatforms.behaviours:SpawnGrandchild", pid_file=str(pid_file)),
+            accounts=accounts_of(
+                "testplatforms.behaviours:SpawnGrandchild", pid_file=str(pid_file)
+            ),
         )
     )
     worker = master.wait_running("worker1")

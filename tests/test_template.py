@@ -10,19 +10,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import MasterFactory, make_config
+from conftest import MasterFactory, accounts_of, make_config
 from harness import Master, gone, metric, wait_until
 
-
-def introspecting(out_dir: Path, n: int) -> list[dict[str, object]]:
-    return [
-        {
-            "id": f"acc-{i}",
-            "platform": "testplatforms.behaviours:Introspect",
-            "options": {"out_dir": str(out_dir)},
-        }
-        for i in range(1, n + 1)
-    ]
+INTROSPECT = "testplatforms.behaviours:Introspect"
 
 
 def forked(master: Master, worker: str, pid: int) -> bool:
@@ -38,7 +29,9 @@ def test_forked_workers_do_not_inherit_the_templates_state(
 ) -> None:
     out = tmp_path / "introspect"
     out.mkdir()
-    master = start_master(make_config(workers=2, accounts=introspecting(out, 2)))
+    master = start_master(
+        make_config(workers=2, accounts=accounts_of(INTROSPECT, 2, out_dir=str(out)))
+    )
     pids = master.wait_all_running(["worker1", "worker2"])
     template = master.log.wait_for(event="fork template ready")
     wait_until(lambda: len(list(out.glob("*.json"))) == 2, 15, "reports written")

@@ -5,18 +5,16 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import MasterFactory, make_config
+from conftest import MasterFactory, accounts_of, make_config
 from harness import wait_until
-
-
-def one_account(platform: str, **options: object) -> list[dict[str, object]]:
-    return [{"id": "acc-1", "platform": f"testplatforms.behaviours:{platform}", "options": options}]
 
 
 @pytest.mark.timeout(60)
 def test_every_kind_of_output_and_a_segfault_land_in_the_log(start_master: MasterFactory) -> None:
     master = start_master(
-        make_config(workers=1, accounts=one_account("WriteEverywhere", crash=True))
+        make_config(
+            workers=1, accounts=accounts_of("testplatforms.behaviours:WriteEverywhere", crash=True)
+        )
     )
     pid = master.wait_running("worker1")
 
@@ -82,7 +80,9 @@ def test_rotation_keeps_backups_and_never_tears_or_drops_a_line(
     done = tmp_path / "spam-done"
     config = make_config(
         workers=1,
-        accounts=one_account("SpamLines", lines=lines_per_thread, done_file=str(done)),
+        accounts=accounts_of(
+            "testplatforms.behaviours:SpamLines", lines=lines_per_thread, done_file=str(done)
+        ),
         logs={"max_bytes": 200_000, "backups": 3},
     )
     master = start_master(config)

@@ -7,6 +7,7 @@ sentence that says what to check.
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,23 @@ class MasterClient:
 
     def request(self, method: str, path: str, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
-        try:
+        with self._errors(method, path):
             response = self._http.request(method, path, params=query)
+        return self._json(response, method, path)
+
+    @contextmanager
+    def _errors(self, method: str, path: str) -> Iterator[None]:
+        """httpx's errors as one-line CtlErrors."""
+        try:
+            yield
         except httpx.ConnectError:
             raise CtlError(f"cannot reach the master at {self.url}: is it running?") from None
         except httpx.TimeoutException:
             raise CtlError(f"the master at {self.url} did not answer in time") from None
+        except httpx.RemoteProtocolError:
+            raise CtlError(f"the master at {self.url} closed the connection") from None
         except httpx.HTTPError as exc:
             raise CtlError(f"{method} {self.url}{path} failed: {exc}") from None
-        return self._json(response, method, path)
 
     def all_pages(self, path: str) -> list[Any]:
         """Every item of a paged list."""
@@ -72,16 +81,14 @@ class MasterClient:
 
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         query = {k: v for k, v in params.items() if v is not None}
-        try:
-            with self._http.stream("GET", path, params=query, timeout=None) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._json(response, "GET", path)
-                yield from response.iter_raw()
-        except httpx.ConnectError:
-            raise CtlError(f"cannot reach the master at {self.url}: is it running?") from None
-        except httpx.RemoteProtocolError:
-            return  # the master went away while we followed
+        with (
+            self._errors("GET", path),
+            self._http.stream("GET", path, params=query, timeout=None) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                self._json(response, "GET", path)
+            yield from response.iter_raw()
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         try:

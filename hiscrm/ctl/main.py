@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
         case "logs":
             if args.follow:
                 for chunk in client.stream(
-                    f"/workers/{args.worker}/logs", tail=args.lines, follow="true"
+                    f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines, follow="true"
                 ):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             return ExitCode.OK
         case "sync":
             result = client.request(
-                "POST", f"/accounts/{args.account}/sync", from_seq=args.from_seq
+                "POST", f"/accounts/{quote(args.account, safe='')}/sync", from_seq=args.from_seq
             )
             if args.json:
                 emit(args, result)
