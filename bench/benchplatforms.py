@@ -3,6 +3,8 @@
 import asyncio
 import gc
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -97,4 +99,66 @@ class OneChange:
                 }
             )
         )
+        await asyncio.Event().wait()
+
+
+class Quiet:
+    """An account with nothing happening: the platform waits forever."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        await asyncio.Event().wait()
+
+
+def chatter_line(mode: str, n: int) -> str:
+    """A numbered ~100-byte line, so a reader can tell every line arrived once, whole."""
+    return f"chatter {mode} {n:010d} " + "x" * 72 + "\n"
+
+
+CHATTER_CHUNK_LINES = 640  # 64 000 bytes per write in the chunked modes
+
+
+class Chatter:
+    """Writes ``mb`` megabytes of numbered lines as fast as it can, one way (``mode``):
+    ``fd``: ``os.write`` to fd 1 in 64 kB chunks, as C code or a child process would;
+    ``chunks``: ``sys.stdout.write`` of the same chunks; ``print``: one ``print`` per line;
+    ``log``: one ``ctx.log.info`` per line. Then writes its timing to ``result_file``."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        mode = str(ctx.options["mode"])
+        total = int(float(ctx.options["mb"]) * 1_000_000) // len(chatter_line(mode, 0))
+        result = Path(ctx.options["result_file"])
+        lines: list[str] = []  # made before the clock starts
+        chunks: list[str] = []
+        for first in range(0, total, CHATTER_CHUNK_LINES):
+            last = min(total, first + CHATTER_CHUNK_LINES)
+            chunk = [chatter_line(mode, n) for n in range(first, last)]
+            lines += chunk
+            chunks.append("".join(chunk))
+            await asyncio.sleep(0)
+        # The event loop gets a turn every 64 kB (heartbeats must go on), as in any platform.
+        started = time.perf_counter()
+        if mode == "fd":
+            for chunk in chunks:
+                view = memoryview(chunk.encode())
+                while view:
+                    view = view[os.write(1, view) :]
+                await asyncio.sleep(0)
+        elif mode == "chunks":
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+                await asyncio.sleep(0)
+        elif mode == "print":
+            for n, line in enumerate(lines):
+                print(line, end="")
+                if n % CHATTER_CHUNK_LINES == 0:
+                    await asyncio.sleep(0)
+        elif mode == "log":
+            for n, line in enumerate(lines):
+                ctx.log.info(line[:-1])
+                if n % CHATTER_CHUNK_LINES == 0:
+                    await asyncio.sleep(0)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        elapsed = time.perf_counter() - started
+        result.write_text(json.dumps({"lines": total, "seconds": elapsed}))
         await asyncio.Event().wait()
