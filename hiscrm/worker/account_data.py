@@ -110,7 +110,8 @@ class AccountData:
 
     def upsert(self, item: AnyItem) -> int:
         """Record what the platform observed; the item's new version, or 0 if unchanged."""
-        data = item.model_dump_json().encode()
+        # The serializer itself: the same bytes as model_dump_json, without its wrapper.
+        data = type(item).__pydantic_serializer__.to_json(item)
         if len(data) > MAX_ITEM_BYTES:
             raise InvalidItem(
                 f"{item.kind} {item.id!r} is {len(data)} bytes (limit {MAX_ITEM_BYTES})"

@@ -115,7 +115,9 @@ class AccountContext:
         if isinstance(item, model):
             return item
         try:
-            return model.model_validate(item)
+            # The validator itself (what model_validate calls), without the wrapper.
+            valid: ItemT = model.__pydantic_validator__.validate_python(item)
+            return valid
         except ValidationError as exc:
             problems = "; ".join(
                 f"{_where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
