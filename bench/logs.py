@@ -36,27 +36,29 @@ id = "chatter"
 platform = "benchplatforms:Chatter"
 options = {{ mode = "{mode}", mb = {mb}, result_file = "{result}" }}
 """
-LINE = re.compile(rb"chatter (\w+) (\d{10}) (x*)")
+NUMBER = re.compile(rb"chatter \w+ (\d{10})")
 
 
 def check_lines(logs: Path, mode: str, expected: int) -> tuple[int, int]:
     """Every numbered line once and whole, across the rotated files; (files, lines)."""
     rotated = sorted(logs.glob("worker1.log.*"), key=lambda p: -int(p.suffix[1:]))
     files = [*rotated, logs / "worker1.log"]  # oldest first
+    marker = f"chatter {mode} ".encode()
     seen = bytearray(expected)
-    found = 0
     for path in files:
         for line in path.read_bytes().splitlines():
-            if b"chatter " + mode.encode() not in line:
+            if marker not in line:
                 continue
-            match = LINE.search(line)
-            if match is None or len(match.group(3)) != 72 or match.group(1) != mode.encode():
+            match = NUMBER.search(line)
+            n = int(match.group(1)) if match else -1
+            # Whole: the line as written (a log event wraps it in a timestamp and level).
+            whole = chatter_line(mode, n)[:-1].encode() if 0 <= n < expected else None
+            if whole is None or (line != whole if mode != "log" else whole not in line):
                 raise AssertionError(f"{path.name}: torn line {line[:120]!r}")
-            n = int(match.group(2))
             if seen[n]:
                 raise AssertionError(f"{path.name}: line {n} twice")
             seen[n] = 1
-            found += 1
+    found = sum(seen)
     if found != expected:
         missing = [n for n in range(expected) if not seen[n]][:5]
         raise AssertionError(f"{expected - found} lines missing, first {missing}")
