@@ -66,7 +66,6 @@ def test_no_backups_truncates(tmp_path: Path) -> None:
 
 
 def test_redirected_fds_follow_rotation(tmp_path: Path) -> None:
-    spare = os.dup(1)
     target = os.open(os.devnull, os.O_WRONLY)  # an fd to stand in for fd 1
     try:
         sink = RotatingLogFile(
@@ -81,7 +80,6 @@ def test_redirected_fds_follow_rotation(tmp_path: Path) -> None:
         assert (tmp_path / "w.log.1").read_text().startswith("before\n")
     finally:
         os.close(target)
-        os.close(spare)
 
 
 def test_tail_reaches_into_the_rotated_file(tmp_path: Path) -> None:

@@ -145,8 +145,7 @@ def test_bad_frames_raise_classified_errors(data: bytes, kind: str, detail: str)
     assert repr(data[:10])[2:-1] in str(info.value)
 
 
-def test_schema_hash_is_stable_and_covers_the_schema() -> None:
-    assert schema_hash() == schema_hash()
+def test_schema_hash_covers_the_schema() -> None:
     assert len(schema_hash()) == 16
     schema = json.dumps(protocol.Envelope.model_json_schema())
     for tag in message_types():

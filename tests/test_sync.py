@@ -65,12 +65,16 @@ def test_a_stale_nack_does_not_send_everything_again(tmp_path: Path) -> None:
         for n in range(1, 6):
             data.upsert(message(n))
         syncer.flush("acc", 0.0)
-        syncer.on_ack("acc", 5, 0.0)
+        syncer.on_ack("acc", 3, 0.0)  # 4 and 5 still in flight
         sent.clear()
-        syncer.on_nack("acc", 3, "gap")  # about an older sync
+        syncer.on_nack("acc", 2, "gap")  # about an older sync
         syncer.flush("acc", 0.0)
-        assert sent == []
+        assert sent == []  # 4 and 5 are not sent again
         assert syncer.nacks == 0
+        syncer.on_nack("acc", 5, "gap")  # about the sync in flight: everything goes again
+        syncer.flush("acc", 0.0)
+        assert sorted(c.seq for s in sent for c in s.changes) == [4, 5]
+        assert syncer.nacks == 1
 
     asyncio.run(main())
 

@@ -96,10 +96,6 @@ class WorkerProcess:
         except ProcessLookupError:  # it has not made its own group yet, or is gone
             self.send_signal(sig)
 
-    @property
-    def forked(self) -> bool:
-        return self._process is None
-
     def reap(self) -> int | None:
         """The exit code (negative: the signal) once the process has exited."""
         if self._process is not None:

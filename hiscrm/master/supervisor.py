@@ -243,7 +243,7 @@ class Supervisor:
             now = loop.time()
             for handle in self.all_handles():
                 if handle.deadline is not None and handle.deadline <= now:
-                    await self._on_handle_deadline(handle, now)
+                    await handle.on_deadline(now)
             due = self.accounts.next_deadline() if self.accounts is not None else None
             if self.accounts is not None and due is not None and due <= now:
                 self.accounts.on_deadline(now)
@@ -278,11 +278,9 @@ class Supervisor:
                 return handle
         return None
 
-    def _manager(self) -> AccountManager:
+    def accounts_manager(self) -> AccountManager:
         assert self.accounts is not None
         return self.accounts
-
-    accounts_manager = _manager
 
     # --- reload --------------------------------------------------------------------------
 
@@ -326,7 +324,7 @@ class Supervisor:
                     restart = self._shutdown_reason is None
                     await handle.request_stop("protocol_error", now, restart=restart)
             case StoreOutcomes(outcomes):
-                self._manager().on_outcomes(outcomes, now)
+                self.accounts_manager().on_outcomes(outcomes, now)
             case Command():
                 try:
                     await self._on_command(event, now)
@@ -401,12 +399,9 @@ class Supervisor:
         current = self.handles.get(handle.id) is handle
         await handle.on_exit(now)
         if not current:  # a reload's old or new process: the slot itself is not down
-            self._manager().retired_process_exited(handle, now)
+            self.accounts_manager().retired_process_exited(handle, now)
         elif was_registered:
-            self._manager().worker_down(handle.id, now)
-
-    async def _on_handle_deadline(self, handle: WorkerHandle, now: float) -> None:
-        await handle.on_deadline(now)
+            self.accounts_manager().worker_down(handle.id, now)
 
     async def _on_frame(self, handle: WorkerHandle, data: bytes, now: float) -> None:
         try:
@@ -418,9 +413,9 @@ class Supervisor:
             case WorkerHeartbeat():
                 handle.on_heartbeat(message, now)
             case WorkerDataSync():
-                self._manager().on_sync(handle, message)
+                self.accounts_manager().on_sync(handle, message)
             case WorkerAccountReleased():
-                self._manager().on_released(handle, message, now)
+                self.accounts_manager().on_released(handle, message, now)
             case WorkerRegister() if handle.state is WorkerState.STOPPING:
                 self._log.info("registration ignored: worker is being stopped", worker=handle.id)
             case WorkerRegister():
@@ -432,7 +427,7 @@ class Supervisor:
                     return
                 # A reload's new process gets its accounts by handover, not as the slot's.
                 if handle.on_register(message, now) and self.handles.get(handle.id) is handle:
-                    self._manager().worker_up(handle, now)
+                    self.accounts_manager().worker_up(handle, now)
             case WorkerError():
                 handle.worker_errors += 1
                 self._log.error(
@@ -446,7 +441,9 @@ class Supervisor:
                     traceback=message.traceback,
                 )
             case WorkerAccountState():  # the worker logged it; kept for status
-                self._manager().on_account_state(handle, message.account_id, message.state, now)
+                self.accounts_manager().on_account_state(
+                    handle, message.account_id, message.state, now
+                )
             case WorkerGoodbye():
                 self._log.info(
                     "worker says goodbye", worker=handle.id, pid=handle.pid, reason=message.reason
@@ -496,7 +493,6 @@ class Supervisor:
             self._waiters.clear()
             self._log.info("shutting down", signal=sig.name)
             for handle in self.all_handles():
-                handle.restartable = handle.restartable and handle in self.handles.values()
                 await handle.request_stop("shutdown", now, restart=False)
         else:
             self._log.warning("second signal: killing all workers now", signal=sig.name)

@@ -273,10 +273,6 @@ class TemplateLauncher:
         self._count_error()
         self._log.error(event, **fields)
 
-    @property
-    def template(self) -> _Template | None:
-        return self._template
-
     def known_pids(self) -> set[int]:
         """Children of the master that the template launcher reaps itself."""
         self._retired = [t for t in self._retired if t.alive]

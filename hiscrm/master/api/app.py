@@ -195,7 +195,7 @@ def create_app(
         follow_: Annotated[bool, Query(alias="follow")] = False,
     ) -> Any:
         handle = control.handle(worker_id)
-        lines = control.worker_log(worker_id, tail)
+        lines = await control.worker_log(handle, tail)
         if not follow_:
             return LogLines(worker=worker_id, path=str(handle.log_path), lines=lines)
         return StreamingResponse(_follow(request, handle.log_path, lines), media_type="text/plain")

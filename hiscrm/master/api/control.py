@@ -107,8 +107,9 @@ class Control:
     def workers(self) -> list[WorkerInfo]:
         return [self.worker(h) for h in self.supervisor.handles.values()]
 
-    def worker_log(self, worker_id: str, lines: int) -> list[str]:
-        return tail_lines(self.handle(worker_id).log_path, lines)
+    async def worker_log(self, handle: WorkerHandle, lines: int) -> list[str]:
+        """The last lines of its log, read off the event loop (a tail can be megabytes)."""
+        return await asyncio.to_thread(tail_lines, handle.log_path, lines)
 
     async def act(self, worker_id: str, action: str, timeout_s: float) -> WorkerAction:
         """stop / start / restart, one at a time per worker; answers with the result."""
