@@ -41,7 +41,6 @@ class Channel(asyncio.Protocol):
     ) -> None:
         self._on_frame = on_frame
         self._on_close = on_close
-        self._max = MAX_FRAME_BYTES
         self._buffer = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._closed = False
@@ -61,8 +60,8 @@ class Channel(asyncio.Protocol):
         offset, size = 0, len(buffer)
         while size - offset >= HEADER.size:
             (length,) = HEADER.unpack_from(buffer, offset)
-            if length < 0 or length > self._max:
-                self._fail(FrameError(f"frame announces {length} bytes (limit {self._max})"))
+            if length < 0 or length > MAX_FRAME_BYTES:
+                self._fail(FrameError(f"frame announces {length} bytes (limit {MAX_FRAME_BYTES})"))
                 return
             end = offset + HEADER.size + length
             if end > size:
@@ -103,8 +102,10 @@ class Channel(asyncio.Protocol):
 
     def send(self, payload: bytes) -> bool:
         """Queue one frame; False if the channel is already closed."""
-        if len(payload) > self._max:
-            raise FrameError(f"refusing to send a {len(payload)}-byte frame (limit {self._max})")
+        if len(payload) > MAX_FRAME_BYTES:
+            raise FrameError(
+                f"refusing to send a {len(payload)}-byte frame (limit {MAX_FRAME_BYTES})"
+            )
         if not self.is_open or self._transport is None:
             return False
         self._transport.write(frame(payload))

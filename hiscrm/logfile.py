@@ -114,7 +114,7 @@ class LineStream(io.TextIOBase):
         super().__init__()
         self._sink = sink
         self._fd = fd
-        self._pending: dict[int, list[str]] = {}  # thread id -> pieces of its current line
+        self._pending: dict[int, io.StringIO] = {}  # thread id -> its incomplete line
         self._lock = threading.RLock()  # a signal handler may log while we write
         self._binary = _BinaryLines(self)
 
@@ -144,22 +144,21 @@ class LineStream(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         thread = threading.get_ident()
         with self._lock:
-            pieces = self._pending.get(thread)
+            partial = self._pending.get(thread)
             cut = s.rfind("\n")
             if cut < 0:
-                if pieces is None:
-                    self._pending[thread] = [s]
-                else:
-                    pieces.append(s)
-                    if sum(map(len, pieces)) > _PARTIAL_LINE_LIMIT:
-                        self._emit("".join(self._pending.pop(thread)))
+                if partial is None:
+                    partial = self._pending[thread] = io.StringIO(newline="")
+                partial.write(s)
+                if partial.tell() > _PARTIAL_LINE_LIMIT:
+                    self._emit(self._pending.pop(thread).getvalue())
                 return len(s)
             complete = s[: cut + 1]
-            if pieces is not None:
-                complete = "".join(pieces) + complete
-                del self._pending[thread]
+            if partial is not None:
+                complete = self._pending.pop(thread).getvalue() + complete
             if cut + 1 < len(s):
-                self._pending[thread] = [s[cut + 1 :]]
+                rest = self._pending[thread] = io.StringIO(newline="")
+                rest.write(s[cut + 1 :])
             self._emit(complete)
         return len(s)
 
@@ -172,7 +171,7 @@ class LineStream(io.TextIOBase):
                 return
             alive = {t.ident for t in threading.enumerate()}
             for thread in [t for t in self._pending if t == me or t not in alive]:
-                self._emit("".join(self._pending.pop(thread)))
+                self._emit(self._pending.pop(thread).getvalue())
 
     def _emit(self, text: str) -> None:
         self._sink.write(strip_ansi(text).encode("utf-8", "backslashreplace"))

@@ -379,8 +379,10 @@ def test_a_killed_worker_shows_its_exit_and_metrics_move(start_master: MasterFac
     pid = master.wait_running("worker1")
     with master.http() as http:
         wait_until(
-            lambda: metric(http.get("/metrics").text, 'hiscrm_worker_errors_total{worker="worker1"}')
-            >= 1,
+            lambda: (
+                metric(http.get("/metrics").text, 'hiscrm_worker_errors_total{worker="worker1"}')
+                >= 1
+            ),
             10,
             "errors counted",
         )

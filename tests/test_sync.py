@@ -6,7 +6,7 @@ from pathlib import Path
 import structlog
 
 from hiscrm.items import Message
-from hiscrm.protocol import WorkerDataSync, decode
+from hiscrm.protocol import Encoder, WorkerDataSync, decode
 from hiscrm.worker.account_data import AccountData
 from hiscrm.worker.spool import Spool
 from hiscrm.worker.sync import Syncer
@@ -32,7 +32,9 @@ def setup(tmp_path: Path) -> tuple[Syncer, AccountData, list[WorkerDataSync]]:
         sent.append(body)
         return True
 
-    syncer = Syncer(send, lambda: 0, ack_timeout_s=5, idle_sync_s=60, log=structlog.get_logger())
+    syncer = Syncer(
+        send, lambda: 0, Encoder(), ack_timeout_s=5, idle_sync_s=60, log=structlog.get_logger()
+    )
     data = AccountData("acc", Spool(tmp_path / "acc"))
     data.load(0, [])
     syncer.add(data)

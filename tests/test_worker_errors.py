@@ -57,3 +57,29 @@ def test_failing_run_is_reported_restarted_and_does_not_stop_siblings(
     assert [e["pid"] for e in running] == [pid]
     assert not master.log.find(event="worker exited")
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_ignores_cancellation_is_reported_when_abandoned(
+    start_master: MasterFactory,
+) -> None:
+    config = make_config(
+        workers=1,
+        accounts=[
+            {
+                "id": "stubborn",
+                "platform": "testplatforms.behaviours:SlowToStop",
+                "options": {"stop_delay_s": 30.0},
+            }
+        ],
+        supervision={"stop_timeout_s": 2.0},
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    with master.http() as http:
+        http.post("/workers/worker1/stop")
+    error = master.log.wait_for(event="worker error", worker="worker1", account_id="stubborn")
+    assert error["level"] == "error"
+    assert error["source"] == "account"
+    assert "ignored cancellation" in error["error"]
+    assert master.stop() == 0

@@ -130,6 +130,10 @@ class AccountRunner:
         self._transition(AccountState.STOPPING, reason)
         self._task.cancel()
         done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
-        if not done:
-            self._log.error("account task ignored cancellation; abandoning it", timeout_s=timeout_s)
+        if not done:  # a task left running behind our back: logged, counted, reported
+            self._errors.report(
+                "account",
+                TimeoutError(f"the task ignored cancellation for {timeout_s}s; abandoning it"),
+                account_id=self.account.id,
+            )
         self._transition(AccountState.STOPPED, reason)

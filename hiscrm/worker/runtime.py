@@ -195,6 +195,7 @@ class WorkerRuntime:
         syncer = Syncer(
             self.send_frame,
             lambda: channel.write_buffer_size,
+            self._encoder,
             ack_timeout_s=self.boot.ack_timeout_s,
             idle_sync_s=self.boot.idle_sync_s,
             log=self._log,

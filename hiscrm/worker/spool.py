@@ -129,10 +129,6 @@ class Spool:
                 self._map = None
             segment.path.unlink(missing_ok=True)
 
-    @property
-    def segments(self) -> int:
-        return len(self._segments)
-
     def close(self) -> None:
         self._finish_segment()
         if self._lock_fd is not None:

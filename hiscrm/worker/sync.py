@@ -34,6 +34,7 @@ class Syncer:
         self,
         send: Callable[[bytes], bool],
         queued_bytes: Callable[[], int],
+        encoder: Encoder,  # the worker's one: envelope ids go up across every frame it sends
         *,
         ack_timeout_s: float,
         idle_sync_s: float,
@@ -41,7 +42,7 @@ class Syncer:
     ) -> None:
         self._send = send
         self._queued_bytes = queued_bytes
-        self._encoder = Encoder()
+        self._encoder = encoder
         self._ack_timeout_s = ack_timeout_s
         self._idle_sync_s = idle_sync_s
         self._log = log

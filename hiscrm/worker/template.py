@@ -184,6 +184,8 @@ def _double_fork(child: Callable[[], object]) -> int:
                 finally:
                     os._exit(ExitCode.BOOT_FAILED)
             os.write(write_end, str(grandchild).encode())
+        except BaseException:
+            traceback.print_exc()  # into template.log; the template then reports pid 0
         finally:
             os._exit(0)
     os.close(write_end)
