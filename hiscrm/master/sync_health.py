@@ -5,6 +5,11 @@ logged as a warning once per episode, counted; the flag clears with the next com
 sync. Workers send an empty sync for an idle account now and then, so an account with
 nothing new is not stale, while one whose sync path is blocked is. Failed syncs are
 counted by reason.
+
+The nearest deadline is kept, not searched for on every event: a watch or a success only
+adds a deadline ``stale_after_s`` from now, later than every one already there, and a
+success that moves an account's deadline later leaves the kept one early, which costs
+one ``check`` that finds nothing and looks again.
 """
 
 from dataclasses import dataclass, field
@@ -32,6 +37,7 @@ class SyncHealth:
         self.stale_after_s = stale_after_s
         self._log = log
         self.accounts: dict[str, AccountSync] = {}
+        self._due: float | None = None  # never later than the nearest true deadline
 
     def _get(self, account_id: str) -> AccountSync:
         return self.accounts.setdefault(account_id, AccountSync())
@@ -40,12 +46,15 @@ class SyncHealth:
         account = self._get(account_id)
         if account.watched_since is None:
             account.watched_since = now
+            self._note_deadline(now)
 
     def success(self, account_id: str, now: float, at_ms: int, items: int) -> None:
         account = self._get(account_id)
         account.syncs += 1
         account.items += items
         account.last_success, account.last_success_at = now, at_ms
+        if account.watched_since is not None:
+            self._note_deadline(now)
         if account.stale:
             account.stale = False
             self._log.info("account sync resumed", account_id=account_id)
@@ -54,7 +63,12 @@ class SyncHealth:
         errors = self._get(account_id).errors
         errors[reason] = errors.get(reason, 0) + 1
 
+    def _note_deadline(self, now: float) -> None:
+        if self._due is None:  # else the kept one is earlier than now + stale_after_s
+            self._due = now + self.stale_after_s
+
     def check(self, now: float) -> None:
+        """Flag every account whose time is up; then find the nearest deadline again."""
         for account_id, account in self.accounts.items():
             reference = account.reference()
             if account.stale or account.watched_since is None or reference is None:
@@ -69,8 +83,12 @@ class SyncHealth:
                     stale_after_s=self.stale_after_s,
                     episodes=account.stale_episodes,
                 )
+        self._due = self._nearest()
 
     def next_deadline(self) -> float | None:
+        return self._due
+
+    def _nearest(self) -> float | None:
         due = [
             reference + self.stale_after_s
             for account in self.accounts.values()
