@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 from common import machine, percentile, running_master
 
-from hiscrm.master import datastore
+from hiscrm.master.data import datastore
 
 CONFIG = """
 workers = 8

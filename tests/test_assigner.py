@@ -1,6 +1,6 @@
 """Account placement as pure decisions: sticky homes, moves after a delay, handshakes."""
 
-from hiscrm.master.assigner import Assign, Assigner, Revoke
+from hiscrm.master.data.assigner import Assign, Assigner, Revoke
 from hiscrm.models import AccountSpec
 
 WORKERS = ["worker1", "worker2"]

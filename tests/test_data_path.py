@@ -13,7 +13,7 @@ from conftest import MasterFactory, accounts_of, make_config
 from harness import count, gone, query, read_jsonl, wait_until
 
 from hiscrm.items import ITEM_MODELS
-from hiscrm.master.datastore import observed_fields
+from hiscrm.master.data.datastore import observed_fields
 
 RECORDING = "testplatforms.recording"
 

@@ -9,8 +9,8 @@ import pytest
 import structlog
 
 from hiscrm.items import Content, Conversation, Message, item_hash
-from hiscrm.master import datastore
-from hiscrm.master.store_thread import StoreThread, SyncBatch, SyncOutcome
+from hiscrm.master.data import datastore
+from hiscrm.master.data.store_thread import StoreThread, SyncBatch, SyncOutcome
 from hiscrm.protocol import ItemChange
 
 NOW = time.time_ns() // 1_000_000

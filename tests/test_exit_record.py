@@ -1,7 +1,7 @@
 import pytest
 
 from hiscrm.exit_codes import ExitCode
-from hiscrm.master.exit_record import describe_exit
+from hiscrm.master.supervision.exit_record import describe_exit
 
 
 def describe(exitcode: int, requested: str | None = None, during_start: bool = False):

@@ -2,7 +2,7 @@
 
 import structlog
 
-from hiscrm.master.sync_health import SyncHealth
+from hiscrm.master.data.sync_health import SyncHealth
 
 
 def test_deadlines_follow_watches_successes_and_stale_flags() -> None:

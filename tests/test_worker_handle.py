@@ -13,7 +13,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from hiscrm.config import Config
-from hiscrm.master.worker_handle import IllegalTransition, WorkerHandle, WorkerState
+from hiscrm.master.supervision.worker_handle import IllegalTransition, WorkerHandle, WorkerState
 from hiscrm.protocol import PROTOCOL_VERSION, WorkerRegister, decode, schema_hash
 
 SUPERVISION = {

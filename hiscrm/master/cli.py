@@ -16,7 +16,7 @@ from hiscrm.log_config import configure_master_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
 from hiscrm.master.api.auth import load_or_create_token
 from hiscrm.master.api.server import bind
-from hiscrm.master.runner import run_master
+from hiscrm.master.app import run_master
 from hiscrm.master.state_dir import StateDir, StateDirError
 
 

@@ -21,10 +21,10 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
 from hiscrm.items import epoch_ms
-from hiscrm.master.api import queries
 from hiscrm.master.api.auth import token_matches
 from hiscrm.master.api.control import Control, NotFound
 from hiscrm.master.api.log_follow import follow
+from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.schemas import (
     STORED_MODELS,
     AccountInfo,
@@ -38,8 +38,8 @@ from hiscrm.master.api.schemas import (
     WorkerInfo,
     page_of,
 )
-from hiscrm.master.metrics import MasterMetrics
-from hiscrm.master.supervisor import CommandRefused
+from hiscrm.master.data import queries
+from hiscrm.master.supervision.supervisor import CommandRefused
 from hiscrm.models import ACCOUNT_ID_PATTERN
 
 PREFIX = "/api/v1"

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from hiscrm import __version__
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
-from hiscrm.master import datastore
-from hiscrm.master.api import queries
 from hiscrm.master.api.schemas import (
     AccountInfo,
     Health,
@@ -29,10 +27,11 @@ from hiscrm.master.api.schemas import (
     WorkerAction,
     WorkerInfo,
 )
-from hiscrm.master.process_stats import ProcessStats
-from hiscrm.master.rolling_reload import RollingReload
-from hiscrm.master.supervisor import Supervisor
-from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.master.data import datastore, queries
+from hiscrm.master.supervision.process_stats import ProcessStats
+from hiscrm.master.supervision.rolling_reload import RollingReload
+from hiscrm.master.supervision.supervisor import Supervisor
+from hiscrm.master.supervision.worker_handle import WorkerHandle, WorkerState
 
 
 class NotFound(LookupError):

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from hiscrm.items import Comment, Content, Conversation, Message, Notification
-from hiscrm.master.exit_record import ExitRecord
+from hiscrm.master.supervision.exit_record import ExitRecord
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from structlog.typing import FilteringBoundLogger
 from watchfiles import Change, awatch
 
 from hiscrm.config import Config
-from hiscrm.master.supervisor import CommandRefused, Supervisor
+from hiscrm.master.supervision.supervisor import CommandRefused, Supervisor
 
 QUIET_MS = 300  # a burst of saves (an editor, a git checkout) is one reload
 RETRY_S = 0.5  # a reload already under way: try again after it

@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hiscrm.master.process_stats import ProcessStats
-from hiscrm.master.template_launcher import TemplateLauncher
+from hiscrm.master.supervision.process_stats import ProcessStats
+from hiscrm.master.supervision.template_launcher import TemplateLauncher
 
 if TYPE_CHECKING:
-    from hiscrm.master.supervisor import Supervisor
+    from hiscrm.master.supervision.supervisor import Supervisor
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -30,9 +30,9 @@ from hiscrm.backoff import RestartBackoff
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
-from hiscrm.master.events import Event
-from hiscrm.master.exit_record import ExitRecord, describe_exit
-from hiscrm.master.launcher import Launcher, WorkerProcess
+from hiscrm.master.supervision.events import Event
+from hiscrm.master.supervision.exit_record import ExitRecord, describe_exit
+from hiscrm.master.supervision.launcher import Launcher, WorkerProcess
 from hiscrm.protocol import (
     PROTOCOL_VERSION,
     AnyMessage,

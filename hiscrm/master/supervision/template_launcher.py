@@ -29,8 +29,8 @@ from hiscrm.code_fingerprint import CodeFile, DiskCheck
 from hiscrm.config import Config
 from hiscrm.entrypoint import Entrypoint
 from hiscrm.logfile import tail_lines
-from hiscrm.master.events import Event
-from hiscrm.master.launcher import SpawnLauncher, WorkerProcess
+from hiscrm.master.supervision.events import Event
+from hiscrm.master.supervision.launcher import SpawnLauncher, WorkerProcess
 from hiscrm.protocol import WorkerBoot
 
 TEMPLATE_ENTRYPOINT = Entrypoint("hiscrm.worker.template:main")

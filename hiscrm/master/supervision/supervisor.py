@@ -19,9 +19,11 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import __version__
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
-from hiscrm.master.account_manager import AccountManager
-from hiscrm.master.code_status import CodeStatus
-from hiscrm.master.events import (
+from hiscrm.master.api.metrics import MasterMetrics
+from hiscrm.master.data.account_manager import AccountManager
+from hiscrm.master.data.store_thread import StoreThread, SyncOutcome
+from hiscrm.master.supervision.code_status import CodeStatus
+from hiscrm.master.supervision.events import (
     ChannelClosed,
     Command,
     Event,
@@ -30,11 +32,9 @@ from hiscrm.master.events import (
     SignalReceived,
     StoreOutcomes,
 )
-from hiscrm.master.launcher import Launcher
-from hiscrm.master.metrics import MasterMetrics
-from hiscrm.master.rolling_reload import RollingReload
-from hiscrm.master.store_thread import StoreThread, SyncOutcome
-from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.master.supervision.launcher import Launcher
+from hiscrm.master.supervision.rolling_reload import RollingReload
+from hiscrm.master.supervision.worker_handle import WorkerHandle, WorkerState
 from hiscrm.protocol import (
     ProtocolError,
     WorkerAccountReleased,

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from hiscrm.channel import Channel, open_channel
 from hiscrm.entrypoint import Entrypoint
-from hiscrm.master.events import ChannelClosed, Event, FrameReceived, ProcessExited
+from hiscrm.master.supervision.events import ChannelClosed, Event, FrameReceived, ProcessExited
 from hiscrm.protocol import WorkerBoot
 
 WORKER_ENTRYPOINT = Entrypoint("hiscrm.worker.bootstrap:main")

@@ -14,14 +14,14 @@ from hiscrm import prctl
 from hiscrm.config import Config
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
-from hiscrm.master.api.queries import StoreReader
+from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.server import ApiServer
-from hiscrm.master.code_watch import CodeWatcher
-from hiscrm.master.launcher import Launcher, SpawnLauncher
-from hiscrm.master.metrics import MasterMetrics
-from hiscrm.master.process_stats import ProcessStats
-from hiscrm.master.supervisor import Supervisor
-from hiscrm.master.template_launcher import TemplateLauncher
+from hiscrm.master.data.queries import StoreReader
+from hiscrm.master.supervision.code_watch import CodeWatcher
+from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
+from hiscrm.master.supervision.process_stats import ProcessStats
+from hiscrm.master.supervision.supervisor import Supervisor
+from hiscrm.master.supervision.template_launcher import TemplateLauncher
 
 WATCH_STOP_S = 2.0
 

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from hiscrm.master.store_thread import SyncOutcome
+from hiscrm.master.data.store_thread import SyncOutcome
 
 
 @dataclass(frozen=True, slots=True)

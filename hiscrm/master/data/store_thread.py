@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
-from hiscrm.master import datastore
+from hiscrm.master.data import datastore
 from hiscrm.protocol import ItemChange
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from hiscrm.items import COLLECTIONS, epoch_ms
-from hiscrm.master import datastore
+from hiscrm.master.data import datastore
 
 T = TypeVar("T")
 TOTALS_TTL_S = 1.0

@@ -19,11 +19,11 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
-from hiscrm.master import datastore
-from hiscrm.master.assigner import Action, Assign, Assigner, Revoke
-from hiscrm.master.store_thread import StoreThread, SyncBatch, SyncOutcome
-from hiscrm.master.sync_health import SyncHealth
-from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.master.data import datastore
+from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
+from hiscrm.master.data.store_thread import StoreThread, SyncBatch, SyncOutcome
+from hiscrm.master.data.sync_health import SyncHealth
+from hiscrm.master.supervision.worker_handle import WorkerHandle, WorkerState
 from hiscrm.protocol import (
     MAX_MESSAGE_BYTES,
     MasterAccountAssign,

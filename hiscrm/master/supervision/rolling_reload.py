@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.worker_handle import WorkerHandle, WorkerState
+from hiscrm.master.supervision.worker_handle import WorkerHandle, WorkerState
 
 if TYPE_CHECKING:
-    from hiscrm.master.supervisor import Supervisor
+    from hiscrm.master.supervision.supervisor import Supervisor
 
 
 class Phase(Enum):
