@@ -1,21 +1,50 @@
 """The configuration file: its schema, the embedded default, and loading with clear errors.
 
 Every key is read somewhere; unknown keys are errors, so a typo never becomes a setting
-that silently does nothing.
+that silently does nothing. Every number has a finite range the program can run with
+(``inf``, ``nan`` and absurd magnitudes are refused with the key named), so a value the
+schema accepts is a value the master and its workers can use.
 """
 
 import ipaddress
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hiscrm.models import AccountSpec
 from hiscrm.platforms import resolve_platform_name
 
 EMBEDDED_DEFAULT = "<embedded default>"
+BOM = "\ufeff"
+
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
+WEEK_S = 7 * DAY_S
+MAX_RETENTION_DAYS = 36500  # a hundred years: "keep", without overflowing a timestamp
+
+# Days to keep one collection. The one place this range is set: ``[retention]`` is made of
+# optional fields of this type, however its collections are listed.
+RetentionDays = Annotated[float, Field(gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False)]
+
+
+def retention_field() -> Any:
+    """A ``[retention]`` key: days to keep that collection; not set keeps it forever."""
+    return Field(default=None)
+
+
+def seconds(default: float, *, at_least: float, at_most: float) -> Any:
+    """A duration key: finite, within ``[at_least, at_most]`` seconds."""
+    return Field(default=default, ge=at_least, le=at_most, allow_inf_nan=False)
 
 
 class ConfigError(Exception):
@@ -29,7 +58,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ApiConfig(_Section):
@@ -37,6 +66,18 @@ class ApiConfig(_Section):
     port: int = Field(default=3000, ge=0, le=65535)  # 0: any free port (see master.json)
     auth: bool = True  # bearer token from <state_dir>/token on every route but /healthz
     metrics_public: bool = False  # serve /metrics without the token
+
+    @field_validator("host")
+    @classmethod
+    def _host_usable(cls, host: str) -> str:
+        if not host:
+            raise ValueError(
+                "must not be empty (an empty host would listen on every address; "
+                'say "0.0.0.0" if that is meant)'
+            )
+        if any(c.isspace() or not c.isprintable() for c in host):
+            raise ValueError(f"{host!r} is not a host name or address")
+        return host
 
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self) -> Self:
@@ -62,15 +103,15 @@ class ApiConfig(_Section):
 
 
 class SupervisionConfig(_Section):
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    heartbeat_timeout_s: float = Field(default=15.0, gt=0)
-    start_timeout_s: float = Field(default=30.0, gt=0)
-    stop_timeout_s: float = Field(default=10.0, gt=0)
-    kill_timeout_s: float = Field(default=3.0, gt=0)
-    backoff_initial_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=30.0, gt=0)
-    backoff_reset_after_s: float = Field(default=60.0, gt=0)
-    reassign_after_s: float = Field(default=30.0, gt=0)
+    heartbeat_interval_s: float = seconds(5.0, at_least=0.01, at_most=HOUR_S)
+    heartbeat_timeout_s: float = seconds(15.0, at_least=0.05, at_most=DAY_S)
+    start_timeout_s: float = seconds(30.0, at_least=0.1, at_most=HOUR_S)
+    stop_timeout_s: float = seconds(10.0, at_least=0.1, at_most=HOUR_S)
+    kill_timeout_s: float = seconds(3.0, at_least=0.1, at_most=HOUR_S)
+    backoff_initial_s: float = seconds(0.5, at_least=0.01, at_most=HOUR_S)
+    backoff_max_s: float = seconds(30.0, at_least=0.01, at_most=DAY_S)
+    backoff_reset_after_s: float = seconds(60.0, at_least=0.1, at_most=WEEK_S)
+    reassign_after_s: float = seconds(30.0, at_least=0.1, at_most=DAY_S)
     fork_template: bool = True  # start workers by forking a warm template (Linux)
 
     @model_validator(mode="after")
@@ -89,17 +130,17 @@ class SupervisionConfig(_Section):
 
 
 class SyncConfig(_Section):
-    stale_after_s: float = Field(default=300.0, gt=0)
+    stale_after_s: float = seconds(300.0, at_least=0.1, at_most=WEEK_S)
 
 
 class RetentionConfig(_Section):
     """Days to keep each collection in the store; a collection not named is kept forever."""
 
-    conversations: float | None = Field(default=None, gt=0)
-    messages: float | None = Field(default=None, gt=0)
-    comments: float | None = Field(default=None, gt=0)
-    contents: float | None = Field(default=None, gt=0)
-    notifications: float | None = Field(default=None, gt=0)
+    conversations: RetentionDays | None = retention_field()
+    messages: RetentionDays | None = retention_field()
+    comments: RetentionDays | None = retention_field()
+    contents: RetentionDays | None = retention_field()
+    notifications: RetentionDays | None = retention_field()
 
     def days(self) -> dict[str, float]:
         return {name: days for name, days in self.model_dump().items() if days is not None}
@@ -113,14 +154,14 @@ class CodeConfig(_Section):
 
 
 class LogsConfig(_Section):
-    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096, le=2**40)
     backups: int = Field(default=5, ge=0, le=1000)
 
 
 class Config(_Section):
     state_dir: Path = Path("var")
     workers: int = Field(default=2, ge=1, le=512)
-    accounts_per_worker: int = Field(default=10, ge=1)
+    accounts_per_worker: int = Field(default=10, ge=1, le=10_000)
     api: ApiConfig = ApiConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     sync: SyncConfig = SyncConfig()
@@ -128,6 +169,16 @@ class Config(_Section):
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
     accounts: list[AccountSpec] = Field(default_factory=list)
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_usable(cls, value: Any) -> Any:
+        text = str(value) if isinstance(value, (str, Path)) else None
+        if text is not None and not text.strip():
+            raise ValueError('must not be empty (use "." for the config file\'s directory)')
+        if text is not None and "\0" in text:
+            raise ValueError("must not contain a NUL character")
+        return value
 
     @field_validator("accounts")
     @classmethod
@@ -169,9 +220,11 @@ def _problem_of(error: dict[str, Any]) -> str:
 
 
 def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, Any]) -> Config:
-    """Parse TOML text into a Config; relative paths resolve against ``base_dir``."""
+    """Parse TOML text into a Config; relative paths resolve against ``base_dir``.
+
+    A UTF-8 byte order mark at the start (as some Windows editors write) is ignored."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix(BOM))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from exc
     raw.update(overrides)
@@ -184,9 +237,25 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, An
         if len(errors) > 1:
             problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         raise ConfigError(source, _key_of(tuple(first["loc"])), problem) from exc
-    if not config.state_dir.is_absolute():
-        config = config.model_copy(update={"state_dir": (base_dir / config.state_dir).resolve()})
-    return config
+    return config.model_copy(
+        update={"state_dir": _resolved(base_dir / config.state_dir, source, "state_dir")}
+    )
+
+
+def _resolved(path: Path, source: str, key: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ConfigError(source, key, f"cannot resolve {str(path)!r}: {exc}") from exc
+
+
+def check_override(key: str, value: Any) -> Any:
+    """``value`` as top-level key ``key`` would take it, for a command-line flag that
+    overrides it; ValueError names the problem as a config error would."""
+    try:
+        return getattr(Config.model_validate({key: value}), key)
+    except ValidationError as exc:
+        raise ValueError(_problem_of(dict(exc.errors(include_url=False)[0]))) from None
 
 
 def load_config(
@@ -200,12 +269,14 @@ def load_config(
         text = resources.files("hiscrm").joinpath("default.toml").read_text(encoding="utf-8")
         source, base_dir = EMBEDDED_DEFAULT, Path.cwd()
     else:
-        source, base_dir = str(path), path.resolve().parent
+        source = str(path)
         try:
+            base_dir = path.resolve().parent
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, RuntimeError, UnicodeDecodeError) as exc:
             raise ConfigError(source, "", f"cannot read: {exc}") from exc
     config = parse_config(text, source, base_dir, overrides)
     if state_dir is not None:
-        config = config.model_copy(update={"state_dir": state_dir.resolve()})
+        resolved = _resolved(state_dir, "--state-dir", "")
+        config = config.model_copy(update={"state_dir": resolved})
     return config
