@@ -172,11 +172,13 @@ def test_clear_messages_when_the_master_is_not_there_or_refuses(
 
     master = start_master(make_config(workers=1))
     master.wait_running("worker1")
-    impostor = tmp_path / "impostor"
-    impostor.mkdir()
-    (impostor / "master.json").write_text((master.state_dir / "master.json").read_text())
-    (impostor / "token").write_text("wrong\n")
-    refused = ctl(impostor, "status")
+    token = master.state_dir / "token"
+    real = token.read_text()
+    token.write_text("wrong\n")  # the master keeps the token it read at start
+    try:
+        refused = ctl(master, "status")
+    finally:
+        token.write_text(real)
     assert refused.returncode == 1
     assert "the master refused the token" in refused.stderr
     assert "invalid token" in refused.stderr

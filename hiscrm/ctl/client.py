@@ -1,54 +1,38 @@
-"""Finding the running master and talking to its API.
+"""Talking to the master's API, once :func:`find_master` has checked it is the master.
 
 The master is found through ``<state_dir>/master.json`` (its pid and API URL) and
 ``<state_dir>/token``. Every way this can fail becomes a :class:`CtlError` with a
-sentence that says what to check.
+sentence that says what to check. Proxy settings in the environment are ignored: the
+token goes to the master's own address and nowhere else.
 """
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
+
+from hiscrm.ctl.errors import CtlError
+from hiscrm.ctl.master_info import find_master, read_token
 
 PAGE = 1000
 
-
-class CtlError(Exception):
-    """Something went wrong; the message is for the operator."""
+__all__ = ["CtlError", "MasterClient"]
 
 
 class MasterClient:
     def __init__(self, state_dir: Path, timeout_s: float) -> None:
         self.state_dir = state_dir
-        info_path = state_dir / "master.json"
-        try:
-            info = json.loads(info_path.read_text())
-        except FileNotFoundError:
-            missing = f"{info_path.name} is missing"
-            raise CtlError(
-                f"no master is running with state directory {state_dir} ({missing})"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise CtlError(f"cannot read {info_path}: {exc}") from None
-        pid = info.get("pid")
-        if not isinstance(pid, int) or not psutil.pid_exists(pid):
-            raise CtlError(
-                f"{info_path} names pid {pid}, which is not running: the master has died"
-            )
-        self.url = str(info.get("api_url", ""))
-        token_path = state_dir / "token"
-        headers = {}
-        if token_path.exists():
-            try:
-                headers["Authorization"] = f"Bearer {token_path.read_text().strip()}"
-            except OSError as exc:
-                raise CtlError(f"cannot read the API token {token_path}: {exc}") from None
-        self._token_path = token_path
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        master = find_master(state_dir)
+        self.url = master.url
+        self._token_path = master.token_path
+        token = read_token(master.token_path, master.auth)
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        # trust_env=False: no proxy variables, no .netrc; redirects are not followed.
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False
+        )
 
     def request(self, method: str, path: str, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
@@ -62,13 +46,19 @@ class MasterClient:
         try:
             yield
         except httpx.ConnectError:
-            raise CtlError(f"cannot reach the master at {self.url}: is it running?") from None
+            raise CtlError(
+                f"cannot reach the master at {self.url}: is it running?", url=self.url
+            ) from None
         except httpx.TimeoutException:
-            raise CtlError(f"the master at {self.url} did not answer in time") from None
+            raise CtlError(
+                f"the master at {self.url} did not answer in time", url=self.url
+            ) from None
         except httpx.RemoteProtocolError:
-            raise CtlError(f"the master at {self.url} closed the connection") from None
+            raise CtlError(
+                f"the master at {self.url} closed the connection", url=self.url
+            ) from None
         except httpx.HTTPError as exc:
-            raise CtlError(f"{method} {self.url}{path} failed: {exc}") from None
+            raise CtlError(f"{method} {self.url}{path} failed: {exc}", url=self.url) from None
 
     def all_pages(self, path: str) -> list[Any]:
         """Every item of a paged list."""
@@ -95,11 +85,22 @@ class MasterClient:
             body = response.json()
         except ValueError:
             body = {"error": response.text[:200]}
-        if response.status_code == 401:
+        status = response.status_code
+        error = body.get("error", "") if isinstance(body, dict) else body
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if status == 401 and not self._token_path.exists():
             raise CtlError(
-                f"the master refused the token in {self._token_path}: {body.get('error')}"
+                f"the API token file {self._token_path} is missing: it is made when the "
+                "master starts; restart the master to make a new one",
+                path=str(self._token_path),
+                status=status,
             )
-        if response.status_code >= 400:
-            error = body.get("error", "") if isinstance(body, dict) else body
-            raise CtlError(f"{method} {path}: {response.status_code} {error}")
+        if status == 401:
+            raise CtlError(
+                f"the master refused the token in {self._token_path}: {error}",
+                path=str(self._token_path),
+                status=status,
+            )
+        if status >= 400:
+            raise CtlError(f"{method} {path}: {status} {error}", status=status, detail=detail)
         return body

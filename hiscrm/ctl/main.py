@@ -1,7 +1,8 @@
 """hiscrmctl: status, stop/start/restart, reload, logs, accounts, sync.
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
-its goal), 2 usage.
+its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
+(``{"error": "...", ...}``), with the same exit code.
 """
 
 import argparse
@@ -9,33 +10,57 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from rich.console import Console
 
 from hiscrm.config import ConfigError, load_config
 from hiscrm.ctl import render
-from hiscrm.ctl.client import CtlError, MasterClient
+from hiscrm.ctl.client import MasterClient
+from hiscrm.ctl.errors import CtlError
+from hiscrm.ctl.flags import count, directory, seconds
 from hiscrm.exit_codes import ExitCode
 
 # What each action must end in to count as done.
 EXPECTED = {"restart": "running", "start": "running", "stop": "stopped"}
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_TAIL = 10_000  # the most lines the API gives at once
+MAX_SEQ = 2**63 - 1
+LOG_TAIL_NOTES = 10  # lines of a failed worker's log shown with the error
+
+
+class UsageError(Exception):
+    def __init__(self, message: str, prog: str, usage: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors raised (not printed and exited), so ``--json`` can report them too.
+    Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog, self.format_usage())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="hiscrmctl", description="Control a running hiscrm master."
-    )
+    parser = _Parser(prog="hiscrmctl", description="Control a running hiscrm master.")
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--state-dir",
-        type=Path,
+        type=directory,
         help="the master's state directory (default: $HISCRM_STATE_DIR or ./var)",
     )
-    where.add_argument("--config", type=Path, help="take the state directory from this config file")
+    where.add_argument(
+        "--config", type=directory, help="take the state directory from this config file"
+    )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait for the master (default 120)"
+        "--timeout",
+        type=seconds(MAX_TIMEOUT_S),
+        default=120.0,
+        help="seconds to wait for the master (default 120)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,7 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     logs = commands.add_parser("logs", help="a worker's log (also after it died)")
     logs.add_argument("worker")
     logs.add_argument(
-        "-n", "--lines", type=int, default=50, help="how many last lines (default 50)"
+        "-n",
+        "--lines",
+        type=count(0, MAX_TAIL),
+        default=50,
+        help=f"how many last lines (default 50, at most {MAX_TAIL})",
     )
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)"
@@ -56,7 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
-        "--from-seq", type=int, help="send again every item changed after this sequence number"
+        "--from-seq",
+        type=count(0, MAX_SEQ),
+        help="send again every item changed after this sequence number",
     )
     for sub in commands.choices.values():  # --json after the command too
         sub.add_argument(
@@ -70,28 +101,70 @@ def state_dir(args: argparse.Namespace) -> Path:
         try:
             return load_config(args.config).state_dir
         except ConfigError as exc:
-            raise CtlError(f"config error: {exc}") from None
+            raise CtlError(f"config error: {exc}", exit_code=ExitCode.USAGE) from None
     if args.state_dir is not None:
         return Path(args.state_dir).resolve()
-    return Path(os.environ.get("HISCRM_STATE_DIR", "var")).resolve()
+    return Path(os.environ.get("HISCRM_STATE_DIR") or "var").resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not fail again
+        return ExitCode.CRASHED
+
+
+def _main(argv: list[str]) -> int:
+    as_json = "--json" in argv
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        if as_json:
+            print(json.dumps({"error": str(exc), "usage": exc.usage.strip()}, indent=2))
+        else:
+            print(f"{exc.usage}{exc.prog}: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     # Piped output is not cut at 80 columns; a terminal gets its own width.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     try:
         client = MasterClient(state_dir(args), args.timeout)
         return run(args, client, console)
     except CtlError as exc:
-        print(f"hiscrmctl: {exc}", file=sys.stderr)
-        return ExitCode.CRASHED
+        if args.json:
+            print(json.dumps(exc.as_json(), indent=2))
+        else:
+            print(f"hiscrmctl: {exc}", file=sys.stderr)
+            for note in exc.notes:
+                print(f"    | {note}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.OK
 
 
 def emit(args: argparse.Namespace, data: Any) -> None:
     print(json.dumps(data, indent=2))
+
+
+def action_failed(action: str, result: dict[str, Any]) -> CtlError:
+    """A stop/start/restart that did not end where it should: what happened, and why."""
+    worker = result["worker"]
+    message = f"{action} failed: {worker['id']} is {worker['state']}"
+    last = worker.get("last_exit") or {}
+    if last.get("detail"):
+        message += f": {last['detail']}"
+    tail = list(last.get("log_tail") or [])[-LOG_TAIL_NOTES:]
+    return CtlError(message, notes=tail, answer=result)
+
+
+def reload_step_line(step: dict[str, Any]) -> str:
+    old = f"pid {step['old_pid']}" if step["old_pid"] else "not running"
+    new = f"pid {step['new_pid']}" if step["new_pid"] else "no new process"
+    gap = step["max_gap_ms"]
+    handed = f"{step['accounts']} accounts" + (f", longest gap {gap:.0f} ms" if gap else "")
+    took = f"in {step['took_s']:.2f} s"
+    return f"{step['worker']}: {old} -> {new} ({step['state']}) {took}, {handed}"
 
 
 def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
@@ -109,6 +182,8 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                 "POST", f"/workers/{quote(args.worker, safe='')}/{args.command}"
             )
             worker = result["worker"]
+            if worker["state"] != EXPECTED[args.command]:
+                raise action_failed(args.command, result)
             if args.json:
                 emit(args, result)
             else:
@@ -117,23 +192,22 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                 console.print(
                     f"{worker['id']}: {args.command} done, {worker['state']}, {pids}, {took}"
                 )
-            return ExitCode.OK if worker["state"] == EXPECTED[args.command] else ExitCode.CRASHED
+            return ExitCode.OK
         case "reload":
             result = client.request("POST", "/reload")
+            if not args.json:
+                for step in result["steps"]:
+                    console.print(reload_step_line(step))
+            if not result["complete"]:
+                why = result.get("error") or "not every worker was replaced"
+                raise CtlError(
+                    f"reload failed after {result['took_s']:.2f} s: {why}", answer=result
+                )
             if args.json:
                 emit(args, result)
             else:
-                for step in result["steps"]:
-                    pids = f"pid {step['old_pid']} -> {step['new_pid']}"
-                    gap = step["max_gap_ms"]
-                    handed = f"{step['accounts']} accounts" + (
-                        f", longest gap {gap:.0f} ms" if gap else ""
-                    )
-                    took = f"in {step['took_s']:.2f} s"
-                    console.print(f"{step['worker']}: {pids} ({step['state']}) {took}, {handed}")
-                outcome = "complete" if result["complete"] else f"stopped: {result['error']}"
-                console.print(f"reload {outcome} after {result['took_s']:.2f} s")
-            return ExitCode.OK if result["complete"] else ExitCode.CRASHED
+                console.print(f"reload complete after {result['took_s']:.2f} s")
+            return ExitCode.OK
         case "logs":
             if args.follow:
                 for chunk in client.stream(
