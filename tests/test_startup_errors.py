@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import REPO, TESTS_DIR
+from harness import REPO, TESTS_DIR, LogReader
 
 from hiscrm.master.api.auth import TokenError, TokenOrigin, load_or_create_token
 
@@ -105,6 +105,8 @@ def test_an_unusable_token_file_stops_the_start(tmp_path: Path, problem: str) ->
     make(state / "token")
     line = assert_one_line_exit_1(run_master(tmp_path), f"{state / 'token'}: ", expected)
     nothing_started(state)
+    logged = LogReader(state / "logs" / "master.log").find(event="master cannot start")
+    assert [(e["level"], e["error"]) for e in logged] == [("error", line.removeprefix("hiscrm: "))]
     if problem == "a dangling symlink":  # not followed into creating a file elsewhere
         assert not (state / "secrets").exists()
         assert "create the token there or remove the link" in line

@@ -9,6 +9,7 @@ master that starts half-working.
 
 import argparse
 import asyncio
+import io
 import ipaddress
 import socket
 import sys
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hiscrm: {exc}", file=sys.stderr)
         if api_socket is not None:
             api_socket.close()
-        if master_log is not None:
+        if master_log is not None:  # master.log says it too (the console already has it)
+            configure_master_logging(master_log, console=io.StringIO())
+            get_logger().error("master cannot start", error=str(exc))
             master_log.close()
         state.release()
         return ExitCode.CRASHED
