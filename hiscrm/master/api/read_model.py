@@ -1,9 +1,11 @@
 """One read model of the running master, for status, the API's views and the metrics.
 
-Everything a reader may see is built here from the live state, on the master's loop (the
-API runs on the same loop, so one view is one moment); nothing else reaches into the
-supervisor, the account manager or the store for reading. Figures that cost a system
-call (RSS, CPU) are read here too, when a view is built.
+Everything a reader may see is built here from the live state, on the master's loop;
+nothing else reaches into the supervisor, the account manager or the store for reading.
+A view built without awaiting (a worker, an account) is one moment of the master; one
+that waits for the store (``status`` and its totals, an account's counts) may mix state
+from before and after that wait. Figures that cost a system call (RSS, CPU) are read
+here too, when a view is built.
 """
 
 import asyncio

@@ -19,9 +19,9 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
-from hiscrm.master.data.interface import WorkerLink
-from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncOutcome
+from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncFailure, SyncOutcome
 from hiscrm.master.data.sync_health import SyncHealth
+from hiscrm.master.ports import WorkerLink
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
     MAX_MESSAGE_BYTES,
@@ -124,7 +124,7 @@ class AccountManager:
                 f"account {message.account_id!r} is not assigned to {link.worker_id} "
                 f"(owner: {owner})"
             )
-            self.health.failure(message.account_id, "not_assigned")
+            self.health.failure(message.account_id, SyncFailure.NOT_ASSIGNED)
             self._log.error(
                 "sync refused", worker=link.worker_id, account_id=message.account_id, reason=reason
             )
@@ -151,8 +151,7 @@ class AccountManager:
                 )
                 continue
             reason = outcome.error or "unknown"
-            kind = reason.split(":", 1)[0].replace(" ", "_")
-            self.health.failure(batch.account_id, kind)
+            self.health.failure(batch.account_id, outcome.failure or SyncFailure.STORE_ERROR)
             self._log.warning(
                 "sync not committed",
                 worker=batch.link.worker_id,

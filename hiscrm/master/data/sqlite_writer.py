@@ -31,7 +31,13 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
 from hiscrm.master.data import sqlite_schema
-from hiscrm.master.data.store import OutcomeCallback, StoreError, SyncBatch, SyncOutcome
+from hiscrm.master.data.store import (
+    OutcomeCallback,
+    StoreError,
+    SyncBatch,
+    SyncFailure,
+    SyncOutcome,
+)
 
 T = TypeVar("T")
 MAX_GROUP = 512  # syncs per transaction at most
@@ -210,7 +216,12 @@ class SqliteWriter:
                 )
                 done = self._safe_committed_seq(conn, batch.account_id)
                 outcomes.append(
-                    SyncOutcome(batch, done, f"store error: {type(single).__name__}: {single}")
+                    SyncOutcome(
+                        batch,
+                        done,
+                        f"store error: {type(single).__name__}: {single}",
+                        SyncFailure.STORE_ERROR,
+                    )
                 )
         return outcomes
 
@@ -232,7 +243,7 @@ class SqliteWriter:
             done = planned.get(batch.account_id, self._committed_seq(conn, batch.account_id))
             if batch.base_seq > done:
                 gap = f"gap: the store has up to {done}, this sync continues from {batch.base_seq}"
-                outcomes.append(SyncOutcome(batch, done, gap))
+                outcomes.append(SyncOutcome(batch, done, gap, SyncFailure.GAP))
                 continue
             planned[batch.account_id] = max(done, batch.last_seq)
             accepted.append((batch, planned[batch.account_id]))

@@ -9,9 +9,10 @@ implements the same methods with the same meaning.
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-from hiscrm.master.data.interface import WorkerLink
+from hiscrm.master.ports import WorkerLink
 from hiscrm.protocol import ItemChange
 
 Row = dict[str, Any]
@@ -36,11 +37,20 @@ class SyncBatch:
     received_at: float = field(default_factory=time.monotonic)
 
 
+class SyncFailure(StrEnum):
+    """Why a sync was not committed (a metric label)."""
+
+    GAP = "gap"  # the store lacks changes before the sync's base_seq
+    STORE_ERROR = "store_error"  # the store could not write it
+    NOT_ASSIGNED = "not_assigned"  # it came from a worker the account is not assigned to
+
+
 @dataclass(slots=True)
 class SyncOutcome:
     batch: SyncBatch
     committed_seq: int  # what the store has for the account afterwards
-    error: str | None = None  # None: committed
+    error: str | None = None  # None: committed; else a sentence for people
+    failure: SyncFailure | None = None
 
     @property
     def ok(self) -> bool:

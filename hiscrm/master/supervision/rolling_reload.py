@@ -27,7 +27,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import SupervisionConfig
-from hiscrm.master.data.interface import AccountsPort
+from hiscrm.master.ports import AccountsPort
 from hiscrm.master.supervision.slot_process import ProcessState, SlotProcess
 from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
 

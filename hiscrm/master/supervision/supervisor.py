@@ -21,7 +21,7 @@ from hiscrm import __version__
 from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
 from hiscrm.items import epoch_ms
-from hiscrm.master.data.interface import AccountsPort
+from hiscrm.master.ports import AccountsPort
 from hiscrm.master.supervision.code_status import CodeStatus
 from hiscrm.master.supervision.commands import (
     Command,

@@ -1,9 +1,10 @@
-"""The two narrow interfaces between the supervision wing and the data wing.
+"""The two narrow interfaces between the supervision wing and the data wing, which never
+import each other (``app`` wires them together):
 
 * ``WorkerLink``: a worker process as the data wing sees it (supervision's processes
   implement it). Data never sees slots, states or launchers.
 * ``AccountsPort``: what supervision may ask of the data wing (``AccountManager``
-  implements it). Supervision imports this module and nothing else of data.
+  implements it).
 """
 
 from typing import Protocol
