@@ -11,7 +11,7 @@ import pytest
 from conftest import MasterFactory, make_config
 from harness import REPO, TESTS_DIR, query, wait_until
 
-POLL_MODEL = '''
+POLL_MODEL = """
 class Poll(_Item):
     kind: Literal["poll"] = "poll"
     question: str
@@ -20,8 +20,8 @@ class Poll(_Item):
     closed_at: EpochMs | None = None
 
 
-'''
-POLL_ENTRY = '''        Kind(
+"""
+POLL_ENTRY = """        Kind(
             "poll",
             "polls",
             Poll,
@@ -30,8 +30,8 @@ POLL_ENTRY = '''        Kind(
             filters=("question",),
             sorts=("votes",),
         ),
-'''
-PLATFORM = '''
+"""
+PLATFORM = """
 import asyncio
 
 
@@ -59,7 +59,7 @@ class Pollster:
             }
         )
         await asyncio.Event().wait()
-'''
+"""
 
 
 def add_poll_kind(code: Path) -> None:
