@@ -10,19 +10,21 @@ import ipaddress
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from hiscrm.items import KINDS
 from hiscrm.models import AccountSpec
-from hiscrm.platforms import resolve_platform_name
+from hiscrm.platform_names import resolve_platform_name
 
 EMBEDDED_DEFAULT = "<embedded default>"
 BOM = "\ufeff"
@@ -133,17 +135,22 @@ class SyncConfig(_Section):
     stale_after_s: float = seconds(300.0, at_least=0.1, at_most=WEEK_S)
 
 
-class RetentionConfig(_Section):
+class _Retention(_Section):
     """Days to keep each collection in the store; a collection not named is kept forever."""
-
-    conversations: RetentionDays | None = retention_field()
-    messages: RetentionDays | None = retention_field()
-    comments: RetentionDays | None = retention_field()
-    contents: RetentionDays | None = retention_field()
-    notifications: RetentionDays | None = retention_field()
 
     def days(self) -> dict[str, float]:
         return {name: days for name, days in self.model_dump().items() if days is not None}
+
+
+# One optional key per collection of the registry of kinds.
+if TYPE_CHECKING:
+    RetentionConfig = _Retention
+else:
+    RetentionConfig = create_model(
+        "RetentionConfig",
+        __base__=_Retention,
+        **{kind.collection: (RetentionDays | None, retention_field()) for kind in KINDS.values()},
+    )
 
 
 class CodeConfig(_Section):
