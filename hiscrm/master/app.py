@@ -12,8 +12,10 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import prctl
 from hiscrm.config import Config
+from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
+from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data.queries import StoreReader
@@ -61,10 +63,17 @@ async def run_master(
     processes = ProcessStats()
     metrics.attach(supervisor, processes)
     control = Control(supervisor, StoreReader(supervisor.store.path), processes)
+    followers = LogFollowers(config.api.max_log_followers, log, supervisor.count_internal_error)
     app = create_app(
-        control, metrics, token, config.api.metrics_public, log, supervisor.count_internal_error
+        control,
+        metrics,
+        token,
+        config.api.metrics_public,
+        log,
+        supervisor.count_internal_error,
+        followers,
     )
-    api = ApiServer(app, api_socket)
+    api = ApiServer(app, api_socket, config, log)
 
     stop_watching = asyncio.Event()
     watching: asyncio.Task[None] | None = None
@@ -85,5 +94,6 @@ async def run_master(
         if watching is not None:
             await asyncio.wait({watching}, timeout=WATCH_STOP_S)
         await api.stop()
+        flush_suppressed_counts()
 
     return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)

@@ -6,13 +6,12 @@ wrong, unknown query parameters included; a 500 means a bug, and is logged with 
 traceback and counted like any other error in the master.
 """
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -23,7 +22,7 @@ from hiscrm import __version__
 from hiscrm.items import epoch_ms
 from hiscrm.master.api.auth import token_matches
 from hiscrm.master.api.control import Control, NotFound
-from hiscrm.master.api.log_follow import follow
+from hiscrm.master.api.log_follow import FollowResponse, LogFollowers, TooManyFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.schemas import (
     STORED_MODELS,
@@ -88,6 +87,7 @@ def create_app(
     metrics_public: bool,
     log: FilteringBoundLogger,
     count_error: Callable[[], int],
+    followers: LogFollowers,
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -186,10 +186,9 @@ def create_app(
         "/workers/{worker_id}/logs",
         dependencies=[Depends(only("tail", "follow"))],
         response_model=LogLines,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={200: {"content": {"text/plain": {}}}, 503: {"model": ErrorBody}},
     )
     async def worker_logs(
-        request: Request,
         worker_id: WorkerId,
         tail: Annotated[int, Query(ge=0, le=MAX_TAIL)] = 100,
         follow_: Annotated[bool, Query(alias="follow")] = False,
@@ -198,7 +197,11 @@ def create_app(
         lines = await control.worker_log(handle, tail)
         if not follow_:
             return LogLines(worker=worker_id, path=str(handle.log_path), lines=lines)
-        return StreamingResponse(_follow(request, handle.log_path, lines), media_type="text/plain")
+        try:
+            follower = followers.open(handle.log_path)
+        except TooManyFollowers as exc:
+            raise ApiError(503, str(exc)) from None
+        return FollowResponse(follower, lines)
 
     @routes.post(
         "/reload",
@@ -247,24 +250,6 @@ def create_app(
     app.include_router(open_routes)
     app.include_router(routes)
     return app
-
-
-async def _follow(request: Request, path: Any, first: list[str]) -> AsyncIterator[bytes]:
-    if first:
-        yield ("\n".join(first) + "\n").encode()
-    stop = asyncio.Event()
-
-    async def watch_disconnect() -> None:
-        while not await request.is_disconnected():
-            await asyncio.sleep(1.0)
-        stop.set()
-
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        async for chunk in follow(path, stop):
-            yield chunk
-    finally:
-        watcher.cancel()
 
 
 def _collection_query_model(collection: str) -> type[BaseModel]:
