@@ -17,6 +17,8 @@ import pytest
 from conftest import MasterFactory, make_config
 from harness import Master, wait_until
 
+from hiscrm.master.api.server import MIN_CONNECTIONS, connection_cap, fd_reserve
+
 HALF_HEAD = b"GET /api/v1/healthz HTTP/1.1\r\nHost: hiscrm\r\n"  # no blank line: never ends
 FULL_HEAD = HALF_HEAD + b"\r\n"
 TICKER = "testplatforms.behaviours:Ticker"
@@ -57,6 +59,16 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
 
 def template_pid(master: Master) -> int:
     return int(master.log.wait_for(20, event="fork template ready")["pid"])
+
+
+@pytest.mark.timeout(5)
+def test_the_connection_cap_leaves_room_for_everything_else() -> None:
+    reserve = fd_reserve(workers=2, log_followers=16)
+    assert 256 < reserve < 1024 - 500  # a 1024 limit still serves hundreds of connections
+    assert connection_cap(1000, 1024, reserve) == 1024 - reserve
+    assert connection_cap(1000, 524_288, reserve) == 1000  # the configured number
+    assert fd_reserve(workers=512, log_followers=16) > 512 * 2  # a pipe and a pidfd each
+    assert connection_cap(1000, 1024, fd_reserve(512, 16)) == MIN_CONNECTIONS
 
 
 @pytest.mark.timeout(120)

@@ -60,8 +60,8 @@ class ConnectionLimits:
         self._log = log
         self.too_many = _raw_response(
             "503 Service Unavailable",
-            f"too many connections ({max_connections} open, the limit: [api] max_connections "
-            "and the fd limit); try again later",
+            "too many connections (the limit: [api] max_connections, or what the fd limit "
+            "leaves); try again later",
             "retry-after: 1\r\n",
         )
         self.too_slow = _raw_response(
@@ -70,18 +70,19 @@ class ConnectionLimits:
 
     def make_room(self) -> bool:
         """Close the connection that has waited longest for a request, if there is one."""
-        for victim in self.waiting:
-            del self.waiting[victim]
-            self.evicted_total += 1
-            self._log.warning(
-                "API connection closed to make room: no whole request on it",
-                client=victim.client,
-                max_connections=self.max_connections,
-                evicted_total=self.evicted_total,
-            )
-            victim.close_with(self.too_many)
-            return True
-        return False
+        victim = next(iter(self.waiting), None)
+        if victim is None:
+            return False
+        del self.waiting[victim]
+        self.evicted_total += 1
+        self._log.warning(
+            "API connection closed to make room: no whole request on it",
+            client=victim.client,
+            max_connections=self.max_connections,
+            evicted_total=self.evicted_total,
+        )
+        victim.close_with(self.too_many)
+        return True
 
     def refuse(self, client: Any) -> None:
         self.refused_total += 1
@@ -106,7 +107,7 @@ class GuardedConfig(uvicorn.Config):
     """uvicorn's configuration, carrying the limits to every protocol instance."""
 
     def __init__(self, app: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(app, http=GuardedH11Protocol, **kwargs)
+        super().__init__(app, http=GuardedH11Protocol, ws="none", **kwargs)
         self.limits = limits
 
 

@@ -127,7 +127,10 @@ class ApiServer:
         self._sock = sock
         self._config = config
         self._log = log
-        self.limits: ConnectionLimits | None = None  # set at start (the fd limit is read then)
+        # max_connections is lowered at start if the fd limit leaves less room
+        self.limits = ConnectionLimits(
+            config.api.max_connections, config.api.request_read_timeout_s, log
+        )
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -149,7 +152,7 @@ class ApiServer:
                 fd_limit=fd_limit,
                 fd_reserve=reserve,
             )
-        self.limits = ConnectionLimits(cap, api.request_read_timeout_s, self._log)
+        self.limits.max_connections = cap
         config = GuardedConfig(
             self._app,
             self.limits,
