@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from common import machine, percentile, running_master
 
-from hiscrm.master.data import datastore
+from hiscrm.master.data import sqlite_schema
 
 IDLE_CONFIG = """
 workers = 2
@@ -58,8 +58,8 @@ platform = "benchplatforms:Flood"
 
 
 def fill(db: Path, messages: int) -> None:
-    conn = datastore.connect(db)
-    datastore.migrate(conn)
+    conn = sqlite_schema.connect(db)
+    sqlite_schema.migrate(conn)
     base = 1_763_848_020_000
     rows = (
         (

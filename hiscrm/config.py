@@ -8,12 +8,21 @@ import ipaddress
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from hiscrm.items import KINDS
 from hiscrm.models import AccountSpec
-from hiscrm.platforms import resolve_platform_name
+from hiscrm.platform_names import resolve_platform_name
 
 EMBEDDED_DEFAULT = "<embedded default>"
 
@@ -98,17 +107,22 @@ class SyncConfig(_Section):
     stale_after_s: float = Field(default=300.0, gt=0)
 
 
-class RetentionConfig(_Section):
+class _Retention(_Section):
     """Days to keep each collection in the store; a collection not named is kept forever."""
-
-    conversations: float | None = Field(default=None, gt=0)
-    messages: float | None = Field(default=None, gt=0)
-    comments: float | None = Field(default=None, gt=0)
-    contents: float | None = Field(default=None, gt=0)
-    notifications: float | None = Field(default=None, gt=0)
 
     def days(self) -> dict[str, float]:
         return {name: days for name, days in self.model_dump().items() if days is not None}
+
+
+# One optional key per collection of the registry of kinds.
+if TYPE_CHECKING:
+    RetentionConfig = _Retention
+else:
+    RetentionConfig = create_model(
+        "RetentionConfig",
+        __base__=_Retention,
+        **{kind.collection: (float | None, Field(default=None, gt=0)) for kind in KINDS.values()},
+    )
 
 
 class CodeConfig(_Section):

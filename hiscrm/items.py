@@ -9,7 +9,8 @@ the master owns (``is_read``, ``read_at``) live only in the store.
 
 import hashlib
 import time
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
@@ -48,6 +49,7 @@ class _Item(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: ItemId
+    kind: str  # each model narrows it to its own tag
 
 
 class Conversation(_Item):
@@ -95,26 +97,148 @@ class Notification(_Item):
     created_at: EpochMs
 
 
-AnyItem = Conversation | Message | Comment | Content | Notification
-Item = Annotated[AnyItem, Field(discriminator="kind")]
+# --- the registry of kinds -----------------------------------------------------------------
+# Everything the program knows about a kind is here: the store's tables and indexes, the
+# API's collections, filters, sorts and schemas, the retention settings and the sync's
+# urgency are derived from these entries. Adding a kind is one model above and one entry
+# below; adding a field is one line in its model.
 
-ITEM_MODELS: dict[str, type[AnyItem]] = {
-    "conversation": Conversation,
-    "message": Message,
-    "comment": Comment,
-    "content": Content,
-    "notification": Notification,
+
+@dataclass(frozen=True, slots=True)
+class MasterField:
+    """A field the master owns (the store keeps it across syncs; workers never set it)."""
+
+    name: str
+    sql: str  # column declaration
+    annotation: Any  # its type in the API
+
+
+READ_MARKS = (
+    MasterField("is_read", "INTEGER NOT NULL DEFAULT 0", bool),
+    MasterField("read_at", "INTEGER", int | None),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str  # "message"; an item's ``kind``
+    collection: str  # "messages": the store's table, the API's path, the retention key
+    model: type["_Item"]
+    time_field: str  # what retention and default ordering go by
+    indexes: tuple[tuple[str, ...], ...] = ()  # columns after account_id, each an index
+    filters: tuple[str, ...] = ()  # equality filters of the API
+    sorts: tuple[str, ...] = ()  # what the API may sort by, besides the time field
+    master_owned: tuple[MasterField, ...] = ()
+    urgent: bool = False  # a new inbound item is synced at once, not with the next flush
+
+    @property
+    def readable(self) -> bool:
+        """Has read marks (``POST .../read`` and the ``is_read`` filter)."""
+        return any(f.name == "is_read" for f in self.master_owned)
+
+    @property
+    def sort_columns(self) -> tuple[str, ...]:
+        """What a collection may be sorted by."""
+        return (self.time_field, "synced_at", "version", "id", *self.sorts)
+
+    @property
+    def observed_fields(self) -> list[str]:
+        """The model's fields the worker observes and the store keeps as columns."""
+        return [name for name in self.model.model_fields if name not in ("id", "kind")]
+
+    @property
+    def json_fields(self) -> frozenset[str]:
+        """Fields stored as JSON text (lists and mappings)."""
+        return frozenset(
+            name
+            for name, field in self.model.model_fields.items()
+            if get_origin(field.annotation) in (list, dict)
+        )
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            "conversation",
+            "conversations",
+            Conversation,
+            "last_message_at",
+            indexes=(("last_message_at",),),
+            sorts=("title",),
+        ),
+        Kind(
+            "message",
+            "messages",
+            Message,
+            "sent_at",
+            # Each index costs every write (~30% for a third one on messages); unread
+            # filters ride on the time index.
+            indexes=(("sent_at",), ("conversation_id", "sent_at")),
+            filters=("conversation_id", "direction", "sender_id"),
+            master_owned=READ_MARKS,
+            urgent=True,
+        ),
+        Kind(
+            "comment",
+            "comments",
+            Comment,
+            "created_at",
+            indexes=(("created_at",), ("content_id", "created_at")),
+            filters=("content_id", "direction", "author_id"),
+            master_owned=READ_MARKS,
+            urgent=True,
+        ),
+        Kind(
+            "content",
+            "contents",
+            Content,
+            "published_at",
+            indexes=(("published_at",),),
+            sorts=("views", "likes", "comment_count"),
+        ),
+        Kind(
+            "notification",
+            "notifications",
+            Notification,
+            "created_at",
+            indexes=(("created_at",),),
+            filters=("category",),
+        ),
+    )
 }
-# The API and the store name collections in the plural.
-COLLECTIONS: dict[str, str] = {
-    "conversations": "conversation",
-    "messages": "message",
-    "comments": "comment",
-    "contents": "content",
-    "notifications": "notification",
-}
-# Inbound items of these kinds are synced at once, not with the next regular flush.
-URGENT_KINDS = frozenset({"message", "comment"})
+BY_COLLECTION: dict[str, Kind] = {kind.collection: kind for kind in KINDS.values()}
+
+# Derived views, for code that needs only one fact.
+ITEM_MODELS: dict[str, type["_Item"]] = {name: kind.model for name, kind in KINDS.items()}
+COLLECTIONS: dict[str, str] = {kind.collection: name for name, kind in KINDS.items()}
+URGENT_KINDS = frozenset(name for name, kind in KINDS.items() if kind.urgent)
+
+# Any item, as a type. Validation picks the model by ``kind`` (a discriminated union built
+# from the registry); the type checker sees the common base.
+AnyItem = _Item
+if TYPE_CHECKING:
+    Item = _Item
+else:
+    Item = Annotated[Union[tuple(ITEM_MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+def kind_of(model: type[_Item]) -> str:
+    """The ``kind`` tag of an item model."""
+    return str(model.model_fields["kind"].default)
+
+
+def _check_registry() -> None:
+    for name, kind in KINDS.items():
+        if kind_of(kind.model) != name:
+            raise AssertionError(f"kind {name!r}: its model says {kind_of(kind.model)!r}")
+        fields = set(kind.model.model_fields)
+        named = {kind.time_field, *kind.filters, *kind.sorts, *(c for i in kind.indexes for c in i)}
+        if not named <= fields:
+            raise AssertionError(f"kind {name!r} names fields its model lacks: {named - fields}")
+
+
+_check_registry()
 
 
 def item_hash(item_json: bytes) -> str:

@@ -441,3 +441,24 @@ def test_auth_can_be_off_on_loopback(start_master: MasterFactory) -> None:
     assert httpx.get(f"{url}/metrics").status_code == 200
     assert not (master.state_dir / "token").exists()
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_start_on_a_starting_worker_answers_once_it_runs(start_master: MasterFactory) -> None:
+    accounts = [{"id": "acc-1", "platform": "testplatforms.slow_import:Demo"}]
+    config = make_config(workers=1, accounts=accounts, supervision={"fork_template": False})
+    master = start_master(config)
+    pid = master.wait_running("worker1")
+    mark = master.mark()
+    os.kill(pid, signal.SIGKILL)  # a first crash: restarted at once, starting for ~1.5 s
+    master.log.wait_for(after=mark, event="worker state", worker="worker1", new="starting")
+    with master.http(timeout=20) as http:
+        began = time.monotonic()
+        answer = http.post("/workers/worker1/start")
+        took = time.monotonic() - began
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["worker"]["state"] == "running"
+    assert result["worker"]["pid"] not in (None, pid)
+    assert took < 15  # answered when it ran, not at the action's timeout
+    assert master.stop() == 0

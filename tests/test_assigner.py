@@ -71,8 +71,8 @@ def test_capacity_is_respected_and_overflow_waits_unplaced() -> None:
     assert assigned(assigner.worker_up("worker1", 0)) == [("worker1", "a1"), ("worker1", "a3")]
     assert assigned(assigner.worker_up("worker2", 0)) == [("worker2", "a2"), ("worker2", "a4")]
     assert assigner.unplaced == ["a5"]
-    assert assigner.load("worker1") == 2
-    assert assigner.load("worker2") == 2
+    assert assigner.loads()["worker1"] == 2
+    assert assigner.loads()["worker2"] == 2
 
 
 def test_moves_go_to_the_least_loaded_worker() -> None:
@@ -83,5 +83,5 @@ def test_moves_go_to_the_least_loaded_worker() -> None:
     assigner.worker_down("worker3", 0)
     moved = assigned(assigner.tick(1))
     assert sorted(w for w, _ in moved) == ["worker1", "worker2"]
-    assert assigner.load("worker1") == 3
-    assert assigner.load("worker2") == 3
+    assert assigner.loads()["worker1"] == 3
+    assert assigner.loads()["worker2"] == 3

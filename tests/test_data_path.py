@@ -12,8 +12,7 @@ import pytest
 from conftest import MasterFactory, accounts_of, make_config
 from harness import count, gone, query, read_jsonl, wait_until
 
-from hiscrm.items import ITEM_MODELS
-from hiscrm.master.data.datastore import observed_fields
+from hiscrm.items import ITEM_MODELS, KINDS
 
 RECORDING = "testplatforms.recording"
 
@@ -68,7 +67,7 @@ def test_demo_data_in_two_workers_equals_the_store(
         assert len(expected) > 50
         assert any(v > 1 for _, v in expected.values()), "no item was ever updated"
         for kind in ITEM_MODELS:
-            fields = observed_fields(kind)
+            fields = KINDS[kind].observed_fields
             rows = query(
                 master.db,
                 f"SELECT id, version, {', '.join(fields)} FROM {kind}s WHERE account_id = ?",

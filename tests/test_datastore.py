@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from hiscrm.items import Content, Conversation, Message, item_hash
-from hiscrm.master.data import datastore
-from hiscrm.master.data.store_thread import StoreThread, SyncBatch, SyncOutcome
-from hiscrm.protocol import ItemChange
+from hiscrm.items import KINDS, Content, Conversation, Message, item_hash
+from hiscrm.master.data import sqlite_schema
+from hiscrm.master.data.sqlite_store import SqliteStore
+from hiscrm.master.data.store import StoreError, SyncBatch, SyncOutcome
+from hiscrm.protocol import AnyMessage, Encoder, ItemChange
 
 NOW = time.time_ns() // 1_000_000
 
@@ -32,12 +33,31 @@ def change(
     )
 
 
+class NoWorker:
+    """The process a test sync claims to come from (the store never talks to it)."""
+
+    worker_id = "worker1"
+    pid = 1
+    serving = True
+    encoder = Encoder()
+
+    def send(self, message: AnyMessage) -> bool:
+        return False
+
+    def send_frame(self, frame: bytes) -> bool:
+        return False
+
+
+LINK = NoWorker()
+
+
 class Store:
     def __init__(self, path: Path, retention: dict[str, float] | None = None) -> None:
         self.outcomes: list[SyncOutcome] = []
         self.arrived = threading.Event()
-        self.thread = StoreThread(path, self._got, retention or {}, structlog.get_logger())
-        self.thread.start()
+        self.store = SqliteStore(path, retention or {}, structlog.get_logger())
+        self.store.start(self._got)
+        self.thread = self.store.writer
         self.path = path
 
     def _got(self, outcomes: list[SyncOutcome]) -> None:
@@ -47,7 +67,7 @@ class Store:
     def sync(self, base: int, last: int, *changes: ItemChange, account: str = "acc") -> SyncOutcome:
         self.arrived.clear()
         count = len(self.outcomes)
-        self.thread.submit(SyncBatch("worker1", 1, account, base, last, list(changes)))
+        self.store.submit(SyncBatch(LINK, account, base, last, list(changes)))
         deadline = time.monotonic() + 5
         while len(self.outcomes) == count:
             assert time.monotonic() < deadline
@@ -55,7 +75,7 @@ class Store:
         return self.outcomes[-1]
 
     def rows(self, sql: str) -> list[tuple[object, ...]]:
-        conn = datastore.connect(self.path, readonly=True)
+        conn = sqlite_schema.connect(self.path, readonly=True)
         try:
             return conn.execute(sql).fetchall()
         finally:
@@ -72,10 +92,10 @@ def store(tmp_path: Path):
 def test_schema_follows_the_models(store: Store) -> None:
     columns = [r[1] for r in store.rows("PRAGMA table_info(messages)")]
     assert columns[:6] == ["account_id", "id", "version", "hash", "seq", "synced_at"]
-    assert set(datastore.observed_fields("message")) <= set(columns)
+    assert set(KINDS["message"].observed_fields) <= set(columns)
     assert {"is_read", "read_at"} <= set(columns)
     assert "is_read" not in [r[1] for r in store.rows("PRAGMA table_info(notifications)")]
-    assert store.rows("SELECT version FROM schema_version") == [(datastore.SCHEMA_VERSION,)]
+    assert store.rows("SELECT version FROM schema_version") == [(sqlite_schema.SCHEMA_VERSION,)]
     assert store.rows("PRAGMA journal_mode") == [("wal",)]
 
 
@@ -111,9 +131,7 @@ def test_a_sync_after_a_gap_is_refused(store: Store) -> None:
 
 def test_many_syncs_commit_together_in_order(store: Store) -> None:
     for n in range(200):
-        store.thread.submit(
-            SyncBatch("worker1", 1, "acc", n, n + 1, [change(n + 1, 1, item_id=f"m{n}")])
-        )
+        store.store.submit(SyncBatch(LINK, "acc", n, n + 1, [change(n + 1, 1, item_id=f"m{n}")]))
     deadline = time.monotonic() + 10
     while len(store.outcomes) < 200:
         assert time.monotonic() < deadline
@@ -126,18 +144,10 @@ def test_many_syncs_commit_together_in_order(store: Store) -> None:
 def test_digest_and_committed_seq_are_read_after_queued_writes(store: Store) -> None:
     import asyncio
 
-    store.thread.submit(
-        SyncBatch("worker1", 1, "acc", 0, 2, [change(1, 1), change(2, 1, item_id="m2")])
-    )
-
-    async def read() -> tuple[int, list[tuple[str, str, int, str]]]:
-        return await store.thread.call(
-            lambda c: (datastore.committed_seq(c, "acc"), datastore.digest(c, "acc"))
-        )
-
-    seq, digest = asyncio.run(read())
-    assert seq == 2
-    assert sorted(e[1] for e in digest) == ["m1", "m2"]
+    store.store.submit(SyncBatch(LINK, "acc", 0, 2, [change(1, 1), change(2, 1, item_id="m2")]))
+    digest = asyncio.run(store.store.digest("acc"))
+    assert digest.acked_seq == 2
+    assert sorted(e[1] for e in digest.entries) == ["m1", "m2"]
 
 
 def test_retention_deletes_only_old_items_of_the_named_collection(tmp_path: Path) -> None:
@@ -165,9 +175,9 @@ def test_a_store_from_a_newer_program_is_refused(tmp_path: Path) -> None:
     conn.execute("INSERT INTO schema_version VALUES (99)")
     conn.commit()
     conn.close()
-    thread = StoreThread(path, lambda o: None, {}, structlog.get_logger())
-    with pytest.raises(datastore.StoreError, match="schema version 99"):
-        thread.start()
+    store = SqliteStore(path, {}, structlog.get_logger())
+    with pytest.raises(StoreError, match="schema version 99"):
+        store.start(lambda outcomes: None)
 
 
 def test_a_poison_sync_is_refused_and_the_store_goes_on(store: Store) -> None:

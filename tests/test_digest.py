@@ -1,7 +1,7 @@
 """Digests of big accounts go out in frames under the limit, whatever their ids hold."""
 
 from hiscrm.channel import MAX_FRAME_BYTES
-from hiscrm.master.data.account_manager import digest_chunks
+from hiscrm.master.data.accounts import digest_chunks
 from hiscrm.protocol import Encoder, MasterAccountDigest
 
 

@@ -2,12 +2,13 @@ import pytest
 
 from hiscrm.exit_codes import ExitCode
 from hiscrm.master.supervision.exit_record import describe_exit
+from hiscrm.master.supervision.stop_plan import StopReason
 
 
 def describe(exitcode: int, requested: str | None = None, during_start: bool = False):
     return describe_exit(
         exitcode,
-        requested=requested,
+        requested=StopReason(requested) if requested is not None else None,
         during_start=during_start,
         uptime_s=1.23456,
         at_ms=5,

@@ -286,14 +286,24 @@ def test_sighup_reloads_workers_one_at_a_time_new_before_old(start_master: Maste
 
     master.log.wait_for(after=mark, event="reload complete", timeout=20)
     events = master.log.events[mark:]
-    states = [(e["worker"], e["pid"], e["new"]) for e in events if e.get("event") == "worker state"]
+    # The slot's own state stays "running" throughout; its processes' moves are logged too.
+    assert not [e for e in events if e.get("event") == "worker state"]
+    states = [
+        (e["worker"], e["pid"], e["role"], e["new"])
+        for e in events
+        if e.get("event") == "worker process"
+    ]
     for n, worker in enumerate(("worker1", "worker2")):
         old = before[worker]
         new_running = next(
-            i for i, (w, p, s) in enumerate(states) if w == worker and s == "running"
+            i
+            for i, (w, p, role, s) in enumerate(states)
+            if w == worker and p != old and role == "incoming" and s == "running"
         )
         old_stopping = next(
-            i for i, (w, p, s) in enumerate(states) if w == worker and p == old and s == "stopping"
+            i
+            for i, (w, p, role, s) in enumerate(states)
+            if w == worker and p == old and role == "outgoing" and s == "stopping"
         )
         assert new_running < old_stopping, (
             f"{worker}'s old process stopped before its new one ran: {states}"

@@ -1,4 +1,5 @@
-"""The running master, put together: supervisor, store reader, metrics, HTTP API.
+"""The running master, put together: store, accounts, supervisor, read model, metrics,
+HTTP API.
 
 ``cli`` checks everything that can be checked before any process starts (configuration,
 state directory, the API's port) and hands over here.
@@ -12,13 +13,17 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import prctl
 from hiscrm.config import Config
+from hiscrm.error_counter import ErrorCounter
 from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
+from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.server import ApiServer
-from hiscrm.master.data.queries import StoreReader
+from hiscrm.master.data.accounts import AccountManager
+from hiscrm.master.data.sqlite_store import SqliteStore
+from hiscrm.master.data.store import SyncOutcome
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.process_stats import ProcessStats
@@ -57,43 +62,51 @@ async def run_master(
     log: FilteringBoundLogger,
     watch: bool = False,
 ) -> int:
+    loop = asyncio.get_running_loop()
+    errors = ErrorCounter()
     metrics = MasterMetrics()
-    launcher = make_launcher(config, log)
-    supervisor = Supervisor(config, launcher, log, metrics)
-    processes = ProcessStats()
-    metrics.attach(supervisor, processes)
-    control = Control(supervisor, StoreReader(supervisor.store.path), processes)
-    followers = LogFollowers(config.api.max_log_followers, log, supervisor.count_internal_error)
-    app = create_app(
-        control,
-        metrics,
-        token,
-        config.api.metrics_public,
-        log,
-        supervisor.count_internal_error,
-        followers,
+    store = SqliteStore(config.state_dir / "hiscrm.db", config.retention.days(), log)
+    accounts = AccountManager(
+        config, store, log, loop.time(), metrics.commit_latency.observe, errors
     )
-    api = ApiServer(app, api_socket, config, log)
 
-    stop_watching = asyncio.Event()
-    watching: asyncio.Task[None] | None = None
+    # Opens and migrates the store: a store that cannot be used stops the master here,
+    # before any worker starts. Outcomes of syncs come back on the loop.
+    def on_outcomes(outcomes: list[SyncOutcome]) -> None:  # in the store's writer thread
+        loop.call_soon_threadsafe(accounts.on_outcomes, outcomes)
 
-    async def on_ready() -> None:
-        nonlocal watching
-        api.start()
-        host, port = api.address
-        log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
-        if watch:
-            watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
-            watching.add_done_callback(
-                lambda task: _watch_ended(task, log, supervisor.count_internal_error)
-            )
+    store.start(on_outcomes)
+    try:
+        launcher = make_launcher(config, log)
+        supervisor = Supervisor(config, launcher, accounts, log, errors)
+        read = ReadModel(supervisor, accounts, store, ProcessStats())
+        metrics.attach(read, supervisor)
+        control = Control(supervisor, read, store)
+        followers = LogFollowers(config.api.max_log_followers, log, errors)
+        app = create_app(
+            read, control, metrics, token, config.api.metrics_public, log, errors, followers
+        )
+        api = ApiServer(app, api_socket, config, log)
 
-    async def on_stopped() -> None:
-        stop_watching.set()
-        if watching is not None:
-            await asyncio.wait({watching}, timeout=WATCH_STOP_S)
-        await api.stop()
-        flush_suppressed_counts()
+        stop_watching = asyncio.Event()
+        watching: asyncio.Task[None] | None = None
 
-    return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
+        async def on_ready() -> None:
+            nonlocal watching
+            api.start()
+            host, port = api.address
+            log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
+            if watch:
+                watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
+                watching.add_done_callback(lambda task: _watch_ended(task, log, errors))
+
+        async def on_stopped() -> None:
+            stop_watching.set()
+            if watching is not None:
+                await asyncio.wait({watching}, timeout=WATCH_STOP_S)
+            await api.stop()
+            flush_suppressed_counts()
+
+        return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
+    finally:
+        store.stop()

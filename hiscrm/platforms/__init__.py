@@ -1,25 +1,3 @@
-"""Platform plugins: the built-in ones and how a platform name becomes a class.
-
-A platform is named either by a built-in name (``demo``) or by ``package.module:ClassName``.
-This module only knows names; importing happens in ``loader`` (inside workers).
-"""
-
-import re
-
-BUILTIN_PLATFORMS: dict[str, str] = {
-    "demo": "hiscrm.platforms.demo:DemoPlatform",
-}
-
-_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-
-
-def resolve_platform_name(name: str) -> str:
-    """Return the ``module:Class`` spec for a built-in name or a spec; ValueError otherwise."""
-    if name in BUILTIN_PLATFORMS:
-        return BUILTIN_PLATFORMS[name]
-    if _SPEC.match(name):
-        return name
-    builtins = ", ".join(sorted(BUILTIN_PLATFORMS))
-    raise ValueError(
-        f"{name!r} is neither a built-in platform ({builtins}) nor 'package.module:ClassName'"
-    )
+"""Platform plugins: the plugin protocol (``base``), importing platforms by name inside a
+worker (``loader``), and the built-in ``demo`` generator. Names and their resolution
+live in ``hiscrm.platform_names``."""

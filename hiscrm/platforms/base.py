@@ -40,6 +40,10 @@ class PlatformContext(Protocol):
     def pending(self) -> int:
         """Changes not yet acknowledged by the master (a platform may pace itself by it)."""
 
+    def upsert_item(self, kind: str, item: Mapping[str, Any]) -> bool:
+        """Any kind of item by its kind's name; the ``upsert_<kind>`` methods below are the
+        same for the built-in kinds."""
+
     def upsert_conversation(self, item: Conversation | Mapping[str, Any]) -> bool: ...
 
     def upsert_message(self, item: Message | Mapping[str, Any]) -> bool: ...

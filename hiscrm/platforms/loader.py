@@ -3,7 +3,7 @@
 import importlib
 import inspect
 
-from hiscrm.platforms import resolve_platform_name
+from hiscrm.platform_names import resolve_platform_name
 from hiscrm.platforms.base import Platform
 
 

@@ -19,7 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.backoff import RestartBackoff
 from hiscrm.items import epoch_ms
 from hiscrm.models import AccountSpec
-from hiscrm.platforms import resolve_platform_name
+from hiscrm.platform_names import resolve_platform_name
 from hiscrm.platforms.base import Platform
 from hiscrm.protocol import (
     AnyMessage,

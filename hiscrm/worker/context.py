@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import (
+    ITEM_MODELS,
     URGENT_KINDS,
     AnyItem,
     Comment,
@@ -26,7 +27,7 @@ from hiscrm.models import AccountSpec
 from hiscrm.worker.account_data import AccountData, InvalidItem
 from hiscrm.worker.error_reporter import ErrorReporter
 
-ItemT = TypeVar("ItemT", Conversation, Message, Comment, Content, Notification)
+ItemT = TypeVar("ItemT", bound=AnyItem)
 
 
 class AccountContext:
@@ -94,6 +95,14 @@ class AccountContext:
 
     def upsert_notification(self, item: Notification | Mapping[str, Any]) -> bool:
         return self.upsert(self._valid(Notification, item))
+
+    def upsert_item(self, kind: str, item: AnyItem | Mapping[str, Any]) -> bool:
+        """Any kind of item, by its kind's name (the registry ``hiscrm.items.KINDS``)."""
+        model = ITEM_MODELS.get(kind)
+        if model is None:
+            known = ", ".join(ITEM_MODELS)
+            self._refuse(InvalidItem(f"unknown kind of item {kind!r} (known: {known})"))
+        return self.upsert(self._valid(model, item))
 
     def upsert(self, item: AnyItem) -> bool:
         """Record an item; True if it changed anything (a no-op sends nothing)."""

@@ -1,22 +1,19 @@
-"""Prometheus metrics of the master, read from the live state at every scrape.
+"""Prometheus metrics of the master, read from the read model at every scrape.
 
-Counters and gauges are not kept twice: a collector reads them from the worker handles
-and the account manager when ``/metrics`` is scraped, so they can never drift from what
-status reports. Only the commit-latency histogram records observations as they happen.
+Counters and gauges are not kept twice: a collector builds them from the same views that
+status and the API serve, so they can never drift from what status reports. Only the
+commit-latency histogram records observations as they happen.
 """
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hiscrm.master.supervision.process_stats import ProcessStats
+from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
-
-if TYPE_CHECKING:
-    from hiscrm.master.supervision.supervisor import Supervisor
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -31,17 +28,17 @@ class MasterMetrics:
             registry=self.registry,
         )
 
-    def attach(self, supervisor: "Supervisor", processes: ProcessStats) -> None:
-        self.registry.register(_LiveState(supervisor, processes))
+    def attach(self, read: ReadModel, supervisor: Supervisor) -> None:
+        self.registry.register(_LiveState(read, supervisor))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _LiveState(Collector):
-    def __init__(self, supervisor: "Supervisor", processes: ProcessStats) -> None:
+    def __init__(self, read: ReadModel, supervisor: Supervisor) -> None:
+        self._read = read
         self._supervisor = supervisor
-        self._processes = processes
 
     def collect(self) -> Iterator[Metric]:
         yield from self._workers()
@@ -52,7 +49,7 @@ class _LiveState(Collector):
             "Errors inside the master itself (bugs), logged with their traceback",
             value=master.internal_errors_total,
         )
-        store = master.store
+        store = self._read.store_stats()
         for name, value, text in (
             ("hiscrm_store_commits_total", store.commits, "Transactions committed to the store"),
             ("hiscrm_store_items_written_total", store.items_written, "Changed items written"),
@@ -60,7 +57,7 @@ class _LiveState(Collector):
         ):
             yield CounterMetricFamily(name, text, value=value)
         yield GaugeMetricFamily(
-            "hiscrm_store_up", "1 while the store thread runs", value=1.0 if store.alive else 0.0
+            "hiscrm_store_up", "1 while the store's writer runs", value=1.0 if store.alive else 0.0
         )
         launcher = master.launcher
         starts = CounterMetricFamily(
@@ -137,45 +134,31 @@ class _LiveState(Collector):
             "CPU time of the current worker process",
             labels=["worker"],
         )
-        now = self._supervisor.now()
-        live: set[int] = set()
-        for handle in self._supervisor.handles.values():
-            running = handle.registered is not None and handle.state.value == "running"
-            up.add_metric([handle.id], 1.0 if running else 0.0)
-            state.add_metric([handle.id, handle.state.value], 1.0)
-            for reason, count in handle.restarts_by_reason.items():
-                restarts.add_metric([handle.id, reason], count)
-            errors.add_metric([handle.id], handle.worker_errors)
-            for kind, count in handle.protocol_errors.items():
-                protocol.add_metric([handle.id, kind], count)
-            age = handle.heartbeat_age_s(now)
-            if age is not None and handle.pid is not None:
-                heartbeat.add_metric([handle.id], age)
-            if handle.pid is not None:
-                live.add(handle.pid)
-                sample = self._processes.sample(handle.pid)
-                if sample is not None:
-                    rss.add_metric([handle.id], sample.rss_bytes)
-                    cpu.add_metric([handle.id], sample.cpu_seconds)
-            if handle.last_heartbeat is not None and handle.pid is not None:
-                counters = handle.last_heartbeat.sync
-                sync_bytes.add_metric([handle.id], counters.get("bytes", 0))
-                resends.add_metric([handle.id], counters.get("resends", 0))
-            registered = handle.registered
-            if registered is not None and handle.pid is not None:
-                changed = self._supervisor.code.changed(
-                    registered.code_version, registered.code_files
-                )
-                stale.add_metric([handle.id], 1.0 if changed else 0.0)
-                code.add_metric([handle.id, registered.code_version], 1.0)
-        self._processes.keep_only(live)
+        for worker in self._read.workers():
+            wid = worker.id
+            up.add_metric([wid], 1.0 if worker.state == "running" else 0.0)
+            state.add_metric([wid, worker.state], 1.0)
+            for reason, count in worker.restarts_by_reason.items():
+                restarts.add_metric([wid, reason], count)
+            errors.add_metric([wid], worker.errors_total)
+            for kind, count in worker.protocol_errors_by_kind.items():
+                protocol.add_metric([wid, kind], count)
+            if worker.heartbeat_age_s is not None:
+                heartbeat.add_metric([wid], worker.heartbeat_age_s)
+            if worker.rss_bytes is not None:
+                rss.add_metric([wid], worker.rss_bytes)
+            if worker.cpu_seconds is not None:
+                cpu.add_metric([wid], worker.cpu_seconds)
+            if worker.sync:
+                sync_bytes.add_metric([wid], worker.sync.get("bytes", 0))
+                resends.add_metric([wid], worker.sync.get("resends", 0))
+            if worker.code_version is not None:
+                stale.add_metric([wid], 1.0 if worker.stale_code else 0.0)
+                code.add_metric([wid, worker.code_version], 1.0)
         yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu, stale, code)
         yield from (sync_bytes, resends)
 
     def _accounts(self) -> Iterator[Metric]:
-        manager = self._supervisor.accounts
-        if manager is None:
-            return
         syncs = CounterMetricFamily(
             "hiscrm_worker_data_sync_total",
             "Syncs committed to the store",
@@ -200,17 +183,14 @@ class _LiveState(Collector):
         assigned = GaugeMetricFamily(
             "hiscrm_account_assigned", "1 if the account has a worker", labels=["account", "worker"]
         )
-        for account_id, slot in manager.assigner.slots.items():
-            health = manager.health.accounts.get(account_id)
-            worker = slot.owner or ""
-            assigned.add_metric([account_id, worker], 1.0 if slot.owner else 0.0)
-            if health is None:
-                continue
-            syncs.add_metric([worker, account_id], health.syncs)
-            items.add_metric([account_id], health.items)
-            for reason, count in health.errors.items():
-                errors.add_metric([account_id, reason], count)
-            if health.last_success_at is not None:
-                last.add_metric([account_id], health.last_success_at / 1000)
-            stale.add_metric([account_id], 1.0 if health.stale else 0.0)
+        for account in self._read.accounts():
+            aid, worker = account.id, account.worker or ""
+            assigned.add_metric([aid, worker], 1.0 if account.worker else 0.0)
+            syncs.add_metric([worker, aid], account.syncs)
+            items.add_metric([aid], account.items_synced)
+            for reason, count in account.sync_errors.items():
+                errors.add_metric([aid, reason], count)
+            if account.last_sync_at is not None:
+                last.add_metric([aid], account.last_sync_at / 1000)
+            stale.add_metric([aid], 1.0 if account.stale else 0.0)
         yield from (syncs, items, errors, last, stale, assigned)

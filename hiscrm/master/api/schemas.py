@@ -1,14 +1,15 @@
 """What the HTTP API answers, as pydantic models (they make the OpenAPI schema too).
 
 They reuse the models the rest of the program uses: ``ExitRecord`` for how a worker
-ended, the item models (plus what the store adds) for the collections.
+ended, and for the collections each kind's model plus what the store adds (derived from
+the registry of kinds).
 """
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, create_model
 
-from hiscrm.items import Comment, Content, Conversation, Message, Notification
+from hiscrm.items import KINDS, Kind
 from hiscrm.master.supervision.exit_record import ExitRecord
 
 T = TypeVar("T")
@@ -46,8 +47,10 @@ class WorkerInfo(BaseModel):
     uptime_s: float | None
     rss_bytes: int | None
     cpu_percent: float | None
+    cpu_seconds: float | None  # user + system, of the current process
     errors_total: int  # worker:error messages from this slot
     protocol_errors: int
+    protocol_errors_by_kind: dict[str, int]
     sync: dict[str, int]  # its process's syncs sent: messages, bytes, resends, nacks
     last_exit: ExitRecord | None
     code_version: str | None  # hash of the source files it imported (null until registered)
@@ -147,45 +150,21 @@ class Health(BaseModel):
     checks: dict[str, bool]
 
 
-class _Stored(BaseModel):
-    """What the store adds to every item."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    account_id: str
-    version: int
-    synced_at: int
-
-
-class _Readable(BaseModel):
-    is_read: bool
-    read_at: int | None
-
-
-class StoredConversation(Conversation, _Stored):
-    pass
-
-
-class StoredMessage(Message, _Stored, _Readable):
-    pass
-
-
-class StoredComment(Comment, _Stored, _Readable):
-    pass
-
-
-class StoredContent(Content, _Stored):
-    pass
-
-
-class StoredNotification(Notification, _Stored):
-    pass
+def _stored_model(kind: Kind) -> type[BaseModel]:
+    """An item as the API serves it: the kind's model, what the store adds to every
+    item, and the fields the master owns."""
+    fields: dict[str, Any] = {
+        "account_id": (str, ...),
+        "version": (int, ...),
+        "synced_at": (int, ...),
+    }
+    fields.update({owned.name: (owned.annotation, ...) for owned in kind.master_owned})
+    model: type[BaseModel] = create_model(
+        f"Stored{kind.model.__name__}", __base__=kind.model, **fields
+    )
+    return model
 
 
 STORED_MODELS: dict[str, type[BaseModel]] = {
-    "conversations": StoredConversation,
-    "messages": StoredMessage,
-    "comments": StoredComment,
-    "contents": StoredContent,
-    "notifications": StoredNotification,
+    kind.collection: _stored_model(kind) for kind in KINDS.values()
 }

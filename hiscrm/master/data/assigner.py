@@ -74,13 +74,19 @@ class Assigner:
 
     # --- queries -------------------------------------------------------------------------
 
-    def load(self, worker_id: str) -> int:
-        """Accounts a worker holds or is about to receive."""
-        return sum(
-            1
-            for s in self.slots.values()
-            if (s.owner == worker_id and not s.releasing) or s.target == worker_id
-        )
+    def loads(self) -> Counter[str]:
+        """Accounts each worker holds or is about to receive, counted in one pass."""
+        loads: Counter[str] = Counter()
+        for s in self.slots.values():
+            holders = {s.owner} if s.owner is not None and not s.releasing else set()
+            if s.target is not None:
+                holders.add(s.target)
+            loads.update(holders)
+        return loads
+
+    def releasing(self, account_id: str) -> bool:
+        slot = self.slots.get(account_id)
+        return slot is not None and slot.releasing
 
     def accounts_of(self, worker_id: str) -> list[str]:
         return [a for a, s in self.slots.items() if s.owner == worker_id]
@@ -144,7 +150,7 @@ class Assigner:
     def tick(self, now: float) -> list[Action]:
         """Move the accounts of workers that have been down for ``reassign_after_s``."""
         actions: list[Action] = []
-        loads = self._loads()
+        loads = self.loads()
         for worker, since in list(self._down_since.items()):
             if now - since < self._reassign_after_s:
                 continue
@@ -169,16 +175,6 @@ class Assigner:
         slot.owner = None
         return self._place_unowned(now)
 
-    def _loads(self) -> Counter[str]:
-        """``load`` of every worker, counted in one pass."""
-        loads: Counter[str] = Counter()
-        for s in self.slots.values():
-            holders = {s.owner} if s.owner is not None and not s.releasing else set()
-            if s.target is not None:
-                holders.add(s.target)
-            loads.update(holders)
-        return loads
-
     def _least_loaded(self, loads: Counter[str]) -> str | None:
         """The running worker with the fewest accounts and room for one more (the first
         in worker order on a tie)."""
@@ -199,7 +195,7 @@ class Assigner:
             if home is not None and home in self._running:
                 worker: str | None = home
             elif home is None or now - self._down_since.get(home, now) >= self._reassign_after_s:
-                loads = loads if loads is not None else self._loads()
+                loads = loads if loads is not None else self.loads()
                 worker = self._least_loaded(loads)
             else:
                 continue  # its home may be back any moment

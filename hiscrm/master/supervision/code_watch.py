@@ -17,7 +17,8 @@ from structlog.typing import FilteringBoundLogger
 from watchfiles import Change, awatch
 
 from hiscrm.config import Config
-from hiscrm.master.supervision.supervisor import CommandRefused, Supervisor
+from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
+from hiscrm.master.supervision.supervisor import Supervisor
 
 QUIET_MS = 300  # a burst of saves (an editor, a git checkout) is one reload
 RETRY_S = 0.5  # a reload already under way: try again after it
@@ -46,14 +47,14 @@ class CodeWatcher:
     def __init__(self, supervisor: Supervisor, log: FilteringBoundLogger) -> None:
         self._supervisor = supervisor
         self._log = log
-        self.reloads = 0
 
     def _worker_files(self) -> set[str]:
         return {
             f.path
-            for h in self._supervisor.all_handles()
-            if h.registered is not None
-            for f in h.registered.code_files
+            for slot in self._supervisor.slots.values()
+            for process in slot.processes()
+            if process.registered is not None
+            for f in process.registered.code_files
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -76,14 +77,13 @@ class CodeWatcher:
     async def _reload(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and not self._supervisor.shutting_down:
             try:
-                await self._supervisor.command("reload", why="--watch")
+                await self._supervisor.command(ReloadWorkers(why="--watch"))
             except CommandRefused as exc:
                 if self._supervisor.shutting_down:
                     return
                 self._log.info("reload after the one under way", reason=str(exc))
                 await asyncio.sleep(RETRY_S)
                 continue
-            self.reloads += 1
             return
 
 

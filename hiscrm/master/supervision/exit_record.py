@@ -10,11 +10,7 @@ import signal
 from pydantic import BaseModel
 
 from hiscrm.exit_codes import ExitCode
-
-# Reasons for which an operator ends a process. Every other reason is a failure and counts
-# towards backoff, including those the master acts on by itself (heartbeat_timeout,
-# start_timeout, protocol_error, protocol_mismatch).
-OPERATOR_REASONS = frozenset({"stop", "restart", "shutdown", "reload"})
+from hiscrm.master.supervision.stop_plan import OPERATOR_REASONS, StopReason
 
 _EXIT_CODE_REASONS = {
     ExitCode.CRASHED: ("crashed", "an uncaught exception"),
@@ -36,6 +32,8 @@ class ExitRecord(BaseModel):
 
     @property
     def is_failure(self) -> bool:
+        """Every reason but an operator's counts towards backoff, including those the
+        master acts on by itself (heartbeat_timeout, start_timeout, protocol errors)."""
         return self.reason not in OPERATOR_REASONS
 
 
@@ -49,7 +47,7 @@ def _signal_name(number: int) -> str:
 def describe_exit(
     exitcode: int,
     *,
-    requested: str | None,
+    requested: StopReason | None,
     during_start: bool,
     uptime_s: float,
     at_ms: int,
@@ -62,7 +60,7 @@ def describe_exit(
     how = f"exit code {code}" if sig is None else f"signal {sig}"
 
     if requested is not None:
-        reason, detail = requested, f"stopped by the master ({requested}), {how}"
+        reason, detail = requested.value, f"stopped by the master ({requested}), {how}"
     elif sig == "SIGKILL":
         reason, detail = "killed", "killed by SIGKILL (perhaps the out-of-memory killer)"
     elif sig in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):

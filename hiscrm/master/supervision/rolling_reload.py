@@ -1,13 +1,15 @@
-"""Reloading every worker in turn (``hiscrmctl reload``, ``POST /reload``, SIGHUP), as
-steps the supervisor loop advances.
+"""Reloading every worker in turn (``hiscrmctl reload``, ``POST /reload``, SIGHUP,
+``--watch``), as steps the supervisor loop advances.
 
-For each running worker:
+For each running worker slot:
 
-1. *starting*: a replacement process starts beside it, with the code now on disk;
-2. *handing over*: once the replacement has registered it becomes the slot's worker;
-   each account is revoked from the old process (which stops its task and flushes its
-   changes) and, when released, assigned to the new one. An account never has two
-   workers; the gap (revoked → running again) is measured per account;
+1. *starting*: a replacement process starts beside the current one, with the code now
+   on disk;
+2. *handing over*: once the replacement has registered it becomes the slot's current
+   process; each account is revoked from the old process (which stops the account's task
+   and flushes its changes) and, when released, assigned to the new one. An account never
+   has two processes; the gap (revoked → running again) is measured per account. If the
+   old process dies meanwhile, its death releases what it held;
 3. *stopping old*: the old process, now without accounts, is stopped.
 
 A replacement that fails to start stops the whole reload: the old process keeps serving
@@ -15,18 +17,19 @@ and ``error`` says why. A SIGTERM during a reload takes effect at once (the supe
 drops the reload and stops every process).
 """
 
+import asyncio
 import re
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.supervision.worker_handle import WorkerHandle, WorkerState
-
-if TYPE_CHECKING:
-    from hiscrm.master.supervision.supervisor import Supervisor
+from hiscrm.config import SupervisionConfig
+from hiscrm.master.ports import AccountsPort
+from hiscrm.master.supervision.slot_process import ProcessState, SlotProcess
+from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
 
 
 class Phase(Enum):
@@ -47,24 +50,57 @@ class Step:
 
 
 @dataclass
+class Handover:
+    """The accounts of one slot moving from its old process to its new one."""
+
+    accounts: list[str]
+    pending: set[str]  # not released by the old process yet
+    revoked_at: dict[str, float] = field(default_factory=dict)
+    released_at: dict[str, float] = field(default_factory=dict)
+    gaps_ms: dict[str, float] = field(default_factory=dict)  # revoked -> running in the new one
+    settled: set[str] = field(default_factory=set)  # the new process reported a state for it
+
+    def waiting_for(self) -> dict[str, list[str]]:
+        """For the log: accounts not released by the old process, not taken up by the new."""
+        return {
+            "release": sorted(self.pending),
+            "take_up": sorted(set(self.accounts) - self.settled - self.pending),
+        }
+
+
+@dataclass
 class _Current:
-    old: WorkerHandle
-    new: WorkerHandle
-    old_pid: int | None
+    slot: WorkerSlot
+    old: SlotProcess | None
+    new: SlotProcess
     began: float
     phase: Phase = Phase.STARTING
+    handover: Handover | None = None
     deadline: float | None = None  # of the hand-over: then the old process is stopped anyway
+
+    @property
+    def old_pid(self) -> int | None:
+        return self.old.pid if self.old is not None else None
 
 
 class RollingReload:
     def __init__(
-        self, supervisor: "Supervisor", log: FilteringBoundLogger, now: float, why: str
+        self,
+        slots: dict[str, WorkerSlot],
+        accounts: AccountsPort,
+        supervision: SupervisionConfig,
+        log: FilteringBoundLogger,
+        now: float,
+        why: str,
     ) -> None:
         self.why = why  # SIGHUP, requested (API), --watch
-        self._supervisor = supervisor
+        self._slots = slots
+        self._accounts = accounts
+        self._sup = supervision
         self._log = log
-        self._pending = deque(supervisor.handles)
+        self._pending = deque(slots)
         self._current: _Current | None = None
+        self._waiters: list[asyncio.Future[RollingReload]] = []
         self.began = now
         self.ended: float | None = None
         self.steps: list[Step] = []
@@ -79,6 +115,74 @@ class RollingReload:
         """When the supervisor must call ``advance`` even if nothing happens."""
         return self._current.deadline if self._current is not None else None
 
+    def when_done(self, reply: "asyncio.Future[Any]") -> None:
+        """Answer ``reply`` with this reload once it has ended."""
+        if self.done:
+            reply.set_result(self)
+        else:
+            self._waiters.append(reply)
+
+    def _end(self, now: float) -> None:
+        self.ended = now
+        for reply in self._waiters:
+            if not reply.done():
+                reply.set_result(self)
+        self._waiters.clear()
+
+    # --- events the supervisor routes here ------------------------------------------------
+
+    def involves(self, process: SlotProcess) -> bool:
+        current = self._current
+        return current is not None and process in (current.old, current.new)
+
+    def on_released(self, process: SlotProcess, account_id: str, now: float) -> bool:
+        """The old process let an account go; True if it was part of the hand-over."""
+        current = self._current
+        if current is None or process is not current.old or current.handover is None:
+            return False
+        if account_id not in current.handover.pending:
+            return False
+        self._hand_to_new(current, account_id, now)
+        return True
+
+    def on_account_state(
+        self, process: SlotProcess, account_id: str, state: str, now: float
+    ) -> None:
+        current = self._current
+        if current is None or process is not current.new or current.handover is None:
+            return
+        handover = current.handover
+        if account_id in handover.released_at:
+            handover.settled.add(account_id)
+        if state != "running" or account_id not in handover.revoked_at:
+            return
+        if account_id in handover.gaps_ms:
+            return
+        gap_ms = (now - handover.revoked_at[account_id]) * 1000
+        handover.gaps_ms[account_id] = gap_ms
+        released = handover.released_at.get(account_id)
+        self._log.info(
+            "account handed over",
+            worker=current.slot.id,
+            account_id=account_id,
+            old_pid=current.old_pid,
+            new_pid=process.pid,
+            gap_ms=round(gap_ms, 1),
+            flush_ms=round((released - handover.revoked_at[account_id]) * 1000, 1)
+            if released
+            else None,
+        )
+
+    def on_exited(self, process: SlotProcess, now: float) -> None:
+        """A process of the current step died: the old one's death releases what it held."""
+        current = self._current
+        if current is None or process is not current.old or current.handover is None:
+            return
+        for account_id in sorted(current.handover.pending):
+            self._hand_to_new(current, account_id, now)
+
+    # --- stepping ------------------------------------------------------------------------
+
     async def advance(self, now: float) -> None:
         """Move on as far as the processes allow; returns when it has to wait."""
         while not self.done:
@@ -88,62 +192,105 @@ class RollingReload:
                 continue
             current = self._current
             if current.phase is Phase.STARTING:
-                if current.new.state is WorkerState.STOPPED:
+                if current.slot.incoming is not current.new:  # it died before registering
                     self._fail(current, now)
                     return
-                if current.new.state is not WorkerState.RUNNING:
+                if current.new.state is not ProcessState.RUNNING:
                     return
-                self._supervisor.promote(current.old, current.new)
-                self._supervisor.accounts_manager().begin_handover(current.old, current.new, now)
-                current.phase = Phase.HANDING_OVER
-                sup = self._supervisor.config.supervision
-                current.deadline = now + sup.stop_timeout_s + sup.start_timeout_s
+                self._begin_handover(current, now)
             if current.phase is Phase.HANDING_OVER:
-                manager = self._supervisor.accounts_manager()
-                if not manager.handover_done(current.old):
+                handover = current.handover
+                assert handover is not None
+                if not self._handover_done(current):
                     if current.deadline is None or now < current.deadline:
                         return
                     self._log.error(
                         "reload: hand-over not finished in time; stopping the old process",
-                        worker=current.new.id,
+                        worker=current.slot.id,
                         old_pid=current.old_pid,
-                        waiting_for=manager.handover_waiting_for(current.old),
+                        waiting_for=handover.waiting_for(),
                     )
                 current.deadline = None
-                await current.old.request_stop("reload", now, restart=False)
+                current.slot.retire_outgoing(now)
                 current.phase = Phase.STOPPING_OLD
             if current.phase is Phase.STOPPING_OLD:
-                if current.old.state is not WorkerState.STOPPED:
+                if current.slot.outgoing is not None:
                     return
                 self._finish_step(current, now)
 
     async def _begin_next(self, now: float) -> bool:
-        """Start the next worker's replacement; False when there is none left."""
+        """Start the next slot's replacement; False when there is none left."""
         while self._pending:
-            worker_id = self._pending.popleft()
-            old = self._supervisor.handles[worker_id]
-            if old.state is not WorkerState.RUNNING:
-                self._log.warning(
-                    "reload: skipping worker", worker=worker_id, state=old.state.value
-                )
+            slot = self._slots.get(self._pending.popleft())
+            if slot is None:
                 continue
-            new = self._supervisor.new_replacement(worker_id)
-            self._current = _Current(old, new, old.pid, now)
-            self._log.info("reload: starting replacement", worker=worker_id, old_pid=old.pid)
-            await new.start(now, "reload")
+            if slot.state is not WorkerState.RUNNING:
+                self._log.warning("reload: skipping worker", worker=slot.id, state=slot.state.value)
+                continue
+            self._log.info("reload: starting replacement", worker=slot.id, old_pid=slot.pid)
+            try:
+                new = await slot.start_incoming()
+            except Exception as exc:  # fork/exec failed
+                self._log.error("reload: cannot start a replacement", worker=slot.id, exc_info=exc)
+                self.error = f"the new {slot.id} did not start ({exc}); the old one keeps serving"
+                self.steps.append(Step(slot.id, slot.pid, None, "boot_failed", 0.0))
+                self._end(now)
+                return False
+            self._current = _Current(slot, slot.current, new, now)
             return True
-        self.ended = now
         self._log.info("reload complete", took_s=round(now - self.began, 3), steps=len(self.steps))
+        self._end(now)
         return False
 
-    def _finish_step(self, current: _Current, now: float) -> None:
-        handover = self._supervisor.accounts_manager().end_handover(current.old)
-        gaps = list(handover.gaps_ms.values()) if handover else []
-        step = Step(
-            worker=current.new.id,
+    def _begin_handover(self, current: _Current, now: float) -> None:
+        slot = current.slot
+        old = current.old = slot.promote()
+        self._accounts.relink(current.new)
+        accounts = self._accounts.accounts_of(slot.id)
+        handover = current.handover = Handover(accounts, set(accounts))
+        current.phase = Phase.HANDING_OVER
+        current.deadline = now + self._sup.stop_timeout_s + self._sup.start_timeout_s
+        self._log.info(
+            "handing accounts over",
+            worker=slot.id,
             old_pid=current.old_pid,
             new_pid=current.new.pid,
-            state=current.new.state.value,
+            accounts=accounts,
+        )
+        for account_id in accounts:
+            handover.revoked_at[account_id] = now
+            if old is not None and old.serving:
+                self._accounts.revoke(old, account_id)
+        if old is None:  # nothing holds them: straight to the new process
+            for account_id in accounts:
+                self._hand_to_new(current, account_id, now)
+        elif not old.serving:  # starting or stopping: it cannot answer; its death releases
+            slot.retire_outgoing(now)
+
+    def _hand_to_new(self, current: _Current, account_id: str, now: float) -> None:
+        handover = current.handover
+        assert handover is not None
+        handover.pending.discard(account_id)
+        handover.released_at[account_id] = now
+        self._accounts.assign(current.new, account_id)
+
+    def _handover_done(self, current: _Current) -> bool:
+        """Every account released by the old process and taken up by the new one (or the
+        new one is gone, and the slot's restart takes the accounts)."""
+        handover = current.handover
+        assert handover is not None
+        if handover.pending:
+            return False
+        return handover.settled >= set(handover.accounts) or not current.new.serving
+
+    def _finish_step(self, current: _Current, now: float) -> None:
+        handover = current.handover
+        gaps = list(handover.gaps_ms.values()) if handover else []
+        step = Step(
+            worker=current.slot.id,
+            old_pid=current.old_pid,
+            new_pid=current.new.pid,
+            state=current.slot.state.value,
             took_s=round(now - current.began, 3),
             accounts=len(handover.accounts) if handover else 0,
             max_gap_ms=round(max(gaps), 1) if gaps else None,
@@ -153,32 +300,29 @@ class RollingReload:
         self._log.info("reload: worker replaced", **asdict(step))
 
     def _fail(self, current: _Current, now: float) -> None:
-        record = current.new.last_exit
+        record = current.slot.incoming_exit
         why = record.detail if record else "it stopped before registering"
         cause = _exception_line(record.log_tail if record else [])
         if cause:
             why = f"{why}: {cause}"
-        self.error = f"the new {current.new.id} did not start ({why}); the old one keeps serving"
-        self.steps.append(
-            Step(
-                current.new.id, current.old_pid, None, "boot_failed", round(now - current.began, 3)
-            )
-        )
+        self.error = f"the new {current.slot.id} did not start ({why}); the old one keeps serving"
+        took_s = round(now - current.began, 3)
+        self.steps.append(Step(current.slot.id, current.old_pid, None, "boot_failed", took_s))
         self._log.error(
             "reload stopped: a replacement did not start",
-            worker=current.new.id,
+            worker=current.slot.id,
             reason=record.reason if record else None,
             left=list(self._pending),
             log_tail=record.log_tail if record else [],
         )
         self._current = None
-        self.ended = now
+        self._end(now)
 
     def abandon(self, now: float) -> None:
         """Shutdown: every process will be stopped by the supervisor anyway."""
         self._current = None
         self.error = self.error or "interrupted by shutdown"
-        self.ended = now
+        self._end(now)
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")

@@ -30,7 +30,8 @@ from hiscrm.config import Config
 from hiscrm.entrypoint import Entrypoint
 from hiscrm.logfile import tail_lines
 from hiscrm.master.supervision.events import Event
-from hiscrm.master.supervision.launcher import SpawnLauncher, WorkerProcess
+from hiscrm.master.supervision.launcher import SpawnLauncher
+from hiscrm.master.supervision.worker_process import WorkerProcess
 from hiscrm.protocol import WorkerBoot
 
 TEMPLATE_ENTRYPOINT = Entrypoint("hiscrm.worker.template:main")

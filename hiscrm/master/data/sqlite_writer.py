@@ -1,5 +1,5 @@
-"""The one thread that owns the SQLite store: it opens it, migrates it, and performs every
-write, so the event loop never waits on disk.
+"""The one thread that owns the SQLite store's writes: it opens it, migrates it, and
+performs every write, so the event loop never waits on disk.
 
 Syncs queue up while a transaction runs and go into the next one together (group
 commit). A sync is committed only if the store already has every change of its account
@@ -8,7 +8,9 @@ sync is never skipped over. Each outcome (committed up to which seq, or why not)
 back to the loop, which acknowledges the worker only after the commit.
 
 Reads that must see every queued write (the digest sent with an assignment) and other
-store calls go through the same queue with ``call``.
+writes (read marks) go through the same queue with ``call``. Any exception inside a
+transaction rolls it back, is logged with its traceback and counted, and the thread goes
+on.
 
 Checkpoints (copying the write-ahead log back into the database) run in a second thread
 on a connection of its own, in SQLite's passive mode, so they never hold up a commit.
@@ -19,43 +21,28 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
-from hiscrm.master.data import datastore
-from hiscrm.protocol import ItemChange
+from hiscrm.master.data import sqlite_schema
+from hiscrm.master.data.store import (
+    OutcomeCallback,
+    StoreError,
+    SyncBatch,
+    SyncFailure,
+    SyncOutcome,
+)
 
 T = TypeVar("T")
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 1.0
-
-
-@dataclass(slots=True)
-class SyncBatch:
-    worker_id: str
-    pid: int
-    account_id: str
-    base_seq: int
-    last_seq: int
-    changes: list[ItemChange]
-    received_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(slots=True)
-class SyncOutcome:
-    batch: SyncBatch
-    committed_seq: int  # what the store has for the account afterwards
-    error: str | None = None  # None: committed
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(slots=True)
@@ -68,16 +55,15 @@ class _Call:
 _STOP = object()
 
 
-class StoreThread:
+class SqliteWriter:
     def __init__(
         self,
         path: Path,
-        on_outcomes: Callable[[list[SyncOutcome]], None],
         retention_days: dict[str, float],
         log: FilteringBoundLogger,
     ) -> None:
         self.path = path
-        self._on_outcomes = on_outcomes
+        self._on_outcomes: OutcomeCallback = lambda outcomes: None
         self._retention = retention_days
         self._log = log
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -88,20 +74,19 @@ class StoreThread:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
-        self._upserter = datastore.Upserter()
+        self._upserter = sqlite_schema.Upserter()
         self._committed: dict[str, int] = {}
         self.commits = 0
         self.items_written = 0
         self.errors = 0
 
-    def start(self) -> None:
-        """Open and migrate the store in its thread; raise here if that fails."""
+    def start(self, on_outcomes: OutcomeCallback) -> None:
+        """Open and migrate the store in its thread; raise StoreError here if that fails."""
+        self._on_outcomes = on_outcomes
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
-            raise datastore.StoreError(
-                f"{self.path}: {self._startup_error}"
-            ) from self._startup_error
+            raise StoreError(f"{self.path}: {self._startup_error}") from self._startup_error
         self._checkpointer.start()
 
     @property
@@ -114,7 +99,7 @@ class StoreThread:
     async def call(self, function: Callable[[sqlite3.Connection], T], timeout_s: float = 60.0) -> T:
         """Run ``function(connection)`` in the store thread, after everything queued."""
         if not self.alive:
-            raise datastore.StoreError("the store thread is not running")
+            raise StoreError("the store's writer thread is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Call(function, loop, future))
@@ -135,16 +120,20 @@ class StoreThread:
 
     def _run(self) -> None:
         try:
-            conn = datastore.connect(self.path)
-            found = datastore.migrate(conn)
+            conn = sqlite_schema.connect(self.path)
+            found, added = sqlite_schema.migrate(conn)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             return
-        if found != datastore.SCHEMA_VERSION:
+        if found != sqlite_schema.SCHEMA_VERSION or added:
             self._log.info(
-                "store migrated", path=str(self.path), old=found, new=datastore.SCHEMA_VERSION
+                "store migrated",
+                path=str(self.path),
+                old=found,
+                new=sqlite_schema.SCHEMA_VERSION,
+                new_tables=added,
             )
         self._ready.set()
         next_retention = time.monotonic()
@@ -180,7 +169,7 @@ class StoreThread:
 
     def _checkpoints(self) -> None:
         try:
-            conn = datastore.connect(self.path)
+            conn = sqlite_schema.connect(self.path)
         except sqlite3.Error as exc:
             self.errors += 1
             self._log.error("cannot open the store for checkpoints", exc_info=exc)
@@ -197,7 +186,7 @@ class StoreThread:
 
     def _committed_seq(self, conn: sqlite3.Connection, account_id: str) -> int:
         if account_id not in self._committed:
-            self._committed[account_id] = datastore.committed_seq(conn, account_id)
+            self._committed[account_id] = sqlite_schema.committed_seq(conn, account_id)
         return self._committed[account_id]
 
     def _commit(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
@@ -227,7 +216,12 @@ class StoreThread:
                 )
                 done = self._safe_committed_seq(conn, batch.account_id)
                 outcomes.append(
-                    SyncOutcome(batch, done, f"store error: {type(single).__name__}: {single}")
+                    SyncOutcome(
+                        batch,
+                        done,
+                        f"store error: {type(single).__name__}: {single}",
+                        SyncFailure.STORE_ERROR,
+                    )
                 )
         return outcomes
 
@@ -249,25 +243,19 @@ class StoreThread:
             done = planned.get(batch.account_id, self._committed_seq(conn, batch.account_id))
             if batch.base_seq > done:
                 gap = f"gap: the store has up to {done}, this sync continues from {batch.base_seq}"
-                outcomes.append(SyncOutcome(batch, done, gap))
+                outcomes.append(SyncOutcome(batch, done, gap, SyncFailure.GAP))
                 continue
             planned[batch.account_id] = max(done, batch.last_seq)
             accepted.append((batch, planned[batch.account_id]))
         if not accepted:
             return outcomes
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            written = 0
+        written = 0
+        with transaction(conn):
             for batch, _ in accepted:
                 rows = self._upserter.rows(batch.account_id, batch.changes, now_ms)
                 self._upserter.write(conn, rows)
-                datastore.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
+                sqlite_schema.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
                 written += len(batch.changes)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self._committed.update(planned)
         self.commits += 1
         self.items_written += written
@@ -277,7 +265,9 @@ class StoreThread:
     def _answer(self, conn: sqlite3.Connection, call: _Call) -> None:
         try:
             result = call.function(conn)
-        except Exception as exc:
+        except Exception as exc:  # the caller gets it; a transaction left open is undone
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
         else:
             call.loop.call_soon_threadsafe(_set_result, call.future, result)
@@ -286,14 +276,11 @@ class StoreThread:
         if not self._retention:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            deleted = datastore.apply_retention(conn, self._retention, epoch_ms())
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with transaction(conn):
+                deleted = sqlite_schema.apply_retention(conn, self._retention, epoch_ms())
+        except Exception as exc:
             self.errors += 1
-            self._log.error("retention failed", exc_info=exc)
+            self._log.error("retention failed", errors=self.errors, exc_info=exc)
             return
         if any(deleted.values()):
             self._log.info("retention applied", deleted=deleted, keep_days=self._retention)
@@ -307,3 +294,16 @@ def _set_result(future: "asyncio.Future[Any]", result: Any) -> None:
 def _set_exception(future: "asyncio.Future[Any]", exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT; whatever is raised inside rolls it back first."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,6 +1,6 @@
-"""The worker state machine without processes: a fake launcher and a hand-driven clock,
-for the paths real processes reach only by luck (stop while starting, shutdown during a
-restart, launcher failures, a pipe that is already gone)."""
+"""The worker slot's state machine and stop plans without processes: a fake launcher and a
+hand-driven clock, for the paths real processes reach only by luck (stop while starting,
+shutdown during a restart, launcher failures, a pipe that is already gone)."""
 
 import asyncio
 import signal
@@ -13,7 +13,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from hiscrm.config import Config
-from hiscrm.master.supervision.worker_handle import IllegalTransition, WorkerHandle, WorkerState
+from hiscrm.master.supervision.stop_plan import AfterStop, StopPlan, StopReason, StopStage
+from hiscrm.master.supervision.worker_slot import IllegalTransition, WorkerSlot, WorkerState
 from hiscrm.protocol import PROTOCOL_VERSION, WorkerRegister, decode, schema_hash
 
 SUPERVISION = {
@@ -77,18 +78,16 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 @pytest.fixture
-def handle(tmp_path: Path) -> WorkerHandle:
+def handle(tmp_path: Path) -> WorkerSlot:
     config = Config.model_validate({"state_dir": str(tmp_path), "supervision": SUPERVISION})
-    return WorkerHandle(
-        "worker1", config, FakeLauncher(), lambda event: None, structlog.get_logger()
-    )
+    return WorkerSlot("worker1", config, FakeLauncher(), lambda event: None, structlog.get_logger())
 
 
-def launcher(handle: WorkerHandle) -> FakeLauncher:
+def launcher(handle: WorkerSlot) -> FakeLauncher:
     return handle._launcher  # type: ignore[return-value]
 
 
-def register(handle: WorkerHandle, now: float) -> None:
+def register(handle: WorkerSlot, now: float) -> None:
     message = WorkerRegister(
         worker_id="worker1",
         pid=handle.pid or 0,
@@ -99,19 +98,20 @@ def register(handle: WorkerHandle, now: float) -> None:
         code_version="v1",
         code_files=[],
     )
-    assert handle.on_register(message, now)
+    assert handle.current is not None
+    assert handle.register(handle.current, message, now)
 
 
-def die(handle: WorkerHandle, exitcode: int, now: float) -> None:
-    assert handle.process is not None
-    handle.process.exitcode = exitcode  # type: ignore[attr-defined]
-    run(handle.on_exit(now))
+def die(handle: WorkerSlot, exitcode: int, now: float) -> None:
+    assert handle.current is not None
+    handle.current.process.exitcode = exitcode  # type: ignore[attr-defined]
+    run(handle.on_exit(handle.current, now))
 
 
-def test_stop_while_starting_signals_the_group_and_stays_stopped(handle: WorkerHandle) -> None:
+def test_stop_while_starting_signals_the_group_and_stays_stopped(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     process = launcher(handle).started[0]
-    run(handle.request_stop("stop", 1.0, restart=False))
+    run(handle.request_stop(StopReason.STOP, 1.0, restart=False))
     assert handle.state is WorkerState.STOPPING
     assert process.group_signals == [signal.SIGTERM]  # it cannot take messages yet
     die(handle, -15, 1.1)
@@ -121,18 +121,18 @@ def test_stop_while_starting_signals_the_group_and_stays_stopped(handle: WorkerH
     assert handle.last_exit.reason == "stop"
 
 
-def test_shutdown_during_a_restart_cancels_the_restart(handle: WorkerHandle) -> None:
+def test_shutdown_during_a_restart_cancels_the_restart(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     register(handle, 0.5)
-    run(handle.request_stop("reload", 1.0, restart=True))
-    run(handle.request_stop("shutdown", 1.1, restart=False))
-    run(handle.request_stop("reload", 1.2, restart=True))  # must not bring it back
+    run(handle.request_stop(StopReason.RESTART, 1.0, restart=True))
+    run(handle.request_stop(StopReason.SHUTDOWN, 1.1, restart=False))
+    run(handle.request_stop(StopReason.RESTART, 1.2, restart=True))  # must not bring it back
     die(handle, 0, 1.3)
     assert handle.state is WorkerState.STOPPED
     assert len(launcher(handle).started) == 1
 
 
-def test_shutdown_of_a_waiting_worker_stops_it_at_once(handle: WorkerHandle) -> None:
+def test_shutdown_of_a_waiting_worker_stops_it_at_once(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     register(handle, 0.1)
     die(handle, -9, 1.0)  # first crash: restarted at once
@@ -140,13 +140,13 @@ def test_shutdown_of_a_waiting_worker_stops_it_at_once(handle: WorkerHandle) -> 
     die(handle, -9, 2.0)  # second: backoff
     assert handle.state is WorkerState.BACKOFF
     assert handle.deadline == pytest.approx(2.5)
-    run(handle.request_stop("shutdown", 2.1, restart=False))
+    run(handle.request_stop(StopReason.SHUTDOWN, 2.1, restart=False))
     assert handle.state is WorkerState.STOPPED
     assert handle.deadline is None
     assert handle.restarts_by_reason == {"killed": 1}
 
 
-def test_launcher_failure_is_a_boot_failure_retried_with_backoff(handle: WorkerHandle) -> None:
+def test_launcher_failure_is_a_boot_failure_retried_with_backoff(handle: WorkerSlot) -> None:
     launcher(handle).fail_with = OSError(24, "Too many open files")
     run(handle.start(0.0, "test"))
     assert handle.state is WorkerState.BOOT_FAILED
@@ -158,17 +158,17 @@ def test_launcher_failure_is_a_boot_failure_retried_with_backoff(handle: WorkerH
     assert handle.state is WorkerState.STARTING
 
 
-def test_a_closed_pipe_skips_the_shutdown_message(handle: WorkerHandle) -> None:
+def test_a_closed_pipe_skips_the_shutdown_message(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     register(handle, 0.1)
     process = launcher(handle).started[0]
     process.pipe_open = False
-    run(handle.request_stop("stop", 1.0, restart=False))
+    run(handle.request_stop(StopReason.STOP, 1.0, restart=False))
     assert process.group_signals == [signal.SIGTERM]
     assert handle.deadline == pytest.approx(1.0 + SUPERVISION["kill_timeout_s"])
 
 
-def test_hung_worker_gets_sigabrt_alone_then_sigkill_for_the_group(handle: WorkerHandle) -> None:
+def test_hung_worker_gets_sigabrt_alone_then_sigkill_for_the_group(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     register(handle, 0.1)
     process = launcher(handle).started[0]
@@ -185,11 +185,11 @@ def test_hung_worker_gets_sigabrt_alone_then_sigkill_for_the_group(handle: Worke
     assert handle.state is WorkerState.STARTING  # a failure, but the first: at once
 
 
-def test_graceful_stop_escalates_term_then_kill(handle: WorkerHandle) -> None:
+def test_graceful_stop_escalates_term_then_kill(handle: WorkerSlot) -> None:
     run(handle.start(0.0, "test"))
     register(handle, 0.1)
     process = launcher(handle).started[0]
-    run(handle.request_stop("stop", 1.0, restart=False))
+    run(handle.request_stop(StopReason.STOP, 1.0, restart=False))
     assert process.sent[-1] == "master:shutdown"
     run(handle.on_deadline(6.0))
     assert process.group_signals == [signal.SIGTERM]
@@ -197,7 +197,7 @@ def test_graceful_stop_escalates_term_then_kill(handle: WorkerHandle) -> None:
     assert process.group_signals == [signal.SIGTERM, signal.SIGKILL]
 
 
-def test_every_transition_is_logged_once_and_illegal_ones_refused(handle: WorkerHandle) -> None:
+def test_every_transition_is_logged_once_and_illegal_ones_refused(handle: WorkerSlot) -> None:
     with capture_logs() as logs:
         run(handle.start(0.0, "test"))
         register(handle, 0.1)
@@ -211,3 +211,50 @@ def test_every_transition_is_logged_once_and_illegal_ones_refused(handle: Worker
     ]
     with pytest.raises(IllegalTransition):
         handle._transition(WorkerState.BACKOFF, "not from starting")
+
+
+def test_the_stop_plan_is_one_value_moved_on_by_its_deadlines(handle: WorkerSlot) -> None:
+    run(handle.start(0.0, "test"))
+    register(handle, 0.1)
+    process = handle.current
+    assert process is not None
+    run(handle.request_stop(StopReason.RESTART, 1.0, restart=True))
+    assert process.stop_plan == StopPlan(
+        StopReason.RESTART, StopStage.ASKED, None, 6.0, AfterStop.RESTART
+    )
+    # A later stop cancels the restart and keeps the stage and deadline.
+    run(handle.request_stop(StopReason.STOP, 2.0, restart=False))
+    assert process.stop_plan == StopPlan(
+        StopReason.RESTART, StopStage.ASKED, None, 6.0, AfterStop.STAY_STOPPED
+    )
+    run(handle.on_deadline(6.0))
+    assert process.stop_plan == StopPlan(
+        StopReason.RESTART, StopStage.SIGNALLED, signal.SIGTERM, 8.0, AfterStop.STAY_STOPPED
+    )
+    run(handle.on_deadline(8.0))
+    assert process.stop_plan == StopPlan(
+        StopReason.RESTART, StopStage.KILLED, signal.SIGKILL, 10.0, AfterStop.STAY_STOPPED
+    )
+    die(handle, -9, 8.5)
+    assert handle.state is WorkerState.STOPPED
+    assert handle.last_exit is not None
+    assert handle.last_exit.reason == "restart"
+    assert not handle.last_exit.is_failure
+
+
+def test_a_second_signal_kills_every_process_of_the_slot(handle: WorkerSlot) -> None:
+    run(handle.start(0.0, "test"))
+    register(handle, 0.1)
+    run(handle.shut_down(1.0))
+    process = launcher(handle).started[0]
+    assert process.sent[-1] == "master:shutdown"
+    handle.kill_now(1.5)
+    assert process.group_signals == [signal.SIGKILL]
+    assert handle.current is not None
+    plan = handle.current.stop_plan
+    assert plan is not None
+    assert (plan.reason, plan.stage, plan.then) == (
+        StopReason.SHUTDOWN,
+        StopStage.KILLED,
+        AfterStop.STAY_STOPPED,
+    )

@@ -1,12 +1,12 @@
-"""The SQLite data store: schema, migrations, and the statements that read and write it.
+"""The SQLite store's schema, migrations, and the statements that write it.
 
-One table per kind of item (``conversations``, ``messages``, …) whose columns are the
-fields of the item model, keyed by the canonical id ``(account_id, id)``; the table is
-the kind. Merge rule per field: what the worker observes is replaced by a newer version
+One table per kind of item, named for its collection, whose columns are the fields of
+the kind's model (``hiscrm.items.KINDS``), keyed by the canonical id ``(account_id,
+id)``. Merge rule per field: what the worker observes is replaced by a newer version
 (``WHERE excluded.version > version``, so replays and stale resends change nothing); what
-the master owns (``is_read``, ``read_at``) is never touched by a sync.
+the master owns (the kind's ``master_owned`` fields) is never touched by a sync.
 
-Functions here take a connection and do not own threads: ``store_thread`` is the one
+Functions here take a connection and do not own threads: ``sqlite_writer`` is the one
 writer, in its own thread.
 """
 
@@ -17,42 +17,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from hiscrm.items import COLLECTIONS, ITEM_MODELS, AnyItem
+from hiscrm.items import BY_COLLECTION, KINDS, Kind
+from hiscrm.master.data.store import DigestEntry
 from hiscrm.protocol import ItemChange
 
 SCHEMA_VERSION = 1
-TABLES: dict[str, str] = {kind: table for table, kind in COLLECTIONS.items()}  # kind -> table
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at"]
-MASTER_OWNED: dict[str, list[tuple[str, str]]] = {
-    "message": [("is_read", "INTEGER NOT NULL DEFAULT 0"), ("read_at", "INTEGER")],
-    "comment": [("is_read", "INTEGER NOT NULL DEFAULT 0"), ("read_at", "INTEGER")],
-}
-# The time that retention and default ordering go by, per kind.
-TIME_FIELD: dict[str, str] = {
-    "conversation": "last_message_at",
-    "message": "sent_at",
-    "comment": "created_at",
-    "content": "published_at",
-    "notification": "created_at",
-}
-INDEXES: dict[str, list[list[str]]] = {
-    "conversation": [["account_id", "last_message_at"]],
-    # Each index costs every write (~30% for a third one on messages); unread filters
-    # ride on the time index.
-    "message": [["account_id", "sent_at"], ["account_id", "conversation_id", "sent_at"]],
-    "comment": [["account_id", "created_at"], ["account_id", "content_id", "created_at"]],
-    "content": [["account_id", "published_at"]],
-    "notification": [["account_id", "created_at"]],
-}
-
-
-class StoreError(Exception):
-    pass
-
-
-def observed_fields(kind: str) -> list[str]:
-    """The item model's fields that are columns (everything but ``id`` and ``kind``)."""
-    return [name for name in ITEM_MODELS[kind].model_fields if name not in ("id", "kind")]
 
 
 def _sql_type(annotation: Any) -> str:
@@ -73,13 +43,8 @@ def _sql_type(annotation: Any) -> str:
     return "TEXT"
 
 
-def _json_fields(kind: str) -> set[str]:
-    model = ITEM_MODELS[kind]
-    return {n for n, f in model.model_fields.items() if get_origin(f.annotation) in (list, dict)}
-
-
-def create_table_sql(kind: str) -> list[str]:
-    model, table = ITEM_MODELS[kind], TABLES[kind]
+def create_table_sql(kind: Kind) -> list[str]:
+    table = kind.collection
     columns = [
         "account_id TEXT NOT NULL",
         "id TEXT NOT NULL",
@@ -88,16 +53,15 @@ def create_table_sql(kind: str) -> list[str]:
         "seq INTEGER NOT NULL",
         "synced_at INTEGER NOT NULL",
     ]
-    columns += [
-        f"{name} {_sql_type(model.model_fields[name].annotation)}" for name in observed_fields(kind)
-    ]
-    columns += [f"{name} {decl}" for name, decl in MASTER_OWNED.get(kind, [])]
+    fields = kind.model.model_fields
+    columns += [f"{name} {_sql_type(fields[name].annotation)}" for name in kind.observed_fields]
+    columns += [f"{owned.name} {owned.sql}" for owned in kind.master_owned]
     statements = [
         f"CREATE TABLE {table} ({', '.join(columns)}, PRIMARY KEY (account_id, id)) WITHOUT ROWID"
     ]
-    for fields in INDEXES[kind]:
+    for index in kind.indexes:
         statements.append(
-            f"CREATE INDEX {table}_by_{'_'.join(fields[1:])} ON {table} ({', '.join(fields)})"
+            f"CREATE INDEX {table}_by_{'_'.join(index)} ON {table} (account_id, {', '.join(index)})"
         )
     return statements
 
@@ -107,12 +71,23 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         "CREATE TABLE accounts (id TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL DEFAULT 0, "
         "last_sync_at INTEGER)"
     )
-    for kind in ITEM_MODELS:
+    for kind in KINDS.values():
         for statement in create_table_sql(kind):
             conn.execute(statement)
 
 
 MIGRATIONS = {1: _migration_1}  # version -> step that brings the schema to it
+
+
+def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
+    """Tables for kinds added to the registry since the store was made (a new kind needs
+    no migration of its own)."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    added = [kind for kind in KINDS.values() if kind.collection not in have]
+    for kind in added:
+        for statement in create_table_sql(kind):
+            conn.execute(statement)
+    return [kind.collection for kind in added]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -128,26 +103,32 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+class SchemaTooNew(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+    """Bring the schema to SCHEMA_VERSION; returns the version found before and the
+    tables of new kinds it added."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     found = row[0] if row else 0
     if found > SCHEMA_VERSION:
-        raise StoreError(
+        raise SchemaTooNew(
             f"the store has schema version {found}, this program knows up to {SCHEMA_VERSION}"
         )
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
             MIGRATIONS[version](conn)
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return found
+        added = _add_missing_kinds(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found, added
 
 
 class Upserter:
@@ -156,26 +137,27 @@ class Upserter:
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
         self._fields: dict[str, list[str]] = {}
-        self._json: dict[str, set[str]] = {}
-        for kind, table in TABLES.items():
-            fields = observed_fields(kind)
+        self._json: dict[str, frozenset[str]] = {}
+        for name, kind in KINDS.items():
+            table = kind.collection
+            fields = kind.observed_fields
             columns = SYNC_COLUMNS + fields
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
             placeholders = ", ".join("?" * len(columns))
-            self._sql[kind] = (
+            self._sql[name] = (
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
                 f"ON CONFLICT (account_id, id) DO UPDATE SET {updates} "
                 f"WHERE excluded.version > {table}.version"
             )
-            self._fields[kind] = fields
-            self._json[kind] = _json_fields(kind)
+            self._fields[name] = fields
+            self._json[name] = kind.json_fields
 
     def rows(
         self, account_id: str, changes: Iterable[ItemChange], synced_at: int
     ) -> dict[str, list[tuple[Any, ...]]]:
         by_kind: dict[str, list[tuple[Any, ...]]] = {}
         for change in changes:
-            item: AnyItem = change.item
+            item = change.item
             kind = item.kind
             as_json = self._json[kind]
             values = [
@@ -206,42 +188,42 @@ def record_commit(conn: sqlite3.Connection, account_id: str, seq: int, at: int) 
     )
 
 
-def digest(conn: sqlite3.Connection, account_id: str) -> list[tuple[str, str, int, str]]:
+def digest(conn: sqlite3.Connection, account_id: str) -> list[DigestEntry]:
     """``(kind, id, version, hash)`` of every item the store holds for the account."""
-    entries: list[tuple[str, str, int, str]] = []
-    for kind, table in TABLES.items():
+    entries: list[DigestEntry] = []
+    for name, kind in KINDS.items():
         rows = conn.execute(
-            f"SELECT id, version, hash FROM {table} WHERE account_id = ?", (account_id,)
+            f"SELECT id, version, hash FROM {kind.collection} WHERE account_id = ?", (account_id,)
         )
-        entries += [(kind, r[0], r[1], r[2]) for r in rows]
+        entries += [(name, r[0], r[1], r[2]) for r in rows]
     return entries
 
 
 def apply_retention(
     conn: sqlite3.Connection, keep_days: dict[str, float], now_ms: int
 ) -> dict[str, int]:
-    """Delete items older than their kind's retention; returns how many per table."""
+    """Delete items older than their collection's retention; returns how many per table."""
     deleted: dict[str, int] = {}
-    for table, days in keep_days.items():
-        kind = COLLECTIONS[table]
+    for collection, days in keep_days.items():
+        kind = BY_COLLECTION[collection]
         cutoff = now_ms - int(days * 86_400_000)
         cursor = conn.execute(
-            f"DELETE FROM {table} WHERE coalesce({TIME_FIELD[kind]}, synced_at) < ?", (cutoff,)
+            f"DELETE FROM {collection} WHERE coalesce({kind.time_field}, synced_at) < ?", (cutoff,)
         )
-        deleted[table] = cursor.rowcount
+        deleted[collection] = cursor.rowcount
     return deleted
 
 
 def count_items(conn: sqlite3.Connection, account_id: str | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for table in COLLECTIONS:
+    for collection in BY_COLLECTION:
         if account_id is None:
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM {collection}").fetchone()
         else:
             row = conn.execute(
-                f"SELECT count(*) FROM {table} WHERE account_id = ?", (account_id,)
+                f"SELECT count(*) FROM {collection} WHERE account_id = ?", (account_id,)
             ).fetchone()
-        counts[table] = int(row[0])
+        counts[collection] = int(row[0])
     return counts
 
 

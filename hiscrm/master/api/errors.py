@@ -1,0 +1,97 @@
+"""Errors of the HTTP API: every one answers ``{"error": "...", "detail": ...}``.
+
+Bad input is a 4xx naming what was wrong (unknown query parameters included); a 500
+means a bug, and is logged with its traceback and counted like any other error in the
+master.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master.api.read_model import NotFound
+from hiscrm.master.api.schemas import ErrorBody
+from hiscrm.master.supervision.commands import CommandRefused
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def error_body(status: int, error: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(
+        ErrorBody(error=error, detail=detail).model_dump(mode="json"), status_code=status
+    )
+
+
+def install_error_handlers(
+    app: FastAPI, log: FilteringBoundLogger, count_error: Callable[[], int]
+) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        response = error_body(exc.status, exc.error, exc.detail)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return error_body(404, str(exc))
+
+    @app.exception_handler(CommandRefused)
+    async def refused(request: Request, exc: CommandRefused) -> JSONResponse:
+        return error_body(409, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "where": ".".join(str(p) for p in e["loc"]),
+                "problem": e["msg"],
+                "input": e.get("input"),
+            }
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"where": "request", "problem": "invalid"}
+        if "extra_forbidden" in {e["type"] for e in exc.errors()}:
+            extra = [
+                p["where"].rsplit(".", 1)[-1]
+                for p, e in zip(problems, exc.errors(), strict=True)
+                if e["type"] == "extra_forbidden"
+            ]
+            return error_body(422, f"unknown query parameter {extra[0]!r}", jsonable(problems))
+        return error_body(422, f"{first['where']}: {first['problem']}", jsonable(problems))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_body(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        total = count_error()
+        log.error(
+            "API error",
+            method=request.method,
+            path=request.url.path,
+            internal_errors_total=total,
+            exc_info=exc,
+        )
+        return error_body(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def jsonable(value: Any) -> Any:
+    """Validation inputs may be anything; make them JSON."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)

@@ -1,0 +1,79 @@
+"""The embedded default store: SQLite in WAL mode in the state directory.
+
+One writer thread (``SqliteWriter``) does every write and the reads that must follow
+them (an account's digest); read-only connections in threads (``SqliteReader``) serve
+the API.
+"""
+
+import sqlite3
+from pathlib import Path
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master.data import sqlite_queries, sqlite_schema
+from hiscrm.master.data.sqlite_reader import SqliteReader
+from hiscrm.master.data.sqlite_writer import SqliteWriter
+from hiscrm.master.data.store import (
+    AccountDigest,
+    CollectionQuery,
+    OutcomeCallback,
+    Row,
+    StoreStats,
+    SyncBatch,
+)
+
+
+class SqliteStore:
+    def __init__(
+        self, path: Path, retention_days: dict[str, float], log: FilteringBoundLogger
+    ) -> None:
+        self.path = path
+        self.writer = SqliteWriter(path, retention_days, log)
+        self.reader = SqliteReader(path)
+
+    def start(self, on_outcomes: OutcomeCallback) -> None:
+        self.writer.start(on_outcomes)
+
+    def stop(self) -> None:
+        self.writer.stop()
+
+    def stats(self) -> StoreStats:
+        writer = self.writer
+        return StoreStats(
+            where=str(self.path),
+            alive=writer.alive,
+            commits=writer.commits,
+            items_written=writer.items_written,
+            errors=writer.errors,
+        )
+
+    def submit(self, batch: SyncBatch) -> None:
+        self.writer.submit(batch)
+
+    async def digest(self, account_id: str) -> AccountDigest:
+        def read(conn: sqlite3.Connection) -> AccountDigest:
+            return AccountDigest(
+                sqlite_schema.committed_seq(conn, account_id),
+                sqlite_schema.digest(conn, account_id),
+            )
+
+        return await self.writer.call(read)
+
+    async def mark_read(
+        self, collection: str, account_id: str, item_id: str, at_ms: int
+    ) -> Row | None:
+        return await self.writer.call(
+            lambda conn: sqlite_queries.mark_read(conn, collection, account_id, item_id, at_ms)
+        )
+
+    async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
+        return await self.reader.page(collection, query)
+
+    async def get_item(self, collection: str, account_id: str, item_id: str) -> Row | None:
+        return await self.reader.get_item(collection, account_id, item_id)
+
+    async def totals(self) -> tuple[dict[str, int], int]:
+        return await self.reader.totals()
+
+    async def count_items(self, account_id: str) -> dict[str, int]:
+        return await self.reader.count_items(account_id)

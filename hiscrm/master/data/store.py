@@ -1,0 +1,126 @@
+"""The store as the rest of the master sees it: one small interface, whatever the backend.
+
+The data wing writes syncs through ``submit`` (answered later, in commit order, by the
+outcome callback given to ``start``), reads an account's digest when it assigns it, and
+serves the API's reads. ``SqliteStore`` is the embedded default; another backend
+implements the same methods with the same meaning.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from hiscrm.master.ports import WorkerLink
+from hiscrm.protocol import ItemChange
+
+Row = dict[str, Any]
+DigestEntry = tuple[str, str, int, str]  # (kind, item id, version, hash)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says why."""
+
+
+@dataclass(slots=True)
+class SyncBatch:
+    """One ``worker:data:sync`` on its way to the store: changes ``base_seq < seq <=
+    last_seq`` of an account, from the process ``link`` (acknowledged to it after the
+    commit, if it still runs)."""
+
+    link: WorkerLink
+    account_id: str
+    base_seq: int
+    last_seq: int
+    changes: list[ItemChange]
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class SyncFailure(StrEnum):
+    """Why a sync was not committed (a metric label)."""
+
+    GAP = "gap"  # the store lacks changes before the sync's base_seq
+    STORE_ERROR = "store_error"  # the store could not write it
+    NOT_ASSIGNED = "not_assigned"  # it came from a worker the account is not assigned to
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    batch: SyncBatch
+    committed_seq: int  # what the store has for the account afterwards
+    error: str | None = None  # None: committed; else a sentence for people
+    failure: SyncFailure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDigest:
+    """What the store holds of an account: every change up to ``acked_seq``, and these
+    items."""
+
+    acked_seq: int
+    entries: list[DigestEntry]
+
+
+@dataclass
+class CollectionQuery:
+    """A page of one collection of one account; names are checked against the kind's
+    filters and sorts before a query is built."""
+
+    account_id: str
+    filters: dict[str, str] = field(default_factory=dict)
+    is_read: bool | None = None
+    since: int | None = None  # ms, inclusive, on the collection's time field
+    until: int | None = None  # ms, exclusive
+    sort: str | None = None  # default: the time field
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    where: str  # a path or a URL (without secrets), for status
+    alive: bool  # the writer runs
+    commits: int
+    items_written: int
+    errors: int
+
+
+OutcomeCallback = Callable[[list[SyncOutcome]], None]
+
+
+class Store(Protocol):
+    def start(self, on_outcomes: OutcomeCallback) -> None:
+        """Open (and migrate) the store; raise StoreError if that fails. Outcomes of
+        submitted syncs go to ``on_outcomes``, from whatever thread commits them."""
+
+    def stop(self) -> None:
+        """Finish what is queued, then close."""
+
+    def stats(self) -> StoreStats: ...
+
+    def submit(self, batch: SyncBatch) -> None:
+        """Commit these changes (after everything submitted before), or refuse them with a
+        reason: a gap (the store lacks changes before ``base_seq``) or an error."""
+
+    async def digest(self, account_id: str) -> AccountDigest:
+        """After every sync submitted before."""
+
+    async def mark_read(
+        self, collection: str, account_id: str, item_id: str, at_ms: int
+    ) -> Row | None: ...
+
+    async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
+        """One page and the total matching (the total may be up to a second old)."""
+
+    async def get_item(self, collection: str, account_id: str, item_id: str) -> Row | None: ...
+
+    async def totals(self) -> tuple[dict[str, int], int]:
+        """Items per collection, and when they were counted (ms)."""
+
+    async def count_items(self, account_id: str) -> dict[str, int]: ...

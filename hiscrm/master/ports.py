@@ -1,0 +1,77 @@
+"""The two narrow interfaces between the supervision wing and the data wing, which never
+import each other (``app`` wires them together):
+
+* ``WorkerLink``: a worker process as the data wing sees it (supervision's processes
+  implement it). Data never sees slots, states or launchers.
+* ``AccountsPort``: what supervision may ask of the data wing (``AccountManager``
+  implements it).
+"""
+
+from typing import Protocol
+
+from hiscrm.protocol import (
+    AnyMessage,
+    Encoder,
+    WorkerAccountReleased,
+    WorkerAccountState,
+    WorkerDataSync,
+)
+
+
+class WorkerLink(Protocol):
+    """One worker process: where its account messages go."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def serving(self) -> bool:
+        """Registered and not being stopped: it may be given accounts."""
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    def send(self, message: AnyMessage) -> bool:
+        """False if the process can no longer be reached."""
+
+    def send_frame(self, frame: bytes) -> bool: ...
+
+
+class AccountsPort(Protocol):
+    """The data wing's side of the master loop; every call runs on the loop."""
+
+    def worker_up(self, link: WorkerLink, now: float) -> None:
+        """A slot's process registered: give it its accounts."""
+
+    def worker_down(self, worker_id: str, now: float) -> None:
+        """A slot's process is gone (its death releases what it held)."""
+
+    def relink(self, link: WorkerLink) -> None:
+        """A reload's replacement became the slot's process (its accounts come by
+        hand-over, not by assignment)."""
+
+    def accounts_of(self, worker_id: str) -> list[str]: ...
+
+    def revoke(self, link: WorkerLink, account_id: str) -> None:
+        """Ask this process to let the account go (answered by ``worker:account:released``)."""
+
+    def assign(self, link: WorkerLink, account_id: str) -> None:
+        """Hand the account to this process (with the store's digest)."""
+
+    def on_sync(self, link: WorkerLink, message: WorkerDataSync) -> None: ...
+
+    def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None: ...
+
+    def on_account_state(
+        self, link: WorkerLink, message: WorkerAccountState, now: float
+    ) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_deadline(self, now: float) -> None: ...
+
+    def request_sync(self, account_id: str, from_seq: int | None) -> str:
+        """Ask the account's worker to sync now; its id. LookupError says why not."""

@@ -1,0 +1,56 @@
+"""Operator commands (from the API, hiscrmctl, ``--watch``): typed values posted to the
+supervisor's queue with a future for the answer. The supervisor completes each one from
+the event that settles it: a worker command when its slot reaches a settled state, a
+reload when the reload ends, a sync request at once."""
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CommandRefused(Exception):
+    """An operator's action that cannot be carried out now (the reason says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestartWorker:
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadWorkers:
+    why: str = "requested"  # for the log: SIGHUP, requested (API), --watch
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAccount:
+    account_id: str
+    from_seq: int | None = None
+
+
+WorkerCommand = StartWorker | StopWorker | RestartWorker
+Command = WorkerCommand | ReloadWorkers | SyncAccount
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    command: Command
+    reply: "asyncio.Future[Any]" = field(compare=False)
+
+    def answer(self, result: Any) -> None:
+        if not self.reply.done():  # the caller may have given up already
+            self.reply.set_result(result)
+
+    def refuse(self, exc: BaseException) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc)

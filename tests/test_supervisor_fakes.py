@@ -1,0 +1,184 @@
+"""The supervisor, the account manager and the rolling reload driven through their events,
+with fake worker processes (``fakes.py``): each test runs in milliseconds, beside the
+real-process tests that prove the same paths end to end."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from fakes import FakeMaster
+
+from hiscrm.master.supervision.commands import (
+    CommandRefused,
+    ReloadWorkers,
+    RestartWorker,
+    StartWorker,
+    StopWorker,
+    SyncAccount,
+)
+from hiscrm.master.supervision.rolling_reload import RollingReload
+from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
+from hiscrm.protocol import MasterAccountAssign, MasterAccountRevoke, MasterSyncRequest
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def run(tmp_path: Path, test: Callable[[FakeMaster], Awaitable[None]], **kwargs: int) -> None:
+    async def main() -> None:
+        async with FakeMaster(tmp_path, **kwargs) as master:
+            await test(master)
+
+    asyncio.run(main())
+
+
+def test_start_on_a_starting_worker_answers_once_it_runs(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        master.launcher.register_on_start = False
+        slot = master.sup.slots["worker1"]
+        await master.until(lambda: slot.state is WorkerState.STARTING)
+        answer = asyncio.create_task(master.sup.command(StartWorker("worker1")))
+        await asyncio.sleep(0.05)
+        assert not answer.done()  # not before it runs ...
+        master.launcher.of("worker1")[0].register()
+        result = await asyncio.wait_for(answer, 1)  # ... and once it does
+        assert result is slot
+        assert slot.state is WorkerState.RUNNING
+        for worker in master.launcher.started:
+            worker.register()
+
+    run(tmp_path, test)
+
+
+def test_restart_answers_with_the_new_process_running(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        slot = master.sup.slots["worker1"]
+        await master.until(lambda: slot.state is WorkerState.RUNNING)
+        first = slot.pid
+        result: WorkerSlot = await asyncio.wait_for(master.sup.command(RestartWorker("worker1")), 2)
+        assert result.state is WorkerState.RUNNING
+        assert result.pid != first
+        assert result.restarts_by_reason == {"restart": 1}
+        # The accounts went to the new process.
+        new = master.launcher.of("worker1")[-1]
+        await master.until(lambda: new.accounts == {"acc-1", "acc-3"})
+
+    run(tmp_path, test)
+
+
+def test_stop_answers_when_stopped_and_start_brings_it_back(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        slot = master.sup.slots["worker2"]
+        await master.until(lambda: slot.state is WorkerState.RUNNING)
+        stopped = await asyncio.wait_for(master.sup.command(StopWorker("worker2")), 2)
+        assert stopped.state is WorkerState.STOPPED
+        assert (await master.sup.command(StopWorker("worker2"))).state is WorkerState.STOPPED
+        started = await asyncio.wait_for(master.sup.command(StartWorker("worker2")), 2)
+        assert started.state is WorkerState.RUNNING
+        assert slot.starts == 2
+
+    run(tmp_path, test)
+
+
+def test_a_rolling_reload_hands_each_account_over_through_events(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        old = {w: master.launcher.of(w)[0] for w in slots}
+        await master.until(lambda: old["worker1"].accounts == {"acc-1", "acc-3"})
+        reload: RollingReload = await asyncio.wait_for(master.sup.command(ReloadWorkers()), 3)
+        assert reload.error is None
+        assert [s.worker for s in reload.steps] == ["worker1", "worker2"]
+        for worker_id, slot in slots.items():
+            new = master.launcher.of(worker_id)[-1]
+            assert slot.current is not None
+            assert slot.current.pid == new.pid != old[worker_id].pid
+            assert slot.outgoing is None
+            assert slot.state is WorkerState.RUNNING
+            assert not old[worker_id].alive
+            # The old process was asked to let go of every account before the new one
+            # was given it: never two processes at once.
+            revoked = {
+                m.account_id for m in old[worker_id].received if isinstance(m, MasterAccountRevoke)
+            }
+            assigned = {m.account.id for m in new.received if isinstance(m, MasterAccountAssign)}
+            assert revoked == assigned == set(master.manager.accounts_of(worker_id))
+            assert slot.restarts_by_reason == {"reload": 1}
+
+    run(tmp_path, test)
+
+
+def test_worker_commands_wait_for_a_reload_and_a_second_reload_is_refused(
+    tmp_path: Path,
+) -> None:
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        master.launcher.register_on_start = False  # the replacement stays starting
+        reload = asyncio.create_task(master.sup.command(ReloadWorkers()))
+        await master.until(lambda: len(master.launcher.started) == 3)
+        with pytest.raises(CommandRefused, match="a reload is already under way"):
+            await master.sup.command(ReloadWorkers())
+        with pytest.raises(CommandRefused, match="a reload is under way"):
+            await master.sup.command(StopWorker("worker2"))
+        master.launcher.register_on_start = True
+        master.launcher.started[-1].register()
+        result = await asyncio.wait_for(reload, 3)
+        assert result.error is None
+
+    run(tmp_path, test)
+
+
+def test_a_replacement_that_dies_stops_the_reload_and_the_old_process_serves_on(
+    tmp_path: Path,
+) -> None:
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        master.launcher.register_on_start = False
+        reload = asyncio.create_task(master.sup.command(ReloadWorkers()))
+        await master.until(lambda: len(master.launcher.started) == 3)
+        master.launcher.started[-1].exit(78)
+        result: RollingReload = await asyncio.wait_for(reload, 3)
+        assert result.error is not None
+        assert "the old one keeps serving" in result.error
+        assert [s.state for s in result.steps] == ["boot_failed"]
+        assert slots["worker1"].pid == master.launcher.of("worker1")[0].pid
+        assert slots["worker1"].incoming is None
+
+    run(tmp_path, test)
+
+
+def test_sync_requests_go_to_the_accounts_worker_or_are_refused(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        assert await master.sup.command(SyncAccount("acc-2", 5)) == "worker2"
+        worker2 = master.launcher.of("worker2")[0]
+        requests = [m for m in worker2.received if isinstance(m, MasterSyncRequest)]
+        assert [(r.account_id, r.from_seq) for r in requests] == [("acc-2", 5)]
+        await master.sup.command(StopWorker("worker2"))
+        with pytest.raises(CommandRefused, match="acc-2"):
+            await master.sup.command(SyncAccount("acc-2"))
+
+    run(tmp_path, test)
+
+
+def test_commands_during_shutdown_are_refused(tmp_path: Path) -> None:
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        master.launcher.register_on_start = False
+        master.launcher.of("worker1")[0].exit(-9)  # crashes: restarted, stays starting
+        await master.until(lambda: slots["worker1"].state is WorkerState.STARTING)
+        waiting = asyncio.create_task(master.sup.command(StartWorker("worker1")))
+        await asyncio.sleep(0.01)
+        import signal
+
+        from hiscrm.master.supervision.events import SignalReceived
+
+        master.sup.post(SignalReceived(signal.SIGTERM))
+        with pytest.raises(CommandRefused, match="shutting down"):
+            await asyncio.wait_for(waiting, 2)
+
+    run(tmp_path, test)
