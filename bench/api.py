@@ -1,11 +1,16 @@
-"""API figures: requests/s and latency of ``/status`` and of a paged messages query on a
-store of 1 000 000 messages, while 8 workers sync.
+"""API figures: latency on one kept-alive connection, then requests/s and latency of
+``/status`` and of paged messages queries on a store of 1 000 000 messages, while 8
+workers sync.
 
-The store is filled directly (schema from the master's own migration) with 1 000 000
-messages of an account that no worker runs (``accounts_per_worker`` is full), so no
-worker has to load it; 8 other accounts, one per worker, sync new messages at
-``--sync-rate`` items/s each meanwhile. The load generator (asyncio + httpx, ``--clients``
-concurrent connections) runs on the same machine and competes for its CPU.
+First an idle master (2 workers with accounts that do nothing): ``/healthz`` and
+``/status``, one request after another on one kept-alive connection. Then the loaded
+master: the store is filled directly (schema from the master's own migration) with
+1 000 000 messages of an account that no worker runs (``accounts_per_worker`` is full),
+so no worker has to load it; 8 other accounts, one per worker, sync new messages at
+``--sync-rate`` items/s each meanwhile. The same one-connection figures again, then
+``--clients`` concurrent connections. The load generator (httpx; asyncio for the
+concurrent runs) runs on the same machine and competes for its CPU; its own cost per
+request is in every figure.
 
     python bench/api.py [--messages 1000000] [--seconds 10] [--clients 8]
 """
@@ -22,6 +27,19 @@ import httpx
 from common import machine, percentile, running_master
 
 from hiscrm.master.data import sqlite_schema
+
+IDLE_CONFIG = """
+workers = 2
+accounts_per_worker = 1
+[api]
+port = 0
+[[accounts]]
+id = "quiet-1"
+platform = "benchplatforms:Quiet"
+[[accounts]]
+id = "quiet-2"
+platform = "benchplatforms:Quiet"
+"""
 
 CONFIG = """
 workers = 8
@@ -101,10 +119,32 @@ async def load(
     return len(latencies) / took, latencies, errors
 
 
+def one_connection(
+    url: str, token: str, path: str, seconds: float
+) -> tuple[float, list[float], int]:
+    """Requests/s, latencies (ms) and errors for GETs of ``path``, one after another on
+    one kept-alive connection."""
+    latencies: list[float] = []
+    errors = 0
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
+        http.get(path)  # connect
+        began = time.monotonic()
+        deadline = began + seconds
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            response = http.get(path)
+            latencies.append((time.perf_counter() - start) * 1000)
+            errors += response.status_code != 200
+        took = time.monotonic() - began
+    return len(latencies) / took, latencies, errors
+
+
 def report(name: str, rate: float, latencies: list[float], errors: int) -> str:
     return (
-        f"{name:<44} {rate:7.1f} req/s   p50 {statistics.median(latencies):7.1f} ms   "
-        f"p99 {percentile(latencies, 0.99):7.1f} ms   errors {errors}"
+        f"{name:<58} {rate:7.1f} req/s   p50 {statistics.median(latencies):7.2f} ms   "
+        f"p99 {percentile(latencies, 0.99):7.2f} ms   errors {errors}"
     )
 
 
@@ -125,6 +165,15 @@ def main() -> None:
     )
     config = CONFIG.format(accounts=syncing)
     print(f"machine: {machine()}")
+    with running_master(IDLE_CONFIG) as (_, state, log):
+        for n in (1, 2):
+            log.wait(event="worker state", worker=f"worker{n}", new="running")
+        url = json.loads((state / "master.json").read_text())["api_url"]
+        token = (state / "token").read_text().strip()
+        print("idle master (2 workers, nothing to sync); one client")
+        for path in ("/healthz", "/status"):
+            figures = one_connection(url, token, path, args.seconds)
+            print(report(f"GET {path}, one kept-alive connection", *figures))
     with running_master(config, prepare=lambda state: fill(state / "hiscrm.db", args.messages)) as (
         _,
         state,
@@ -135,6 +184,9 @@ def main() -> None:
         url = json.loads((state / "master.json").read_text())["api_url"]
         token = (state / "token").read_text().strip()
         time.sleep(3)  # syncing under way
+        alone = {
+            path: one_connection(url, token, path, args.seconds) for path in ("/healthz", "/status")
+        }
         status = asyncio.run(load(url, token, ["/status"], args.seconds, args.clients))
         pages = [
             f"/accounts/big/messages?limit=50&offset={offset}"
@@ -148,9 +200,15 @@ def main() -> None:
     print(
         f"store: {args.messages:,} messages in one account, {syncing_text}; {args.clients} clients"
     )
-    print(report("GET /status", *status))
-    print(report("GET messages page (limit 50, offset < 100k)", *paged))
-    print(report("GET messages of one conversation (limit 50)", *by_conversation))
+    for path, figures in alone.items():
+        print(report(f"GET {path}, one kept-alive connection", *figures))
+    print(report(f"GET /status, {args.clients} clients", *status))
+    print(report(f"GET messages page (limit 50, offset < 100k), {args.clients} clients", *paged))
+    print(
+        report(
+            f"GET one conversation's messages (limit 50), {args.clients} clients", *by_conversation
+        )
+    )
     errors = [e for e in committed if e.get("level") == "error"]
     print(f"errors in master.log during the run: {len(errors)}")
 

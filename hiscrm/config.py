@@ -68,6 +68,12 @@ class ApiConfig(_Section):
     port: int = Field(default=3000, ge=0, le=65535)  # 0: any free port (see master.json)
     auth: bool = True  # bearer token from <state_dir>/token on every route but /healthz
     metrics_public: bool = False  # serve /metrics without the token
+    # Open connections at most (fewer if the fd limit leaves less room); beyond: 503.
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # A request's head and body must arrive within this (from the connection opening, or
+    # from its first byte on a kept-alive connection); else 408 and the connection closes.
+    request_read_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    max_log_followers: int = Field(default=16, ge=1, le=1000)  # logs?follow=true at once
 
     @field_validator("host")
     @classmethod

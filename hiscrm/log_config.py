@@ -5,7 +5,8 @@
 * Worker: every event goes to ``logs/<worker>.log`` as one plain line, no colour codes.
 
 Both send the standard library's ``logging`` (asyncio, platforms that use ``logging``)
-through the same path, so nothing logs around it.
+through the same path, so nothing logs around it. In the master, repeated warnings and
+errors are rate-limited (:mod:`hiscrm.log_rate_limit`): counted, never lost.
 """
 
 import json
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from hiscrm.log_rate_limit import RateLimiter
 from hiscrm.logfile import RotatingLogFile
 
 LEVEL = logging.INFO
@@ -137,13 +139,21 @@ def configure_worker_logging(sink: RotatingLogFile) -> None:
     _bridge_stdlib_logging()
 
 
-QUIET_LOGGERS = ("uvicorn.error",)  # start/stop chatter the master logs in its own words
+QUIET_LOGGERS = (
+    "uvicorn.error",  # start/stop chatter the master logs in its own words
+    "watchfiles",  # "N changes detected" for every write to a followed log
+)
+_master_rate_limit = RateLimiter()
 
 
 def configure_master_logging(sink: RotatingLogFile, console: TextIO = sys.stderr) -> None:
     tee = _TeeLogger(sink, console)
     structlog.configure(
-        processors=[*_shared_processors(), _TeeRenderer(colors=console.isatty())],
+        processors=[
+            *_shared_processors(),
+            _master_rate_limit,
+            _TeeRenderer(colors=console.isatty()),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVEL),
         logger_factory=lambda *args: tee,
         cache_logger_on_first_use=True,
@@ -151,6 +161,17 @@ def configure_master_logging(sink: RotatingLogFile, console: TextIO = sys.stderr
     _bridge_stdlib_logging()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_lines_suppressed_total() -> int:
+    """Master log lines left out by the rate limit so far (each also counted in a line
+    saying how many were left out)."""
+    return _master_rate_limit.suppressed_total
+
+
+def flush_suppressed_counts() -> None:
+    """Write the pending "N more like this suppressed" lines now (at shutdown)."""
+    _master_rate_limit.flush()
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:

@@ -14,8 +14,10 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import prctl
 from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
+from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
+from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.server import ApiServer
@@ -80,8 +82,11 @@ async def run_master(
         read = ReadModel(supervisor, accounts, store, ProcessStats())
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
-        app = create_app(read, control, metrics, token, config.api.metrics_public, log, errors)
-        api = ApiServer(app, api_socket)
+        followers = LogFollowers(config.api.max_log_followers, log, errors)
+        app = create_app(
+            read, control, metrics, token, config.api.metrics_public, log, errors, followers
+        )
+        api = ApiServer(app, api_socket, config, log)
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
@@ -100,6 +105,7 @@ async def run_master(
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
             await api.stop()
+            flush_suppressed_counts()
 
         return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
     finally:

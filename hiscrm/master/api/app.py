@@ -20,6 +20,7 @@ from hiscrm.master.api.auth import token_matches
 from hiscrm.master.api.collection_routes import collection_routes
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.errors import ApiError, install_error_handlers
+from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.params import PREFIX, only
 from hiscrm.master.api.read_model import ReadModel
@@ -35,6 +36,7 @@ def create_app(
     metrics_public: bool,
     log: FilteringBoundLogger,
     count_error: Callable[[], int],
+    followers: LogFollowers,
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -91,7 +93,7 @@ def create_app(
     async def status() -> StatusInfo:
         return await read.status()
 
-    worker_routes(routes, read, control)
+    worker_routes(routes, read, control, followers)
     account_routes(routes, read, control)
     collection_routes(routes, read, control)
     app.include_router(open_routes)

@@ -1,17 +1,14 @@
 """``/workers``: the workers, acting on them, their logs; ``/reload``."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from hiscrm.master.api.control import WORKER_COMMANDS, Control
 from hiscrm.master.api.errors import ApiError
-from hiscrm.master.api.log_follow import follow
+from hiscrm.master.api.log_follow import FollowResponse, LogFollowers, TooManyFollowers
 from hiscrm.master.api.params import MAX_INT, MAX_PAGE, MAX_TAIL, WorkerId, only
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import (
@@ -30,7 +27,9 @@ class LogLines(BaseModel):
     lines: list[str]
 
 
-def worker_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
+def worker_routes(
+    router: APIRouter, read: ReadModel, control: Control, followers: LogFollowers
+) -> None:
     @router.get("/workers", dependencies=[Depends(only("limit", "offset"))])
     async def workers(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -68,10 +67,9 @@ def worker_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
         "/workers/{worker_id}/logs",
         dependencies=[Depends(only("tail", "follow"))],
         response_model=LogLines,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={200: {"content": {"text/plain": {}}}, 503: {"model": ErrorBody}},
     )
     async def worker_logs(
-        request: Request,
         worker_id: WorkerId,
         tail: Annotated[int, Query(ge=0, le=MAX_TAIL)] = 100,
         follow_: Annotated[bool, Query(alias="follow")] = False,
@@ -79,7 +77,11 @@ def worker_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
         path, lines = await read.worker_log(worker_id, tail)
         if not follow_:
             return LogLines(worker=worker_id, path=path, lines=lines)
-        return StreamingResponse(_follow(request, Path(path), lines), media_type="text/plain")
+        try:
+            follower = followers.open(Path(path))
+        except TooManyFollowers as exc:
+            raise ApiError(503, str(exc)) from None
+        return FollowResponse(follower, lines)
 
     @router.post(
         "/reload",
@@ -91,21 +93,3 @@ def worker_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
             return await control.reload()
         except TimeoutError:
             raise ApiError(504, "the rolling restart did not finish in time") from None
-
-
-async def _follow(request: Request, path: Path, first: list[str]) -> AsyncIterator[bytes]:
-    if first:
-        yield ("\n".join(first) + "\n").encode()
-    stop = asyncio.Event()
-
-    async def watch_disconnect() -> None:
-        while not await request.is_disconnected():
-            await asyncio.sleep(1.0)
-        stop.set()
-
-    watcher = asyncio.create_task(watch_disconnect())
-    try:
-        async for chunk in follow(path, stop):
-            yield chunk
-    finally:
-        watcher.cancel()
