@@ -97,9 +97,9 @@ class Quarantine:
     def running_alone(self, account_id: str, now: float) -> None:
         """The quarantined account's task runs in its own process."""
         evidence = self._evidence.get(account_id)
-        if evidence is not None and evidence.quarantined_since is not None:
-            if evidence.alone_since is None:
-                evidence.alone_since = now
+        quarantined = evidence is not None and evidence.quarantined_since is not None
+        if quarantined and evidence is not None and evidence.alone_since is None:
+            evidence.alone_since = now
 
     def stopped_alone(self, account_id: str) -> None:
         """Its own process or task stopped (without dying abnormally): the clock restarts."""
