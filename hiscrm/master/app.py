@@ -87,6 +87,7 @@ async def run_master(
             read, control, metrics, token, config.api.metrics_public, log, errors, followers
         )
         api = ApiServer(app, api_socket, config, log)
+        metrics.attach_front_door(api.limits, followers)
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None

@@ -52,7 +52,7 @@ def create_app(
     )
     bearer = HTTPBearer(auto_error=False, description="The token in <state_dir>/token")
 
-    def authenticated(
+    async def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
         if token is None:

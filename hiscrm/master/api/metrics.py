@@ -11,6 +11,9 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hiscrm.log_config import log_lines_suppressed_total
+from hiscrm.master.api.connections import ConnectionLimits
+from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -30,6 +33,9 @@ class MasterMetrics:
 
     def attach(self, read: ReadModel, supervisor: Supervisor) -> None:
         self.registry.register(_LiveState(read, supervisor))
+
+    def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
+        self.registry.register(_FrontDoor(limits, followers))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -194,3 +200,54 @@ class _LiveState(Collector):
                 last.add_metric([aid], account.last_sync_at / 1000)
             stale.add_metric([aid], 1.0 if account.stale else 0.0)
         yield from (syncs, items, errors, last, stale, assigned)
+
+
+class _FrontDoor(Collector):
+    """What the API's connection limits and the log limiter cut, and what is open."""
+
+    def __init__(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
+        self._limits = limits
+        self._followers = followers
+
+    def collect(self) -> Iterator[Metric]:
+        limits, followers = self._limits, self._followers
+        yield GaugeMetricFamily(
+            "hiscrm_api_connections_open", "HTTP connections open now", value=limits.open
+        )
+        yield GaugeMetricFamily(
+            "hiscrm_api_connections_max",
+            "At most this many HTTP connections at once ([api] max_connections, or less "
+            "to keep file descriptors for workers, logs and the store)",
+            value=limits.max_connections,
+        )
+        for name, value, text in (
+            (
+                "hiscrm_api_connections_refused_total",
+                limits.refused_total,
+                "Connections refused with 503: every open one was busy with a request",
+            ),
+            (
+                "hiscrm_api_connections_evicted_total",
+                limits.evicted_total,
+                "Idle or half-open connections closed to make room for a new one",
+            ),
+            (
+                "hiscrm_api_read_timeouts_total",
+                limits.read_timeouts_total,
+                "Connections closed (408) for not sending a whole request in time",
+            ),
+            (
+                "hiscrm_log_followers_refused_total",
+                followers.refused_total,
+                "Log followers refused: [api] max_log_followers were following",
+            ),
+            (
+                "hiscrm_log_lines_suppressed_total",
+                log_lines_suppressed_total(),
+                "Repeated warning and error lines counted instead of written to master.log",
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+        yield GaugeMetricFamily(
+            "hiscrm_log_followers_active", "Log followers now", value=followers.active
+        )

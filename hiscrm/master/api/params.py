@@ -1,8 +1,8 @@
 """Request parameters shared by the routes: path types, limits, and the check that
 refuses query parameters a route does not know."""
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Path, Request
 
@@ -19,10 +19,10 @@ AccountId = Annotated[str, Path(pattern=ACCOUNT_ID_PATTERN)]
 ItemIdPath = Annotated[str, Path(min_length=1, max_length=256)]
 
 
-def only(*allowed: str) -> Callable[[Request], None]:
+def only(*allowed: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
     """A dependency refusing query parameters the route does not know."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - set(allowed))
         if unknown:
             known = ", ".join(allowed) if allowed else "none"
