@@ -137,6 +137,18 @@ class SupervisionConfig(_Section):
         return self
 
 
+class StoreConfig(_Section):
+    min_free_mb: int = Field(default=256, ge=0, le=10**7)  # below this, health is failing
+
+
+class QuarantineConfig(_Section):
+    """When an account is suspected of killing its workers (see docs/ARCHITECTURE.md)."""
+
+    window_s: float = seconds(600.0, at_least=1.0, at_most=WEEK_S)  # evidence kept this long
+    deaths: int = Field(default=3, ge=2, le=1000)  # worker deaths while it was there
+    release_after_s: float = seconds(300.0, at_least=1.0, at_most=WEEK_S)  # alone, no death
+
+
 class SyncConfig(_Section):
     stale_after_s: float = seconds(300.0, at_least=0.1, at_most=WEEK_S)
 
@@ -178,6 +190,8 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     sync: SyncConfig = SyncConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    store: StoreConfig = StoreConfig()
     retention: RetentionConfig = RetentionConfig()
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()

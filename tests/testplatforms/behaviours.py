@@ -186,6 +186,40 @@ class SendGarbage:
         await forever()
 
 
+class ForgeSyncs:
+    """Writes syncs whose sequence ranges lie about their changes onto the worker's own
+    pipe (once), then produces messages like a well-behaved platform."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        done = Path(ctx.options["done_file"])
+        if not done.exists():
+            fd = _pipe_fd()
+            envelope = {"protocol": 1, "id": 1, "sent_at": int(time.time() * 1000)}
+            lies = [
+                {"base_seq": 0, "last_seq": 2**63 - 1, "changes": []},
+                {"base_seq": 0, "last_seq": 10**12, "changes": []},
+                {"base_seq": 5, "last_seq": 3, "changes": []},
+            ]
+            for lie in lies:
+                body = {"type": "worker:data:sync", "account_id": ctx.account.id, **lie}
+                os.write(fd, frame(json.dumps({**envelope, "body": body}).encode()))
+            done.write_text("done")
+        n = ctx.count("message")
+        while True:
+            ctx.upsert_message(
+                {
+                    "id": f"m{n}",
+                    "conversation_id": "c",
+                    "direction": "inbound",
+                    "sender_id": "u",
+                    "text": f"after the lies {n}",
+                    "sent_at": int(time.time() * 1000),
+                }
+            )
+            n += 1
+            await asyncio.sleep(0.05)
+
+
 def _pipe_fd() -> int:
     """The fd of this worker's channel to the master (asyncio has sockets of its own)."""
     channels = [o for o in gc.get_objects() if isinstance(o, Channel) and o.is_open]

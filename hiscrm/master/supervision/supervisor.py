@@ -77,12 +77,9 @@ class Supervisor:
         self._launcher = launcher
         self.accounts = accounts
         self.started_at_ms = epoch_ms()
-        self.slots: dict[str, WorkerSlot] = {
-            worker_id: WorkerSlot(
-                worker_id, config, launcher, self.post, log, on_state=self._slot_changed
-            )
-            for worker_id in config.worker_ids
-        }
+        self.slots: dict[str, WorkerSlot] = {w: self._new_slot(w) for w in config.worker_ids}
+        self._solo_wanted: list[str] = []
+        self._solo_leaving: set[str] = set()
         self.code = CodeStatus(config.code.packages)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
@@ -229,6 +226,7 @@ class Supervisor:
                 self.accounts.on_deadline(now)
             if self._reload is not None and not self._reload.done:
                 await self._reload.advance(loop.time())
+            await self._reconcile_solo_slots(loop.time())
         except Exception as exc:
             self._log.error(
                 "master error while handling an event",
@@ -236,6 +234,41 @@ class Supervisor:
                 internal_errors_total=self.count_internal_error(),
                 exc_info=exc,
             )
+
+    async def _reconcile_solo_slots(self, now: float) -> None:
+        """Start the solo slots the data wing wants (one per quarantined account); stop
+        and remove those it no longer wants once they hold no account."""
+        wanted = self.accounts.solo_workers()
+        if wanted == self._solo_wanted and not self._solo_leaving:
+            return
+        self._solo_wanted = wanted
+        if self._shutdown_reason is None:
+            for worker_id in wanted:
+                if worker_id not in self.slots:
+                    slot = self.slots[worker_id] = self._new_slot(worker_id)
+                    self._solo_leaving.discard(worker_id)
+                    await slot.start(now, "an account in quarantine runs alone here")
+        for worker_id in [w for w in self.slots if w not in self.config.worker_ids]:
+            if worker_id in wanted:
+                continue
+            slot = self.slots[worker_id]
+            self._solo_leaving.add(worker_id)
+            if slot.idle:
+                del self.slots[worker_id]
+                self._solo_leaving.discard(worker_id)
+                self._log.info("solo worker removed: its account left quarantine", worker=worker_id)
+            elif slot.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
+                await slot.request_stop(StopReason.STOP, now, restart=False)
+
+    def _new_slot(self, worker_id: str) -> WorkerSlot:
+        return WorkerSlot(
+            worker_id,
+            self.config,
+            self._launcher,
+            self.post,
+            self._log,
+            on_state=self._slot_changed,
+        )
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -280,9 +313,9 @@ class Supervisor:
     async def _on_exit(self, slot: WorkerSlot, process: SlotProcess, now: float) -> None:
         role = slot.role(process)
         was_serving = process.registered is not None
-        await slot.on_exit(process, now)
+        record = await slot.on_exit(process, now)
         if role is Role.CURRENT and was_serving:
-            self.accounts.worker_down(slot.id, now)
+            self.accounts.worker_down(slot.id, now, record.may_be_an_accounts_doing)
         elif self._reload is not None:
             self._reload.on_exited(process, now)
 
@@ -297,6 +330,7 @@ class Supervisor:
         match message:
             case WorkerHeartbeat():
                 slot.heartbeat(process, message, now)
+                self.accounts.on_heartbeat(process, message, now)
             case WorkerDataSync():
                 self.accounts.on_sync(process, message)
             case WorkerAccountReleased():
@@ -317,6 +351,7 @@ class Supervisor:
                     self.accounts.worker_up(process, now)
             case WorkerError():
                 slot.worker_errors += 1
+                self.accounts.on_worker_error(process, message)
                 self._log.error(
                     "worker error",
                     worker=slot.id,
