@@ -54,8 +54,9 @@ from hiscrm.protocol import (
     decode,
     schema_hash,
 )
-from hiscrm.worker import bootstrap
+from hiscrm.worker import teardown
 from hiscrm.worker.account_host import AccountHost
+from hiscrm.worker.adopted import AdoptedZombies
 from hiscrm.worker.error_reporter import ErrorReporter
 from hiscrm.worker.sync import Syncer
 
@@ -173,6 +174,9 @@ class WorkerRuntime:
         self._welcomed = False
         self._stop: asyncio.Future[tuple[ExitCode, str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._rotate_errors_seen = sink.rotate_errors
+        self._rotation_reported = False
+        self._adopted = AdoptedZombies()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -207,17 +211,17 @@ class WorkerRuntime:
         def graceful_stop() -> None:  # runs in the SIGTERM handler
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
 
-        bootstrap.set_graceful_stop(graceful_stop)
+        teardown.set_graceful_stop(graceful_stop)
         files = self._code_files or loaded_files(self.boot.code_packages)
         boot_ms = (time.monotonic() - self._started) * 1000
         self.send(registration(self.boot, self._platforms, files, boot_ms))
         self.spawn(self._heartbeats(), "heartbeat")
         self.spawn(syncer.run(), "sync")
         code, reason = await self._stop
-        bootstrap.set_graceful_stop(None)
+        teardown.set_graceful_stop(None)
         if code is ExitCode.ORPHANED:
             await self.accounts.stop_all(reason, ORPHAN_STOP_S, flush=False)
-            bootstrap.kill_own_group(reason)
+            teardown.kill_own_group(reason)
         left = await self.accounts.stop_all(reason, self._stop_timeout(), flush=True)
         if left:
             self._log.warning("changes not acknowledged at exit stay in the spool", unacked=left)
@@ -294,10 +298,35 @@ class WorkerRuntime:
                     progress_at=self.accounts.progress() if self.accounts else {},
                 )
             )
-            try:
-                self._sink.maybe_rotate()
-            except OSError as exc:
-                self.errors.report("logfile", exc)
+            self._check_log_file()
+            self._reap_adopted()
+
+    def _check_log_file(self) -> None:
+        """Rotate for output written to fds 1 and 2 directly, and report a failing
+        rotation once per run of failures (the file stays in use; every line retries)."""
+        sink = self._sink
+        try:
+            sink.maybe_rotate()
+        except OSError as exc:
+            self.errors.report("logfile", exc)
+        new_failures = sink.rotate_errors > self._rotate_errors_seen
+        self._rotate_errors_seen = sink.rotate_errors
+        if new_failures and not self._rotation_reported and sink.last_rotate_error is not None:
+            self.errors.report("logfile rotation", sink.last_rotate_error)
+            self._rotation_reported = True
+        if not sink.rotation_failing:
+            self._rotation_reported = False
+
+    def _reap_adopted(self) -> None:
+        try:
+            reaped = self._adopted.reap()
+        except OSError as exc:
+            self.errors.report("reaping adopted processes", exc)
+            return
+        if reaped:
+            self._log.info(
+                "reaped adopted processes", pids=reaped, adopted_reaped=self._adopted.reaped
+            )
 
     # --- receiving -----------------------------------------------------------------------
 

@@ -103,6 +103,41 @@ class GrandchildThenBlock:
         time.sleep(1000)
 
 
+ESCAPE = r"""
+import os, sys, time
+mode, pid_file = sys.argv[1], sys.argv[2]
+if mode == "setsid":  # a child in a session of its own
+    os.setsid()
+elif mode == "setpgid":  # a child in a process group of its own
+    os.setpgid(0, 0)
+elif mode == "daemon":  # the classic daemon: fork, the parent exits, the orphan setsid()s
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+with open(pid_file, "a") as f:
+    f.write(f"{os.getpid()}\n")
+time.sleep(1000)
+"""
+
+
+class EscapingChild:
+    """Starts a process that leaves the worker's process group (option ``mode``: "setsid",
+    "setpgid" or "daemon") and records its pid in ``pid_file``. With ``block`` it then
+    blocks the worker's event loop for good."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        pid_file = Path(ctx.options["pid_file"])
+        before = pid_file.read_text().count("\n") if pid_file.exists() else 0
+        mode = str(ctx.options.get("mode", "setsid"))
+        self.child = subprocess.Popen([sys.executable, "-c", ESCAPE, mode, str(pid_file)])
+        ctx.log.info("started an escaping child", mode=mode, child_pid=self.child.pid)
+        if ctx.options.get("block"):
+            while not pid_file.exists() or pid_file.read_text().count("\n") == before:
+                await asyncio.sleep(0.01)
+            time.sleep(1000)
+        await forever()
+
+
 class Ticker:
     """Prints "tick N" every ``interval_s``, numbered on across restarts of the platform."""
 
