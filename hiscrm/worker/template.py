@@ -181,8 +181,8 @@ def _double_fork(child: Callable[[], object]) -> int:
                     child()
                 except BaseException:
                     traceback.print_exc()
-                finally:
-                    os._exit(ExitCode.BOOT_FAILED)
+                finally:  # a worker's own failures have exit codes of their own
+                    os._exit(ExitCode.CRASHED)
             os.write(write_end, str(grandchild).encode())
         except BaseException:
             traceback.print_exc()  # into template.log; the template then reports pid 0
