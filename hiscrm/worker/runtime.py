@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.channel import Channel, open_channel
@@ -58,6 +59,7 @@ from hiscrm.worker import teardown
 from hiscrm.worker.account_host import AccountHost
 from hiscrm.worker.adopted import AdoptedZombies
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.exception_text import unicode_safe_data
 from hiscrm.worker.sync import Syncer
 
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
@@ -181,7 +183,13 @@ class WorkerRuntime:
     # --- sending -------------------------------------------------------------------------
 
     def send(self, message: AnyMessage) -> bool:
-        return self.send_frame(self._encoder.encode(message))
+        try:
+            frame = self._encoder.encode(message)
+        except PydanticSerializationError as exc:  # text a platform made that is not Unicode
+            self.errors.report(f"encoding {message.type} (sent with its text escaped)", exc)
+            safe = unicode_safe_data(message.model_dump())
+            frame = self._encoder.encode(type(message).model_validate(safe))
+        return self.send_frame(frame)
 
     def send_frame(self, frame: bytes) -> bool:
         if self.channel is None or not self.channel.is_open:

@@ -138,6 +138,25 @@ class EscapingChild:
         await forever()
 
 
+class BadText:
+    """Upserts a message whose text holds a lone surrogate (and catches the refusal, as a
+    platform may), then a good one. With ``fail``, then raises an error whose message
+    holds a lone surrogate too."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        fields = {"conversation_id": "c1", "direction": "inbound", "sender_id": "u1"}
+        fields["sent_at"] = 1_763_848_020_000
+        try:
+            ctx.upsert_message({**fields, "id": "bad", "text": "broken \ud800 text"})
+        except ValueError:  # InvalidItem, already reported
+            ctx.log.info("the bad item was refused")
+        ctx.upsert_message({**fields, "id": "good", "text": "fine"})
+        if ctx.options.get("fail"):
+            await asyncio.sleep(0.05)
+            raise ValueError("an error about \udcff")
+        await forever()
+
+
 class Ticker:
     """Prints "tick N" every ``interval_s``, numbered on across restarts of the platform."""
 
