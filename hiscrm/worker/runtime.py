@@ -28,7 +28,7 @@ from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.channel import Channel, open_channel
-from hiscrm.code_fingerprint import CodeFile, code_version, loaded_files
+from hiscrm.code_fingerprint import CodeFile, loaded_files, source_version
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
@@ -71,6 +71,7 @@ class Preloaded:
 
     platforms: dict[str, type[Platform]]
     code_files: list[CodeFile]
+    code_version: str
     loop: asyncio.AbstractEventLoop | None = None  # made by a spare ahead of time
 
 
@@ -85,7 +86,9 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
     configure_worker_logging(sink)
     get_logger().info("rehearsal", worker=boot.worker_id)
     encoder = Encoder()
-    encoder.encode(registration(boot, preloaded.platforms, preloaded.code_files, 0.0))
+    encoder.encode(
+        registration(boot, preloaded.platforms, preloaded.code_files, preloaded.code_version, 0.0)
+    )
     decode(
         encoder.encode(
             MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=schema_hash(), master_pid=0)
@@ -98,7 +101,11 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
 
 
 def registration(
-    boot: WorkerBoot, platforms: dict[str, type[Platform]], files: list[CodeFile], boot_ms: float
+    boot: WorkerBoot,
+    platforms: dict[str, type[Platform]],
+    files: list[CodeFile],
+    version: str,
+    boot_ms: float,
 ) -> WorkerRegister:
     """The worker's first message: who it is, what it speaks, what code it runs."""
     return WorkerRegister(
@@ -108,7 +115,7 @@ def registration(
         schema_hash=schema_hash(),
         platforms=sorted(platforms),
         boot_ms=boot_ms,
-        code_version=code_version(files),
+        code_version=version,
         code_files=files,
     )
 
@@ -144,8 +151,7 @@ def run_worker(
         except BaseException as exc:
             log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
             return ExitCode.BOOT_FAILED
-    code_files = preloaded.code_files if preloaded else None
-    runtime = WorkerRuntime(boot, platforms, sink, log, started, code_files)
+    runtime = WorkerRuntime(boot, platforms, sink, log, started, preloaded)
     # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
     # process ends with os._exit once serve() has said goodbye (see bootstrap).
     loop = preloaded.loop if preloaded and preloaded.loop else asyncio.new_event_loop()
@@ -161,10 +167,10 @@ class WorkerRuntime:
         sink: RotatingLogFile,
         log: FilteringBoundLogger,
         started: float,
-        code_files: list[CodeFile] | None = None,
+        preloaded: Preloaded | None = None,
     ) -> None:
         self.boot = boot
-        self._code_files = code_files  # a forked worker has its template's fingerprint
+        self._preloaded = preloaded  # a forked worker has its template's fingerprint
         self._platforms = platforms
         self._sink = sink
         self._log = log
@@ -220,9 +226,13 @@ class WorkerRuntime:
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
 
         teardown.set_graceful_stop(graceful_stop)
-        files = self._code_files or loaded_files(self.boot.code_packages)
+        if self._preloaded is not None:
+            files, version = self._preloaded.code_files, self._preloaded.code_version
+        else:
+            files = loaded_files(self.boot.code_packages)
+            version = source_version(self.boot.platforms, self.boot.code_packages)
         boot_ms = (time.monotonic() - self._started) * 1000
-        self.send(registration(self.boot, self._platforms, files, boot_ms))
+        self.send(registration(self.boot, self._platforms, files, version, boot_ms))
         self.spawn(self._heartbeats(), "heartbeat")
         self.spawn(syncer.run(), "sync")
         code, reason = await self._stop

@@ -84,7 +84,7 @@ class Supervisor:
             )
             for worker_id in config.worker_ids
         }
-        self.code = CodeStatus(config.code.packages)
+        self.code = CodeStatus(config.code.packages, config.platform_specs)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
         self.orphans_reaped = 0
