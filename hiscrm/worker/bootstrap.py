@@ -37,7 +37,6 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
@@ -65,7 +64,12 @@ def main(boot_json: str, conn: Connection) -> None:
         print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)
         traceback.print_exc()
         _exit(ExitCode.BOOT_FAILED)
-    _run(lambda: run_worker(boot_json, conn, sink, started))
+    try:  # inline, not in a helper: a faulthandler dump is a frame shorter
+        code = run_worker(boot_json, conn, sink, started)
+    except BaseException:  # a crash: its traceback goes to the log
+        traceback.print_exc()
+        code = ExitCode.CRASHED
+    _exit(code)
 
 
 def forked_main(boot_json: str, channel_fd: int, started: float, preloaded: Any) -> NoReturn:
@@ -95,14 +99,9 @@ def run_forked(boot_json: str, channel_fd: int, started: float, preloaded: Any) 
     from hiscrm.worker.runtime import run_worker  # imported by the template already
 
     channel = socket.socket(fileno=channel_fd)
-    _run(lambda: run_worker(boot_json, channel, sink, started, preloaded))
-
-
-def _run(worker: Callable[[], int]) -> NoReturn:
-    """Run the worker to its exit code; an exception is a crash, its traceback in the log."""
     try:
-        code = worker()
-    except BaseException:
+        code = run_worker(boot_json, channel, sink, started, preloaded)
+    except BaseException:  # a crash: its traceback goes to the log
         traceback.print_exc()
         code = ExitCode.CRASHED
     _exit(code)
