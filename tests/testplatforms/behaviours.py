@@ -157,6 +157,42 @@ class BadText:
         await forever()
 
 
+class StarveFds:
+    """Leaves the worker no free file descriptor (a lowered soft RLIMIT_NOFILE, every fd
+    below it taken), prints ``lines`` numbered lines (past the log's size limit: a rotation
+    must open a new file, and cannot), waits ``starve_s`` (heartbeats go by), then frees
+    the fds and prints ``lines`` more; writes ``done_file``."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        import resource
+
+        done = Path(ctx.options["done_file"])
+        if done.exists():
+            await forever()
+        lines = int(ctx.options["lines"])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            for n in range(lines):
+                print(f"starved {n:05d} " + "." * 80)
+            await asyncio.sleep(float(ctx.options.get("starve_s", 1.0)))
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for n in range(lines):
+            print(f"fed {n:05d} " + "." * 80)
+        done.write_text("done")
+        await forever()
+
+
 class Ticker:
     """Prints "tick N" every ``interval_s``, numbered on across restarts of the platform."""
 
