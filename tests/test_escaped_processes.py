@@ -115,7 +115,8 @@ def test_escaped_children_of_a_killed_worker_are_killed_and_never_pile_up(
         alive = [p for p in pids_in(pid_file) if not gone(p)]
         assert len(alive) == 3, f"alive after restart {restart}: {alive}"
     killed = master.log.find(event="killed processes a dead worker left behind")
-    assert sorted(p for e in killed for p in e["killed"]) == sorted(pids_in(pid_file)[:9])
+    # (A daemon's first process may still have been on its way out: killed too, then.)
+    assert set(pids_in(pid_file)[:9]) <= {p for e in killed for p in e["killed"]}
     assert master.stop() == 0
 
 
@@ -127,12 +128,13 @@ def test_escaped_children_go_within_2s_of_a_master_sigkill(
     accounts = escaping_accounts(pid_file, ("setsid", "daemon", "setpgid"))
     # worker2's loop is blocked once its child runs: only the parent-death signal handler
     # can end its escaped child.
-    accounts[1]["options"]["block"] = True
+    blocked = tmp_path / "blocked"
+    accounts[1]["options"]["blocked_file"] = str(blocked)
     config = make_config(workers=2, accounts=accounts, supervision={"heartbeat_timeout_s": 30.0})
     master = start_master(config)
     workers = master.wait_all_running(["worker1", "worker2"])
     children = wait_for_pids(pid_file, 3)
-    time.sleep(0.3)  # worker2's loop is blocked by now
+    wait_until(blocked.exists, 10, "worker2's loop blocked")
     everything = [*workers.values(), *children]
 
     os.kill(master.pid, signal.SIGKILL)

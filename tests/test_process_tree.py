@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import os, sys, time
 from hiscrm import prctl
 prctl.set_child_subreaper()
 out = sys.argv[1]
+read_end, write_end = os.pipe()
 
 def child(body):
     pid = os.fork()
@@ -33,31 +33,33 @@ def child(body):
             os._exit(0)
     return pid
 
-def sleep_forever():
+def ready_then_sleep():
+    os.write(write_end, b"x")
     time.sleep(1000)
 
 def own_session():
     os.setsid()
-    sleep_forever()
+    ready_then_sleep()
 
 def own_group():
     os.setpgid(0, 0)
-    sleep_forever()
+    ready_then_sleep()
 
 def daemon():  # fork, exit, the orphan (now the subreaper's child) calls setsid
     if os.fork() == 0:
         os.setsid()
-        sleep_forever()
+        ready_then_sleep()
 
 def breeder():  # a new child every 5 ms, each sleeping
     os.setsid()
-    while True:
-        child(sleep_forever)
+    for n in range(1_000_000):
+        child(ready_then_sleep if n == 2 else lambda: time.sleep(1000))
         time.sleep(0.005)
 
-for body in (sleep_forever, own_session, own_group, daemon, breeder):
+for body in (ready_then_sleep, own_session, own_group, daemon, breeder):
     child(body)
-time.sleep(0.3)
+for _ in range(5):  # each has done what it does (the breeder: three children so far)
+    os.read(read_end, 1)
 with open(out + ".tmp", "w") as f:
     f.write("ready")
 os.rename(out + ".tmp", out)
@@ -67,7 +69,7 @@ time.sleep(1000)
 # A subreaper whose grandchild is orphaned and then exits: a zombie only it can reap.
 ADOPT = r"""
 import json, os, sys, time
-from hiscrm import prctl
+from hiscrm import prctl, process_tree
 from hiscrm.worker.adopted import AdoptedZombies
 prctl.set_child_subreaper()
 read_end, write_end = os.pipe()
@@ -82,7 +84,10 @@ orphan = [p for p in os.listdir("/proc") if p.isdigit() and open(f"/proc/{p}/sta
 reaper = AdoptedZombies()
 first = reaper.reap()  # alive: nothing
 os.write(write_end, b"x")
-time.sleep(0.3)
+deadline = time.monotonic() + 20
+while not process_tree.is_zombie(int(orphan[0])):  # until it has exited
+    assert time.monotonic() < deadline, "the orphan did not exit"
+    time.sleep(0.01)
 second = reaper.reap()  # a zombie now, seen once: not yet
 third = reaper.reap()  # seen twice: reaped
 print(json.dumps({"orphan": [int(p) for p in orphan], "reaped": [first, second, third], "total": reaper.reaped}))
@@ -107,9 +112,12 @@ def test_every_descendant_is_killed_whatever_group_or_session_it_went_to(tmp_pat
         killed = process_tree.kill_descendants(root.pid)
         assert set(before) <= set(killed)
         # Nothing is left but zombies waiting for the root, and nothing new appears.
-        time.sleep(0.2)
-        left = process_tree.descendants(root.pid)
-        assert all(process_tree.is_zombie(p) for p in left), left
+        wait_until(
+            lambda: all(process_tree.is_zombie(p) for p in process_tree.descendants(root.pid)),
+            10,
+            "every descendant dead",
+        )
+        assert set(process_tree.descendants(root.pid)) <= set(killed)
         assert not gone(root.pid)
     finally:
         root.kill()

@@ -122,8 +122,8 @@ time.sleep(1000)
 
 class EscapingChild:
     """Starts a process that leaves the worker's process group (option ``mode``: "setsid",
-    "setpgid" or "daemon") and records its pid in ``pid_file``. With ``block`` it then
-    blocks the worker's event loop for good."""
+    "setpgid" or "daemon") and records its pid in ``pid_file``. With ``blocked_file`` it
+    then writes that file and blocks the worker's event loop for good."""
 
     async def run(self, ctx: PlatformContext) -> None:
         pid_file = Path(ctx.options["pid_file"])
@@ -131,9 +131,10 @@ class EscapingChild:
         mode = str(ctx.options.get("mode", "setsid"))
         self.child = subprocess.Popen([sys.executable, "-c", ESCAPE, mode, str(pid_file)])
         ctx.log.info("started an escaping child", mode=mode, child_pid=self.child.pid)
-        if ctx.options.get("block"):
+        if ctx.options.get("blocked_file"):
             while not pid_file.exists() or pid_file.read_text().count("\n") == before:
                 await asyncio.sleep(0.01)
+            Path(ctx.options["blocked_file"]).write_text("blocking the loop now")
             time.sleep(1000)
         await forever()
 
