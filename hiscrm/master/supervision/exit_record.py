@@ -16,7 +16,8 @@ ACCOUNT_CAUSED = frozenset({"killed", "crashed", "exited", StopReason.HEARTBEAT_
 
 _EXIT_CODE_REASONS = {
     ExitCode.CRASHED: ("crashed", "an uncaught exception"),
-    ExitCode.BOOT_FAILED: ("boot_failed", "it could not load its code or platforms"),
+    ExitCode.BOOT_FAILED: ("boot_failed", "it could not import its runtime or platforms"),
+    ExitCode.LOG_FAILED: ("log_failed", "it could not open its log file (why: end of log_tail)"),
     ExitCode.PROTOCOL_MISMATCH: ("protocol_mismatch", "it speaks another protocol than the master"),
     ExitCode.ORPHANED: ("orphaned", "it lost its master"),
 }

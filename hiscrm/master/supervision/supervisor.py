@@ -41,6 +41,7 @@ from hiscrm.master.supervision.events import (
     SignalReceived,
 )
 from hiscrm.master.supervision.launcher import Launcher
+from hiscrm.master.supervision.orphans import EscapedProcesses
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.slot_process import SlotProcess
 from hiscrm.master.supervision.stop_plan import StopReason
@@ -80,10 +81,11 @@ class Supervisor:
         self.slots: dict[str, WorkerSlot] = {w: self._new_slot(w) for w in config.worker_ids}
         self._solo_wanted: list[str] = []
         self._solo_leaving: set[str] = set()
-        self.code = CodeStatus(config.code.packages)
+        self.code = CodeStatus(config.code.packages, config.platform_specs)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
         self.orphans_reaped = 0
+        self.escaped = EscapedProcesses(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._reload: RollingReload | None = None
@@ -173,8 +175,8 @@ class Supervisor:
         """Reap children nobody else will. As a child subreaper the master adopts what
         escapes a dead worker's process group; once killed, they must be reaped."""
         self._orphan_scan = None
-        known = {p.pid for slot in self.slots.values() for p in slot.processes()}
-        known |= self._launcher.known_pids()
+        known = self._own_children()
+        self.escaped.scan(self._own_children)
         for child in psutil.Process().children():
             try:
                 if child.pid in known or child.status() != psutil.STATUS_ZOMBIE:
@@ -186,6 +188,11 @@ class Supervisor:
             self._log.info(
                 "reaped an adopted orphan", pid=child.pid, orphans_reaped=self.orphans_reaped
             )
+
+    def _own_children(self) -> set[int]:
+        """The master's children that are its own: workers, templates, spares."""
+        known = {p.pid for slot in self.slots.values() for p in slot.processes()}
+        return known | self._launcher.known_pids()
 
     def _finished(self) -> bool:
         return self._shutdown_reason is not None and all(s.idle for s in self.slots.values())
