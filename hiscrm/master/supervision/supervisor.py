@@ -60,6 +60,7 @@ from hiscrm.protocol import (
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
+STALL_S = 0.5  # the loop ran this much later than it should have: the master was stalled
 WAITING = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)  # no process
 
 
@@ -85,6 +86,7 @@ class Supervisor:
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
         self.orphans_reaped = 0
+        self.stalls = 0  # times the master found itself stalled
         self.escaped = EscapedProcesses(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
@@ -151,7 +153,10 @@ class Supervisor:
                 await slot.start(loop.time(), "master started")
             while not self._finished():
                 event = await self._next_event()
+                began = loop.time()
                 await self._step(event)
+                if (took := loop.time() - began) > STALL_S:
+                    self._allow_for_stall(took, "a step took long")
             if on_stopped is not None:
                 await on_stopped()
         finally:
@@ -211,11 +216,32 @@ class Supervisor:
         deadlines = self._deadlines()
         if not deadlines:
             return await self._events.get()
+        wake_at = min(deadlines)
         try:
-            async with asyncio.timeout_at(min(deadlines)):
+            async with asyncio.timeout_at(wake_at):
                 return await self._events.get()
         except TimeoutError:
             return None
+        finally:
+            late = asyncio.get_running_loop().time() - wake_at
+            if late > STALL_S:
+                self._allow_for_stall(late, "woke up late")
+
+    def _allow_for_stall(self, stall_s: float, how: str) -> None:
+        """The master itself did not run for a while (stopped, swapped out, a step that
+        took long): what workers sent meanwhile waits unread in the pipes, so their
+        heartbeats cannot be judged until it has been read. Running workers get a whole
+        heartbeat timeout from now, starting ones the time the master lost."""
+        self.stalls += 1
+        self._log.warning(
+            "the master itself was stalled; allowing for it before judging heartbeats",
+            stall_s=round(stall_s, 3),
+            how=how,
+            stalls_total=self.stalls,
+        )
+        now = asyncio.get_running_loop().time()
+        for slot in self.slots.values():
+            slot.allow_for_stall(now, stall_s)
 
     async def _step(self, event: Event | None) -> None:
         """Handle one event, then whatever deadlines are due. A bug here is logged and
