@@ -4,14 +4,17 @@ registry of kinds (filters, sorts, read marks)."""
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from hiscrm.items import KINDS, Kind
+from hiscrm.items import KINDS, Kind, check_epoch_ms
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.params import MAX_INT, MAX_PAGE, AccountId, ItemIdPath, only
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import STORED_MODELS, Page
 from hiscrm.master.data.store import CollectionQuery
+
+# A time in a query string: a whole number, then checked like every time of an item.
+QueryMs = Annotated[int, AfterValidator(check_epoch_ms)]
 
 
 def collection_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
@@ -23,13 +26,14 @@ def _query_model(kind: Kind) -> type[BaseModel]:
     fields: dict[str, Any] = {
         "limit": (int, Field(50, ge=1, le=MAX_PAGE)),
         "offset": (int, Field(0, ge=0, le=MAX_INT)),
+        # Times in ms, checked like every time of an item (seconds are refused).
         "since": (
-            int | None,
-            Field(None, ge=0, le=MAX_INT, description=f"ms, {kind.time_field} >= since"),
+            QueryMs | None,
+            Field(None, description=f"ms, {kind.time_field} >= since"),
         ),
         "until": (
-            int | None,
-            Field(None, ge=0, le=MAX_INT, description=f"ms, {kind.time_field} < until"),
+            QueryMs | None,
+            Field(None, description=f"ms, {kind.time_field} < until"),
         ),
         "sort": (Literal[kind.sort_columns], kind.time_field),
         "order": (Literal["asc", "desc"], "desc"),
