@@ -35,6 +35,7 @@ def create_app(
     metrics: MasterMetrics,
     token: str | None,
     metrics_public: bool,
+    max_page_bytes: int,
     log: FilteringBoundLogger,
     count_error: Callable[[], int],
     followers: LogFollowers,
@@ -106,7 +107,7 @@ def create_app(
 
     worker_routes(routes, read, control, followers)
     account_routes(routes, read, control)
-    collection_routes(routes, read, control)
+    collection_routes(routes, read, control, max_page_bytes)
     app.include_router(open_routes)
     app.include_router(routes)
     app.include_router(root)
