@@ -5,6 +5,7 @@ import ctypes
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -198,3 +199,74 @@ def test_an_oversized_token_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("x" * 5000)
     with pytest.raises(TokenError, match="over 4096 bytes"):
         load_or_create_token(tmp_path)
+
+
+def _store_with_rows(path: Path) -> None:
+    """A real store (this program's schema) with enough rows to span many pages."""
+    from hiscrm.master.data import sqlite_schema
+
+    conn = sqlite_schema.connect(path)
+    sqlite_schema.migrate(conn)
+    conn.executemany(
+        "INSERT INTO notifications (account_id, id, version, hash, seq, synced_at, category, "
+        "text, created_at) VALUES ('a', ?, 1, 'h', ?, 0, 'c', ?, 1763848020000)",
+        [(f"n{i}", i, "x" * 500) for i in range(4000)],
+    )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def _truncate(path: Path) -> None:
+    _store_with_rows(path)
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _drop_core_table(path: Path) -> None:
+    _store_with_rows(path)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE accounts")
+    conn.commit()
+    conn.close()
+
+
+def _alter_kind_table(path: Path) -> None:
+    _store_with_rows(path)
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE messages DROP COLUMN sender_name")
+    conn.commit()
+    conn.close()
+
+
+STORE_PROBLEMS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "not a database": (
+        lambda p: p.write_bytes(b"hello, I am a text file\n" * 100),
+        "not a usable SQLite database",
+    ),
+    "truncated": (_truncate, "database disk image is malformed"),
+    "a core table dropped": (_drop_core_table, "table 'accounts' is missing"),
+    "a column dropped": (_alter_kind_table, "table 'messages' lacks columns sender_name"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("problem", list(STORE_PROBLEMS))
+def test_an_unusable_store_stops_the_start_in_one_line(tmp_path: Path, problem: str) -> None:
+    state = make_state(tmp_path)
+    make, expected = STORE_PROBLEMS[problem]
+    make(state / "hiscrm.db")
+    result = run_master(tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    # The store opens after logging has begun: its failure is the one line that says hiscrm:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hiscrm: ")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    line = lines[0]
+    assert f"cannot use the store {state / 'hiscrm.db'}" in line
+    assert expected in line
+    assert "restore it from a backup, or move it away" in line
+    assert "master cannot start" not in result.stderr  # not said twice
+    assert not (state / "master.json").exists()
+    logged = LogReader(state / "logs" / "master.log").find(event="master cannot start")
+    assert [e["level"] for e in logged] == ["error"]
+    assert not LogReader(state / "logs" / "master.log").find(event="worker state")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MasterFactory, accounts_of, make_config
-from harness import gone, wait_until
+from harness import gone, metric, wait_until
 
 
 @pytest.mark.timeout(60)
@@ -87,6 +87,12 @@ def test_platform_import_error_is_boot_failed_with_backoff(start_master: MasterF
     assert template
     assert template[0]["level"] == "error"
     assert any("RuntimeError: boom at import" in line for line in template[0]["log_tail"])
+    # A platform that raises at import is not a bug of the master: not counted as one.
+    with master.http() as http:
+        assert http.get("/status").json()["internal_errors_total"] == 0
+        metrics = http.get("/metrics").text
+    assert metric(metrics, "hiscrm_fork_template_failures_total") >= 1
+    assert metric(metrics, "hiscrm_master_internal_errors_total") == 0
 
     # Watch for a while: retries happen, but no faster than the backoff allows.
     watch_s = 4.0

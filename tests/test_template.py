@@ -119,7 +119,11 @@ def test_a_dead_template_is_replaced_at_the_next_start(start_master: MasterFacto
     back = master.wait_running("worker1", after=mark)
     assert forked(master, "worker1", back)
     assert psutil.Process(pids["worker2"]).is_running()  # untouched by the template's death
+    with master.http() as http:  # a killed template is not a bug of the master
+        assert http.get("/status").json()["internal_errors_total"] == 0
+        assert metric(http.get("/metrics").text, "hiscrm_fork_template_failures_total") == 1
     assert master.stop() == 0
+    assert not master.log.find(event="fork template died; starting a new one", pid=second["pid"])
 
 
 def wait_until_spare(template_pid: int, master_pid: int) -> int:
@@ -146,3 +150,18 @@ def wait_until_spare(template_pid: int, master_pid: int) -> int:
 
 def zombies(pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.timeout(60)
+def test_a_sigterm_to_the_template_too_is_a_clean_shutdown(start_master: MasterFactory) -> None:
+    """A stop that signals every process (``pkill``, a service manager) stops the master as
+    a SIGTERM does; the template is the master's to retire, and does not 'die'."""
+    master = start_master(make_config(workers=2))
+    master.wait_all_running(["worker1", "worker2"])
+    template = master.log.wait_for(event="fork template ready")["pid"]
+    os.kill(template, signal.SIGTERM)
+    os.kill(master.pid, signal.SIGTERM)
+    assert master.proc is not None
+    assert master.proc.wait(20) == 0
+    assert not master.log.find(event="fork template died; starting a new one")
+    assert not [e for e in master.log.events if e.get("level") in ("error", "critical")]

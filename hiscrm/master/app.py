@@ -111,10 +111,8 @@ async def run_master(
         monitoring: asyncio.Task[None] | None = None
 
         async def on_ready() -> None:
-            nonlocal watching, monitoring
+            nonlocal watching
             api.start()
-            monitoring = asyncio.create_task(health.run(), name="health")
-            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
             host, port = api.address
             log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
             if watch:
@@ -125,6 +123,11 @@ async def run_master(
                     )
                 )
 
+        async def on_started() -> None:
+            nonlocal monitoring
+            monitoring = asyncio.create_task(health.run(), name="health")
+            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
+
         async def on_stopped() -> None:
             if monitoring is not None:
                 monitoring.cancel()
@@ -134,6 +137,6 @@ async def run_master(
             await api.stop()
             flush_suppressed_counts()
 
-        return await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
+        return await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
     finally:
         store.stop()

@@ -48,6 +48,10 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
     os.setsid()
     if sys.platform.startswith("linux"):
         prctl.set_parent_death_signal(signal.SIGKILL)  # it holds nothing worth saving
+    # A signal to the whole group or service (Ctrl-C, systemd's stop) is the master's to
+    # handle: the template goes when the master retires it, or with the master.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     bootstrap.capture_output(boot)
     try:
         from hiscrm.code_fingerprint import loaded_files, source_version

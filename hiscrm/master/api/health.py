@@ -87,7 +87,10 @@ def _workers(inputs: HealthInputs) -> Check:
     solo = [w for w, s in inputs.solo_workers.items() if s == "running"]
     enabled = [a for a, s in inputs.accounts.items() if s is not AccountState.DISABLED]
     summary = f"{len(running)}/{len(inputs.workers)} running"
+    starting = [w for w, s in (inputs.workers | inputs.solo_workers).items() if s == "starting"]
     if enabled and not running and not solo:
+        if starting and not inputs.shutting_down:
+            return Check(status="degraded", detail=f"{summary}: {_names(starting)} starting")
         return Check(
             status="failing", detail=f"no worker runs while {len(enabled)} accounts are enabled"
         )
@@ -151,6 +154,8 @@ class HealthMonitor:
             level = {"ok": self._log.info, "degraded": self._log.warning}.get(
                 health.status, self._log.error
             )
+            if health.checks["master"].status == "failing":  # shutting down, as asked
+                level = self._log.info
             level(
                 "health",
                 status=health.status,

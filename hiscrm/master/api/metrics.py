@@ -90,6 +90,12 @@ class _LiveState(Collector):
                 "Fork templates started (at start-up, after a code change, after a death)",
                 value=launcher.templates_started,
             )
+            yield CounterMetricFamily(
+                "hiscrm_fork_template_failures_total",
+                "Fork template failures: code it could not import (a platform raising at "
+                "import), deaths, spares or forks lost",
+                value=launcher.template_failures,
+            )
         yield GaugeMetricFamily(
             "hiscrm_master_stale_code",
             "1 if the master's own code changed on disk (only a master restart loads it)",

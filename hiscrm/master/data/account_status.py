@@ -44,8 +44,12 @@ def derive(
     quarantined: bool,
     owner: str | None,
     owner_running: bool,
+    home: str | None,
+    home_down: bool,
     task: TaskState | None,
 ) -> AccountState:
+    """``home_down``: the worker the account waits for has died (not merely not started
+    yet)."""
     if not enabled:
         return AccountState.DISABLED
     if failed:
@@ -53,7 +57,9 @@ def derive(
     if quarantined:
         return AccountState.QUARANTINED
     if owner is None:
-        return AccountState.UNASSIGNED
+        if home is None:
+            return AccountState.UNASSIGNED
+        return AccountState.DOWN if home_down else AccountState.STARTING
     if not owner_running:
         return AccountState.DOWN
     if task is TaskState.RUNNING:

@@ -102,6 +102,7 @@ class AccountManager:
         self._links: dict[str, WorkerLink] = {}  # worker id -> its serving process
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
+        self._down: set[str] = set()  # workers that died and have not run again since
         for account_id in self.status:
             self._refresh(account_id, "master started")
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
@@ -128,6 +129,7 @@ class AccountManager:
 
     def worker_up(self, link: WorkerLink, now: float) -> None:
         self._links[link.worker_id] = link
+        self._down.discard(link.worker_id)
         self._execute(self.assigner.worker_up(link.worker_id, now), now)
         self._refresh_worker(link.worker_id, "its worker runs")
 
@@ -135,6 +137,7 @@ class AccountManager:
         """A slot's process is gone; ``abnormal``: it died in a way that may be an
         account's doing (killed, crashed, hung), with its accounts assigned."""
         self._links.pop(worker_id, None)
+        self._down.add(worker_id)
         present = self.assigner.accounts_of(worker_id)
         for account_id in present:
             self.status[account_id].task = None
@@ -324,6 +327,8 @@ class AccountManager:
             quarantined=self.quarantine.is_quarantined(account_id),
             owner=owner,
             owner_running=link is not None and link.serving,
+            home=slot.home,
+            home_down=slot.home in self._down,
             task=status.task,
         )
         if state is AccountState.FAILED and status.failed:

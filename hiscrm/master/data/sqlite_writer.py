@@ -91,7 +91,8 @@ class SqliteWriter:
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
-            raise StoreError(f"{self.path}: {self._startup_error}") from self._startup_error
+            error = self._startup_error
+            raise StoreError(f"cannot use the store {self.path}: {error}") from error
         self._checkpointer.start()
 
     @property
@@ -125,13 +126,18 @@ class SqliteWriter:
 
     def _run(self) -> None:
         try:
-            conn = sqlite_schema.connect(self.path)
+            began = time.monotonic()
+            conn = sqlite_schema.open_checked(self.path)
             found, added = sqlite_schema.migrate(conn)
+            sqlite_schema.check_columns(conn)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             return
+        self._log.info(
+            "store opened", path=str(self.path), took_ms=round((time.monotonic() - began) * 1000)
+        )
         if found != sqlite_schema.SCHEMA_VERSION or added:
             self._log.info(
                 "store migrated",

@@ -129,9 +129,10 @@ class Supervisor:
         self,
         on_ready: Callable[[], Awaitable[None]] | None = None,
         on_stopped: Callable[[], Awaitable[None]] | None = None,
+        on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
-        """Run until shut down. ``on_ready`` runs before workers start; ``on_stopped``
-        once every worker has stopped."""
+        """Run until shut down. ``on_ready`` runs before workers start, ``on_started``
+        once they have been started, ``on_stopped`` once every worker has stopped."""
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_exception)
         self._log.info(
@@ -153,6 +154,8 @@ class Supervisor:
                 await self._launcher.prepare(sample, self.count_internal_error)
             for slot in self.slots.values():
                 await slot.start(loop.time(), "master started")
+            if on_started is not None:
+                await on_started()
             while not self._finished():
                 event = await self._next_event()
                 began = loop.time()

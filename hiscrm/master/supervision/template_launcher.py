@@ -62,10 +62,12 @@ class _Template:
         args: tuple[str, str],
         log: FilteringBoundLogger,
         error: ErrorLogger,
+        trouble: ErrorLogger,
         on_exit: Callable[["_Template"], None],
     ) -> None:
         self._log = log
-        self._error = error
+        self._error = error  # a bug of ours: counted as the master's internal error
+        self._trouble = trouble  # the template failing: counted as such
         self._on_exit_callback = on_exit
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -102,8 +104,8 @@ class _Template:
             data, fds, _, _ = socket.recv_fds(self._control, MAX_MESSAGE, 1)
         except BlockingIOError:
             return
-        except OSError as exc:
-            self._error("template control socket failed", pid=self.pid, exc_info=exc)
+        except OSError as exc:  # it is dying: its exit follows and is reported then
+            self._trouble("template control socket failed", pid=self.pid, error=str(exc))
             data, fds = b"", []
         if not data:
             self._loop.remove_reader(self._control.fileno())
@@ -139,7 +141,7 @@ class _Template:
                 pid = int(message["pid"])
                 waiting = self._forks.popleft() if self._forks else None
                 if waiting is None or waiting.done():  # given up on: the child exits alone
-                    self._error("a fork came too late; its process is dropped", pid=pid)
+                    self._trouble("a fork came too late; its process is dropped", pid=pid)
                 else:
                     waiting.set_result(pid)
             case other:
@@ -167,7 +169,7 @@ class _Template:
         try:
             self._control.send(json.dumps(request).encode())
         except OSError as exc:  # it is dying: its exit is on the way
-            self._error("cannot send to the template", pid=self.pid, exc_info=exc)
+            self._trouble("cannot send to the template", pid=self.pid, error=str(exc))
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._exit_fd)
@@ -216,8 +218,8 @@ class _Template:
             try:
                 self._control.send(b'{"type": "exit"}')
             except OSError as exc:
-                self._error(
-                    "cannot tell the old template to exit; killing it", pid=self.pid, exc_info=exc
+                self._trouble(
+                    "cannot tell the old template to exit; killing it", pid=self.pid, error=str(exc)
                 )
                 self.process.kill()
 
@@ -256,6 +258,7 @@ class TemplateLauncher:
         self._disk = DiskCheck()
         self._template: _Template | None = None
         self._retired: list[_Template] = []
+        self._stopped = False  # the master is done with it
         self._starting: set[int] = set()  # pids between fork and the handle that owns them
         sup = config.supervision
         self._backoff = RestartBackoff(
@@ -266,9 +269,16 @@ class TemplateLauncher:
         self._sample: WorkerBoot | None = None
         self.starts = {"spare": 0, "fork": 0, "spawn": 0}  # workers started, by how
         self.templates_started = 0
+        self.template_failures = 0  # loads that failed, deaths, lost spares and forks
         self._count_error: Callable[[], object] = lambda: None  # the master's, from prepare
         logs = config.state_dir / "logs"
         self._log_path = logs / "template.log"
+
+    def _trouble(self, event: str, **fields: Any) -> None:
+        """The template (platform code it imports, a template killed or gone) failed: an
+        error of what the master runs, not of the master itself."""
+        self.template_failures += 1
+        self._log.error(event, template_failures_total=self.template_failures, **fields)
 
     def _error(self, event: str, **fields: Any) -> None:
         self._count_error()
@@ -302,7 +312,7 @@ class TemplateLauncher:
                 how = "fork"
                 started = await template.fork(boot)
         except TemplateGone as exc:
-            self._error("fork from the template failed; starting by spawn", exc_info=exc)
+            self._trouble("fork from the template failed; starting by spawn", error=str(exc))
             if template is self._template:  # not already replaced (it died meanwhile)
                 self._discard(template)
             self.starts["spawn"] += 1
@@ -337,7 +347,7 @@ class TemplateLauncher:
         try:
             socket.send_fds(spare.sock, [boot.model_dump_json().encode()], [theirs.fileno()])
         except OSError as exc:
-            self._error("the template's spare is gone; forking", pid=spare.pid, exc_info=exc)
+            self._trouble("the template's spare is gone; forking", pid=spare.pid, error=str(exc))
             ours.close()
             reap_when_gone(asyncio.get_running_loop(), spare.pid, self._error)
             return None
@@ -382,6 +392,7 @@ class TemplateLauncher:
             (str(self._log_path), self._sample.model_dump_json()),
             self._log,
             self._error,
+            self._trouble,
             self._on_template_exit,
         )
         self.templates_started += 1
@@ -410,7 +421,7 @@ class TemplateLauncher:
             )
             return
         self._discard(template)
-        self._error(
+        self._trouble(
             "fork template could not load the worker code; workers start by spawn meanwhile",
             pid=template.pid,
             error=(template.error or "it exited").splitlines()[:1],
@@ -421,7 +432,10 @@ class TemplateLauncher:
     def _on_template_exit(self, template: _Template) -> None:
         if template.retired or not template.ready.result():
             return  # asked to go, or it never got ready (already reported)
-        self._error(
+        if self._stopped:
+            self._log.info("fork template ended as the master stops", pid=template.pid)
+            return
+        self._trouble(
             "fork template died; starting a new one",
             pid=template.pid,
             exitcode=template.process.exitcode,
@@ -445,6 +459,7 @@ class TemplateLauncher:
         template.retire()
 
     def stop(self) -> None:
+        self._stopped = True
         if self._retry is not None:
             self._retry.cancel()
         for template in (self._template, *self._retired):
