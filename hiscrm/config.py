@@ -25,6 +25,7 @@ from pydantic import (
 from hiscrm.items import KINDS
 from hiscrm.models import AccountSpec
 from hiscrm.platform_names import resolve_platform_name
+from hiscrm.store_url import check_store_url
 
 EMBEDDED_DEFAULT = "<embedded default>"
 BOM = "\ufeff"
@@ -171,6 +172,18 @@ class LogsConfig(_Section):
     backups: int = Field(default=5, ge=0, le=1000)
 
 
+class StoreConfig(_Section):
+    """Where the data lives: no ``url``, SQLite in the state directory; a
+    ``postgresql://`` URL, that PostgreSQL database."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_usable(cls, url: str | None) -> str | None:
+        return None if url is None else check_store_url(url)
+
+
 class Config(_Section):
     state_dir: Path = Path("var")
     workers: int = Field(default=2, ge=1, le=512)
@@ -181,6 +194,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
+    store: StoreConfig = StoreConfig()
     accounts: list[AccountSpec] = Field(default_factory=list)
 
     @field_validator("state_dir", mode="before")
