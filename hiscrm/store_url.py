@@ -41,10 +41,10 @@ def redacted(url: str) -> str:
         user, has_password, _ = hostinfo[0].partition(":")
         netloc = f"{user}:{HIDDEN}@{hostinfo[2]}" if has_password else parts.netloc
     query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
         query = urlencode(
-            [(k, HIDDEN if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
+            [(k, HIDDEN if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/"
         )
     shown = f"{parts.scheme}://{netloc}{parts.path}"
     return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")

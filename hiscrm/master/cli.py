@@ -25,6 +25,7 @@ from hiscrm.logfile import RotatingLogFile
 from hiscrm.master.api.auth import Token, TokenError, TokenOrigin, load_or_create_token
 from hiscrm.master.api.server import bind
 from hiscrm.master.app import run_master
+from hiscrm.master.data.store import StoreError
 from hiscrm.master.state_dir import StateDir, StateDirError
 
 
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(
             run_master(config, api_socket, token.value if token else None, log, watch=args.watch)
         )
+    except StoreError as exc:  # raised before any worker starts: one line, like the others
+        print(f"hiscrm: cannot open the store: {exc}", file=sys.stderr)
+        log.error("master cannot start", error=f"cannot open the store: {exc}")
+        return ExitCode.CRASHED
     except BaseException as exc:
         log.critical("master failed", exc_info=exc)
         raise

@@ -91,7 +91,8 @@ class PgWriter:
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
-            raise StoreError(f"{self.where}: {self._startup_error}") from self._startup_error
+            reason = " ".join(str(self._startup_error).split())  # libpq's are several lines
+            raise StoreError(f"{self.where}: {reason}") from self._startup_error
 
     @property
     def alive(self) -> bool:
