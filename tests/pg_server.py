@@ -80,6 +80,7 @@ class PostgresServer:
     port: int
     marker: str
     user: pwd.struct_passwd | None  # the account it runs as, when the tests run as root
+    durable: bool = False  # fsync and synchronous commits on, as in production
 
     @property
     def data(self) -> Path:
@@ -153,13 +154,13 @@ class PostgresServer:
         pwfile.unlink()
 
     def start(self) -> None:
-        # Durability settings off: these tests are about semantics, and a test server
-        # that fsyncs every commit only slows the suite.
+        # Durability settings off unless asked for: tests are about semantics, and a test
+        # server that fsyncs every commit only slows the suite.
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "start",
@@ -242,7 +243,7 @@ def _server_user() -> pwd.struct_passwd | None:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PostgresServer]:
+def running_server(durable: bool = False) -> Iterator[PostgresServer]:
     """A fresh cluster on a free port for as long as the block runs."""
     bin_dir = find_bin_dir()
     user = _server_user()
@@ -251,7 +252,7 @@ def running_server() -> Iterator[PostgresServer]:
     # Not under pytest's base directory: its directories are private to the user running
     # the tests, and the server's user must reach its own.
     root = Path(tempfile.mkdtemp(prefix="hiscrm-pg-"))
-    server = PostgresServer(bin_dir, root, free_port(), uuid.uuid4().hex, user)
+    server = PostgresServer(bin_dir, root, free_port(), uuid.uuid4().hex, user, durable)
     try:
         server._chown(root)
         server.init()

@@ -2,7 +2,7 @@
 migrates the schema, commits syncs, and runs the reads that must follow them.
 
 The same shape as ``sqlite_writer``: syncs that queue up while a transaction runs go into
-the next one together (group commit), one upsert statement per kind for the whole group.
+the next one together (group commit), copied in and merged with one statement per kind.
 Inside the transaction the accounts' committed sequences are read and locked, so a sync
 is committed only if the store already has every change of its account up to the sync's
 ``base_seq`` (a gap is refused, never skipped over) even if another program wrote the
@@ -125,6 +125,7 @@ class PgWriter:
         try:
             conn = connect(self.url)
             found, added = pg_schema.migrate(conn)
+            self._upserter.prepare(conn)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -182,9 +183,13 @@ class PgWriter:
         (what uses it fails, with the reason, and the next round tries again)."""
         if not (conn.closed or conn.broken):
             return conn
+        fresh: Conn | None = None
         try:
             fresh = connect(self.url)
+            self._upserter.prepare(fresh)
         except psycopg.Error as exc:
+            if fresh is not None:
+                fresh.close()
             self.errors += 1
             self._log.error("store connection lost; cannot reconnect", url=self.where, exc_info=exc)
             return conn
