@@ -3,8 +3,13 @@
 A process lists the files of every module it has imported from the project and from
 platform packages (the standard library and site-packages are left out, except ``hiscrm``
 itself and packages named in ``code.packages``), each with its size, mtime and a content
-hash; ``code_version`` is a short hash over the set. Comparing with the disk costs a
-``stat`` per file; a file is read and hashed again only when its size or mtime moved.
+hash: that tells whether it runs stale code. Comparing with the disk costs a ``stat`` per
+file; a file is read and hashed again only when its size or mtime moved.
+
+Its ``code_version`` does not come from that list, which differs by what each process
+happened to import (the master imports its API, a template less than a worker, a worker
+more as it runs): ``source_version`` hashes the files of the code itself, the same set
+for every process of one master.
 """
 
 import contextlib
@@ -118,10 +123,50 @@ def drop_stale_bytecode(source: str, pyc: str | None = None) -> bool:
     return True
 
 
-def code_version(files: Iterable[CodeFile]) -> str:
+def code_roots(platform_specs: Iterable[str], packages: Iterable[str] = ()) -> dict[str, Path]:
+    """What the code of a master and its workers is, by top-level name: hiscrm, the
+    packages in ``code.packages`` and each platform's top-level package or module (as
+    ``--watch`` watches them). Found on ``sys.path`` without importing anything."""
+    names = {"hiscrm", *packages}
+    names |= {spec.partition(":")[0].partition(".")[0] for spec in platform_specs if ":" in spec}
+    roots = {"hiscrm": Path(hiscrm.__file__).resolve().parent}
+    for name in sorted(names - {"hiscrm"}):
+        try:
+            spec = importlib.util.find_spec(name)  # a top-level name: nothing is imported
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:
+            for n, location in enumerate(spec.submodule_search_locations):
+                roots[name if n == 0 else f"{name}#{n}"] = Path(location).resolve()
+        elif spec.origin and spec.origin.endswith(".py"):
+            roots[name] = Path(spec.origin).resolve()
+    return roots
+
+
+def source_version(platform_specs: Iterable[str], packages: Iterable[str] = ()) -> str:
+    """A short hash of the source files of the code (``code_roots``): the same for every
+    process on one checkout, however it started and whatever it imported; a change to any
+    of those files gives a new one."""
+    sources: dict[str, Path] = {}
+    for name, root in code_roots(platform_specs, packages).items():
+        if root.is_file():
+            sources[f"{name}.py"] = root
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+            for filename in filenames:
+                if filename.endswith(".py"):
+                    path = Path(dirpath, filename)
+                    sources[f"{name}/{path.relative_to(root).as_posix()}"] = path
     digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: f.path):
-        digest.update(f"{file.path}\0{file.sha256}\n".encode())
+    for name, path in sorted(sources.items()):
+        try:
+            content = _hash(str(path))
+        except OSError:  # gone since the walk, or unreadable: that too is what it is
+            content = "missing"
+        digest.update(f"{name}\0{content}\n".encode())
     return digest.hexdigest()[:12]
 
 

@@ -138,6 +138,14 @@ class SupervisionConfig(_Section):
         return self
 
 
+class QuarantineConfig(_Section):
+    """When an account is suspected of killing its workers (see docs/ARCHITECTURE.md)."""
+
+    window_s: float = seconds(600.0, at_least=1.0, at_most=WEEK_S)  # evidence kept this long
+    deaths: int = Field(default=3, ge=2, le=1000)  # worker deaths while it was there
+    release_after_s: float = seconds(300.0, at_least=1.0, at_most=WEEK_S)  # alone, no death
+
+
 class SyncConfig(_Section):
     stale_after_s: float = seconds(300.0, at_least=0.1, at_most=WEEK_S)
 
@@ -177,6 +185,7 @@ class StoreConfig(_Section):
     ``postgresql://`` URL, that PostgreSQL database."""
 
     url: str | None = None
+    min_free_mb: int = Field(default=256, ge=0, le=10**7)  # below this, health is failing
 
     @field_validator("url")
     @classmethod
@@ -191,10 +200,11 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     sync: SyncConfig = SyncConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    store: StoreConfig = StoreConfig()
     retention: RetentionConfig = RetentionConfig()
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
-    store: StoreConfig = StoreConfig()
     accounts: list[AccountSpec] = Field(default_factory=list)
 
     @field_validator("state_dir", mode="before")

@@ -39,7 +39,25 @@ def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-ItemId = Annotated[str, Field(min_length=1, max_length=256)]
+def _check_item_id(value: str) -> str:
+    """An item id is a path segment of the API (``/accounts/A/messages/{id}``): no '/', no
+    control character or lone surrogate, not '.' or '..' (clients drop those segments)."""
+    if "/" in value or value in (".", ".."):
+        raise ValueError(
+            f"{value!r} cannot be an item id: ids are URL path segments, so no '/' and not "
+            "'.' or '..'; encode the platform's id, e.g. urllib.parse.quote(id, safe='')"
+        )
+    if not value.isprintable():  # rare: find out whether it is one we refuse
+        for position, char in enumerate(value):
+            if char < " " or "\x7f" <= char <= "\x9f" or "\ud800" <= char <= "\udfff":
+                raise ValueError(
+                    f"{value!r} cannot be an item id: {char!r} at position {position} is a "
+                    "control character or a lone surrogate"
+                )
+    return value
+
+
+ItemId = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_item_id)]
 Direction = Literal["inbound", "outbound"]
 MAX_INT = 2**63 - 1  # what SQLite stores
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]

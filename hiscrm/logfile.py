@@ -21,10 +21,19 @@ from pathlib import Path
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 _PARTIAL_LINE_LIMIT = 64 * 1024  # a line longer than this is written in pieces
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: see maybe_rotate
 
 
 class RotatingLogFile:
-    """An append-only file rotated by size to ``path.1 … path.N``."""
+    """An append-only file rotated by size to ``path.1 … path.N``.
+
+    Rotation opens the next file first (under a temporary name), then shifts the backups
+    and swaps it in, so ``path`` always exists and always receives what follows. If any
+    step fails (out of file descriptors, disk full), the current file stays in use and
+    the next write (or ``maybe_rotate``) tries again; the failure is counted in
+    ``rotate_errors`` and kept in ``last_rotate_error``, and ``write`` raises only when
+    its own data was not written.
+    """
 
     def __init__(
         self, path: Path, max_bytes: int, backups: int, redirect_fds: tuple[int, ...] = ()
@@ -36,27 +45,29 @@ class RotatingLogFile:
         self._fd = -1
         self._size = 0
         self._lock = threading.RLock()  # a signal handler may log while we write
-        self.rotations = 0
+        self.rotations = 0  # rotations done
+        self.rotate_errors = 0  # rotations that failed (each retried at the next line)
+        self.last_rotate_error: OSError | None = None
+        self.rotation_failing = False  # the last rotation attempt failed
         self.write_errors = 0  # counted by loggers that could not write (disk full)
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = self._open_file()
+        self._fd = os.open(self.path, _FLAGS, 0o644)
         self._size = os.fstat(self._fd).st_size
+        self._point_redirects()
 
-    def _open_file(self) -> int:
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC  # read: see maybe_rotate
-        fd = os.open(self.path, flags, 0o644)
+    def _point_redirects(self) -> None:
         for target in self.redirect_fds:
-            os.dup2(fd, target)
-        return fd
+            os.dup2(self._fd, target)
 
     @property
     def fd(self) -> int:
         return self._fd
 
     def write(self, data: bytes) -> None:
-        """Append ``data``; rotate afterwards if the file is full and ``data`` ended a line."""
+        """Append ``data``; rotate afterwards if the file is full and ``data`` ended a line.
+        Raises OSError only if ``data`` was not (wholly) written."""
         with self._lock:
             view = memoryview(data)
             while view:
@@ -67,35 +78,77 @@ class RotatingLogFile:
                 self._rotate_locked()
 
     def maybe_rotate(self) -> bool:
-        """Rotate if output written behind our back filled the file; only at a line end."""
+        """Rotate if output written behind our back filled the file; only at a line end.
+        True if it rotated."""
         with self._lock:
             self._size = os.fstat(self._fd).st_size
             if self._size < self.max_bytes or os.pread(self._fd, 1, self._size - 1) != b"\n":
                 return False
-            self._rotate_locked()
-            return True
+            return self._rotate_locked()
 
-    def _rotate_locked(self) -> None:
+    def _rotate_locked(self) -> bool:
+        try:
+            if self.backups == 0:
+                os.ftruncate(self._fd, 0)
+                self._size = 0
+            else:
+                self._swap_in_new_file()
+                self._point_redirects()
+        except OSError as exc:
+            self.rotate_errors += 1
+            self.last_rotate_error = exc
+            self.rotation_failing = True
+            return False
+        self.rotation_failing = False
         self.rotations += 1
-        if self.backups == 0:
-            os.ftruncate(self._fd, 0)
-            self._size = 0
-            return
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        old_fd = self._fd
-        self._fd = self._open_file()
-        os.close(old_fd)
-        self._size = 0
+        return True
+
+    def _swap_in_new_file(self) -> None:
+        """Open the next file, shift the backups, and put the next file in place under
+        ``path``; on failure, the current file keeps its name and stays in use."""
+        fresh = self.path.with_name(f".{self.path.name}.next")
+        fd = os.open(fresh, _FLAGS | os.O_TRUNC, 0o644)
+        try:
+            for n in range(self.backups - 1, 0, -1):
+                if self._backup(n).exists():
+                    os.replace(self._backup(n), self._backup(n + 1))
+            first = self._backup(1)
+            first.unlink(missing_ok=True)  # with one backup, nothing moved it away
+            try:  # the live name stays throughout: linked as .1, then replaced
+                os.link(self.path, first)
+                linked = True
+            except OSError:  # a file system without hard links: a moment without the name
+                os.replace(self.path, first)
+                linked = False
+            try:
+                os.replace(fresh, self.path)
+            except OSError:
+                if linked:
+                    os.unlink(first)
+                else:
+                    os.replace(first, self.path)
+                raise
+        except OSError:
+            os.close(fd)
+            fresh.unlink(missing_ok=True)
+            raise
+        old, self._fd, self._size = self._fd, fd, 0
+        os.close(old)
+
+    def _backup(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def boot_error_path(path: Path) -> Path:
+    """Where a worker that cannot open its log file ``path`` writes why (shown at the end
+    of the file's tail)."""
+    return path.with_name(f"{path.name}.boot-error")
 
 
 def strip_ansi(text: str) -> str:
@@ -204,11 +257,16 @@ TAIL_LINE_CHARS = 500  # longer lines are cut, so a tail stays a few kilobytes p
 def tail_lines(path: Path, n: int) -> list[str]:
     """The last ``n`` lines of a log file, reaching into ``path.1`` if the file is short
     (it may just have been rotated). Reads a bounded stretch from the end (about 1 KiB
-    per line asked for, at least 64 KiB); cuts long lines. Missing files give no lines."""
+    per line asked for, at least 64 KiB); cuts long lines. Missing files give no lines.
+    If the worker could not open the file at its last start, the lines end with why
+    (from ``boot_error_path``); a file that cannot be read gives a line saying so."""
     budget = max(TAIL_MIN_BYTES, n * TAIL_BYTES_PER_LINE)
+    failure = _tail_of(boot_error_path(path), n, budget) if n > 0 else []
+    n -= len(failure)
     lines = _tail_of(path, n, budget)
     if len(lines) < n:
         lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines), budget) + lines
+    lines += failure
     return [
         line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " …" for line in lines
     ]
@@ -225,6 +283,8 @@ def _tail_of(path: Path, n: int, budget: int) -> list[str]:
             data = f.read(end - start)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # a directory, no permission: say so instead of the lines
+        return [f"(cannot read {path}: {exc})"]
     lines = data.decode("utf-8", "replace").splitlines()
     if start > 0 and lines:
         lines = lines[1:]  # the first one is probably cut

@@ -108,19 +108,35 @@ class WorkerDataSync(_Message):
 
     type: Literal["worker:data:sync"] = "worker:data:sync"
     account_id: str
-    base_seq: int = Field(ge=0)
-    last_seq: int = Field(ge=0)
+    base_seq: int = Field(ge=0, le=MAX_INT)
+    last_seq: int = Field(ge=0, le=MAX_INT)
     changes: list[ItemChange]
 
     @model_validator(mode="after")
-    def _seqs_in_range(self) -> Self:
+    def _seqs_match_the_changes(self) -> Self:
+        """The range is what the changes say: an empty sync covers nothing (``last_seq ==
+        base_seq``), a full one ends at its last change, and changes go up inside it. A
+        sync that claims more would move the store's acknowledged seq past changes it
+        never saw."""
         if self.last_seq < self.base_seq:
             raise ValueError(f"last_seq {self.last_seq} is before base_seq {self.base_seq}")
-        for change in self.changes:
-            if not self.base_seq < change.seq <= self.last_seq:
+        if not self.changes:
+            if self.last_seq != self.base_seq:
                 raise ValueError(
-                    f"change seq {change.seq} outside ({self.base_seq}, {self.last_seq}]"
+                    f"an empty sync must have last_seq == base_seq, not {self.base_seq}.."
+                    f"{self.last_seq}"
                 )
+            return self
+        previous = self.base_seq
+        for change in self.changes:
+            if not previous < change.seq <= self.last_seq:
+                raise ValueError(
+                    f"change seq {change.seq} out of order or outside "
+                    f"({self.base_seq}, {self.last_seq}]"
+                )
+            previous = change.seq
+        if previous != self.last_seq:
+            raise ValueError(f"last_seq {self.last_seq} but the last change is seq {previous}")
         return self
 
 

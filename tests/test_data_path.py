@@ -282,33 +282,48 @@ def test_an_invalid_item_is_reported_and_siblings_keep_syncing(start_master: Mas
 
 
 @pytest.mark.timeout(60)
-def test_quiet_accounts_stay_fresh_and_a_blocked_sync_goes_stale_and_recovers(
-    start_master: MasterFactory,
-) -> None:
+def test_stale_means_no_progress_whatever_the_syncs(start_master: MasterFactory) -> None:
+    """A quiet platform that says it is alive stays fresh; one that does nothing goes stale
+    although its worker keeps sending empty syncs; a blocked worker's account goes stale
+    and recovers."""
     config = make_config(
         workers=2,
         accounts=[
             {"id": "quiet", "platform": "demo", "options": {"max_events": 0}},
             {"id": "blocked", "platform": "demo", "options": {"rate": 5.0}},
+            {"id": "silent", "platform": "testplatforms.behaviours:Idle"},
         ],
         supervision={"heartbeat_timeout_s": 60.0},
         sync={"stale_after_s": 1.5},
     )
     master = start_master(config)
     pids = master.wait_all_running(["worker1", "worker2"])
-    assert not master.log.find(event="account sync is stale")
+    silent = master.log.wait_for(event="account is stale: no progress", account_id="silent")
+    assert silent["level"] == "warning"
+    syncs_before = master.log.find(event="account is stale: no progress")
+    assert [e["account_id"] for e in syncs_before] == ["silent"]
+    with master.http() as http:
+        wait_until(
+            lambda: http.get("/accounts/silent").json()["syncs"] > 2, 10, "silent's empty syncs"
+        )
+        assert http.get("/accounts/silent").json()["stale"] is True
+        assert http.get("/accounts/quiet").json()["stale"] is False
 
     os.kill(pids["worker2"], signal.SIGSTOP)  # its sync path is blocked, it is not dead
     try:
-        stale = master.log.wait_for(event="account sync is stale", account_id="blocked", timeout=10)
+        stale = master.log.wait_for(
+            event="account is stale: no progress", account_id="blocked", timeout=10
+        )
         assert stale["level"] == "warning"
-        assert stale["seconds_without_sync"] >= 1.5
+        assert stale["seconds_without_progress"] >= 1.5
         time.sleep(2.0)  # still stale: warned once per episode
-        assert len(master.log.find(event="account sync is stale", account_id="blocked")) == 1
+        assert (
+            len(master.log.find(event="account is stale: no progress", account_id="blocked")) == 1
+        )
     finally:
         os.kill(pids["worker2"], signal.SIGCONT)
-    master.log.wait_for(event="account sync resumed", account_id="blocked", timeout=10)
-    assert not master.log.find(event="account sync is stale", account_id="quiet")
+    master.log.wait_for(event="account progress resumed", account_id="blocked", timeout=10)
+    assert not master.log.find(event="account is stale: no progress", account_id="quiet")
     assert master.stop() == 0
 
 

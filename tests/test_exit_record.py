@@ -26,6 +26,8 @@ def describe(exitcode: int, requested: str | None = None, during_start: bool = F
         (0, None, False, "exited", True, 0, None),
         (ExitCode.ORPHANED, None, False, "orphaned", True, 75, None),
         (ExitCode.BOOT_FAILED, None, True, "boot_failed", True, 78, None),
+        (ExitCode.LOG_FAILED, None, True, "boot_failed", True, 73, None),
+        (ExitCode.LOG_FAILED, None, False, "log_failed", True, 73, None),
         (-9, None, True, "boot_failed", True, None, "SIGKILL"),
         (0, "shutdown", False, "shutdown", False, 0, None),
         (-9, "restart", False, "restart", False, None, "SIGKILL"),
@@ -64,3 +66,9 @@ def test_exit_reasons(
 
 def test_sigkill_hints_at_the_oom_killer() -> None:
     assert "out-of-memory" in describe(-9).detail
+
+
+def test_a_log_failure_names_the_log_file_not_the_code() -> None:
+    record = describe(ExitCode.LOG_FAILED, during_start=True)
+    assert "could not open its log file" in record.detail
+    assert "import" not in record.detail

@@ -1,11 +1,17 @@
 """Rotation at line boundaries under concurrent writers, and reading tails."""
 
+import errno
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from hiscrm.logfile import LineStream, RotatingLogFile, strip_ansi, tail_lines
+import pytest
+
+from hiscrm.log_config import _FileLogger
+from hiscrm.logfile import LineStream, RotatingLogFile, boot_error_path, strip_ansi, tail_lines
 
 LINE = re.compile(r"^(w\d) (\d+) \.+$")
 
@@ -124,3 +130,109 @@ def test_flush_in_one_thread_does_not_tear_another_threads_line(tmp_path: Path) 
     assert (tmp_path / "w.log").read_text() == (
         "main line" + "first half second half\n" + "unfinished at exit"
     )
+
+
+class _FailOnce:
+    """Replaces one ``os`` function: its first call once armed raises ``error``."""
+
+    def __init__(self, name: str, error: OSError) -> None:
+        self.name = name
+        self.real: Callable[..., Any] = getattr(os, name)
+        self.error = error
+        self.armed = False
+        self.failed = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.failed += 1
+            raise self.error
+        return self.real(*args, **kwargs)
+
+
+ROTATION_CALLS = [
+    ("open", OSError(errno.EMFILE, "Too many open files")),
+    ("open", OSError(errno.ENOSPC, "No space left on device")),
+    ("replace", OSError(errno.EIO, "Input/output error")),
+    ("link", OSError(errno.EPERM, "Operation not permitted")),  # no hard links here
+    ("dup2", OSError(errno.EBADF, "Bad file descriptor")),
+]
+
+
+@pytest.mark.parametrize(("call", "error"), ROTATION_CALLS, ids=lambda v: str(v)[:30])
+def test_a_rotation_that_fails_once_loses_no_line_and_keeps_the_live_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, error: OSError
+) -> None:
+    target = os.open(os.devnull, os.O_WRONLY)  # stands in for fd 2
+    path = tmp_path / "w.log"
+    sink = RotatingLogFile(path, max_bytes=1000, backups=10, redirect_fds=(target,))
+    sink.open()
+    logger = _FileLogger(sink)  # what counts lines it could not write as lost
+    fault = _FailOnce(call, error)
+    monkeypatch.setattr(os, call, fault)
+    try:
+        for n in range(60):
+            fault.armed = fault.armed or n == 9  # the 10th line fills the file: rotation
+            logger.msg(f"line {n:03d} " + "." * 90)  # 100 bytes with the newline
+            assert path.exists(), f"the live file is gone after line {n}"
+            os.write(target, f"fd line {n:03d}\n".encode())
+    finally:
+        sink.close()
+        os.close(target)
+    assert fault.failed == 1
+    assert sink.write_errors == 0  # nothing was lost, so nothing counts as lost
+    written = [
+        line
+        for name in [*(f"w.log.{n}" for n in range(10, 0, -1)), "w.log"]
+        if (tmp_path / name).exists()
+        for line in (tmp_path / name).read_text().splitlines()
+        if line.startswith("line ")
+    ]
+    assert written == [f"line {n:03d} " + "." * 90 for n in range(60)]  # each once, in order
+    assert (path.stat().st_size) > 0  # the last lines went to the live file
+    for file in tmp_path.glob("w.log*"):
+        size = file.stat().st_size
+        assert size <= 1000 + 100 + 16 * 12, f"{file.name} grew to {size} bytes"
+    if call in ("link",):  # a file system without hard links rotates all the same
+        assert sink.rotate_errors == 0
+    else:
+        assert sink.rotate_errors == 1
+        assert sink.last_rotate_error is error
+    assert sink.rotations >= 5
+    assert not sink.rotation_failing
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_a_rotation_that_keeps_failing_is_retried_by_every_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.log"
+    sink = RotatingLogFile(path, max_bytes=1000, backups=2)
+    sink.open()
+    real_open = os.open
+
+    def no_fds(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "open", no_fds)
+    for n in range(15):
+        sink.write(f"line {n:03d} ".encode() + b"." * 90 + b"\n")
+    assert sink.rotate_errors == 6  # lines 10 to 15 each tried
+    assert sink.rotation_failing
+    assert path.stat().st_size == 1500  # all in the live file, which still has its name
+    monkeypatch.setattr(os, "open", real_open)
+    sink.write(b"and now it rotates\n")
+    sink.close()
+    assert sink.rotations == 1
+    assert not sink.rotation_failing
+    assert (tmp_path / "w.log.1").read_text().count("\n") == 16
+    assert path.read_text() == ""
+
+
+def test_the_tail_ends_with_why_the_log_could_not_be_opened(tmp_path: Path) -> None:
+    path = tmp_path / "w.log"
+    path.mkdir()  # a directory where the log file should be
+    assert tail_lines(path, 5) == [f"(cannot read {path}: [Errno 21] Is a directory: '{path}')"]
+    boot_error_path(path).write_text("Traceback ...\nworker w pid 1: cannot open its log\n")
+    assert tail_lines(path, 5)[-2:] == ["Traceback ...", "worker w pid 1: cannot open its log"]
+    assert tail_lines(path, 1) == ["worker w pid 1: cannot open its log"]

@@ -77,6 +77,8 @@ def test_a_master_on_postgres_stores_there_and_serves_from_there(
         assert status["store"]["commits"] > 0
         account = http.get("/accounts/demo-1").json()
         assert account["counts"]["messages"] >= counted
+        store_health = http.get("/healthz").json()["checks"]["store"]
+        assert store_health["status"] == "ok", store_health
 
     assert not master.db.exists()  # no SQLite file beside it
     assert master.stop() == 0

@@ -1,6 +1,7 @@
 """What only the PostgreSQL store has to show: its column types, a database shared with
 another writer, a lost connection, and a URL whose password never shows."""
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -11,7 +12,13 @@ from pg_server import PASSWORD, PostgresServer, free_port
 from test_datastore import LINK, Store, change, postgres_backend
 
 from hiscrm.master.data.postgres_store import PostgresStore
-from hiscrm.master.data.store import StoreError, SyncBatch
+from hiscrm.master.data.store import (
+    CollectionQuery,
+    StoreError,
+    StoreUnavailable,
+    SyncBatch,
+    SyncFailure,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -112,3 +119,42 @@ def test_stats_name_the_store_without_the_password(store: Store) -> None:
     store.store.submit(SyncBatch(LINK, "acc", 0, 1, [change(1, 1)]))
     store.wait_outcomes(1)
     assert store.store.stats().commits == 1
+
+
+def test_a_server_that_refuses_us_is_reported_and_caught_up_with(
+    store: Store, pg_url: str, pg_server: PostgresServer
+) -> None:
+    assert store.sync(0, 1, change(1, 1)).ok
+    database = pg_url.rsplit("/", 1)[1]
+    with pg_server.connect() as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')  # type: ignore[arg-type]
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    try:
+        refused = store.sync(1, 2, change(2, 1, item_id="m2"))
+        assert refused.failure == SyncFailure.STORE_ERROR
+        cannot = store.store.stats().cannot_commit
+        assert cannot is not None
+        assert cannot.startswith("AdminShutdown: terminating connection")
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(store.store.mark_read("messages", "acc", "m1", 1))
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(store.store.page("messages", CollectionQuery("acc")))
+        assert store.thread.alive
+    finally:
+        with pg_server.connect() as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')  # type: ignore[arg-type]
+    again = store.sync(1, 2, change(2, 1, item_id="m2"))  # the worker's resend
+    assert again.ok, again.error
+    assert store.store.stats().cannot_commit is None
+    deadline = time.monotonic() + 10
+    while True:  # the pool replaces its broken connection in the background
+        try:
+            _rows, total = asyncio.run(store.store.page("messages", CollectionQuery("acc")))
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert total == 2

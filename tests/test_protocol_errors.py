@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import wait_until
+from harness import count, query, wait_until
 
 
 @pytest.mark.timeout(60)
@@ -74,4 +74,40 @@ def test_broken_framing_restarts_only_that_worker(
     assert master.wait_running("worker1", after=master.log.events.index(exited)) != pid
     assert master.proc is not None
     assert master.proc.poll() is None
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_whose_range_lies_is_refused_and_the_account_recovers(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    done = tmp_path / "lies-sent"
+    config = make_config(
+        workers=1,
+        accounts=[
+            {
+                "id": "acc-1",
+                "platform": "testplatforms.behaviours:ForgeSyncs",
+                "options": {"done_file": str(done)},
+            }
+        ],
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    wait_until(done.exists, 10, "forged syncs sent")
+    refused = [
+        master.log.wait_for(event="protocol error", worker="worker1", protocol_errors_total=n)
+        for n in (1, 2, 3)
+    ]
+    assert {e["kind"] for e in refused} == {"invalid"}
+    assert "last_seq" in refused[0]["detail"]
+    # The store's bookkeeping did not move, and the account goes on syncing.
+    before = count(master.db, "messages", "acc-1")
+    wait_until(lambda: count(master.db, "messages", "acc-1") > before + 20, 15, "syncing on")
+    acked = query(master.db, "SELECT acked_seq FROM accounts WHERE id = 'acc-1'")[0][0]
+    assert acked < 10_000
+    with master.http() as http:
+        worker = http.get("/workers/worker1").json()
+    assert worker["protocol_errors"] == 3
+    assert worker["restarts"] == 0
     assert master.stop() == 0

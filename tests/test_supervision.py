@@ -331,3 +331,32 @@ def test_sighup_reloads_workers_one_at_a_time_new_before_old(start_master: Maste
         e for e in events if e.get("event") in ("worker error", "protocol error", "sync refused")
     ]
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_paused_master_does_not_kill_its_healthy_workers(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=2))  # heartbeat_timeout_s 1.5
+    pids = master.wait_all_running(["worker1", "worker2"])
+    mark = master.mark()
+    os.kill(master.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3.0)  # twice the heartbeat timeout: the master cannot run meanwhile
+    finally:
+        os.kill(master.pid, signal.SIGCONT)
+    stalled = master.log.wait_for(
+        after=mark, event="the master itself was stalled; allowing for it before judging heartbeats"
+    )
+    assert stalled["stall_s"] > 1.5
+    with master.http() as http:
+        # Well past another heartbeat timeout: the workers were judged on fresh heartbeats.
+        wait_until(lambda: http.get("/status").json()["uptime_s"] > 0, 5, "answering")
+        time.sleep(2.0)
+        workers = {w["id"]: w for w in http.get("/workers").json()["items"]}
+    assert {w: workers[w]["pid"] for w in pids} == pids
+    assert all(workers[w]["state"] == "running" for w in pids)
+    assert not [
+        e
+        for e in master.log.events[mark:]
+        if e["event"] in ("worker is hung: no heartbeat", "worker exited")
+    ]
+    assert master.stop() == 0

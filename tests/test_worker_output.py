@@ -123,3 +123,39 @@ def test_rotation_keeps_backups_and_never_tears_or_drops_a_line(
     assert last_seen, "no spam lines kept at all"
     assert all(n == lines_per_thread - 1 for n in last_seen.values()), last_seen
     assert spam_lines > 3 * 200_000 // 100  # several files' worth of lines were kept
+
+
+@pytest.mark.timeout(60)
+def test_a_rotation_without_a_free_fd_keeps_the_log_and_every_line(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    done = tmp_path / "done"
+    config = make_config(
+        workers=1,
+        accounts=accounts_of(
+            "testplatforms.behaviours:StarveFds", lines=800, done_file=str(done), starve_s=1.0
+        ),
+        # 800 lines of 95 bytes fill 64 KiB; master.log (which a test reads as it grows,
+        # unaware of rotation) stays below it.
+        logs={"max_bytes": 65536, "backups": 10},
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    log = master.worker_log("worker1")
+    failed = master.log.wait_for(event="worker error", source="logfile rotation", timeout=20)
+    assert "Too many open files" in failed["error"]
+    assert log.exists()  # the live name stays while rotations fail
+    wait_until(done.exists, 20, "the platform wrote everything")
+    wait_until(lambda: log.with_name("worker1.log.1").exists(), 10, "rotated once fds were back")
+    assert master.stop() == 0
+
+    files = [log.with_name(f"worker1.log.{n}") for n in range(10, 0, -1)] + [log]
+    text = [line for f in files if f.exists() for line in f.read_text().splitlines()]
+    starved = [line for line in text if line.startswith("starved ")]
+    fed = [line for line in text if line.startswith("fed ")]
+    assert starved == [f"starved {n:05d} " + "." * 80 for n in range(800)]  # once, in order
+    assert fed == [f"fed {n:05d} " + "." * 80 for n in range(800)]
+    # Reported once for the whole run of failed rotations (one per line), never as lost lines.
+    assert len(master.log.find(event="worker error", source="logfile rotation")) == 1
+    assert not master.log.find(event="worker cannot write its log file (disk full?)")
+    assert not master.log.find(event="worker exited", reason="crashed")

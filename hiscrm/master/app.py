@@ -17,6 +17,7 @@ from hiscrm.error_counter import ErrorCounter
 from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.api.app import create_app
 from hiscrm.master.api.control import Control
+from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
@@ -26,6 +27,7 @@ from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import SyncOutcome
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
+from hiscrm.master.supervision.platform_check import missing_platforms
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -33,12 +35,13 @@ from hiscrm.master.supervision.template_launcher import TemplateLauncher
 WATCH_STOP_S = 2.0
 
 
-def _watch_ended(
-    task: "asyncio.Task[None]", log: FilteringBoundLogger, count_error: Callable[[], int]
+def _task_ended(
+    task: "asyncio.Task[None]", what: str, log: FilteringBoundLogger, count_error: Callable[[], int]
 ) -> None:
+    """A task of the master that should run until it stops has ended: say so."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         count_error()
-        log.error("--watch failed; code changes no longer reload the workers", exc_info=exc)
+        log.error(f"{what} failed and stopped", exc_info=exc)
 
 
 def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
@@ -79,7 +82,13 @@ async def run_master(
     try:
         launcher = make_launcher(config, log)
         supervisor = Supervisor(config, launcher, accounts, log, errors)
-        read = ReadModel(supervisor, accounts, store, ProcessStats())
+        missing = missing_platforms(config.accounts, [])
+        for spec, ids in missing.items():
+            log.error(
+                "platform module not found; its accounts cannot run", platform=spec, accounts=ids
+            )
+        read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
+        health = HealthMonitor(read.health_inputs, log)
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
@@ -91,17 +100,26 @@ async def run_master(
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
+        monitoring: asyncio.Task[None] | None = None
 
         async def on_ready() -> None:
-            nonlocal watching
+            nonlocal watching, monitoring
             api.start()
+            monitoring = asyncio.create_task(health.run(), name="health")
+            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
             host, port = api.address
             log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
             if watch:
                 watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
-                watching.add_done_callback(lambda task: _watch_ended(task, log, errors))
+                watching.add_done_callback(
+                    lambda task: _task_ended(
+                        task, "--watch (code changes reload workers)", log, errors
+                    )
+                )
 
         async def on_stopped() -> None:
+            if monitoring is not None:
+                monitoring.cancel()
             stop_watching.set()
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)

@@ -15,6 +15,8 @@ from hiscrm.protocol import (
     WorkerAccountReleased,
     WorkerAccountState,
     WorkerDataSync,
+    WorkerError,
+    WorkerHeartbeat,
 )
 
 
@@ -46,8 +48,9 @@ class AccountsPort(Protocol):
     def worker_up(self, link: WorkerLink, now: float) -> None:
         """A slot's process registered: give it its accounts."""
 
-    def worker_down(self, worker_id: str, now: float) -> None:
-        """A slot's process is gone (its death releases what it held)."""
+    def worker_down(self, worker_id: str, now: float, abnormal: bool) -> None:
+        """A slot's process is gone (its death releases what it held); ``abnormal``: it
+        died in a way that may be an account's doing (killed, crashed, hung)."""
 
     def relink(self, link: WorkerLink) -> None:
         """A reload's replacement became the slot's process (its accounts come by
@@ -68,6 +71,16 @@ class AccountsPort(Protocol):
     def on_account_state(
         self, link: WorkerLink, message: WorkerAccountState, now: float
     ) -> None: ...
+
+    def on_heartbeat(self, link: WorkerLink, message: WorkerHeartbeat, now: float) -> None:
+        """The accounts' progress comes with heartbeats."""
+
+    def on_worker_error(self, link: WorkerLink, message: WorkerError) -> None: ...
+
+    def solo_workers(self) -> list[str]:
+        """The worker slots the data wing wants beside the configured ones: one per
+        quarantined account (the supervisor starts them, and stops and removes those no
+        longer wanted once they hold no account)."""
 
     def next_deadline(self) -> float | None: ...
 

@@ -15,13 +15,39 @@ on where they left off and unchanged items stay no-ops across restarts.
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from hiscrm.items import AnyItem, item_hash
 from hiscrm.protocol import ItemChange, change_json
 from hiscrm.worker.spool import Spool
 
 MAX_ITEM_BYTES = 256 * 1024  # far below the 1 MB message limit
+
+
+def _unserializable(item: BaseModel, exc: Exception) -> str:
+    """Which field of ``item`` cannot be written as JSON, and why."""
+    for name in type(item).model_fields:
+        value = getattr(item, name)
+        for where, text in _texts(name, value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as bad:
+                return (
+                    f"{where}: not valid Unicode text: {text[bad.start]!r} at position "
+                    f"{bad.start} is a lone surrogate"
+                )
+    return f"cannot be serialized: {exc}"
+
+
+def _texts(where: str, value: object) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(where, value)]
+    if isinstance(value, (list, tuple)):
+        return [t for n, v in enumerate(value) for t in _texts(f"{where}.{n}", v)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _texts(f"{where}.{k}", v)]
+    return []
 
 
 class InvalidItem(ValueError):
@@ -110,8 +136,11 @@ class AccountData:
 
     def upsert(self, item: AnyItem) -> int:
         """Record what the platform observed; the item's new version, or 0 if unchanged."""
-        # The serializer itself: the same bytes as model_dump_json, without its wrapper.
-        data = type(item).__pydantic_serializer__.to_json(item)
+        try:  # the serializer itself: the same bytes as model_dump_json, without its wrapper
+            data = type(item).__pydantic_serializer__.to_json(item)
+        except PydanticSerializationError as exc:  # text that is not Unicode, or worse
+            why = _unserializable(item, exc)
+            raise InvalidItem(f"invalid {item.kind} {item.id!r}: {why}") from exc
         if len(data) > MAX_ITEM_BYTES:
             raise InvalidItem(
                 f"{item.kind} {item.id!r} is {len(data)} bytes (limit {MAX_ITEM_BYTES})"

@@ -22,6 +22,7 @@ from hiscrm.models import AccountSpec
 from hiscrm.platforms.base import Platform
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.exception_text import describe_exception
 
 
 class AccountState(StrEnum):
@@ -114,7 +115,7 @@ class AccountRunner:
             except Exception as exc:
                 if not getattr(exc, "reported", False):  # InvalidItem is reported at upsert
                     self._errors.report("account", exc, account_id=self.account.id)
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = describe_exception(exc)
             if self.state is not AccountState.RUNNING:  # it failed while being stopped
                 return
             self.restarts += 1

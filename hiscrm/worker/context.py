@@ -82,19 +82,19 @@ class AccountContext:
     # --- writing what the platform found -------------------------------------------------
 
     def upsert_conversation(self, item: Conversation | Mapping[str, Any]) -> bool:
-        return self.upsert(self._valid(Conversation, item))
+        return self._record(self._valid(Conversation, item))
 
     def upsert_message(self, item: Message | Mapping[str, Any]) -> bool:
-        return self.upsert(self._valid(Message, item))
+        return self._record(self._valid(Message, item))
 
     def upsert_comment(self, item: Comment | Mapping[str, Any]) -> bool:
-        return self.upsert(self._valid(Comment, item))
+        return self._record(self._valid(Comment, item))
 
     def upsert_content(self, item: Content | Mapping[str, Any]) -> bool:
-        return self.upsert(self._valid(Content, item))
+        return self._record(self._valid(Content, item))
 
     def upsert_notification(self, item: Notification | Mapping[str, Any]) -> bool:
-        return self.upsert(self._valid(Notification, item))
+        return self._record(self._valid(Notification, item))
 
     def upsert_item(self, kind: str, item: AnyItem | Mapping[str, Any]) -> bool:
         """Any kind of item, by its kind's name (the registry ``hiscrm.items.KINDS``)."""
@@ -102,10 +102,18 @@ class AccountContext:
         if model is None:
             known = ", ".join(ITEM_MODELS)
             self._refuse(InvalidItem(f"unknown kind of item {kind!r} (known: {known})"))
-        return self.upsert(self._valid(model, item))
+        return self._record(self._valid(model, item))
 
     def upsert(self, item: AnyItem) -> bool:
-        """Record an item; True if it changed anything (a no-op sends nothing)."""
+        """Record an item (a model instance of any kind); True if it changed anything (a
+        no-op sends nothing)."""
+        kind = getattr(item, "kind", None)
+        model = ITEM_MODELS.get(kind) if isinstance(kind, str) else None
+        if model is None or not isinstance(item, model):
+            self._refuse(InvalidItem(f"not an item: {type(item).__name__} (use upsert_item)"))
+        return self._record(self._valid(model, item))
+
+    def _record(self, item: AnyItem) -> bool:
         try:
             version = self._data.upsert(item)
         except InvalidItem as exc:
@@ -122,7 +130,9 @@ class AccountContext:
 
     def _valid(self, model: type[ItemT], item: ItemT | Mapping[str, Any]) -> ItemT:
         if isinstance(item, model):
-            return item
+            # Checked again: model_construct() and friends make instances nobody validated,
+            # which the master would refuse, holding up every later change of the account.
+            item = item.__dict__
         try:
             # The validator itself (what model_validate calls), without the wrapper.
             valid: ItemT = model.__pydantic_validator__.validate_python(item)

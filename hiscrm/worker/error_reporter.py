@@ -7,6 +7,7 @@ from collections.abc import Callable
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.protocol import WorkerError
+from hiscrm.worker.exception_text import describe_exception, exception_message, unicode_safe
 
 _MAX_TRACEBACK_CHARS = 16_000
 _MAX_MESSAGE_CHARS = 2_000
@@ -24,17 +25,17 @@ class ErrorReporter:
             "error",
             source=source,
             account_id=account_id,
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe_exception(exc),
             errors_total=self.total,
             exc_info=exc,
         )
-        text = "".join(traceback.format_exception(exc))
+        text = unicode_safe("".join(traceback.format_exception(exc)))
         sent = self._send(
             WorkerError(
                 source=source,
                 account_id=account_id,
                 error_type=type(exc).__name__,
-                message=str(exc)[:_MAX_MESSAGE_CHARS],
+                message=exception_message(exc)[:_MAX_MESSAGE_CHARS],
                 traceback=text[-_MAX_TRACEBACK_CHARS:],
                 errors_total=self.total,
             )

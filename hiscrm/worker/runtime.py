@@ -24,10 +24,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.channel import Channel, open_channel
-from hiscrm.code_fingerprint import CodeFile, code_version, loaded_files
+from hiscrm.code_fingerprint import CodeFile, loaded_files, source_version
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
@@ -54,9 +55,11 @@ from hiscrm.protocol import (
     decode,
     schema_hash,
 )
-from hiscrm.worker import bootstrap
+from hiscrm.worker import teardown
 from hiscrm.worker.account_host import AccountHost
+from hiscrm.worker.adopted import AdoptedZombies
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.exception_text import unicode_safe_data
 from hiscrm.worker.sync import Syncer
 
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
@@ -68,6 +71,7 @@ class Preloaded:
 
     platforms: dict[str, type[Platform]]
     code_files: list[CodeFile]
+    code_version: str
     loop: asyncio.AbstractEventLoop | None = None  # made by a spare ahead of time
 
 
@@ -82,7 +86,9 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
     configure_worker_logging(sink)
     get_logger().info("rehearsal", worker=boot.worker_id)
     encoder = Encoder()
-    encoder.encode(registration(boot, preloaded.platforms, preloaded.code_files, 0.0))
+    encoder.encode(
+        registration(boot, preloaded.platforms, preloaded.code_files, preloaded.code_version, 0.0)
+    )
     decode(
         encoder.encode(
             MasterWelcome(protocol=PROTOCOL_VERSION, schema_hash=schema_hash(), master_pid=0)
@@ -95,7 +101,11 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
 
 
 def registration(
-    boot: WorkerBoot, platforms: dict[str, type[Platform]], files: list[CodeFile], boot_ms: float
+    boot: WorkerBoot,
+    platforms: dict[str, type[Platform]],
+    files: list[CodeFile],
+    version: str,
+    boot_ms: float,
 ) -> WorkerRegister:
     """The worker's first message: who it is, what it speaks, what code it runs."""
     return WorkerRegister(
@@ -105,7 +115,7 @@ def registration(
         schema_hash=schema_hash(),
         platforms=sorted(platforms),
         boot_ms=boot_ms,
-        code_version=code_version(files),
+        code_version=version,
         code_files=files,
     )
 
@@ -141,8 +151,7 @@ def run_worker(
         except BaseException as exc:
             log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
             return ExitCode.BOOT_FAILED
-    code_files = preloaded.code_files if preloaded else None
-    runtime = WorkerRuntime(boot, platforms, sink, log, started, code_files)
+    runtime = WorkerRuntime(boot, platforms, sink, log, started, preloaded)
     # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
     # process ends with os._exit once serve() has said goodbye (see bootstrap).
     loop = preloaded.loop if preloaded and preloaded.loop else asyncio.new_event_loop()
@@ -158,10 +167,10 @@ class WorkerRuntime:
         sink: RotatingLogFile,
         log: FilteringBoundLogger,
         started: float,
-        code_files: list[CodeFile] | None = None,
+        preloaded: Preloaded | None = None,
     ) -> None:
         self.boot = boot
-        self._code_files = code_files  # a forked worker has its template's fingerprint
+        self._preloaded = preloaded  # a forked worker has its template's fingerprint
         self._platforms = platforms
         self._sink = sink
         self._log = log
@@ -173,11 +182,20 @@ class WorkerRuntime:
         self._welcomed = False
         self._stop: asyncio.Future[tuple[ExitCode, str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._rotate_errors_seen = sink.rotate_errors
+        self._rotation_reported = False
+        self._adopted = AdoptedZombies()
 
     # --- sending -------------------------------------------------------------------------
 
     def send(self, message: AnyMessage) -> bool:
-        return self.send_frame(self._encoder.encode(message))
+        try:
+            frame = self._encoder.encode(message)
+        except PydanticSerializationError as exc:  # text a platform made that is not Unicode
+            self.errors.report(f"encoding {message.type} (sent with its text escaped)", exc)
+            safe = unicode_safe_data(message.model_dump())
+            frame = self._encoder.encode(type(message).model_validate(safe))
+        return self.send_frame(frame)
 
     def send_frame(self, frame: bytes) -> bool:
         if self.channel is None or not self.channel.is_open:
@@ -207,17 +225,21 @@ class WorkerRuntime:
         def graceful_stop() -> None:  # runs in the SIGTERM handler
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
 
-        bootstrap.set_graceful_stop(graceful_stop)
-        files = self._code_files or loaded_files(self.boot.code_packages)
+        teardown.set_graceful_stop(graceful_stop)
+        if self._preloaded is not None:
+            files, version = self._preloaded.code_files, self._preloaded.code_version
+        else:
+            files = loaded_files(self.boot.code_packages)
+            version = source_version(self.boot.platforms, self.boot.code_packages)
         boot_ms = (time.monotonic() - self._started) * 1000
-        self.send(registration(self.boot, self._platforms, files, boot_ms))
+        self.send(registration(self.boot, self._platforms, files, version, boot_ms))
         self.spawn(self._heartbeats(), "heartbeat")
         self.spawn(syncer.run(), "sync")
         code, reason = await self._stop
-        bootstrap.set_graceful_stop(None)
+        teardown.set_graceful_stop(None)
         if code is ExitCode.ORPHANED:
             await self.accounts.stop_all(reason, ORPHAN_STOP_S, flush=False)
-            bootstrap.kill_own_group(reason)
+            teardown.kill_own_group(reason)
         left = await self.accounts.stop_all(reason, self._stop_timeout(), flush=True)
         if left:
             self._log.warning("changes not acknowledged at exit stay in the spool", unacked=left)
@@ -294,10 +316,35 @@ class WorkerRuntime:
                     progress_at=self.accounts.progress() if self.accounts else {},
                 )
             )
-            try:
-                self._sink.maybe_rotate()
-            except OSError as exc:
-                self.errors.report("logfile", exc)
+            self._check_log_file()
+            self._reap_adopted()
+
+    def _check_log_file(self) -> None:
+        """Rotate for output written to fds 1 and 2 directly, and report a failing
+        rotation once per run of failures (the file stays in use; every line retries)."""
+        sink = self._sink
+        try:
+            sink.maybe_rotate()
+        except OSError as exc:
+            self.errors.report("logfile", exc)
+        new_failures = sink.rotate_errors > self._rotate_errors_seen
+        self._rotate_errors_seen = sink.rotate_errors
+        if new_failures and not self._rotation_reported and sink.last_rotate_error is not None:
+            self.errors.report("logfile rotation", sink.last_rotate_error)
+            self._rotation_reported = True
+        if not sink.rotation_failing:
+            self._rotation_reported = False
+
+    def _reap_adopted(self) -> None:
+        try:
+            reaped = self._adopted.reap()
+        except OSError as exc:
+            self.errors.report("reaping adopted processes", exc)
+            return
+        if reaped:
+            self._log.info(
+                "reaped adopted processes", pids=reaped, adopted_reaped=self._adopted.reaped
+            )
 
     # --- receiving -----------------------------------------------------------------------
 

@@ -50,13 +50,14 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
         prctl.set_parent_death_signal(signal.SIGKILL)  # it holds nothing worth saving
     bootstrap.capture_output(boot)
     try:
-        from hiscrm.code_fingerprint import code_version, loaded_files
+        from hiscrm.code_fingerprint import loaded_files, source_version
         from hiscrm.protocol import schema_hash
         from hiscrm.worker.runtime import Preloaded, load_platforms
 
         platforms = load_platforms(boot["platforms"])
         schema_hash()  # computed once here, not in every worker
         files = loaded_files(boot["code_packages"])
+        version = source_version(boot["platforms"], boot["code_packages"])
     except BaseException as exc:
         text = traceback.format_exc()
         print(f"template: cannot load the worker code\n{text}", file=sys.stderr)
@@ -64,10 +65,9 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
             control, {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": text}
         )
         os._exit(ExitCode.BOOT_FAILED)
-    preloaded = Preloaded(platforms, files)
+    preloaded = Preloaded(platforms, files, version)
     gc.collect()
     gc.freeze()  # what is here now is shared with every fork; keep the collector off it
-    version = code_version(files)
     print(f"template pid {os.getpid()} ready, code {version}", file=sys.stderr)
     dumped = [f.model_dump() for f in files]
     for start in range(0, len(dumped), FILES_PER_MESSAGE):  # a message holds ~200 KB
@@ -181,8 +181,8 @@ def _double_fork(child: Callable[[], object]) -> int:
                     child()
                 except BaseException:
                     traceback.print_exc()
-                finally:
-                    os._exit(ExitCode.BOOT_FAILED)
+                finally:  # a worker's own failures have exit codes of their own
+                    os._exit(ExitCode.CRASHED)
             os.write(write_end, str(grandchild).encode())
         except BaseException:
             traceback.print_exc()  # into template.log; the template then reports pid 0

@@ -103,6 +103,97 @@ class GrandchildThenBlock:
         time.sleep(1000)
 
 
+ESCAPE = r"""
+import os, sys, time
+mode, pid_file = sys.argv[1], sys.argv[2]
+if mode == "setsid":  # a child in a session of its own
+    os.setsid()
+elif mode == "setpgid":  # a child in a process group of its own
+    os.setpgid(0, 0)
+elif mode == "daemon":  # the classic daemon: fork, the parent exits, the orphan setsid()s
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+with open(pid_file, "a") as f:
+    f.write(f"{os.getpid()}\n")
+time.sleep(1000)
+"""
+
+
+class EscapingChild:
+    """Starts a process that leaves the worker's process group (option ``mode``: "setsid",
+    "setpgid" or "daemon") and records its pid in ``pid_file``. With ``blocked_file`` it
+    then writes that file and blocks the worker's event loop for good."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        pid_file = Path(ctx.options["pid_file"])
+        before = pid_file.read_text().count("\n") if pid_file.exists() else 0
+        mode = str(ctx.options.get("mode", "setsid"))
+        self.child = subprocess.Popen([sys.executable, "-c", ESCAPE, mode, str(pid_file)])
+        ctx.log.info("started an escaping child", mode=mode, child_pid=self.child.pid)
+        if ctx.options.get("blocked_file"):
+            while not pid_file.exists() or pid_file.read_text().count("\n") == before:
+                await asyncio.sleep(0.01)
+            Path(ctx.options["blocked_file"]).write_text("blocking the loop now")
+            time.sleep(1000)
+        await forever()
+
+
+class BadText:
+    """Upserts a message whose text holds a lone surrogate (and catches the refusal, as a
+    platform may), then a good one. With ``fail``, then raises an error whose message
+    holds a lone surrogate too."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        fields = {"conversation_id": "c1", "direction": "inbound", "sender_id": "u1"}
+        fields["sent_at"] = 1_763_848_020_000
+        try:
+            ctx.upsert_message({**fields, "id": "bad", "text": "broken \ud800 text"})
+        except ValueError:  # InvalidItem, already reported
+            ctx.log.info("the bad item was refused")
+        ctx.upsert_message({**fields, "id": "good", "text": "fine"})
+        if ctx.options.get("fail"):
+            await asyncio.sleep(0.05)
+            raise ValueError("an error about \udcff")
+        await forever()
+
+
+class StarveFds:
+    """Leaves the worker no free file descriptor (a lowered soft RLIMIT_NOFILE, every fd
+    below it taken), prints ``lines`` numbered lines (past the log's size limit: a rotation
+    must open a new file, and cannot), waits ``starve_s`` (heartbeats go by), then frees
+    the fds and prints ``lines`` more; writes ``done_file``."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        import resource
+
+        done = Path(ctx.options["done_file"])
+        if done.exists():
+            await forever()
+        lines = int(ctx.options["lines"])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            for n in range(lines):
+                print(f"starved {n:05d} " + "." * 80)
+            await asyncio.sleep(float(ctx.options.get("starve_s", 1.0)))
+        finally:
+            for fd in held:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for n in range(lines):
+            print(f"fed {n:05d} " + "." * 80)
+        done.write_text("done")
+        await forever()
+
+
 class Ticker:
     """Prints "tick N" every ``interval_s``, numbered on across restarts of the platform."""
 
@@ -184,6 +275,40 @@ class SendGarbage:
             os.write(fd, b"\xff\xff\xff\xf0garbage header")
         done.write_text("done")
         await forever()
+
+
+class ForgeSyncs:
+    """Writes syncs whose sequence ranges lie about their changes onto the worker's own
+    pipe (once), then produces messages like a well-behaved platform."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        done = Path(ctx.options["done_file"])
+        if not done.exists():
+            fd = _pipe_fd()
+            envelope = {"protocol": 1, "id": 1, "sent_at": int(time.time() * 1000)}
+            lies = [
+                {"base_seq": 0, "last_seq": 2**63 - 1, "changes": []},
+                {"base_seq": 0, "last_seq": 10**12, "changes": []},
+                {"base_seq": 5, "last_seq": 3, "changes": []},
+            ]
+            for lie in lies:
+                body = {"type": "worker:data:sync", "account_id": ctx.account.id, **lie}
+                os.write(fd, frame(json.dumps({**envelope, "body": body}).encode()))
+            done.write_text("done")
+        n = ctx.count("message")
+        while True:
+            ctx.upsert_message(
+                {
+                    "id": f"m{n}",
+                    "conversation_id": "c",
+                    "direction": "inbound",
+                    "sender_id": "u",
+                    "text": f"after the lies {n}",
+                    "sent_at": int(time.time() * 1000),
+                }
+            )
+            n += 1
+            await asyncio.sleep(0.05)
 
 
 def _pipe_fd() -> int:

@@ -72,7 +72,8 @@ def create_app(
     @open_routes.get("/healthz", response_model=Health, dependencies=[Depends(only())])
     async def healthz() -> JSONResponse:
         health = read.health()
-        return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
+        status = 503 if health.status == "failing" else 200
+        return JSONResponse(health.model_dump(), status_code=status)
 
     metrics_router = open_routes if metrics_public else routes
 

@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.api.read_model import NotFound
 from hiscrm.master.api.schemas import ErrorBody
+from hiscrm.master.data.store import StoreUnavailable
 from hiscrm.master.supervision.commands import CommandRefused
 
 
@@ -45,6 +46,12 @@ def install_error_handlers(
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return error_body(404, str(exc))
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        response = error_body(503, str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.exception_handler(CommandRefused)
     async def refused(request: Request, exc: CommandRefused) -> JSONResponse:
         return error_body(409, str(exc))
@@ -71,7 +78,9 @@ def install_error_handlers(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_body(exc.status_code, str(exc.detail))
+        response = error_body(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:

@@ -15,9 +15,11 @@ from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
 
+ACCOUNT_STATES = tuple(s.value for s in AccountState)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -49,6 +51,13 @@ class _LiveState(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._workers()
         yield from self._accounts()
+        health = GaugeMetricFamily(
+            "hiscrm_health", "1 for the master's health now (see /healthz)", labels=["status"]
+        )
+        now = self._read.health().status
+        for status in ("ok", "degraded", "failing"):
+            health.add_metric([status], 1.0 if status == now else 0.0)
+        yield health
         master = self._supervisor
         yield CounterMetricFamily(
             "hiscrm_master_internal_errors_total",
@@ -189,9 +198,28 @@ class _LiveState(Collector):
         assigned = GaugeMetricFamily(
             "hiscrm_account_assigned", "1 if the account has a worker", labels=["account", "worker"]
         )
+        state = GaugeMetricFamily(
+            "hiscrm_account_state", "1 for the state the account is in", labels=["account", "state"]
+        )
+        errors_total = CounterMetricFamily(
+            "hiscrm_account_errors_total", "Errors the account's task reported", labels=["account"]
+        )
+        restarts = CounterMetricFamily(
+            "hiscrm_account_task_restarts_total",
+            "Restarts of the account's task inside its worker (as the worker last reported)",
+            labels=["account"],
+        )
+        quarantined = GaugeMetricFamily(
+            "hiscrm_account_quarantined", "1 while the account runs alone", labels=["account"]
+        )
         for account in self._read.accounts():
             aid, worker = account.id, account.worker or ""
             assigned.add_metric([aid, worker], 1.0 if account.worker else 0.0)
+            for value in ACCOUNT_STATES:
+                state.add_metric([aid, value], 1.0 if account.state == value else 0.0)
+            errors_total.add_metric([aid], account.errors_total)
+            restarts.add_metric([aid], account.task_restarts)
+            quarantined.add_metric([aid], 1.0 if account.quarantined else 0.0)
             syncs.add_metric([worker, aid], account.syncs)
             items.add_metric([aid], account.items_synced)
             for reason, count in account.sync_errors.items():
@@ -199,7 +227,8 @@ class _LiveState(Collector):
             if account.last_sync_at is not None:
                 last.add_metric([aid], account.last_sync_at / 1000)
             stale.add_metric([aid], 1.0 if account.stale else 0.0)
-        yield from (syncs, items, errors, last, stale, assigned)
+        yield from (syncs, items, errors, last, stale, assigned, state, errors_total, restarts)
+        yield quarantined
 
 
 class _FrontDoor(Collector):

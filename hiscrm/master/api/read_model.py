@@ -10,14 +10,17 @@ here too, when a view is built.
 
 import asyncio
 import os
+import shutil
 from dataclasses import dataclass
 
 from hiscrm import __version__
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
+from hiscrm.master.api.health import HealthInputs, assess
 from hiscrm.master.api.schemas import (
     AccountInfo,
     Health,
+    LastError,
     ReloadResult,
     ReloadStep,
     StatusInfo,
@@ -25,12 +28,15 @@ from hiscrm.master.api.schemas import (
     SyncTotals,
     WorkerInfo,
 )
+from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.store import CollectionQuery, Row, Store, StoreStats
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
+
+ASSIGNED = (AccountState.RUNNING, AccountState.STARTING, AccountState.BACKOFF)
 
 
 class NotFound(LookupError):
@@ -50,11 +56,13 @@ class ReadModel:
         accounts: AccountManager,
         store: Store,
         processes: ProcessStats,
+        missing_platforms: dict[str, list[str]] | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._accounts = accounts
         self._store = store
         self._processes = processes
+        self._missing_platforms = missing_platforms or {}
 
     # --- workers -------------------------------------------------------------------------
 
@@ -121,20 +129,33 @@ class ReadModel:
     def account(self, account_id: str) -> AccountInfo:
         manager = self._accounts
         slot = manager.assigner.slots.get(account_id)
-        if slot is None:
+        status = manager.status.get(account_id)
+        if slot is None or status is None:
             raise NotFound(f"no account {account_id!r}")
-        health = manager.health.accounts.get(account_id)
+        error = status.last_error
         return AccountInfo(
             id=account_id,
             platform=slot.account.platform,
+            state=status.state.value,
+            state_since_at=status.state_since_at,
+            reason=status.reason,
             worker=slot.owner,
             home=slot.home,
-            state=manager.account_states.get(account_id),
-            last_sync_at=health.last_success_at if health else None,
-            stale=bool(health and health.stale),
-            syncs=health.syncs if health else 0,
-            items_synced=health.items if health else 0,
-            sync_errors=dict(health.errors) if health else {},
+            quarantined=manager.quarantine.is_quarantined(account_id),
+            task_state=status.task.value if status.task else None,
+            task_restarts=status.task_restarts,
+            errors_total=status.errors_total,
+            last_error=LastError(at=error.at, message=error.message, traceback=error.traceback)
+            if error
+            else None,
+            failed=status.failed,
+            progress_at=status.progress_at,
+            last_item_at=status.last_item_at,
+            last_sync_at=status.last_sync_at,
+            stale=manager.is_stale(account_id),
+            syncs=manager.syncs.get(account_id, 0),
+            items_synced=manager.items_synced.get(account_id, 0),
+            sync_errors=dict(manager.sync_errors.get(account_id, {})),
         )
 
     def accounts(self) -> list[AccountInfo]:
@@ -165,15 +186,18 @@ class ReadModel:
 
     async def status(self) -> StatusInfo:
         supervisor = self._supervisor
+        manager = self._accounts
         now_ms = epoch_ms()
         slots = list(supervisor.slots.values())
         by_state: dict[str, int] = {s.value: 0 for s in WorkerState}
         for slot in slots:
             by_state[slot.state.value] += 1
-        health = list(self._accounts.health.accounts.values())
+        accounts: dict[str, int] = {s.value: 0 for s in AccountState}
+        for status in manager.status.values():
+            accounts[status.state.value] += 1
         counts, counted_at = await self._store.totals()
         stats = self._store.stats()
-        assigned = [s for s in self._accounts.assigner.slots.values() if s.owner is not None]
+        last_syncs = [s.last_sync_at for s in manager.status.values() if s.last_sync_at]
         return StatusInfo(
             version=__version__,
             pid=os.getpid(),
@@ -183,8 +207,10 @@ class ReadModel:
             shutting_down=supervisor.shutting_down,
             workers=by_state,
             workers_total=len(slots),
-            accounts_total=len(self._accounts.assigner.slots),
-            accounts_assigned=len(assigned),
+            accounts_total=len(manager.status),
+            accounts_assigned=sum(accounts[s.value] for s in ASSIGNED),
+            accounts=accounts,
+            health=self.health().status,
             store=StoreTotals(
                 path=stats.where,
                 items=counts,
@@ -194,11 +220,12 @@ class ReadModel:
                 errors=stats.errors,
             ),
             sync=SyncTotals(
-                syncs=sum(a.syncs for a in health),
-                items=sum(a.items for a in health),
-                errors=sum(sum(a.errors.values()) for a in health),
-                stale_accounts=sum(1 for a in health if a.stale),
-                last_success_at=max((a.last_success_at or 0 for a in health), default=0) or None,
+                since=supervisor.started_at_ms,
+                syncs=sum(manager.syncs.values()),
+                items=sum(manager.items_synced.values()),
+                errors=sum(sum(e.values()) for e in manager.sync_errors.values()),
+                stale_accounts=sum(1 for a in manager.status if manager.is_stale(a)),
+                last_success_at=max(last_syncs, default=None),
             ),
             protocol_errors_total=supervisor.protocol_errors_total,
             worker_errors_total=sum(s.worker_errors for s in slots),
@@ -209,13 +236,35 @@ class ReadModel:
             last_reload=reload_result(supervisor.last_reload) if supervisor.last_reload else None,
         )
 
+    def health_inputs(self) -> HealthInputs:
+        supervisor = self._supervisor
+        manager = self._accounts
+        configured = set(supervisor.config.worker_ids)
+        try:
+            free: int | None = shutil.disk_usage(supervisor.config.state_dir).free
+        except OSError:
+            free = None
+        return HealthInputs(
+            shutting_down=supervisor.shutting_down,
+            store=self._store.stats(),
+            disk_free_bytes=free,
+            min_free_bytes=supervisor.config.store.min_free_mb * 2**20,
+            workers={w: s.state.value for w, s in supervisor.slots.items() if w in configured},
+            solo_workers={
+                w: s.state.value for w, s in supervisor.slots.items() if w not in configured
+            },
+            accounts={a: s.state for a, s in manager.status.items()},
+            stale=frozenset(a for a in manager.status if manager.is_stale(a)),
+            failed_reasons={
+                a: s.failed.strip().splitlines()[-1][:200]
+                for a, s in manager.status.items()
+                if s.failed
+            },
+            missing_platforms=self._missing_platforms,
+        )
+
     def health(self) -> Health:
-        checks = {
-            "event_loop": True,  # it answered this request
-            "store_thread": self._store.stats().alive,
-            "not_shutting_down": not self._supervisor.shutting_down,
-        }
-        return Health(status="ok" if all(checks.values()) else "failing", checks=checks)
+        return assess(self.health_inputs())
 
 
 def reload_result(rollout: RollingReload) -> ReloadResult:

@@ -5,7 +5,7 @@ ended, and for the collections each kind's model plus what the store adds (deriv
 the registry of kinds).
 """
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, create_model
 
@@ -86,17 +86,33 @@ class ReloadResult(BaseModel):
     error: str | None = None
 
 
+class LastError(BaseModel):
+    at: int  # ms
+    message: str  # "Type: message"
+    traceback: str  # its end
+
+
 class AccountInfo(BaseModel):
     id: str
     platform: str
+    state: str  # disabled, unassigned, starting, running, backoff, down, failed, quarantined
+    state_since_at: int  # ms
+    reason: str  # why it is in this state
     worker: str | None  # the worker running it now
     home: str | None  # the worker it belongs to when that one is healthy
-    state: str | None  # its task's state in the worker, as last reported
-    last_sync_at: int | None  # ms, last committed sync
-    stale: bool
-    syncs: int
-    items_synced: int
-    sync_errors: dict[str, int]
+    quarantined: bool
+    task_state: str | None  # its task in the worker, as last reported
+    task_restarts: int
+    errors_total: int  # errors its task reported
+    last_error: LastError | None
+    failed: str | None  # why its platform cannot run (the end of the traceback)
+    progress_at: int | None  # ms, the last ctx.progress() or upsert
+    last_item_at: int | None  # ms, the last committed sync with changes
+    last_sync_at: int | None  # ms, the last committed sync
+    stale: bool  # no progress for stale_after_s
+    syncs: int  # committed since the master started
+    items_synced: int  # committed since the master started
+    sync_errors: dict[str, int]  # syncs not committed since the master started, by reason
     counts: dict[str, int] | None = None  # items in the store per collection
 
 
@@ -116,6 +132,9 @@ class StoreTotals(BaseModel):
 
 
 class SyncTotals(BaseModel):
+    """Counted since the master started (``since``), unlike the store's totals."""
+
+    since: int  # ms: when the master started
     syncs: int
     items: int
     errors: int
@@ -133,7 +152,9 @@ class StatusInfo(BaseModel):
     workers: dict[str, int]  # by state
     workers_total: int
     accounts_total: int
-    accounts_assigned: int
+    accounts_assigned: int  # running, starting or in backoff on a running worker
+    accounts: dict[str, int]  # by state
+    health: str  # ok, degraded, failing (details at /healthz)
     store: StoreTotals
     sync: SyncTotals
     protocol_errors_total: int
@@ -145,9 +166,14 @@ class StatusInfo(BaseModel):
     last_reload: ReloadResult | None
 
 
+class Check(BaseModel):
+    status: Literal["ok", "degraded", "failing"]
+    detail: str
+
+
 class Health(BaseModel):
-    status: str  # "ok" or "failing"
-    checks: dict[str, bool]
+    status: Literal["ok", "degraded", "failing"]
+    checks: dict[str, Check]
 
 
 def _stored_model(kind: Kind) -> type[BaseModel]:

@@ -1,11 +1,13 @@
-"""The master's side of the data path: which worker runs each account, syncs into the
-store, acknowledgements back, stale-sync health.
+"""The master's side of the accounts: which worker runs each one, its state as the master
+sees it, syncs into the store and acknowledgements back, staleness, and the quarantine
+of accounts that kill their workers.
 
 The supervisor tells it, through ``AccountsPort``, when worker processes come and go and
-hands it their data messages; it decides with the :class:`Assigner`, writes through the
-:class:`Store`, and answers a process only after the store has committed. Messages to
-one process go out in the order they were decided (one chain of sends per process), so
-a revoke can never overtake the assignment it revokes.
+hands it their messages; it decides with the :class:`Assigner` and the
+:class:`Quarantine` (both pure), writes through the :class:`Store`, and answers a
+process only after the store has committed. Messages to one process go out in the order
+they were decided (one chain of sends per process), so a revoke can never overtake the
+assignment it revokes.
 """
 
 import asyncio
@@ -18,9 +20,11 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
+from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
+from hiscrm.master.data.quarantine import Quarantine, QuarantineRule
+from hiscrm.master.data.staleness import Staleness
 from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncFailure, SyncOutcome
-from hiscrm.master.data.sync_health import SyncHealth
 from hiscrm.master.ports import WorkerLink
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
@@ -35,10 +39,19 @@ from hiscrm.protocol import (
     WorkerAccountReleased,
     WorkerAccountState,
     WorkerDataSync,
+    WorkerError,
+    WorkerHeartbeat,
     chunk_by_size,
 )
 
 ASSIGN_ATTEMPTS = 3
+SOLO_PREFIX = "solo-"  # the worker of a quarantined account: solo-<account id>
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def solo_worker(account_id: str) -> str:
+    return SOLO_PREFIX + account_id
 
 
 def digest_chunks(
@@ -60,22 +73,37 @@ class AccountManager:
         now: float,
         observe_commit_latency: Callable[[float], None] = lambda seconds: None,
         count_error: Callable[[], int] | None = None,
+        publish: EventSink = lambda event, data: None,
     ) -> None:
         self._count_error = count_error or (lambda: 0)
         self._observe_commit_latency = observe_commit_latency
         self._store = store
         self._log = log
+        self._publish = publish
+        sup = config.supervision
         self.assigner = Assigner(
             config.accounts,
             config.worker_ids,
             config.accounts_per_worker,
-            config.supervision.reassign_after_s,
+            sup.reassign_after_s,
             now,
         )
-        self.health = SyncHealth(config.sync.stale_after_s, log)
-        self.account_states: dict[str, str] = {}  # as its worker last reported
+        rule = config.quarantine
+        self.quarantine = Quarantine(
+            QuarantineRule(
+                window_s=rule.window_s, deaths=rule.deaths, release_after_s=rule.release_after_s
+            )
+        )
+        self.staleness = Staleness(config.sync.stale_after_s, log, self._stale_changed)
+        self.status: dict[str, AccountStatus] = {a.id: AccountStatus(a.id) for a in config.accounts}
+        self.syncs: dict[str, int] = dict.fromkeys(self.status, 0)
+        self.items_synced: dict[str, int] = dict.fromkeys(self.status, 0)
+        self.sync_errors: dict[str, dict[str, int]] = {a: {} for a in self.status}
         self._links: dict[str, WorkerLink] = {}  # worker id -> its serving process
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
+        self._solo: list[str] | None = None  # solo workers, kept until placement changes
+        for account_id in self.status:
+            self._refresh(account_id, "master started")
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
         if homeless:
             self._log.warning(
@@ -83,21 +111,41 @@ class AccountManager:
                 accounts=homeless,
             )
 
+    # --- queries -------------------------------------------------------------------------
+
+    def accounts_of(self, worker_id: str) -> list[str]:
+        return [a for a in self.assigner.accounts_of(worker_id) if not self.assigner.releasing(a)]
+
+    def solo_workers(self) -> list[str]:
+        if self._solo is None:
+            self._solo = self.assigner.solo_workers()
+        return self._solo
+
+    def is_stale(self, account_id: str) -> bool:
+        return self.staleness.is_stale(account_id)
+
     # --- worker processes ----------------------------------------------------------------
 
     def worker_up(self, link: WorkerLink, now: float) -> None:
         self._links[link.worker_id] = link
         self._execute(self.assigner.worker_up(link.worker_id, now), now)
+        self._refresh_worker(link.worker_id, "its worker runs")
 
-    def worker_down(self, worker_id: str, now: float) -> None:
+    def worker_down(self, worker_id: str, now: float, abnormal: bool) -> None:
+        """A slot's process is gone; ``abnormal``: it died in a way that may be an
+        account's doing (killed, crashed, hung), with its accounts assigned."""
         self._links.pop(worker_id, None)
+        present = self.assigner.accounts_of(worker_id)
+        for account_id in present:
+            self.status[account_id].task = None
         self._execute(self.assigner.worker_down(worker_id, now), now)
+        if abnormal and present:
+            for account_id in self.quarantine.death(present, worker_id, now):
+                self._quarantine(account_id, worker_id, now)
+        self._refresh_worker(worker_id, f"{worker_id} is down")
 
     def relink(self, link: WorkerLink) -> None:
         self._links[link.worker_id] = link
-
-    def accounts_of(self, worker_id: str) -> list[str]:
-        return [a for a in self.assigner.accounts_of(worker_id) if not self.assigner.releasing(a)]
 
     def revoke(self, link: WorkerLink, account_id: str) -> None:
         self._chain(link, self._send(link, MasterAccountRevoke(account_id=account_id)))
@@ -106,16 +154,50 @@ class AccountManager:
         self._chain(link, self._assign(link, self.assigner.slots[account_id].account))
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            d for d in (self.health.next_deadline(), self.assigner.next_deadline()) if d is not None
-        ]
-        return min(deadlines, default=None)
+        deadlines = (
+            self.staleness.next_deadline(),
+            self.assigner.next_deadline(),
+            self.quarantine.next_deadline(),
+        )
+        return min((d for d in deadlines if d is not None), default=None)
 
     def on_deadline(self, now: float) -> None:
-        self.health.check(now)
-        self._execute(self.assigner.tick(now), now)
+        self.staleness.check(now)
+        waiting = lambda account_id: self.quarantine.suspected(account_id, now)  # noqa: E731
+        self._execute(self.assigner.tick(now, waiting), now)
+        for account_id in self.quarantine.due_for_release(now):
+            self._log.info(
+                "account released from quarantine: it ran alone without trouble",
+                account_id=account_id,
+                ran_alone_s=self.quarantine.rule.release_after_s,
+            )
+            self._execute(self.assigner.release_quarantine(account_id, now), now)
+            self._refresh(account_id, "released from quarantine")
 
-    # --- data messages -------------------------------------------------------------------
+    # --- operator actions ----------------------------------------------------------------
+
+    def release(self, account_id: str, now: float) -> bool:
+        """Lift an account's quarantine; False if it was not quarantined."""
+        if not self.quarantine.release(account_id):
+            return False
+        self._log.info("account released from quarantine by the operator", account_id=account_id)
+        self._execute(self.assigner.release_quarantine(account_id, now), now)
+        self._refresh(account_id, "released by the operator")
+        return True
+
+    def request_sync(self, account_id: str, from_seq: int | None) -> str:
+        """Ask the account's worker to sync now; its id. LookupError says why it cannot."""
+        owner = self.assigner.owner_of(account_id)
+        if owner is None:
+            raise LookupError(f"account {account_id!r} has no worker right now")
+        link = self._links.get(owner)
+        if link is None or not link.serving:
+            raise LookupError(f"account {account_id!r} belongs to {owner}, which is not running")
+        if not link.send(MasterSyncRequest(account_id=account_id, from_seq=from_seq)):
+            raise LookupError(f"{owner} did not take the request: its pipe is closed")
+        return owner
+
+    # --- messages from workers -----------------------------------------------------------
 
     def on_sync(self, link: WorkerLink, message: WorkerDataSync) -> None:
         owner = self.assigner.owner_of(message.account_id)
@@ -124,7 +206,7 @@ class AccountManager:
                 f"account {message.account_id!r} is not assigned to {link.worker_id} "
                 f"(owner: {owner})"
             )
-            self.health.failure(message.account_id, SyncFailure.NOT_ASSIGNED)
+            self._sync_failed(message.account_id, SyncFailure.NOT_ASSIGNED)
             self._log.error(
                 "sync refused", worker=link.worker_id, account_id=message.account_id, reason=reason
             )
@@ -139,29 +221,35 @@ class AccountManager:
     def on_outcomes(self, outcomes: list[SyncOutcome]) -> None:
         """From the store (on the loop): acknowledge what was committed, refuse the rest;
         each answer goes to the process that sent the sync, if it still runs."""
-        now = asyncio.get_running_loop().time()
         at_ms = epoch_ms()
         for outcome in outcomes:
             batch = outcome.batch
+            account_id = batch.account_id
             if outcome.ok:
                 self._observe_commit_latency(time.monotonic() - batch.received_at)
-                self.health.success(batch.account_id, now, at_ms, len(batch.changes))
-                batch.link.send(
-                    MasterDataAck(account_id=batch.account_id, seq=outcome.committed_seq)
-                )
+                status = self.status.get(account_id)
+                if status is not None:
+                    status.last_sync_at = at_ms
+                    if batch.changes:
+                        status.last_item_at = at_ms
+                    self.syncs[account_id] = self.syncs.get(account_id, 0) + 1
+                    self.items_synced[account_id] = self.items_synced.get(account_id, 0) + len(
+                        batch.changes
+                    )
+                batch.link.send(MasterDataAck(account_id=account_id, seq=outcome.committed_seq))
                 continue
             reason = outcome.error or "unknown"
-            self.health.failure(batch.account_id, outcome.failure or SyncFailure.STORE_ERROR)
+            self._sync_failed(account_id, outcome.failure or SyncFailure.STORE_ERROR)
             self._log.warning(
                 "sync not committed",
                 worker=batch.link.worker_id,
-                account_id=batch.account_id,
+                account_id=account_id,
                 base_seq=batch.base_seq,
                 last_seq=batch.last_seq,
                 reason=reason,
             )
             batch.link.send(
-                MasterDataNack(account_id=batch.account_id, seq=batch.last_seq, reason=reason)
+                MasterDataNack(account_id=account_id, seq=batch.last_seq, reason=reason)
             )
 
     def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None:
@@ -172,26 +260,104 @@ class AccountManager:
             account_id=message.account_id,
             unacked=message.unacked,
         )
+        status = self.status.get(message.account_id)
+        if status is not None:
+            status.task = None
         self._execute(self.assigner.released(link.worker_id, message.account_id, now), now)
+        self._refresh(message.account_id, "released by its worker")
 
     def on_account_state(self, link: WorkerLink, message: WorkerAccountState, now: float) -> None:
-        self.account_states[message.account_id] = message.state
+        account_id = message.account_id
+        status = self.status.get(account_id)
+        if status is None or self.assigner.owner_of(account_id) != link.worker_id:
+            return  # a state of an account this process no longer has
+        try:
+            task = TaskState(message.state)
+        except ValueError:
+            self._log.error(
+                "unknown account task state", account_id=account_id, state=message.state
+            )
+            return
+        status.task = task
+        status.task_restarts = message.restarts
+        status.failed = message.reason if task is TaskState.FAILED else None
+        if self.quarantine.is_quarantined(account_id) and link.worker_id == solo_worker(account_id):
+            if task is TaskState.RUNNING:
+                self.quarantine.running_alone(account_id, now)
+            else:
+                self.quarantine.stopped_alone(account_id)
+        self._refresh(account_id, f"task {task}: {message.reason}"[:300])
 
-    def request_sync(self, account_id: str, from_seq: int | None) -> str:
-        """Ask the account's worker to sync now; its id. LookupError says why it cannot."""
-        owner = self.assigner.owner_of(account_id)
-        if owner is None:
-            raise LookupError(f"account {account_id!r} has no worker right now")
-        link = self._links.get(owner)
-        if link is None or not link.serving:
-            raise LookupError(f"account {account_id!r} belongs to {owner}, which is not running")
-        if not link.send(MasterSyncRequest(account_id=account_id, from_seq=from_seq)):
-            raise LookupError(f"{owner} did not take the request: its pipe is closed")
-        return owner
+    def on_heartbeat(self, link: WorkerLink, message: WorkerHeartbeat, now: float) -> None:
+        for account_id, at_ms in message.progress_at.items():
+            status = self.status.get(account_id)
+            if status is None or self.assigner.owner_of(account_id) != link.worker_id:
+                continue
+            if status.progress_at is None or at_ms > status.progress_at:
+                status.progress_at = at_ms
+                self.staleness.progress(account_id, now)
+
+    def on_worker_error(self, link: WorkerLink, message: WorkerError) -> None:
+        if message.account_id is None:
+            return
+        status = self.status.get(message.account_id)
+        if status is not None:
+            status.error(f"{message.error_type}: {message.message}", message.traceback, epoch_ms())
+
+    # --- states --------------------------------------------------------------------------
+
+    def _refresh_worker(self, worker_id: str, reason: str) -> None:
+        for account_id, slot in self.assigner.slots.items():
+            if worker_id in (slot.owner, slot.home):
+                self._refresh(account_id, reason)
+
+    def _refresh(self, account_id: str, reason: str) -> None:
+        status = self.status.get(account_id)
+        slot = self.assigner.slots.get(account_id)
+        if status is None or slot is None:
+            return
+        owner = slot.owner
+        link = self._links.get(owner) if owner is not None else None
+        state = derive(
+            enabled=True,
+            failed=status.failed is not None,
+            quarantined=self.quarantine.is_quarantined(account_id),
+            owner=owner,
+            owner_running=link is not None and link.serving,
+            task=status.task,
+        )
+        if state is AccountState.FAILED and status.failed:
+            reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
+        if status.move(state, reason, self._log, worker=owner):
+            self._publish(
+                "account.state",
+                {"account_id": account_id, "state": str(state), "reason": reason, "worker": owner},
+            )
+
+    def _stale_changed(self, account_id: str, stale: bool) -> None:
+        self._publish("account.stale", {"account_id": account_id, "stale": stale})
+
+    def _quarantine(self, account_id: str, died: str, now: float) -> None:
+        solo = solo_worker(account_id)
+        self._log.warning(
+            "account quarantined: its workers die while it runs; it runs alone from now on",
+            account_id=account_id,
+            died_on=died,
+            deaths=self.quarantine.deaths(account_id, now),
+            worker=solo,
+        )
+        self._execute(self.assigner.quarantine(account_id, solo, now), now)
+        self._refresh(account_id, f"quarantined after deaths on {died}")
+        self._publish("account.quarantined", {"account_id": account_id, "worker": solo})
+
+    def _sync_failed(self, account_id: str, failure: SyncFailure) -> None:
+        errors = self.sync_errors.setdefault(account_id, {})
+        errors[failure] = errors.get(failure, 0) + 1
 
     # --- carrying out decisions ----------------------------------------------------------
 
     def _execute(self, actions: list[Action], now: float) -> None:
+        self._solo = None  # placement may have changed
         for action in actions:
             link = self._links.get(action.worker_id)
             if link is None:  # decided for a worker that is not up: a bug in the assigner
@@ -200,11 +366,12 @@ class AccountManager:
                 continue
             match action:
                 case Assign(_, account):
-                    self.health.watch(account.id, now)
+                    self.staleness.watch(account.id, now)
                     self._chain(link, self._assign(link, account))
                 case Revoke(worker_id, account_id):
                     self._log.info("revoking account", worker=worker_id, account_id=account_id)
                     self.revoke(link, account_id)
+            self._refresh(action.account_id, "placed")
 
     def _chain(self, link: WorkerLink, step: Coroutine[Any, Any, None]) -> None:
         """Run ``step`` after every step queued before for the same process."""

@@ -10,11 +10,17 @@
   ``worker:account:released`` (its task stopped, its changes flushed), then assign. So at
   any moment an account is assigned to at most one worker. If the releasing worker dies,
   its death is the release.
+* A *quarantined* account's home is a worker of its own (a *solo* worker, not one of the
+  configured ones): it runs there alone, and is never placed anywhere else until it is
+  released, when it goes back to its planned home by the same handshake. Accounts the
+  caller says must wait (suspected of killing their worker) are never moved onto another
+  worker while theirs is down.
 
 The assigner returns ``Assign``/``Revoke`` actions; the account manager carries them out.
 """
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hiscrm.models import AccountSpec
@@ -24,6 +30,10 @@ from hiscrm.models import AccountSpec
 class Assign:
     worker_id: str
     account: AccountSpec
+
+    @property
+    def account_id(self) -> str:
+        return self.account.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,7 @@ class Slot:
     owner: str | None = None  # assigned to (or being released by) this worker
     releasing: bool = False  # a revoke is out; waiting for the owner to let go
     target: str | None = None  # where it goes once released
+    planned_home: str | None = None  # its home when it is not quarantined
 
 
 def plan_homes(
@@ -65,7 +76,9 @@ class Assigner:
         now: float,
     ) -> None:
         homes = plan_homes(accounts, worker_ids, per_worker)
-        self.slots: dict[str, Slot] = {a.id: Slot(a, homes[a.id]) for a in accounts}
+        self.slots: dict[str, Slot] = {
+            a.id: Slot(a, homes[a.id], planned_home=homes[a.id]) for a in accounts
+        }
         self._workers = worker_ids
         self._per_worker = per_worker
         self._reassign_after_s = reassign_after_s
@@ -99,12 +112,20 @@ class Assigner:
     def unplaced(self) -> list[str]:
         return [a for a, s in self.slots.items() if s.owner is None]
 
+    def solo_workers(self) -> list[str]:
+        """The workers of quarantined accounts (each runs one account alone), and those
+        still releasing an account after its quarantine ended."""
+        workers = {s.home for s in self.slots.values() if s.home is not None}
+        workers |= {s.owner for s in self.slots.values() if s.owner is not None}
+        return sorted(w for w in workers if w not in self._workers)
+
     def next_deadline(self) -> float | None:
         """When accounts waiting for a down worker become due to move, if any wait."""
         due = [
             since + self._reassign_after_s
             for worker, since in self._down_since.items()
-            if any(
+            if worker in self._workers
+            and any(
                 (s.owner == worker and not s.releasing) or (s.owner is None and s.home == worker)
                 for s in self.slots.values()
             )
@@ -147,14 +168,43 @@ class Assigner:
             return []
         return self._hand_over(slot, now)
 
-    def tick(self, now: float) -> list[Action]:
-        """Move the accounts of workers that have been down for ``reassign_after_s``."""
+    def quarantine(self, account_id: str, solo: str, now: float) -> list[Action]:
+        """From now on the account runs alone on worker ``solo`` (started by the caller)."""
+        slot = self.slots[account_id]
+        slot.home = solo
+        self._down_since.setdefault(solo, now)
+        return self._send_home(slot, now)
+
+    def release_quarantine(self, account_id: str, now: float) -> list[Action]:
+        """Back to its planned home (by a handshake if its own worker holds it)."""
+        slot = self.slots[account_id]
+        slot.home = slot.planned_home
+        return self._send_home(slot, now)
+
+    def _send_home(self, slot: Slot, now: float) -> list[Action]:
+        if slot.releasing:  # already on its way somewhere: there, then home
+            slot.target = slot.home if slot.home in self._running else None
+            return []
+        if slot.owner == slot.home:
+            return []
+        if slot.owner is not None and slot.owner in self._running:
+            slot.releasing = True
+            slot.target = slot.home if slot.home in self._running else None
+            return [Revoke(slot.owner, slot.account.id)]
+        slot.owner = None  # whoever had it is down: it holds nothing
+        return self._place_unowned(now)
+
+    def tick(self, now: float, waiting: Callable[[str], bool] = lambda a: False) -> list[Action]:
+        """Move the accounts of workers that have been down for ``reassign_after_s``,
+        except those ``waiting`` says must wait for their worker."""
         actions: list[Action] = []
         loads = self.loads()
         for worker, since in list(self._down_since.items()):
-            if now - since < self._reassign_after_s:
+            if now - since < self._reassign_after_s or worker not in self._workers:
                 continue
             for slot in self.slots.values():
+                if waiting(slot.account.id) or slot.home != slot.planned_home:
+                    continue
                 if slot.owner == worker and not slot.releasing:
                     new_owner = self._least_loaded(loads)
                     if new_owner is None:
@@ -194,6 +244,8 @@ class Assigner:
             home = slot.home
             if home is not None and home in self._running:
                 worker: str | None = home
+            elif home is not None and home not in self._workers:
+                continue  # a solo worker: its account waits for it, nowhere else
             elif home is None or now - self._down_since.get(home, now) >= self._reassign_after_s:
                 loads = loads if loads is not None else self.loads()
                 worker = self._least_loaded(loads)

@@ -11,19 +11,20 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hiscrm.items import epoch_ms
 from hiscrm.master.data import pg_queries, pg_schema
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.pg_writer import APPLICATION_NAME, CONNECT_TIMEOUT_S
-from hiscrm.master.data.store import CollectionQuery, Row
+from hiscrm.master.data.store import CollectionQuery, Row, StoreUnavailable
 
 T = TypeVar("T")
 TOTALS_TTL_S = 1.0
 MAX_CACHED_COUNTS = 10_000
 POOL_SIZE = 4  # at most this many reads at once; more wait for a connection
-WAIT_FOR_CONNECTION_S = 30.0
+WAIT_FOR_CONNECTION_S = 5.0  # a read waits this long for a connection, then answers 503
 
 
 class PgReader:
@@ -49,8 +50,16 @@ class PgReader:
         self._pool.close()
 
     def _with_connection(self, function: Callable[[Conn], T]) -> T:
-        with self._pool.connection() as conn:
-            return function(conn)
+        """``function`` on a pooled connection; StoreUnavailable (the API's 503) if the
+        server cannot be reached or fails us (a broken connection leaves the pool)."""
+        try:
+            with self._pool.connection() as conn:
+                return function(conn)
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no connection to the store: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())
+            raise StoreUnavailable(f"the store cannot be read: {reason}") from exc
 
     async def run(self, function: Callable[[Conn], T]) -> T:
         return await asyncio.to_thread(self._with_connection, function)

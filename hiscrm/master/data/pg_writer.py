@@ -41,6 +41,7 @@ from hiscrm.master.data.store import (
 from hiscrm.store_url import redacted
 
 T = TypeVar("T")
+STORE = SyncFailure.STORE_ERROR
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
 CONNECT_TIMEOUT_S = 10
@@ -84,6 +85,10 @@ class PgWriter:
         self.commits = 0
         self.items_written = 0
         self.errors = 0
+        # Read by the loop for health; written by the writer thread only.
+        self.busy_since: float | None = None  # a write (or the wait for the server) began
+        self.failing: str | None = None  # the last write failed because of the server
+        self.failing_since: float | None = None
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
         """Connect and migrate in the writer thread; raise StoreError here if that fails."""
@@ -178,6 +183,25 @@ class PgWriter:
         finally:
             conn.close()
 
+    def cannot_commit(self, now: float, stuck_after_s: float) -> str | None:
+        """Why the store cannot commit now (for health), or None."""
+        busy_since = self.busy_since
+        if busy_since is not None and now - busy_since > stuck_after_s:
+            return f"a write has been waiting or running for {now - busy_since:.1f} s"
+        failing, since = self.failing, self.failing_since
+        if failing is not None and since is not None:
+            return f"{failing} (for {now - since:.1f} s)"
+        return None
+
+    def _note(self, error: BaseException | None) -> None:
+        """The outcome of a write, for health: the server failed us, or it worked."""
+        if error is None:
+            self.failing = self.failing_since = None
+        else:
+            if self.failing is None:
+                self.failing_since = time.monotonic()
+            self.failing = f"{type(error).__name__}: {' '.join(str(error).split())}"
+
     def _usable(self, conn: Conn) -> Conn:
         """``conn``, or a new connection if it broke; if none can be made, the broken one
         (what uses it fails, with the reason, and the next round tries again)."""
@@ -191,6 +215,7 @@ class PgWriter:
             if fresh is not None:
                 fresh.close()
             self.errors += 1
+            self._note(exc)
             self._log.error("store connection lost; cannot reconnect", url=self.where, exc_info=exc)
             return conn
         self._log.warning("store connection lost; reconnected", url=self.where)
@@ -199,14 +224,30 @@ class PgWriter:
 
     def _commit(self, conn: Conn, syncs: list[SyncBatch]) -> list[SyncOutcome]:
         """Commit the group; if that fails, each sync alone, so one bad sync (whatever the
-        error) is refused with its reason while the others, and the thread, go on."""
+        error) is refused with its reason while the others, and the thread, go on. If the
+        server itself fails (connection lost, server shutting down, a lock or statement
+        timeout), every sync of the group is refused at once."""
+        self.busy_since = time.monotonic()
         try:
-            return self._commit_group(conn, syncs)
+            outcomes = self._commit_group(conn, syncs)
+            self._note(None)
+            return outcomes
+        except psycopg.OperationalError as exc:
+            self.errors += 1
+            self._note(exc)
+            self._log.error("the store cannot commit", syncs=len(syncs), exc_info=exc)
+            reason = f"store error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            return [
+                SyncOutcome(b, self._safe_committed_seq(conn, b.account_id), reason, STORE)
+                for b in syncs
+            ]
         except Exception as exc:
             self.errors += 1
             self._log.error(
                 "store commit failed; retrying syncs one by one", syncs=len(syncs), exc_info=exc
             )
+        finally:
+            self.busy_since = None
         outcomes = []
         for batch in syncs:
             try:
@@ -220,17 +261,14 @@ class PgWriter:
                     last_seq=batch.last_seq,
                     exc_info=single,
                 )
-                outcomes.append(
-                    SyncOutcome(
-                        batch,
-                        self._safe_committed_seq(conn, batch.account_id),
-                        f"store error: {type(single).__name__}: {single}",
-                        SyncFailure.STORE_ERROR,
-                    )
-                )
+                done = self._safe_committed_seq(conn, batch.account_id)
+                reason = f"store error: {type(single).__name__}: {single}"
+                outcomes.append(SyncOutcome(batch, done, reason, STORE))
         return outcomes
 
     def _safe_committed_seq(self, conn: Conn, account_id: str) -> int:
+        if conn.closed or conn.broken:
+            return -1  # unknown: the connection is gone (the error is logged already)
         try:
             return pg_schema.committed_seqs(conn, [account_id])[account_id]
         except psycopg.Error as exc:  # the store itself is failing; the outcome says so
@@ -269,25 +307,37 @@ class PgWriter:
         return outcomes
 
     def _answer(self, conn: Conn, call: _Call) -> None:
+        if call.future.cancelled():  # the caller gave up (timed out) before its turn
+            return
+        self.busy_since = time.monotonic()
         try:
             result = call.function(conn)
         except Exception as exc:  # the caller gets it; a transaction left open is undone
             if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
             call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
         else:
             call.loop.call_soon_threadsafe(_set_result, call.future, result)
+        finally:
+            self.busy_since = None
 
     def _apply_retention(self, conn: Conn) -> None:
         if not self._retention:
             return
+        self.busy_since = time.monotonic()
         try:
             with conn.transaction():
                 deleted = pg_schema.apply_retention(conn, self._retention, epoch_ms())
         except Exception as exc:
             self.errors += 1
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
             self._log.error("retention failed", errors=self.errors, exc_info=exc)
             return
+        finally:
+            self.busy_since = None
         if any(deleted.values()):
             self._log.info("retention applied", deleted=deleted, keep_days=self._retention)
 

@@ -5,6 +5,8 @@ The same split as ``SqliteStore``: one writer thread on a connection of its own
 digest); a small pool of connections (``PgReader``) serves the API's reads from threads.
 """
 
+import time
+
 import psycopg
 from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
@@ -20,8 +22,12 @@ from hiscrm.master.data.store import (
     Row,
     StoreError,
     StoreStats,
+    StoreUnavailable,
     SyncBatch,
 )
+
+WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
+STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
 
 
 class PostgresStore:
@@ -51,6 +57,7 @@ class PostgresStore:
             commits=writer.commits,
             items_written=writer.items_written,
             errors=writer.errors,
+            cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
 
     def submit(self, batch: SyncBatch) -> None:
@@ -67,9 +74,18 @@ class PostgresStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
-        return await self.writer.call(
-            lambda conn: pg_queries.mark_read(conn, collection, account_id, item_id, at_ms)
-        )
+        try:
+            return await self.writer.call(
+                lambda conn: pg_queries.mark_read(conn, collection, account_id, item_id, at_ms),
+                WRITE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
+            raise StoreUnavailable(
+                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
 
     async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
         return await self.reader.page(collection, query)

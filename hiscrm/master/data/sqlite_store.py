@@ -6,6 +6,7 @@ the API.
 """
 
 import sqlite3
+import time
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
@@ -19,8 +20,12 @@ from hiscrm.master.data.store import (
     OutcomeCallback,
     Row,
     StoreStats,
+    StoreUnavailable,
     SyncBatch,
 )
+
+WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
+STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
 
 
 class SqliteStore:
@@ -45,6 +50,7 @@ class SqliteStore:
             commits=writer.commits,
             items_written=writer.items_written,
             errors=writer.errors,
+            cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
 
     def submit(self, batch: SyncBatch) -> None:
@@ -62,9 +68,18 @@ class SqliteStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
-        return await self.writer.call(
-            lambda conn: sqlite_queries.mark_read(conn, collection, account_id, item_id, at_ms)
-        )
+        try:
+            return await self.writer.call(
+                lambda conn: sqlite_queries.mark_read(conn, collection, account_id, item_id, at_ms),
+                WRITE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
+            raise StoreUnavailable(
+                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
+            ) from None
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
 
     async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
         return await self.reader.page(collection, query)

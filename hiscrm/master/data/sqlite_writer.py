@@ -40,6 +40,7 @@ from hiscrm.master.data.store import (
 )
 
 T = TypeVar("T")
+STORE = SyncFailure.STORE_ERROR
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 1.0
@@ -79,6 +80,10 @@ class SqliteWriter:
         self.commits = 0
         self.items_written = 0
         self.errors = 0
+        # Read by the loop for health; written by the writer thread only.
+        self.busy_since: float | None = None  # a write (or the wait for its lock) began
+        self.failing: str | None = None  # the last write failed because of the store itself
+        self.failing_since: float | None = None
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
         """Open and migrate the store in its thread; raise StoreError here if that fails."""
@@ -189,16 +194,53 @@ class SqliteWriter:
             self._committed[account_id] = sqlite_schema.committed_seq(conn, account_id)
         return self._committed[account_id]
 
+    def cannot_commit(self, now: float, stuck_after_s: float) -> str | None:
+        """Why the store cannot commit now (for health), or None."""
+        busy_since = self.busy_since
+        if busy_since is not None and now - busy_since > stuck_after_s:
+            return f"a write has been waiting or running for {now - busy_since:.1f} s"
+        failing, since = self.failing, self.failing_since
+        if failing is not None and since is not None:
+            return f"{failing} (for {now - since:.1f} s)"
+        return None
+
+    def _note(self, error: BaseException | None) -> None:
+        """The outcome of a write, for health: the store itself failed, or it worked."""
+        if error is None:
+            self.failing = self.failing_since = None
+        else:
+            if self.failing is None:
+                self.failing_since = time.monotonic()
+            self.failing = f"{type(error).__name__}: {error}"
+
     def _commit(self, conn: sqlite3.Connection, syncs: list[SyncBatch]) -> list[SyncOutcome]:
         """Commit the group; if that fails, each sync alone, so one bad sync (whatever the
-        error) is refused with its reason while the others, and the thread, go on."""
+        error) is refused with its reason while the others, and the thread, go on. If the
+        store itself fails (locked by another process, disk full, I/O error), every sync
+        of the group is refused at once: trying them one by one would only wait for the
+        lock once per sync."""
+        self.busy_since = time.monotonic()
         try:
-            return self._commit_group(conn, syncs)
+            outcomes = self._commit_group(conn, syncs)
+            self._note(None)
+            return outcomes
+        except sqlite3.OperationalError as exc:
+            self.errors += 1
+            self._note(exc)
+            self._committed.clear()
+            self._log.error("the store cannot commit", syncs=len(syncs), exc_info=exc)
+            reason = f"store error: {type(exc).__name__}: {exc}"
+            return [
+                SyncOutcome(b, self._safe_committed_seq(conn, b.account_id), reason, STORE)
+                for b in syncs
+            ]
         except Exception as exc:
             self.errors += 1
             self._log.error(
                 "store commit failed; retrying syncs one by one", syncs=len(syncs), exc_info=exc
             )
+        finally:
+            self.busy_since = None
         self._committed.clear()
         outcomes = []
         for batch in syncs:
@@ -215,14 +257,8 @@ class SqliteWriter:
                     exc_info=single,
                 )
                 done = self._safe_committed_seq(conn, batch.account_id)
-                outcomes.append(
-                    SyncOutcome(
-                        batch,
-                        done,
-                        f"store error: {type(single).__name__}: {single}",
-                        SyncFailure.STORE_ERROR,
-                    )
-                )
+                reason = f"store error: {type(single).__name__}: {single}"
+                outcomes.append(SyncOutcome(batch, done, reason, STORE))
         return outcomes
 
     def _safe_committed_seq(self, conn: sqlite3.Connection, account_id: str) -> int:
@@ -263,25 +299,37 @@ class SqliteWriter:
         return outcomes
 
     def _answer(self, conn: sqlite3.Connection, call: _Call) -> None:
+        if call.future.cancelled():  # the caller gave up (timed out) before its turn
+            return
+        self.busy_since = time.monotonic()
         try:
             result = call.function(conn)
         except Exception as exc:  # the caller gets it; a transaction left open is undone
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                self._note(exc)
             call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
         else:
             call.loop.call_soon_threadsafe(_set_result, call.future, result)
+        finally:
+            self.busy_since = None
 
     def _apply_retention(self, conn: sqlite3.Connection) -> None:
         if not self._retention:
             return
+        self.busy_since = time.monotonic()
         try:
             with transaction(conn):
                 deleted = sqlite_schema.apply_retention(conn, self._retention, epoch_ms())
         except Exception as exc:
             self.errors += 1
+            if isinstance(exc, sqlite3.OperationalError):
+                self._note(exc)
             self._log.error("retention failed", errors=self.errors, exc_info=exc)
             return
+        finally:
+            self.busy_since = None
         if any(deleted.values()):
             self._log.info("retention applied", deleted=deleted, keep_days=self._retention)
 

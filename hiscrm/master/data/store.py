@@ -23,6 +23,11 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says why."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot take a write now (locked by another process, disk full, failing);
+    the message says why. Nothing was written."""
+
+
 @dataclass(slots=True)
 class SyncBatch:
     """One ``worker:data:sync`` on its way to the store: changes ``base_seq < seq <=
@@ -89,6 +94,7 @@ class StoreStats:
     commits: int
     items_written: int
     errors: int
+    cannot_commit: str | None = None  # why the store cannot commit now; None: it can
 
 
 OutcomeCallback = Callable[[list[SyncOutcome]], None]

@@ -12,9 +12,12 @@ from pydantic import BaseModel
 from hiscrm.exit_codes import ExitCode
 from hiscrm.master.supervision.stop_plan import OPERATOR_REASONS, StopReason
 
+ACCOUNT_CAUSED = frozenset({"killed", "crashed", "exited", StopReason.HEARTBEAT_TIMEOUT.value})
+
 _EXIT_CODE_REASONS = {
     ExitCode.CRASHED: ("crashed", "an uncaught exception"),
-    ExitCode.BOOT_FAILED: ("boot_failed", "it could not load its code or platforms"),
+    ExitCode.BOOT_FAILED: ("boot_failed", "it could not import its runtime or platforms"),
+    ExitCode.LOG_FAILED: ("log_failed", "it could not open its log file (why: end of log_tail)"),
     ExitCode.PROTOCOL_MISMATCH: ("protocol_mismatch", "it speaks another protocol than the master"),
     ExitCode.ORPHANED: ("orphaned", "it lost its master"),
 }
@@ -29,6 +32,12 @@ class ExitRecord(BaseModel):
     during_start: bool  # it ended before it had registered
     uptime_s: float
     log_tail: list[str]
+
+    @property
+    def may_be_an_accounts_doing(self) -> bool:
+        """An end a platform can cause (killed — the OOM killer too —, crashed, hung,
+        exited by itself), after the worker had registered: evidence for quarantine."""
+        return not self.during_start and self.reason in ACCOUNT_CAUSED
 
     @property
     def is_failure(self) -> bool:

@@ -143,6 +143,17 @@ class SlotProcess:
         if self.state is ProcessState.RUNNING:
             self.deadline = now + self._sup.heartbeat_timeout_s
 
+    def allow_for_stall(self, now: float, stall_s: float) -> None:
+        """The master did not run for ``stall_s``: what this process sent meanwhile is
+        still unread. A running one gets a whole heartbeat timeout from now; a starting
+        one, the time the master lost."""
+        if self.deadline is None:
+            return
+        if self.state is ProcessState.RUNNING:
+            self.deadline = max(self.deadline, now + self._sup.heartbeat_timeout_s)
+        elif self.state is ProcessState.STARTING:
+            self.deadline += stall_s
+
     # --- stopping ------------------------------------------------------------------------
 
     def stop(

@@ -41,6 +41,7 @@ from hiscrm.master.supervision.events import (
     SignalReceived,
 )
 from hiscrm.master.supervision.launcher import Launcher
+from hiscrm.master.supervision.orphans import EscapedProcesses
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.slot_process import SlotProcess
 from hiscrm.master.supervision.stop_plan import StopReason
@@ -59,6 +60,7 @@ from hiscrm.protocol import (
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
+STALL_S = 0.5  # the loop ran this much later than it should have: the master was stalled
 WAITING = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)  # no process
 
 
@@ -77,16 +79,15 @@ class Supervisor:
         self._launcher = launcher
         self.accounts = accounts
         self.started_at_ms = epoch_ms()
-        self.slots: dict[str, WorkerSlot] = {
-            worker_id: WorkerSlot(
-                worker_id, config, launcher, self.post, log, on_state=self._slot_changed
-            )
-            for worker_id in config.worker_ids
-        }
-        self.code = CodeStatus(config.code.packages)
+        self.slots: dict[str, WorkerSlot] = {w: self._new_slot(w) for w in config.worker_ids}
+        self._solo_wanted: list[str] = []
+        self._solo_leaving: set[str] = set()
+        self.code = CodeStatus(config.code.packages, config.platform_specs)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
         self.orphans_reaped = 0
+        self.stalls = 0  # times the master found itself stalled
+        self.escaped = EscapedProcesses(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
         self._reload: RollingReload | None = None
@@ -152,7 +153,10 @@ class Supervisor:
                 await slot.start(loop.time(), "master started")
             while not self._finished():
                 event = await self._next_event()
+                began = loop.time()
                 await self._step(event)
+                if (took := loop.time() - began) > STALL_S:
+                    self._allow_for_stall(took, "a step took long")
             if on_stopped is not None:
                 await on_stopped()
         finally:
@@ -176,8 +180,8 @@ class Supervisor:
         """Reap children nobody else will. As a child subreaper the master adopts what
         escapes a dead worker's process group; once killed, they must be reaped."""
         self._orphan_scan = None
-        known = {p.pid for slot in self.slots.values() for p in slot.processes()}
-        known |= self._launcher.known_pids()
+        known = self._own_children()
+        self.escaped.scan(self._own_children)
         for child in psutil.Process().children():
             try:
                 if child.pid in known or child.status() != psutil.STATUS_ZOMBIE:
@@ -189,6 +193,11 @@ class Supervisor:
             self._log.info(
                 "reaped an adopted orphan", pid=child.pid, orphans_reaped=self.orphans_reaped
             )
+
+    def _own_children(self) -> set[int]:
+        """The master's children that are its own: workers, templates, spares."""
+        known = {p.pid for slot in self.slots.values() for p in slot.processes()}
+        return known | self._launcher.known_pids()
 
     def _finished(self) -> bool:
         return self._shutdown_reason is not None and all(s.idle for s in self.slots.values())
@@ -207,11 +216,32 @@ class Supervisor:
         deadlines = self._deadlines()
         if not deadlines:
             return await self._events.get()
+        wake_at = min(deadlines)
         try:
-            async with asyncio.timeout_at(min(deadlines)):
+            async with asyncio.timeout_at(wake_at):
                 return await self._events.get()
         except TimeoutError:
             return None
+        finally:
+            late = asyncio.get_running_loop().time() - wake_at
+            if late > STALL_S:
+                self._allow_for_stall(late, "woke up late")
+
+    def _allow_for_stall(self, stall_s: float, how: str) -> None:
+        """The master itself did not run for a while (stopped, swapped out, a step that
+        took long): what workers sent meanwhile waits unread in the pipes, so their
+        heartbeats cannot be judged until it has been read. Running workers get a whole
+        heartbeat timeout from now, starting ones the time the master lost."""
+        self.stalls += 1
+        self._log.warning(
+            "the master itself was stalled; allowing for it before judging heartbeats",
+            stall_s=round(stall_s, 3),
+            how=how,
+            stalls_total=self.stalls,
+        )
+        now = asyncio.get_running_loop().time()
+        for slot in self.slots.values():
+            slot.allow_for_stall(now, stall_s)
 
     async def _step(self, event: Event | None) -> None:
         """Handle one event, then whatever deadlines are due. A bug here is logged and
@@ -229,6 +259,7 @@ class Supervisor:
                 self.accounts.on_deadline(now)
             if self._reload is not None and not self._reload.done:
                 await self._reload.advance(loop.time())
+            await self._reconcile_solo_slots(loop.time())
         except Exception as exc:
             self._log.error(
                 "master error while handling an event",
@@ -236,6 +267,41 @@ class Supervisor:
                 internal_errors_total=self.count_internal_error(),
                 exc_info=exc,
             )
+
+    async def _reconcile_solo_slots(self, now: float) -> None:
+        """Start the solo slots the data wing wants (one per quarantined account); stop
+        and remove those it no longer wants once they hold no account."""
+        wanted = self.accounts.solo_workers()
+        if wanted == self._solo_wanted and not self._solo_leaving:
+            return
+        self._solo_wanted = wanted
+        if self._shutdown_reason is None:
+            for worker_id in wanted:
+                if worker_id not in self.slots:
+                    slot = self.slots[worker_id] = self._new_slot(worker_id)
+                    self._solo_leaving.discard(worker_id)
+                    await slot.start(now, "an account in quarantine runs alone here")
+        for worker_id in [w for w in self.slots if w not in self.config.worker_ids]:
+            if worker_id in wanted:
+                continue
+            slot = self.slots[worker_id]
+            self._solo_leaving.add(worker_id)
+            if slot.idle:
+                del self.slots[worker_id]
+                self._solo_leaving.discard(worker_id)
+                self._log.info("solo worker removed: its account left quarantine", worker=worker_id)
+            elif slot.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
+                await slot.request_stop(StopReason.STOP, now, restart=False)
+
+    def _new_slot(self, worker_id: str) -> WorkerSlot:
+        return WorkerSlot(
+            worker_id,
+            self.config,
+            self._launcher,
+            self.post,
+            self._log,
+            on_state=self._slot_changed,
+        )
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -280,9 +346,9 @@ class Supervisor:
     async def _on_exit(self, slot: WorkerSlot, process: SlotProcess, now: float) -> None:
         role = slot.role(process)
         was_serving = process.registered is not None
-        await slot.on_exit(process, now)
+        record = await slot.on_exit(process, now)
         if role is Role.CURRENT and was_serving:
-            self.accounts.worker_down(slot.id, now)
+            self.accounts.worker_down(slot.id, now, record.may_be_an_accounts_doing)
         elif self._reload is not None:
             self._reload.on_exited(process, now)
 
@@ -297,6 +363,7 @@ class Supervisor:
         match message:
             case WorkerHeartbeat():
                 slot.heartbeat(process, message, now)
+                self.accounts.on_heartbeat(process, message, now)
             case WorkerDataSync():
                 self.accounts.on_sync(process, message)
             case WorkerAccountReleased():
@@ -317,6 +384,7 @@ class Supervisor:
                     self.accounts.worker_up(process, now)
             case WorkerError():
                 slot.worker_errors += 1
+                self.accounts.on_worker_error(process, message)
                 self._log.error(
                     "worker error",
                     worker=slot.id,

@@ -286,6 +286,12 @@ class WorkerSlot:
 
     # --- deadlines -----------------------------------------------------------------------
 
+    def allow_for_stall(self, now: float, stall_s: float) -> None:
+        """The master was stalled for ``stall_s``: judge no heartbeat or start until its
+        processes have had their time again."""
+        for process in self.processes():
+            process.allow_for_stall(now, stall_s)
+
     async def on_deadline(self, now: float) -> None:
         if self._retry_at is not None and self._retry_at <= now:
             self._retry_at = None

@@ -1,0 +1,185 @@
+"""Health that tells the truth: ``ok``, ``degraded`` or ``failing``, with named checks.
+
+* ``failing`` (``/healthz`` answers 503): the master is shutting down; the store cannot
+  commit (its writer stopped, a write failed because of the store itself, or a write has
+  waited or run too long, e.g. on a lock another process holds); the disk of the state
+  directory is nearly full; no worker runs while accounts are enabled.
+* ``degraded`` (200): a configured worker is not running; an account is not doing its
+  job (unassigned, in backoff, down, failed, quarantined, stale); a platform module
+  cannot be found.
+* ``ok`` otherwise.
+
+``assess`` is a pure function of what the read model gathers; ``HealthMonitor`` runs it
+once a second (and whenever asked), logs every change once and tells the listeners.
+"""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master.api.schemas import Check, Health
+from hiscrm.master.data.account_status import TROUBLE, AccountState
+from hiscrm.master.data.store import StoreStats
+
+ORDER = {"ok": 0, "degraded": 1, "failing": 2}
+NAMED = 5  # at most this many ids named per line
+CHECK_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthInputs:
+    shutting_down: bool
+    store: StoreStats
+    disk_free_bytes: int | None  # None: cannot be read
+    min_free_bytes: int
+    workers: dict[str, str]  # configured worker -> state
+    solo_workers: dict[str, str]  # worker of a quarantined account -> state
+    accounts: dict[str, AccountState]  # every known account
+    stale: frozenset[str]
+    failed_reasons: dict[str, str]  # account -> why its platform cannot run
+    missing_platforms: dict[str, list[str]]  # platform spec -> its accounts
+
+
+def assess(inputs: HealthInputs) -> Health:
+    checks = {
+        "master": _master(inputs),
+        "store": _store(inputs),
+        "disk": _disk(inputs),
+        "workers": _workers(inputs),
+        "accounts": _accounts(inputs),
+        "platforms": _platforms(inputs),
+    }
+    status = max((c.status for c in checks.values()), key=ORDER.__getitem__)
+    return Health(status=status, checks=checks)
+
+
+def _master(inputs: HealthInputs) -> Check:
+    if inputs.shutting_down:
+        return Check(status="failing", detail="shutting down")
+    return Check(status="ok", detail="running")
+
+
+def _store(inputs: HealthInputs) -> Check:
+    store = inputs.store
+    if not store.alive:
+        return Check(status="failing", detail="the store's writer has stopped: nothing commits")
+    if store.cannot_commit is not None:
+        return Check(status="failing", detail=f"the store cannot commit: {store.cannot_commit}")
+    return Check(status="ok", detail=f"committing ({store.commits} commits)")
+
+
+def _disk(inputs: HealthInputs) -> Check:
+    free = inputs.disk_free_bytes
+    if free is None:
+        return Check(status="degraded", detail="cannot read the free space of the state dir")
+    mb, limit = free // 2**20, inputs.min_free_bytes // 2**20
+    if free < inputs.min_free_bytes:
+        return Check(status="failing", detail=f"disk nearly full: {mb} MB free (min {limit} MB)")
+    if free < 2 * inputs.min_free_bytes:
+        return Check(status="degraded", detail=f"disk filling up: {mb} MB free (min {limit} MB)")
+    return Check(status="ok", detail=f"{mb} MB free")
+
+
+def _workers(inputs: HealthInputs) -> Check:
+    running = [w for w, s in inputs.workers.items() if s == "running"]
+    solo = [w for w, s in inputs.solo_workers.items() if s == "running"]
+    enabled = [a for a, s in inputs.accounts.items() if s is not AccountState.DISABLED]
+    summary = f"{len(running)}/{len(inputs.workers)} running"
+    if enabled and not running and not solo:
+        return Check(
+            status="failing", detail=f"no worker runs while {len(enabled)} accounts are enabled"
+        )
+    down = [f"{w} is {s}" for w, s in inputs.workers.items() if s != "running"]
+    if down and not inputs.shutting_down:
+        return Check(status="degraded", detail=f"{summary}: {_names(down)}")
+    return Check(status="ok", detail=summary)
+
+
+def _accounts(inputs: HealthInputs) -> Check:
+    by_state: dict[AccountState, list[str]] = {}
+    for account_id, state in sorted(inputs.accounts.items()):
+        by_state.setdefault(state, []).append(account_id)
+    trouble = [f"{state}: {_names(ids)}" for state, ids in by_state.items() if state in TROUBLE]
+    if inputs.stale:
+        trouble.append(f"stale (no progress): {_names(sorted(inputs.stale))}")
+    failed = [f"{a} ({why})" for a, why in sorted(inputs.failed_reasons.items())]
+    if failed:
+        trouble.append(f"cannot run: {_names(failed)}")
+    counts = ", ".join(f"{len(ids)} {state}" for state, ids in by_state.items()) or "none"
+    if trouble:
+        return Check(status="degraded", detail="; ".join(trouble))
+    return Check(status="ok", detail=counts)
+
+
+def _platforms(inputs: HealthInputs) -> Check:
+    if not inputs.missing_platforms:
+        return Check(status="ok", detail="every platform module is there")
+    missing = [
+        f"{spec} (accounts {', '.join(accounts)})"
+        for spec, accounts in sorted(inputs.missing_platforms.items())
+    ]
+    return Check(status="degraded", detail=f"platform module not found: {_names(missing)}")
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:NAMED])
+    return shown + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
+
+
+class HealthMonitor:
+    """Assesses health once a second, logs each change once (with what changed) and
+    tells ``on_change``; ``current`` is the last assessment."""
+
+    def __init__(
+        self,
+        gather: Callable[[], HealthInputs],
+        log: FilteringBoundLogger,
+        on_change: Callable[[Health], None] = lambda health: None,
+    ) -> None:
+        self._gather = gather
+        self._log = log
+        self._on_change = on_change
+        self.current: Health | None = None
+        self._poke = asyncio.Event()
+
+    def assess_now(self) -> Health:
+        health = assess(self._gather())
+        previous, self.current = self.current, health
+        if previous is None or _summary(previous) != _summary(health):
+            level = {"ok": self._log.info, "degraded": self._log.warning}.get(
+                health.status, self._log.error
+            )
+            level(
+                "health",
+                status=health.status,
+                was=previous.status if previous else None,
+                checks={
+                    n: f"{c.status}: {c.detail}"
+                    for n, c in health.checks.items()
+                    if c.status != "ok"
+                },
+            )
+            self._on_change(health)
+        return health
+
+    def poke(self) -> None:
+        """Something changed: assess soon rather than at the next second."""
+        self._poke.set()
+
+    async def run(self) -> None:
+        while True:
+            self.assess_now()
+            try:
+                await asyncio.wait_for(self._poke.wait(), CHECK_EVERY_S)
+            except TimeoutError:
+                continue
+            finally:
+                self._poke.clear()
+
+
+def _summary(health: Health) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What counts as a change: the status of the whole and of each check (a detail
+    that only moves a number is not a change)."""
+    return health.status, tuple((n, c.status) for n, c in sorted(health.checks.items()))

@@ -1,0 +1,122 @@
+"""Each account's state as the master sees it, and the figures shown beside it.
+
+The state is derived, by ``derive``, from what the master knows (enabled or not,
+quarantined, assigned to which worker, whether that worker runs) and what the worker
+reports of the account's task (``worker:account:state``). ``AccountStatus.move`` is the
+one place it changes, logged once per change.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.items import epoch_ms
+
+TRACEBACK_TAIL_CHARS = 4000
+
+
+class AccountState(StrEnum):
+    DISABLED = "disabled"  # the operator turned it off
+    UNASSIGNED = "unassigned"  # enabled, no capacity for it
+    STARTING = "starting"  # assigned, its task not running yet
+    RUNNING = "running"  # its task runs
+    BACKOFF = "backoff"  # its task failed and waits to be restarted inside the worker
+    DOWN = "down"  # its worker is not running
+    FAILED = "failed"  # its platform does not import or does not construct
+    QUARANTINED = "quarantined"  # suspected of killing its workers: it runs alone
+
+
+class TaskState(StrEnum):
+    """The account's task in its worker, as last reported."""
+
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def derive(
+    *,
+    enabled: bool,
+    failed: bool,
+    quarantined: bool,
+    owner: str | None,
+    owner_running: bool,
+    task: TaskState | None,
+) -> AccountState:
+    if not enabled:
+        return AccountState.DISABLED
+    if failed:
+        return AccountState.FAILED
+    if quarantined:
+        return AccountState.QUARANTINED
+    if owner is None:
+        return AccountState.UNASSIGNED
+    if not owner_running:
+        return AccountState.DOWN
+    if task is TaskState.RUNNING:
+        return AccountState.RUNNING
+    if task is TaskState.BACKOFF:
+        return AccountState.BACKOFF
+    return AccountState.STARTING
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    at: int  # ms
+    message: str  # "Type: message"
+    traceback: str  # its end
+
+
+@dataclass(slots=True)
+class AccountStatus:
+    account_id: str
+    state: AccountState = AccountState.UNASSIGNED
+    state_since_at: int = field(default_factory=epoch_ms)
+    reason: str = ""  # why it is in this state, in a few words
+    task: TaskState | None = None
+    task_restarts: int = 0
+    errors_total: int = 0
+    last_error: LastError | None = None
+    failed: str | None = None  # why its platform cannot run (the traceback's end)
+    progress_at: int | None = None  # ms: the last ctx.progress() or upsert
+    last_item_at: int | None = None  # ms: the last committed sync with changes
+    last_sync_at: int | None = None  # ms: the last committed sync
+
+    def move(
+        self, new: AccountState, reason: str, log: FilteringBoundLogger, **fields: object
+    ) -> bool:
+        """Change state (logged once); False if it already was in that state."""
+        if new is self.state:
+            self.reason = reason
+            return False
+        old, self.state, self.reason = self.state, new, reason
+        self.state_since_at = epoch_ms()
+        level = log.warning if new in TROUBLE else log.info
+        level(
+            "account state",
+            account_id=self.account_id,
+            old=str(old),
+            new=str(new),
+            reason=reason,
+            **fields,
+        )
+        return True
+
+    def error(self, message: str, traceback: str, at_ms: int) -> None:
+        self.errors_total += 1
+        self.last_error = LastError(at_ms, message, traceback[-TRACEBACK_TAIL_CHARS:])
+
+
+# States that mean the account is not doing its job (health says which).
+TROUBLE = frozenset(
+    {
+        AccountState.UNASSIGNED,
+        AccountState.BACKOFF,
+        AccountState.DOWN,
+        AccountState.FAILED,
+        AccountState.QUARANTINED,
+    }
+)
