@@ -75,6 +75,7 @@ class ApiConfig(_Section):
     # from its first byte on a kept-alive connection); else 408 and the connection closes.
     request_read_timeout_s: float = Field(default=5.0, gt=0, le=300)
     max_log_followers: int = Field(default=16, ge=1, le=1000)  # logs?follow=true at once
+    max_page_bytes: int = Field(default=4 * 2**20, ge=64 * 1024, le=256 * 2**20)  # per answer
 
     @field_validator("host")
     @classmethod

@@ -18,7 +18,7 @@ MS_MIN = 100_000_000_000  # 1973-03-03 in ms; a current time in seconds is ~1.7e
 MS_MAX = 10_000_000_000_000  # year 2286 in ms; beyond that it is µs or ns
 
 
-def _check_epoch_ms(value: int) -> int:
+def check_epoch_ms(value: int) -> int:
     if value < MS_MIN:
         raise ValueError(
             f"{value} looks like seconds since the epoch; times are integer milliseconds "
@@ -31,7 +31,7 @@ def _check_epoch_ms(value: int) -> int:
     return value
 
 
-EpochMs = Annotated[StrictInt, AfterValidator(_check_epoch_ms)]
+EpochMs = Annotated[StrictInt, AfterValidator(check_epoch_ms)]
 
 
 def epoch_ms() -> int:

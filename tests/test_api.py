@@ -155,7 +155,8 @@ def test_collections_page_filter_and_sort(shared: Master) -> None:
         )
         for collection in ("conversations", "messages", "comments", "contents", "notifications"):
             body = http.get(f"/accounts/demo-a/{collection}", params={"limit": 5}).json()
-            assert set(body) == {"items", "total", "limit", "offset"}
+            assert set(body) == {"items", "total", "limit", "offset", "truncated", "next_offset"}
+            assert body["truncated"] is False
             assert len(body["items"]) <= 5
         conversations = http.get("/accounts/demo-a/conversations").json()["items"]
         assert conversations
@@ -462,4 +463,46 @@ def test_start_on_a_starting_worker_answers_once_it_runs(start_master: MasterFac
     assert result["worker"]["state"] == "running"
     assert result["worker"]["pid"] not in (None, pid)
     assert took < 15  # answered when it ran, not at the action's timeout
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_page_of_big_items_is_cut_by_bytes_and_says_where_to_go_on(
+    start_master: MasterFactory,
+) -> None:
+    accounts = [
+        {
+            "id": "big",
+            "platform": "testplatforms.behaviours:BigItems",
+            "options": {"size": 200_000, "count": 120},
+        }
+    ]
+    config = make_config(workers=1, accounts=accounts, api={"port": 0, "max_page_bytes": 2**21})
+    master = start_master(config)
+    master.wait_running("worker1")
+    with master.http() as http:
+        wait_until(
+            lambda: http.get("/accounts/big/messages", params={"limit": 1}).json()["total"] == 120,
+            30,
+            "120 big messages stored",
+        )
+        seen: list[str] = []
+        offset: int | None = 0
+        pages = 0
+        while offset is not None:
+            answer = http.get(
+                "/accounts/big/messages", params={"limit": 1000, "offset": offset, "order": "asc"}
+            )
+            assert answer.status_code == 200
+            assert len(answer.content) <= 2**21 + 1024
+            page = answer.json()
+            assert page["items"]
+            assert page["truncated"] is (page["next_offset"] is not None)
+            seen += [m["id"] for m in page["items"]]
+            offset = page["next_offset"]
+            pages += 1
+        assert seen == [f"big-{n:04d}" for n in range(120)]
+        assert pages >= 12  # ~10 items of 200 kB fit in 2 MiB
+        assert http.get("/workers/worker1").json()["restarts"] == 0
+    assert not master.log.find(event="worker is hung: no heartbeat")
     assert master.stop() == 0

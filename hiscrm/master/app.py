@@ -93,7 +93,15 @@ async def run_master(
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         app = create_app(
-            read, control, metrics, token, config.api.metrics_public, log, errors, followers
+            read,
+            control,
+            metrics,
+            token,
+            config.api.metrics_public,
+            config.api.max_page_bytes,
+            log,
+            errors,
+            followers,
         )
         api = ApiServer(app, api_socket, config, log)
         metrics.attach_front_door(api.limits, followers)

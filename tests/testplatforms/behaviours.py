@@ -332,3 +332,25 @@ class RaiseSoon:
 
 def _raise_in_thread() -> None:
     raise KeyError("raised in a helper thread")
+
+
+class BigItems:
+    """Upserts ``count`` messages of ``size`` characters each, then stays quiet."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        size, count = int(ctx.options["size"]), int(ctx.options["count"])
+        for n in range(ctx.count("message"), count):
+            ctx.upsert_message(
+                {
+                    "id": f"big-{n:04d}",
+                    "conversation_id": "c",
+                    "direction": "inbound",
+                    "sender_id": "u",
+                    "text": f"{n:04d}" + "x" * size,
+                    "sent_at": 1_763_848_020_000 + n,
+                }
+            )
+            await asyncio.sleep(0)
+        while True:
+            ctx.progress()
+            await asyncio.sleep(1.0)

@@ -9,22 +9,23 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
 from hiscrm.master.api.account_routes import account_routes
-from hiscrm.master.api.auth import token_matches
 from hiscrm.master.api.collection_routes import collection_routes
 from hiscrm.master.api.control import Control
-from hiscrm.master.api.errors import ApiError, install_error_handlers
+from hiscrm.master.api.errors import install_error_handlers
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.params import PREFIX, only
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import ErrorBody, Health, StatusInfo
+from hiscrm.master.api.token_gate import TokenGate
 from hiscrm.master.api.worker_routes import worker_routes
 
 
@@ -34,6 +35,7 @@ def create_app(
     metrics: MasterMetrics,
     token: str | None,
     metrics_public: bool,
+    max_page_bytes: int,
     log: FilteringBoundLogger,
     count_error: Callable[[], int],
     followers: LogFollowers,
@@ -50,45 +52,54 @@ def create_app(
             422: {"model": ErrorBody},
         },
     )
+    # The token is checked by TokenGate before routing; this only documents it in the
+    # OpenAPI schema (and checks nothing a second time).
     bearer = HTTPBearer(auto_error=False, description="The token in <state_dir>/token")
 
-    async def authenticated(
+    async def documented(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if token is None:
-            return
-        if credentials is None:
-            raise ApiError(
-                401,
-                "missing bearer token: send 'Authorization: Bearer <token from state_dir/token>'",
-            )
-        if not token_matches(credentials.credentials, token):
-            raise ApiError(401, "invalid token")
+        return None
 
     install_error_handlers(app, log, count_error)
     open_routes = APIRouter(prefix=PREFIX)
-    routes = APIRouter(prefix=PREFIX, dependencies=[Depends(authenticated)])
+    routes = APIRouter(prefix=PREFIX, dependencies=[Depends(documented)])
+    root = APIRouter()  # where probes and scrapers look by default, same rules
 
-    @open_routes.get("/healthz", response_model=Health, dependencies=[Depends(only())])
     async def healthz() -> JSONResponse:
         health = read.health()
         status = 503 if health.status == "failing" else 200
         return JSONResponse(health.model_dump(), status_code=status)
 
-    metrics_router = open_routes if metrics_public else routes
-
-    @metrics_router.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
-        dependencies=[Depends(only())],
-    )
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in (open_routes, root):
+        router.add_api_route(
+            "/healthz",
+            healthz,
+            response_model=Health,
+            dependencies=[Depends(only())],
+            include_in_schema=router is open_routes,
+            responses={503: {"model": Health}},
+        )
+    for router in (open_routes if metrics_public else routes, root):
+        router.add_api_route(
+            "/metrics",
+            prometheus,
+            response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}},
+            dependencies=[Depends(only())],
+            include_in_schema=router is not root,
+        )
 
     @routes.get("/openapi.json", include_in_schema=False, dependencies=[Depends(only())])
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
+
+    @routes.get("/docs", include_in_schema=False, dependencies=[Depends(only())])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="hiscrm API")
 
     @routes.get("/status", dependencies=[Depends(only())])
     async def status() -> StatusInfo:
@@ -96,7 +107,12 @@ def create_app(
 
     worker_routes(routes, read, control, followers)
     account_routes(routes, read, control)
-    collection_routes(routes, read, control)
+    collection_routes(routes, read, control, max_page_bytes)
     app.include_router(open_routes)
     app.include_router(routes)
+    app.include_router(root)
+    open_paths = {f"{PREFIX}/healthz", "/healthz"}
+    if metrics_public:
+        open_paths |= {f"{PREFIX}/metrics", "/metrics"}
+    app.add_middleware(TokenGate, token=token, open_paths=frozenset(open_paths))
     return app

@@ -1,35 +1,69 @@
 """``/accounts/{id}/<collection>``: one set of routes per kind of item, derived from the
 registry of kinds (filters, sorts, read marks)."""
 
+import asyncio
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from fastapi.responses import Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
-from hiscrm.items import KINDS, Kind
+from hiscrm.items import KINDS, MS_MAX, MS_MIN, Kind, check_epoch_ms
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.params import MAX_INT, MAX_PAGE, AccountId, ItemIdPath, only
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import STORED_MODELS, Page
-from hiscrm.master.data.store import CollectionQuery
+from hiscrm.master.data.store import CollectionQuery, Row
+
+# A time in a query string: a whole number, then checked like every time of an item.
+QueryMs = Annotated[
+    int,
+    AfterValidator(check_epoch_ms),
+    WithJsonSchema({"type": "integer", "minimum": MS_MIN, "maximum": MS_MAX}),
+]
 
 
-def collection_routes(router: APIRouter, read: ReadModel, control: Control) -> None:
+def collection_routes(
+    router: APIRouter, read: ReadModel, control: Control, max_page_bytes: int
+) -> None:
     for kind in KINDS.values():
-        _add_collection(router, read, control, kind)
+        _add_collection(router, read, control, kind, max_page_bytes)
+
+
+def page_json(rows: list[Row], total: int, query: CollectionQuery, max_bytes: int) -> bytes:
+    """The page as JSON, with as many rows as fit in ``max_bytes`` (at least one)."""
+    parts: list[bytes] = []
+    size = 0
+    for row in rows:
+        part = json.dumps(row, separators=(",", ":")).encode()
+        if parts and size + len(part) > max_bytes:
+            break
+        parts.append(part)
+        size += len(part) + 1
+    end = query.offset + len(parts)
+    head = {
+        "total": total,
+        "limit": query.limit,
+        "offset": query.offset,
+        "truncated": len(parts) < len(rows),
+        "next_offset": end if end < total else None,
+    }
+    return b'{"items":[' + b",".join(parts) + b"]," + json.dumps(head).encode()[1:]
 
 
 def _query_model(kind: Kind) -> type[BaseModel]:
     fields: dict[str, Any] = {
         "limit": (int, Field(50, ge=1, le=MAX_PAGE)),
         "offset": (int, Field(0, ge=0, le=MAX_INT)),
+        # Times in ms, checked like every time of an item (seconds are refused).
         "since": (
-            int | None,
-            Field(None, ge=0, le=MAX_INT, description=f"ms, {kind.time_field} >= since"),
+            QueryMs | None,
+            Field(None, description=f"ms, {kind.time_field} >= since"),
         ),
         "until": (
-            int | None,
-            Field(None, ge=0, le=MAX_INT, description=f"ms, {kind.time_field} < until"),
+            QueryMs | None,
+            Field(None, description=f"ms, {kind.time_field} < until"),
         ),
         "sort": (Literal[kind.sort_columns], kind.time_field),
         "order": (Literal["asc", "desc"], "desc"),
@@ -43,7 +77,9 @@ def _query_model(kind: Kind) -> type[BaseModel]:
     return model
 
 
-def _add_collection(router: APIRouter, read: ReadModel, control: Control, kind: Kind) -> None:
+def _add_collection(
+    router: APIRouter, read: ReadModel, control: Control, kind: Kind, max_page_bytes: int
+) -> None:
     collection = kind.collection
     Model = STORED_MODELS[collection]
     Params = _query_model(kind)
@@ -62,7 +98,10 @@ def _add_collection(router: APIRouter, read: ReadModel, control: Control, kind: 
             offset=values["offset"],
         )
         rows, total = await read.page(collection, query)
-        return {"items": rows, "total": total, "limit": query.limit, "offset": query.offset}
+        # Serialized off the loop, and cut at max_page_bytes: a page of big items must
+        # neither block the master nor balloon its memory.
+        body = await asyncio.to_thread(page_json, rows, total, query, max_page_bytes)
+        return Response(body, media_type="application/json")
 
     router.add_api_route(
         f"/accounts/{{account_id}}/{collection}",

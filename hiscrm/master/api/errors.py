@@ -61,7 +61,7 @@ def install_error_handlers(
         problems = [
             {
                 "where": ".".join(str(p) for p in e["loc"]),
-                "problem": e["msg"],
+                "problem": str(e["msg"]).removeprefix("Value error, "),
                 "input": e.get("input"),
             }
             for e in exc.errors()

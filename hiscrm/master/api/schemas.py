@@ -20,12 +20,24 @@ class Page(BaseModel, Generic[T]):
     total: int = Field(description="all that match; for collections, counted at most 1 s ago")
     limit: int
     offset: int
+    truncated: bool = Field(
+        False,
+        description="fewer items than limit although more match: the page reached "
+        "[api] max_page_bytes; ask again from next_offset",
+    )
+    next_offset: int | None = Field(None, description="where the next page begins, if any")
 
 
 def page_of(everything: list[T], limit: int, offset: int) -> Page[T]:
     """One page of a list held in memory."""
+    items = everything[offset : offset + limit]
+    end = offset + len(items)
     return Page(
-        items=everything[offset : offset + limit], total=len(everything), limit=limit, offset=offset
+        items=items,
+        total=len(everything),
+        limit=limit,
+        offset=offset,
+        next_offset=end if end < len(everything) else None,
     )
 
 

@@ -20,6 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import __version__
 from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
+from hiscrm.exit_codes import ExitCode
 from hiscrm.items import epoch_ms
 from hiscrm.master.ports import AccountsPort
 from hiscrm.master.supervision.code_status import CodeStatus
@@ -90,6 +91,7 @@ class Supervisor:
         self.escaped = EscapedProcesses(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown_reason: str | None = None
+        self._killed_workers = False  # a second signal killed them: exit non-zero
         self._reload: RollingReload | None = None
         self.last_reload: RollingReload | None = None
         self._orphan_scan: asyncio.TimerHandle | None = None
@@ -165,8 +167,14 @@ class Supervisor:
             if self._orphan_scan is not None:
                 self._orphan_scan.cancel()
             self._launcher.stop()
+        if self._killed_workers:
+            self._log.warning(
+                "master stopped after killing its workers (a second signal)",
+                reason=self._shutdown_reason,
+            )
+            return ExitCode.KILLED_WORKERS
         self._log.info("master stopped", reason=self._shutdown_reason)
-        return 0
+        return ExitCode.OK
 
     def _schedule_orphan_reaping(self) -> None:
         """SIGCHLD: reap orphans a little later, in one pass for a burst of signals and
@@ -519,5 +527,6 @@ class Supervisor:
                 await slot.shut_down(now)
         else:
             self._log.warning("second signal: killing all workers now", signal=sig.name)
+            self._killed_workers = True
             for slot in self.slots.values():
                 slot.kill_now(now)
