@@ -25,6 +25,7 @@ from pydantic import (
 from hiscrm.items import KINDS
 from hiscrm.models import AccountSpec
 from hiscrm.platform_names import resolve_platform_name
+from hiscrm.store_url import check_store_url
 
 EMBEDDED_DEFAULT = "<embedded default>"
 BOM = "\ufeff"
@@ -138,10 +139,6 @@ class SupervisionConfig(_Section):
         return self
 
 
-class StoreConfig(_Section):
-    min_free_mb: int = Field(default=256, ge=0, le=10**7)  # below this, health is failing
-
-
 class QuarantineConfig(_Section):
     """When an account is suspected of killing its workers (see docs/ARCHITECTURE.md)."""
 
@@ -182,6 +179,19 @@ class CodeConfig(_Section):
 class LogsConfig(_Section):
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096, le=2**40)
     backups: int = Field(default=5, ge=0, le=1000)
+
+
+class StoreConfig(_Section):
+    """Where the data lives: no ``url``, SQLite in the state directory; a
+    ``postgresql://`` URL, that PostgreSQL database."""
+
+    url: str | None = None
+    min_free_mb: int = Field(default=256, ge=0, le=10**7)  # below this, health is failing
+
+    @field_validator("url")
+    @classmethod
+    def _url_usable(cls, url: str | None) -> str | None:
+        return None if url is None else check_store_url(url)
 
 
 class Config(_Section):

@@ -1,3 +1,5 @@
+import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -6,6 +8,7 @@ from typing import Any
 
 import pytest
 from harness import FAST_SUPERVISION, REPO, Master, kill_leftovers, marked_processes
+from pg_server import REQUIRE_ENV, PostgresServer, PostgresUnavailable, running_server
 
 MasterFactory = Callable[..., Master]
 
@@ -87,3 +90,37 @@ def start_module_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ma
     """For tests that can share one master (they must not change what others rely on)."""
     with masters(tmp_path_factory.mktemp("shared")) as start:
         yield start
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session. Not installed: the tests that need it fail
+    when HISCRM_REQUIRE_POSTGRES=1 (as in CI), and are skipped otherwise."""
+    try:
+        with running_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1, but {exc}", pytrace=False)
+        pytest.skip(f"{exc}; set {REQUIRE_ENV}=1 to make this a failure")
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database of the session's server, for one test; its URL."""
+    name = f"test_{next(_databases)}"
+    url = pg_server.create_database(name)
+    yield url
+    pg_server.drop_database(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

@@ -1,28 +1,42 @@
-"""The SQLite store: schema, merge rule per field, version guard, gaps, retention."""
+"""The store, on each backend (SQLite and PostgreSQL): schema, merge rule per field,
+version guard, gaps, group commit, retention, reads, paging and totals."""
 
+import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import structlog
 
 from hiscrm.items import KINDS, Content, Conversation, Message, item_hash
 from hiscrm.master.data import sqlite_schema
+from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.sqlite_store import SqliteStore
-from hiscrm.master.data.store import StoreError, SyncBatch, SyncOutcome
+from hiscrm.master.data.store import CollectionQuery, StoreError, SyncBatch, SyncOutcome
 from hiscrm.protocol import AnyMessage, Encoder, ItemChange
 
 NOW = time.time_ns() // 1_000_000
 
+AnyStore = SqliteStore | PostgresStore
+
 
 def change(
-    seq: int, version: int, text: str = "hi", item_id: str = "m1", sent_at: int = NOW
+    seq: int,
+    version: int,
+    text: str = "hi",
+    item_id: str = "m1",
+    sent_at: int = NOW,
+    conversation_id: str = "c",
 ) -> ItemChange:
     item = Message(
         id=item_id,
-        conversation_id="c",
+        conversation_id=conversation_id,
         direction="inbound",
         sender_id="u",
         text=text,
@@ -31,6 +45,11 @@ def change(
     return ItemChange(
         seq=seq, version=version, hash=item_hash(item.model_dump_json().encode()), item=item
     )
+
+
+def conversation(seq: int, item_id: str, last_message_at: int | None) -> ItemChange:
+    item = Conversation(id=item_id, title=item_id, last_message_at=last_message_at)
+    return ItemChange(seq=seq, version=1, hash="h", item=item)
 
 
 class NoWorker:
@@ -51,65 +70,145 @@ class NoWorker:
 LINK = NoWorker()
 
 
-class Store:
-    def __init__(self, path: Path, retention: dict[str, float] | None = None) -> None:
-        self.outcomes: list[SyncOutcome] = []
-        self.arrived = threading.Event()
-        self.store = SqliteStore(path, retention or {}, structlog.get_logger())
-        self.store.start(self._got)
-        self.thread = self.store.writer
-        self.path = path
+@dataclass
+class Backend:
+    """One place a store can live, and how a test reads it from outside."""
 
-    def _got(self, outcomes: list[SyncOutcome]) -> None:
-        self.outcomes += outcomes
-        self.arrived.set()
+    name: str
+    open: Callable[[dict[str, float]], AnyStore]  # not started
+    rows: Callable[[str], list[tuple[Any, ...]]]
+    execute: Callable[[str], None]
+    columns: Callable[[str], list[str]]
+    poison_error: str  # the exception a value out of range raises in this backend
 
-    def sync(self, base: int, last: int, *changes: ItemChange, account: str = "acc") -> SyncOutcome:
-        self.arrived.clear()
-        count = len(self.outcomes)
-        self.store.submit(SyncBatch(LINK, account, base, last, list(changes)))
-        deadline = time.monotonic() + 5
-        while len(self.outcomes) == count:
-            assert time.monotonic() < deadline
-            self.arrived.wait(0.1)
-        return self.outcomes[-1]
 
-    def rows(self, sql: str) -> list[tuple[object, ...]]:
-        conn = sqlite_schema.connect(self.path, readonly=True)
+def sqlite_backend(path: Path) -> Backend:
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        conn = sqlite_schema.connect(path, readonly=True)
         try:
             return conn.execute(sql).fetchall()
         finally:
             conn.close()
 
+    def execute(sql: str) -> None:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+
+    return Backend(
+        "sqlite",
+        lambda retention: SqliteStore(path, retention, structlog.get_logger()),
+        rows,
+        execute,
+        lambda table: [r[1] for r in rows(f"PRAGMA table_info({table})")],
+        "OverflowError",
+    )
+
+
+def postgres_backend(url: str) -> Backend:
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+    def execute(sql: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def columns(table: str) -> list[str]:
+        return [
+            r[0]
+            for r in rows(
+                "SELECT column_name FROM information_schema.columns "
+                f"WHERE table_name = '{table}' ORDER BY ordinal_position"
+            )
+        ]
+
+    return Backend(
+        "postgres",
+        lambda retention: PostgresStore(url, retention, structlog.get_logger()),
+        rows,
+        execute,
+        columns,
+        "NumericValueOutOfRange",
+    )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return sqlite_backend(tmp_path / "hiscrm.db")
+    return postgres_backend(request.getfixturevalue("pg_url"))
+
+
+class Store:
+    def __init__(self, backend: Backend, retention: dict[str, float] | None = None) -> None:
+        self.outcomes: list[SyncOutcome] = []
+        self.arrived = threading.Event()
+        self.backend = backend
+        self.store = backend.open(retention or {})
+        self.store.start(self._got)
+        self.thread = self.store.writer
+        self.rows = backend.rows
+
+    def _got(self, outcomes: list[SyncOutcome]) -> None:
+        self.outcomes += outcomes
+        self.arrived.set()
+
+    def submit(self, base: int, last: int, *changes: ItemChange, account: str = "acc") -> None:
+        self.store.submit(SyncBatch(LINK, account, base, last, list(changes)))
+
+    def wait_outcomes(self, n: int, timeout: float = 10) -> list[SyncOutcome]:
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < n:
+            assert time.monotonic() < deadline, f"{len(self.outcomes)} of {n} outcomes"
+            self.arrived.wait(0.05)
+            self.arrived.clear()
+        return self.outcomes
+
+    def sync(self, base: int, last: int, *changes: ItemChange, account: str = "acc") -> SyncOutcome:
+        count = len(self.outcomes)
+        self.submit(base, last, *changes, account=account)
+        return self.wait_outcomes(count + 1)[-1]
+
+    def close(self) -> None:
+        self.store.stop()
+
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "hiscrm.db")
+def store(backend: Backend) -> Iterator[Store]:
+    s = Store(backend)
     yield s
-    s.thread.stop()
+    s.close()
 
 
 def test_schema_follows_the_models(store: Store) -> None:
-    columns = [r[1] for r in store.rows("PRAGMA table_info(messages)")]
+    columns = store.backend.columns("messages")
     assert columns[:6] == ["account_id", "id", "version", "hash", "seq", "synced_at"]
     assert set(KINDS["message"].observed_fields) <= set(columns)
     assert {"is_read", "read_at"} <= set(columns)
-    assert "is_read" not in [r[1] for r in store.rows("PRAGMA table_info(notifications)")]
-    assert store.rows("SELECT version FROM schema_version") == [(sqlite_schema.SCHEMA_VERSION,)]
-    assert store.rows("PRAGMA journal_mode") == [("wal",)]
+    assert "is_read" not in store.backend.columns("notifications")
+    assert store.rows("SELECT version FROM schema_version") == [(1,)]
+    if store.backend.name == "sqlite":
+        assert store.rows("PRAGMA journal_mode") == [("wal",)]
 
 
 def test_updates_replace_observed_fields_and_keep_master_owned_ones(store: Store) -> None:
     assert store.sync(0, 1, change(1, 1, "first")).ok
-    conn = sqlite3.connect(store.path)
-    conn.execute("UPDATE messages SET is_read = 1, read_at = 5 WHERE id = 'm1'")
-    conn.commit()
-    conn.close()
+    marked = asyncio.run(store.store.mark_read("messages", "acc", "m1", NOW))
+    assert marked is not None
+    assert (marked["is_read"], marked["read_at"]) == (True, NOW)
     outcome = store.sync(1, 2, change(2, 2, "second"))
     assert (outcome.ok, outcome.committed_seq) == (True, 2)
     assert store.rows("SELECT text, version, seq, is_read, read_at FROM messages") == [
-        ("second", 2, 2, 1, 5)
+        ("second", 2, 2, 1, NOW)
     ]
+    again = asyncio.run(store.store.mark_read("messages", "acc", "m1", NOW + 5))
+    assert again is not None
+    assert again["read_at"] == NOW  # the first read stays
+    assert asyncio.run(store.store.mark_read("messages", "acc", "nope", NOW)) is None
 
 
 def test_replays_and_stale_versions_change_nothing(store: Store) -> None:
@@ -117,6 +216,21 @@ def test_replays_and_stale_versions_change_nothing(store: Store) -> None:
     assert store.sync(0, 1, change(1, 1, "first")).ok  # a resend from the start
     assert store.rows("SELECT text, version FROM messages") == [("second", 2)]
     assert store.rows("SELECT acked_seq FROM accounts") == [(2,)]
+
+
+def test_versions_of_one_item_in_one_group_keep_the_first_highest(store: Store) -> None:
+    # Queued together, these go into one transaction: the result must be what one
+    # upsert after the other gives.
+    store.submit(0, 1, change(1, 1, "a"))
+    store.submit(1, 3, change(2, 3, "b"), change(3, 2, "c"))
+    store.submit(3, 4, change(4, 3, "d"))
+    store.submit(4, 5, change(5, 1, "e", item_id="m2"), change(5, 2, "f", item_id="m2"))
+    outcomes = store.wait_outcomes(4)
+    assert all(o.ok for o in outcomes)
+    assert store.rows("SELECT id, text, version, seq FROM messages ORDER BY id") == [
+        ("m1", "b", 3, 2),
+        ("m2", "f", 2, 5),
+    ]
 
 
 def test_a_sync_after_a_gap_is_refused(store: Store) -> None:
@@ -129,53 +243,59 @@ def test_a_sync_after_a_gap_is_refused(store: Store) -> None:
     assert store.sync(3, 6, change(6, 1, item_id="m6")).ok
 
 
+def test_a_gap_inside_a_group_refuses_only_that_sync(store: Store) -> None:
+    store.submit(0, 1, change(1, 1))
+    store.submit(5, 6, change(6, 1, item_id="m6"))
+    store.submit(1, 2, change(2, 1, item_id="m2"))
+    store.submit(0, 1, change(1, 1, item_id="b1"), account="other")
+    outcomes = store.wait_outcomes(4)
+    by_seq = {(o.batch.account_id, o.batch.last_seq): o for o in outcomes}
+    assert not by_seq["acc", 6].ok
+    assert [by_seq[k].committed_seq for k in [("acc", 1), ("acc", 2), ("other", 1)]] == [1, 2, 1]
+    assert store.rows("SELECT id, acked_seq FROM accounts ORDER BY id") == [
+        ("acc", 2),
+        ("other", 1),
+    ]
+
+
 def test_many_syncs_commit_together_in_order(store: Store) -> None:
     for n in range(200):
-        store.store.submit(SyncBatch(LINK, "acc", n, n + 1, [change(n + 1, 1, item_id=f"m{n}")]))
-    deadline = time.monotonic() + 10
-    while len(store.outcomes) < 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert all(o.ok for o in store.outcomes)
-    assert [o.committed_seq for o in store.outcomes] == list(range(1, 201))
+        store.submit(n, n + 1, change(n + 1, 1, item_id=f"m{n}"))
+    outcomes = store.wait_outcomes(200)
+    assert all(o.ok for o in outcomes)
+    assert [o.committed_seq for o in outcomes] == list(range(1, 201))
     assert store.thread.commits < 200  # grouped
 
 
 def test_digest_and_committed_seq_are_read_after_queued_writes(store: Store) -> None:
-    import asyncio
-
-    store.store.submit(SyncBatch(LINK, "acc", 0, 2, [change(1, 1), change(2, 1, item_id="m2")]))
+    store.submit(0, 2, change(1, 1), change(2, 1, item_id="m2"))
     digest = asyncio.run(store.store.digest("acc"))
     assert digest.acked_seq == 2
     assert sorted(e[1] for e in digest.entries) == ["m1", "m2"]
+    assert {(e[0], e[2]) for e in digest.entries} == {("message", 1)}
 
 
-def test_retention_deletes_only_old_items_of_the_named_collection(tmp_path: Path) -> None:
+def test_retention_deletes_only_old_items_of_the_named_collection(backend: Backend) -> None:
     old = NOW - 10 * 86_400_000
-    store = Store(tmp_path / "r.db")
-    conversation = Conversation(id="c", title="t")
+    store = Store(backend)
     store.sync(
         0,
         3,
         change(1, 1, item_id="old", sent_at=old),
         change(2, 1, item_id="new"),
-        ItemChange(seq=3, version=1, hash="x", item=conversation),
+        ItemChange(seq=3, version=1, hash="x", item=Conversation(id="c", title="t")),
     )
-    store.thread.stop()
-    again = Store(tmp_path / "r.db", retention={"messages": 5})  # applied at start
-    again.thread.stop()
+    store.close()
+    again = Store(backend, retention={"messages": 5})  # applied at start
+    again.close()
     assert again.rows("SELECT id FROM messages") == [("new",)]
     assert again.rows("SELECT count(*) FROM conversations") == [(1,)]
 
 
-def test_a_store_from_a_newer_program_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (99)")
-    conn.commit()
-    conn.close()
-    store = SqliteStore(path, {}, structlog.get_logger())
+def test_a_store_from_a_newer_program_is_refused(backend: Backend) -> None:
+    backend.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    backend.execute("INSERT INTO schema_version VALUES (99)")
+    store = backend.open({})
     with pytest.raises(StoreError, match="schema version 99"):
         store.start(lambda outcomes: None)
 
@@ -192,12 +312,103 @@ def test_a_poison_sync_is_refused_and_the_store_goes_on(store: Store) -> None:
         comment_count=0,
     )
     poison = ItemChange.model_construct(seq=1, version=1, hash="x", item=huge)
+    store.submit(0, 1, change(1, 1, item_id="other"), account="bystander")
     refused = store.sync(0, 1, poison)  # type: ignore[arg-type]
     assert not refused.ok
     assert refused.error is not None
-    assert "OverflowError" in refused.error
+    assert store.backend.poison_error in refused.error
     assert store.thread.alive
     assert store.thread.errors >= 1
     assert store.sync(0, 2, change(2, 1)).ok  # later syncs of the account are committed
-    assert store.rows("SELECT id FROM messages") == [("m1",)]
+    assert store.rows("SELECT id FROM messages ORDER BY id") == [("m1",), ("other",)]
     assert store.rows("SELECT count(*) FROM contents") == [(0,)]
+
+
+def test_pages_filters_sorts_and_totals(store: Store) -> None:
+    changes = [
+        change(n, 1, f"t{n}", item_id=f"m{n}", sent_at=NOW + n * 1000, conversation_id=f"c{n % 2}")
+        for n in range(1, 11)
+    ]
+    assert store.sync(0, 10, *changes).ok
+    asyncio.run(store.store.mark_read("messages", "acc", "m4", NOW))
+    page = store.store.page
+
+    def ids(query: CollectionQuery) -> tuple[list[str], int]:
+        rows, total = asyncio.run(page("messages", query))
+        return [r["id"] for r in rows], total
+
+    assert ids(CollectionQuery("acc", limit=3)) == (["m10", "m9", "m8"], 10)
+    assert ids(CollectionQuery("acc", order="asc", limit=2, offset=3)) == (["m4", "m5"], 10)
+    assert ids(CollectionQuery("acc", filters={"conversation_id": "c0"}, limit=2)) == (
+        ["m10", "m8"],
+        5,
+    )
+    assert ids(CollectionQuery("acc", is_read=True)) == (["m4"], 1)
+    assert ids(CollectionQuery("acc", is_read=False, limit=1)) == (["m10"], 9)
+    since, until = NOW + 3000, NOW + 6000
+    assert ids(CollectionQuery("acc", since=since, until=until, order="asc")) == (
+        ["m3", "m4", "m5"],
+        3,
+    )
+    assert ids(CollectionQuery("acc", sort="id", order="asc", limit=3)) == (
+        ["m1", "m10", "m2"],
+        10,
+    )
+    assert ids(CollectionQuery("other")) == ([], 0)
+    rows, _ = asyncio.run(page("messages", CollectionQuery("acc", limit=1)))
+    assert "hash" not in rows[0]
+    assert "seq" not in rows[0]
+    assert rows[0]["is_read"] is False
+    assert rows[0]["text"] == "t10"
+
+
+def test_missing_times_sort_first_going_up_and_last_going_down(store: Store) -> None:
+    assert store.sync(
+        0,
+        4,
+        conversation(1, "a", NOW + 2),
+        conversation(2, "b", None),
+        conversation(3, "c", NOW + 1),
+        conversation(4, "d", None),
+    ).ok
+
+    def ids(order: str) -> list[str]:
+        query = CollectionQuery("acc", order=order)  # type: ignore[arg-type]
+        rows, _ = asyncio.run(store.store.page("conversations", query))
+        return [r["id"] for r in rows]
+
+    assert ids("asc") == ["b", "d", "c", "a"]
+    assert ids("desc") == ["a", "c", "d", "b"]
+
+
+def test_items_counts_and_totals(store: Store) -> None:
+    assert store.sync(
+        0,
+        3,
+        change(1, 1),
+        change(2, 1, item_id="m2"),
+        ItemChange(
+            seq=3,
+            version=1,
+            hash="x",
+            item=Conversation(id="c", title="t", participants=["u", "v"]),
+        ),
+    ).ok
+    assert store.sync(0, 1, change(1, 1), account="b").ok
+    item = asyncio.run(store.store.get_item("conversations", "acc", "c"))
+    assert item is not None
+    assert item["participants"] == ["u", "v"]
+    assert asyncio.run(store.store.get_item("conversations", "acc", "nope")) is None
+    counts = asyncio.run(store.store.count_items("acc"))
+    assert counts == {
+        "conversations": 1,
+        "messages": 2,
+        "comments": 0,
+        "contents": 0,
+        "notifications": 0,
+    }
+    totals, counted_at = asyncio.run(store.store.totals())
+    assert totals["messages"] == 3
+    assert abs(counted_at - time.time() * 1000) < 5000
+    stats = store.store.stats()
+    assert (stats.alive, stats.items_written, stats.errors) == (True, 4, 0)

@@ -6,7 +6,9 @@ platform that writes the new kind, and reads it back from the store and the API.
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from conftest import MasterFactory, make_config
 from harness import REPO, TESTS_DIR, query, wait_until
@@ -75,8 +77,11 @@ def add_poll_kind(code: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_a_kind_added_in_one_place_is_stored_queried_and_served(
-    start_master: MasterFactory, tmp_path: Path
+    start_master: MasterFactory, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     code = tmp_path / "code"
     shutil.copytree(REPO / "hiscrm", code / "hiscrm")
@@ -87,13 +92,31 @@ def test_a_kind_added_in_one_place_is_stored_queried_and_served(
         accounts=[{"id": "acc-1", "platform": "pollster:Pollster"}],
         retention={"polls": 30},
     )
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+        config["store"] = {"url": url}
     master = start_master(config, code_dir=code, env={"PYTHONPATH": f"{code}:{TESTS_DIR}"})
     master.wait_running("worker1")
 
-    wait_until(lambda: query(master.db, "SELECT count(*) FROM polls")[0][0] == 5, 15, "polls")
-    columns = [row[1] for row in query(master.db, "PRAGMA table_info(polls)")]
+    if backend == "sqlite":
+        wait_until(lambda: query(master.db, "SELECT count(*) FROM polls")[0][0] == 5, 15, "polls")
+        columns = [row[1] for row in query(master.db, "PRAGMA table_info(polls)")]
+        indexes = [row[1] for row in query(master.db, "PRAGMA index_list(polls)")]
+    else:
+
+        def pg(sql: str) -> list[tuple[Any, ...]]:
+            with psycopg.connect(url, autocommit=True) as conn:
+                return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+        wait_until(lambda: pg("SELECT count(*) FROM polls")[0][0] == 5, 15, "polls")
+        columns = [
+            r[0]
+            for r in pg(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'polls'"
+            )
+        ]
+        indexes = [r[0] for r in pg("SELECT indexname FROM pg_indexes WHERE tablename = 'polls'")]
     assert {"question", "options", "votes", "closed_at"} <= set(columns)
-    indexes = [row[1] for row in query(master.db, "PRAGMA index_list(polls)")]
     assert "polls_by_closed_at" in indexes
     with master.http() as http:
         page = http.get("/accounts/acc-1/polls", params={"question": "colour?"}).json()

@@ -23,7 +23,7 @@ from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data.accounts import AccountManager
-from hiscrm.master.data.sqlite_store import SqliteStore
+from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import SyncOutcome
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
@@ -68,7 +68,7 @@ async def run_master(
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
     metrics = MasterMetrics()
-    store = SqliteStore(config.state_dir / "hiscrm.db", config.retention.days(), log)
+    store = open_store(config, log)
     accounts = AccountManager(
         config, store, log, loop.time(), metrics.commit_latency.observe, errors
     )

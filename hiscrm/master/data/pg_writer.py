@@ -1,0 +1,354 @@
+"""The one thread that writes the PostgreSQL store, on a connection of its own: it
+migrates the schema, commits syncs, and runs the reads that must follow them.
+
+The same shape as ``sqlite_writer``: syncs that queue up while a transaction runs go into
+the next one together (group commit), copied in and merged with one statement per kind.
+Inside the transaction the accounts' committed sequences are read and locked, so a sync
+is committed only if the store already has every change of its account up to the sync's
+``base_seq`` (a gap is refused, never skipped over) even if another program wrote the
+account meanwhile; each account's new ``acked_seq`` is recorded in the same transaction.
+Outcomes go to the callback after the commit, and the loop acknowledges the worker only
+then.
+
+Any exception inside a transaction rolls it back, is logged with its traceback and
+counted, and the thread goes on: a group that fails is retried sync by sync, so one bad
+sync is refused with its reason while the others are committed. A connection that broke
+(the server restarted) is opened again before the next group.
+"""
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import pq
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.items import epoch_ms
+from hiscrm.master.data import pg_schema
+from hiscrm.master.data.pg_schema import Conn
+from hiscrm.master.data.store import (
+    OutcomeCallback,
+    StoreError,
+    SyncBatch,
+    SyncFailure,
+    SyncOutcome,
+)
+from hiscrm.store_url import redacted
+
+T = TypeVar("T")
+STORE = SyncFailure.STORE_ERROR
+MAX_GROUP = 512  # syncs per transaction at most
+RETENTION_EVERY_S = 3600.0
+CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "hiscrm-master"
+
+
+def connect(url: str) -> Conn:
+    """A connection in autocommit mode (transactions are explicit); the URL's own
+    ``connect_timeout`` and ``application_name`` win over these defaults."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    defaults: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": APPLICATION_NAME,
+    }
+    options = {k: v for k, v in defaults.items() if k not in given}
+    return psycopg.connect(url, autocommit=True, **options)
+
+
+@dataclass(slots=True)
+class _Call:
+    function: Callable[[Conn], Any]
+    loop: asyncio.AbstractEventLoop
+    future: "asyncio.Future[Any]"
+
+
+_STOP = object()
+
+
+class PgWriter:
+    def __init__(self, url: str, retention_days: dict[str, float], log: FilteringBoundLogger):
+        self.url = url
+        self.where = redacted(url)
+        self._on_outcomes: OutcomeCallback = lambda outcomes: None
+        self._retention = retention_days
+        self._log = log
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._upserter = pg_schema.Upserter()
+        self.commits = 0
+        self.items_written = 0
+        self.errors = 0
+        # Read by the loop for health; written by the writer thread only.
+        self.busy_since: float | None = None  # a write (or the wait for the server) began
+        self.failing: str | None = None  # the last write failed because of the server
+        self.failing_since: float | None = None
+
+    def start(self, on_outcomes: OutcomeCallback) -> None:
+        """Connect and migrate in the writer thread; raise StoreError here if that fails."""
+        self._on_outcomes = on_outcomes
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            reason = " ".join(str(self._startup_error).split())  # libpq's are several lines
+            raise StoreError(
+                f"cannot use the store {self.where}: {reason}"
+            ) from self._startup_error
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, batch: SyncBatch) -> None:
+        self._queue.put(batch)
+
+    async def call(self, function: Callable[[Conn], T], timeout_s: float = 60.0) -> T:
+        """Run ``function(connection)`` in the writer thread, after everything queued."""
+        if not self.alive:
+            raise StoreError("the store's writer thread is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Call(function, loop, future))
+        return await asyncio.wait_for(future, timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish what is queued, then close the connection."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                self._log.error("store thread did not finish in time", timeout_s=timeout_s)
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn: Conn | None = None
+        try:
+            conn = connect(self.url)
+            found, added = pg_schema.migrate(conn)
+            self._upserter.prepare(conn)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._log.info(
+            "store opened",
+            url=self.where,
+            server_version=conn.info.server_version,
+            schema_version=pg_schema.SCHEMA_VERSION,
+        )
+        if found != pg_schema.SCHEMA_VERSION or added:
+            self._log.info(
+                "store migrated",
+                url=self.where,
+                old=found,
+                new=pg_schema.SCHEMA_VERSION,
+                new_tables=added,
+            )
+        self._ready.set()
+        next_retention = time.monotonic()
+        try:
+            while True:
+                work = [self._queue.get()]
+                while len(work) < MAX_GROUP:
+                    try:
+                        work.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    conn = self._usable(conn)
+                    syncs = [w for w in work if isinstance(w, SyncBatch)]
+                    if syncs:
+                        self._on_outcomes(self._commit(conn, syncs))
+                    for call in (w for w in work if isinstance(w, _Call)):
+                        self._answer(conn, call)
+                    if time.monotonic() >= next_retention:
+                        next_retention = time.monotonic() + RETENTION_EVERY_S
+                        self._apply_retention(conn)
+                except Exception as exc:  # a bug: counted and logged, and the store goes on
+                    self.errors += 1
+                    self._log.error("store thread error", errors=self.errors, exc_info=exc)
+                if any(w is _STOP for w in work):
+                    return
+        except BaseException as exc:  # a bug here would silently stop every sync
+            self.errors += 1
+            self._log.critical("store thread died", exc_info=exc)
+            raise
+        finally:
+            conn.close()
+
+    def cannot_commit(self, now: float, stuck_after_s: float) -> str | None:
+        """Why the store cannot commit now (for health), or None."""
+        busy_since = self.busy_since
+        if busy_since is not None and now - busy_since > stuck_after_s:
+            return f"a write has been waiting or running for {now - busy_since:.1f} s"
+        failing, since = self.failing, self.failing_since
+        if failing is not None and since is not None:
+            return f"{failing} (for {now - since:.1f} s)"
+        return None
+
+    def _note(self, error: BaseException | None) -> None:
+        """The outcome of a write, for health: the server failed us, or it worked."""
+        if error is None:
+            self.failing = self.failing_since = None
+        else:
+            if self.failing is None:
+                self.failing_since = time.monotonic()
+            self.failing = f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+    def _usable(self, conn: Conn) -> Conn:
+        """``conn``, or a new connection if it broke; if none can be made, the broken one
+        (what uses it fails, with the reason, and the next round tries again)."""
+        if not (conn.closed or conn.broken):
+            return conn
+        fresh: Conn | None = None
+        try:
+            fresh = connect(self.url)
+            self._upserter.prepare(fresh)
+        except psycopg.Error as exc:
+            if fresh is not None:
+                fresh.close()
+            self.errors += 1
+            self._note(exc)
+            self._log.error("store connection lost; cannot reconnect", url=self.where, exc_info=exc)
+            return conn
+        self._log.warning("store connection lost; reconnected", url=self.where)
+        conn.close()
+        return fresh
+
+    def _commit(self, conn: Conn, syncs: list[SyncBatch]) -> list[SyncOutcome]:
+        """Commit the group; if that fails, each sync alone, so one bad sync (whatever the
+        error) is refused with its reason while the others, and the thread, go on. If the
+        server itself fails (connection lost, server shutting down, a lock or statement
+        timeout), every sync of the group is refused at once."""
+        self.busy_since = time.monotonic()
+        try:
+            outcomes = self._commit_group(conn, syncs)
+            self._note(None)
+            return outcomes
+        except psycopg.OperationalError as exc:
+            self.errors += 1
+            self._note(exc)
+            self._log.error("the store cannot commit", syncs=len(syncs), exc_info=exc)
+            reason = f"store error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            return [
+                SyncOutcome(b, self._safe_committed_seq(conn, b.account_id), reason, STORE)
+                for b in syncs
+            ]
+        except Exception as exc:
+            self.errors += 1
+            self._log.error(
+                "store commit failed; retrying syncs one by one", syncs=len(syncs), exc_info=exc
+            )
+        finally:
+            self.busy_since = None
+        outcomes = []
+        for batch in syncs:
+            try:
+                outcomes += self._commit_group(conn, [batch])
+            except Exception as single:
+                self.errors += 1
+                self._log.error(
+                    "sync refused by the store",
+                    account_id=batch.account_id,
+                    base_seq=batch.base_seq,
+                    last_seq=batch.last_seq,
+                    exc_info=single,
+                )
+                done = self._safe_committed_seq(conn, batch.account_id)
+                reason = f"store error: {type(single).__name__}: {single}"
+                outcomes.append(SyncOutcome(batch, done, reason, STORE))
+        return outcomes
+
+    def _safe_committed_seq(self, conn: Conn, account_id: str) -> int:
+        if conn.closed or conn.broken:
+            return -1  # unknown: the connection is gone (the error is logged already)
+        try:
+            return pg_schema.committed_seqs(conn, [account_id])[account_id]
+        except psycopg.Error as exc:  # the store itself is failing; the outcome says so
+            self._log.error(
+                "cannot read the committed sequence", account_id=account_id, exc_info=exc
+            )
+            return -1
+
+    def _commit_group(self, conn: Conn, syncs: list[SyncBatch]) -> list[SyncOutcome]:
+        now_ms = epoch_ms()
+        outcomes: list[SyncOutcome] = []
+        accepted: list[tuple[SyncBatch, int]] = []  # with what the store has after it
+        account_ids = list(dict.fromkeys(batch.account_id for batch in syncs))
+        with conn.transaction():
+            planned = pg_schema.committed_seqs(conn, account_ids, lock=True)
+            moved: dict[str, int] = {}
+            for batch in syncs:
+                done = planned[batch.account_id]
+                if batch.base_seq > done:
+                    gap = (
+                        f"gap: the store has up to {done}, "
+                        f"this sync continues from {batch.base_seq}"
+                    )
+                    outcomes.append(SyncOutcome(batch, done, gap, SyncFailure.GAP))
+                    continue
+                planned[batch.account_id] = moved[batch.account_id] = max(done, batch.last_seq)
+                accepted.append((batch, planned[batch.account_id]))
+            if not accepted:
+                return outcomes
+            rows = self._upserter.rows(((b.account_id, b.changes) for b, _ in accepted), now_ms)
+            self._upserter.write(conn, rows)
+            pg_schema.record_commits(conn, moved, now_ms)
+        self.commits += 1
+        self.items_written += sum(len(batch.changes) for batch, _ in accepted)
+        outcomes += [SyncOutcome(batch, seq) for batch, seq in accepted]
+        return outcomes
+
+    def _answer(self, conn: Conn, call: _Call) -> None:
+        if call.future.cancelled():  # the caller gave up (timed out) before its turn
+            return
+        self.busy_since = time.monotonic()
+        try:
+            result = call.function(conn)
+        except Exception as exc:  # the caller gets it; a transaction left open is undone
+            if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                conn.rollback()
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
+            call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
+        else:
+            call.loop.call_soon_threadsafe(_set_result, call.future, result)
+        finally:
+            self.busy_since = None
+
+    def _apply_retention(self, conn: Conn) -> None:
+        if not self._retention:
+            return
+        self.busy_since = time.monotonic()
+        try:
+            with conn.transaction():
+                deleted = pg_schema.apply_retention(conn, self._retention, epoch_ms())
+        except Exception as exc:
+            self.errors += 1
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
+            self._log.error("retention failed", errors=self.errors, exc_info=exc)
+            return
+        finally:
+            self.busy_since = None
+        if any(deleted.values()):
+            self._log.info("retention applied", deleted=deleted, keep_days=self._retention)
+
+
+def _set_result(future: "asyncio.Future[Any]", result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: "asyncio.Future[Any]", exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

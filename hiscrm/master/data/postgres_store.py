@@ -1,0 +1,102 @@
+"""The store in PostgreSQL, chosen by ``[store] url = "postgresql://…"``.
+
+The same split as ``SqliteStore``: one writer thread on a connection of its own
+(``PgWriter``) does every write and the reads that must follow them (an account's
+digest); a small pool of connections (``PgReader``) serves the API's reads from threads.
+"""
+
+import time
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master.data import pg_queries, pg_schema
+from hiscrm.master.data.pg_reader import PgReader
+from hiscrm.master.data.pg_schema import Conn
+from hiscrm.master.data.pg_writer import PgWriter
+from hiscrm.master.data.store import (
+    AccountDigest,
+    CollectionQuery,
+    OutcomeCallback,
+    Row,
+    StoreError,
+    StoreStats,
+    StoreUnavailable,
+    SyncBatch,
+)
+
+WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
+STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
+
+
+class PostgresStore:
+    def __init__(self, url: str, retention_days: dict[str, float], log: FilteringBoundLogger):
+        self.writer = PgWriter(url, retention_days, log)
+        self.reader = PgReader(url)
+        self.where = self.writer.where  # the URL without its password
+
+    def start(self, on_outcomes: OutcomeCallback) -> None:
+        self.writer.start(on_outcomes)
+        try:
+            self.reader.open()
+        except (PoolTimeout, psycopg.Error) as exc:
+            self.writer.stop()
+            self.reader.close()
+            raise StoreError(
+                f"cannot use the store {self.where}: cannot open connections for reads: {exc}"
+            ) from exc
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.reader.close()
+
+    def stats(self) -> StoreStats:
+        writer = self.writer
+        return StoreStats(
+            where=self.where,
+            alive=writer.alive,
+            commits=writer.commits,
+            items_written=writer.items_written,
+            errors=writer.errors,
+            cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
+        )
+
+    def submit(self, batch: SyncBatch) -> None:
+        self.writer.submit(batch)
+
+    async def digest(self, account_id: str) -> AccountDigest:
+        def read(conn: Conn) -> AccountDigest:
+            with conn.transaction():  # one snapshot: the items and the seq they reach
+                seq = pg_schema.committed_seqs(conn, [account_id])[account_id]
+                return AccountDigest(seq, pg_schema.digest(conn, account_id))
+
+        return await self.writer.call(read)
+
+    async def mark_read(
+        self, collection: str, account_id: str, item_id: str, at_ms: int
+    ) -> Row | None:
+        try:
+            return await self.writer.call(
+                lambda conn: pg_queries.mark_read(conn, collection, account_id, item_id, at_ms),
+                WRITE_TIMEOUT_S,
+            )
+        except TimeoutError:
+            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
+            raise StoreUnavailable(
+                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+
+    async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
+        return await self.reader.page(collection, query)
+
+    async def get_item(self, collection: str, account_id: str, item_id: str) -> Row | None:
+        return await self.reader.get_item(collection, account_id, item_id)
+
+    async def totals(self) -> tuple[dict[str, int], int]:
+        return await self.reader.totals()
+
+    async def count_items(self, account_id: str) -> dict[str, int]:
+        return await self.reader.count_items(account_id)
