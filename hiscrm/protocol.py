@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -287,11 +288,18 @@ def schema_hash() -> str:
     return _SCHEMA_HASH
 
 
-class ProtocolError(Exception):
-    """A frame that could not be turned into a message. ``kind`` is one of
-    ``undecodable``, ``version``, ``unknown_type``, ``invalid``."""
+class ProtocolErrorKind(StrEnum):
+    UNDECODABLE = "undecodable"  # not JSON
+    VERSION = "version"  # another protocol version
+    UNKNOWN_TYPE = "unknown_type"  # a message type this side does not know
+    INVALID = "invalid"  # a field is wrong, or the message is not for this side
+    FRAMING = "framing"  # the byte stream broke (a length that cannot be)
 
-    def __init__(self, kind: str, detail: str, head: bytes) -> None:
+
+class ProtocolError(Exception):
+    """A frame that could not be turned into a message, and why (``kind``)."""
+
+    def __init__(self, kind: ProtocolErrorKind, detail: str, head: bytes) -> None:
         super().__init__(f"{kind}: {detail}; first bytes: {head!r}")
         self.kind = kind
         self.detail = detail
@@ -387,17 +395,19 @@ def _classify(exc: ValidationError, data: bytes) -> ProtocolError:
     head = bytes(data[:ERROR_HEAD_BYTES])
     errors = exc.errors(include_url=False)
     if any(e["type"] in ("json_invalid", "json_type") for e in errors):
-        return ProtocolError("undecodable", errors[0]["msg"], head)
+        return ProtocolError(ProtocolErrorKind.UNDECODABLE, errors[0]["msg"], head)
     for error in errors:
         if error["loc"][:1] == ("protocol",):
-            return ProtocolError("version", str(error["msg"]).removeprefix("Value error, "), head)
+            detail = str(error["msg"]).removeprefix("Value error, ")
+            return ProtocolError(ProtocolErrorKind.VERSION, detail, head)
     for error in errors:
         if error["loc"] == ("body",) and error["type"] == "union_tag_invalid":
             tag = _body_type(data)
-            return ProtocolError("unknown_type", f"unknown message type {tag!r}", head)
+            detail = f"unknown message type {tag!r}"
+            return ProtocolError(ProtocolErrorKind.UNKNOWN_TYPE, detail, head)
     first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
-    return ProtocolError("invalid", f"{where}: {first['msg']}", head)
+    return ProtocolError(ProtocolErrorKind.INVALID, f"{where}: {first['msg']}", head)
 
 
 def _body_type(data: bytes) -> Any:

@@ -48,6 +48,7 @@ from hiscrm.protocol import (
     MasterSyncRequest,
     MasterWelcome,
     ProtocolError,
+    ProtocolErrorKind,
     WorkerBoot,
     WorkerGoodbye,
     WorkerHeartbeat,
@@ -360,7 +361,7 @@ class WorkerRuntime:
             envelope = decode(data)
         except ProtocolError as exc:
             self.errors.report("protocol", exc)
-            if exc.kind == "version" and not self._welcomed:
+            if exc.kind is ProtocolErrorKind.VERSION and not self._welcomed:
                 self.request_stop(ExitCode.PROTOCOL_MISMATCH, str(exc))
             return
         try:
@@ -398,7 +399,8 @@ class WorkerRuntime:
             case MasterShutdown(reason=reason):
                 self.request_stop(ExitCode.OK, f"master:shutdown ({reason})")
             case _:
-                raise ProtocolError("invalid", f"{message.type} is not for workers", b"")
+                detail = f"{message.type} is not for workers"
+                raise ProtocolError(ProtocolErrorKind.INVALID, detail, b"")
 
     def _on_welcome(self, welcome: MasterWelcome) -> None:
         mine = schema_hash()

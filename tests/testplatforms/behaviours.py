@@ -354,3 +354,15 @@ class BigItems:
         while True:
             ctx.progress()
             await asyncio.sleep(1.0)
+
+
+class Busy:
+    """Keeps its worker's CPU busy in short slices (its loop still beats)."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        while True:
+            began = time.monotonic()
+            while time.monotonic() - began < 0.02:
+                pass
+            ctx.progress()
+            await asyncio.sleep(0.005)

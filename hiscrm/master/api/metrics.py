@@ -16,8 +16,11 @@ from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data.account_status import AccountState
+from hiscrm.master.data.store import SyncFailure
+from hiscrm.master.supervision.exit_record import EXIT_REASONS
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
+from hiscrm.protocol import ProtocolErrorKind
 
 ACCOUNT_STATES = tuple(s.value for s in AccountState)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,11 +162,11 @@ class _LiveState(Collector):
             wid = worker.id
             up.add_metric([wid], 1.0 if worker.state == "running" else 0.0)
             state.add_metric([wid, worker.state], 1.0)
-            for reason, count in worker.restarts_by_reason.items():
-                restarts.add_metric([wid, reason], count)
+            for reason in (*EXIT_REASONS, *(set(worker.restarts_by_reason) - set(EXIT_REASONS))):
+                restarts.add_metric([wid, reason], worker.restarts_by_reason.get(reason, 0))
             errors.add_metric([wid], worker.errors_total)
-            for kind, count in worker.protocol_errors_by_kind.items():
-                protocol.add_metric([wid, kind], count)
+            for kind in ProtocolErrorKind:
+                protocol.add_metric([wid, kind.value], worker.protocol_errors_by_kind.get(kind, 0))
             if worker.heartbeat_age_s is not None:
                 heartbeat.add_metric([wid], worker.heartbeat_age_s)
             if worker.rss_bytes is not None:
@@ -228,8 +231,8 @@ class _LiveState(Collector):
             quarantined.add_metric([aid], 1.0 if account.quarantined else 0.0)
             syncs.add_metric([worker, aid], account.syncs)
             items.add_metric([aid], account.items_synced)
-            for reason, count in account.sync_errors.items():
-                errors.add_metric([aid, reason], count)
+            for failure in SyncFailure:
+                errors.add_metric([aid, failure.value], account.sync_errors.get(failure, 0))
             if account.last_sync_at is not None:
                 last.add_metric([aid], account.last_sync_at / 1000)
             stale.add_metric([aid], 1.0 if account.stale else 0.0)

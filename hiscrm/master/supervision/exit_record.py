@@ -23,6 +23,16 @@ _EXIT_CODE_REASONS = {
 }
 
 
+# Every reason a record can give (for metric labels known before their first event).
+EXIT_REASONS = tuple(
+    dict.fromkeys(
+        ["killed", "crashed", "exited", "boot_failed"]
+        + [token for token, _ in _EXIT_CODE_REASONS.values()]
+        + [reason.value for reason in StopReason]
+    )
+)
+
+
 class ExitRecord(BaseModel):
     code: int | None  # exit code, when it exited by itself
     signal: str | None  # signal name, when a signal ended it

@@ -49,6 +49,7 @@ from hiscrm.master.supervision.stop_plan import StopReason
 from hiscrm.master.supervision.worker_slot import SETTLED, Role, WorkerSlot, WorkerState
 from hiscrm.protocol import (
     ProtocolError,
+    ProtocolErrorKind,
     WorkerAccountReleased,
     WorkerAccountState,
     WorkerDataSync,
@@ -62,6 +63,7 @@ from hiscrm.protocol import (
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
 STALL_S = 0.5  # the loop ran this much later than it should have: the master was stalled
+FRAMING, INVALID = ProtocolErrorKind.FRAMING, ProtocolErrorKind.INVALID
 WAITING = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)  # no process
 
 
@@ -345,7 +347,7 @@ class Supervisor:
                 found = self._find(worker_id, pid)
                 if found is not None and error is not None:
                     slot, process = found
-                    self._protocol_error(slot, process, "framing", str(error), b"")
+                    self._protocol_error(slot, process, FRAMING, str(error), b"")
                     if slot.role(process) is Role.CURRENT:
                         restart = self._shutdown_reason is None
                         await slot.request_stop(StopReason.PROTOCOL_ERROR, now, restart=restart)
@@ -388,7 +390,7 @@ class Supervisor:
             case WorkerRegister():
                 if process.registered is not None or message.worker_id != slot.id:
                     detail = f"unexpected registration as {message.worker_id!r}"
-                    self._protocol_error(slot, process, "invalid", detail, data[:80])
+                    self._protocol_error(slot, process, INVALID, detail, data[:80])
                     return
                 # A reload's incoming process gets its accounts by hand-over.
                 if slot.register(process, message, now) and slot.role(process) is Role.CURRENT:
@@ -416,10 +418,15 @@ class Supervisor:
                 )
             case _:
                 detail = f"{message.type} is not for the master"
-                self._protocol_error(slot, process, "invalid", detail, data[:80])
+                self._protocol_error(slot, process, INVALID, detail, data[:80])
 
     def _protocol_error(
-        self, slot: WorkerSlot, process: SlotProcess, kind: str, detail: str, head: bytes
+        self,
+        slot: WorkerSlot,
+        process: SlotProcess,
+        kind: ProtocolErrorKind,
+        detail: str,
+        head: bytes,
     ) -> None:
         slot.protocol_errors[kind] = slot.protocol_errors.get(kind, 0) + 1
         self.protocol_errors_total += 1
