@@ -39,6 +39,8 @@ def test_forked_workers_do_not_inherit_the_templates_state(
     (out / "acc-1.json").unlink()
     spares = 'hiscrm_worker_starts_total{how="spare"}'
     with master.http() as http:
+        ready = "hiscrm_fork_template_spare_ready"
+        wait_until(lambda: metric(http.get("/metrics").text, ready) == 1, 10, "a spare ready")
         before = metric(http.get("/metrics").text, spares)
         mark = master.mark()
         os.kill(pids["worker1"], signal.SIGKILL)

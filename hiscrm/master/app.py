@@ -8,6 +8,7 @@ state directory, the API's port) and hands over here.
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -25,6 +26,7 @@ from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import SyncOutcome
+from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms
@@ -69,8 +71,15 @@ async def run_master(
     errors = ErrorCounter()
     metrics = MasterMetrics()
     store = open_store(config, log)
+    # What the wings tell of what happens, fanned out to whoever listens (health).
+    listeners: list[EventSink] = []
+
+    def publish(event: str, data: dict[str, Any]) -> None:
+        for listener in listeners:
+            listener(event, data)
+
     accounts = AccountManager(
-        config, store, log, loop.time(), metrics.commit_latency.observe, errors
+        config, store, log, loop.time(), metrics.commit_latency.observe, errors, publish
     )
 
     # Opens and migrates the store: a store that cannot be used stops the master here,
@@ -81,7 +90,7 @@ async def run_master(
     store.start(on_outcomes)
     try:
         launcher = make_launcher(config, log)
-        supervisor = Supervisor(config, launcher, accounts, log, errors)
+        supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
         missing = missing_platforms(config.accounts, [])
         for spec, ids in missing.items():
             log.error(
@@ -89,6 +98,7 @@ async def run_master(
             )
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
         health = HealthMonitor(read.health_inputs, log)
+        listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)

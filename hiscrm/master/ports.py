@@ -7,7 +7,8 @@ import each other (``app`` wires them together):
   implements it).
 """
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from hiscrm.protocol import (
     AnyMessage,
@@ -18,6 +19,10 @@ from hiscrm.protocol import (
     WorkerError,
     WorkerHeartbeat,
 )
+
+# Where both wings tell what happened (the event stream, hooks, health): an event's name
+# (``worker.state``, ``account.state``, ...) and its data, as JSON-able values.
+EventSink = Callable[[str, dict[str, Any]], None]
 
 
 class WorkerLink(Protocol):

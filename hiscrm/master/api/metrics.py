@@ -93,6 +93,11 @@ class _LiveState(Collector):
                 "Fork templates started (at start-up, after a code change, after a death)",
                 value=launcher.templates_started,
             )
+            yield GaugeMetricFamily(
+                "hiscrm_fork_template_spare_ready",
+                "1 while the template has a worker forked ahead, waiting to be started",
+                value=1.0 if launcher.spare_ready else 0.0,
+            )
             yield CounterMetricFamily(
                 "hiscrm_fork_template_failures_total",
                 "Fork template failures: code it could not import (a platform raising at "

@@ -25,7 +25,7 @@ from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.data.quarantine import Quarantine, QuarantineRule
 from hiscrm.master.data.staleness import Staleness
 from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncFailure, SyncOutcome
-from hiscrm.master.ports import WorkerLink
+from hiscrm.master.ports import EventSink, WorkerLink
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
     MAX_MESSAGE_BYTES,
@@ -46,8 +46,6 @@ from hiscrm.protocol import (
 
 ASSIGN_ATTEMPTS = 3
 SOLO_PREFIX = "solo-"  # the worker of a quarantined account: solo-<account id>
-
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 def solo_worker(account_id: str) -> str:

@@ -25,7 +25,7 @@ from hiscrm.master.data.store import (
 )
 
 WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
-STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
+STUCK_AFTER_S = 2.0  # a write waiting or running this long means the store is stuck
 
 
 class SqliteStore:

@@ -22,7 +22,7 @@ from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
 from hiscrm.exit_codes import ExitCode
 from hiscrm.items import epoch_ms
-from hiscrm.master.ports import AccountsPort
+from hiscrm.master.ports import AccountsPort, EventSink
 from hiscrm.master.supervision.code_status import CodeStatus
 from hiscrm.master.supervision.commands import (
     Command,
@@ -75,12 +75,14 @@ class Supervisor:
         accounts: AccountsPort,
         log: FilteringBoundLogger,
         errors: ErrorCounter | None = None,
+        publish: EventSink = lambda event, data: None,
     ) -> None:
         self.config = config
         self._log = log
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._launcher = launcher
         self.accounts = accounts
+        self._publish = publish
         self.started_at_ms = epoch_ms()
         self.slots: dict[str, WorkerSlot] = {w: self._new_slot(w) for w in config.worker_ids}
         self._solo_wanted: list[str] = []
@@ -360,6 +362,10 @@ class Supervisor:
         role = slot.role(process)
         was_serving = process.registered is not None
         record = await slot.on_exit(process, now)
+        self._publish(
+            "worker.exit",
+            {"worker": slot.id, "pid": process.pid, "role": str(role), **record.model_dump()},
+        )
         if role is Role.CURRENT and was_serving:
             self.accounts.worker_down(slot.id, now, record.may_be_an_accounts_doing)
         elif self._reload is not None:
@@ -498,7 +504,11 @@ class Supervisor:
         """Answer ``request`` with the slot at its next settled state."""
         self._waiting.setdefault(slot.id, []).append(request)
 
-    def _slot_changed(self, slot: WorkerSlot, state: WorkerState) -> None:
+    def _slot_changed(self, slot: WorkerSlot, state: WorkerState, reason: str) -> None:
+        self._publish(
+            "worker.state",
+            {"worker": slot.id, "state": state.value, "pid": slot.pid, "reason": reason},
+        )
         if state not in SETTLED:
             return
         for request in self._waiting.pop(slot.id, []):

@@ -284,6 +284,12 @@ class TemplateLauncher:
         self._count_error()
         self._log.error(event, **fields)
 
+    @property
+    def spare_ready(self) -> bool:
+        """A spare waits: the next start takes milliseconds."""
+        template = self._template
+        return template is not None and template.alive and template.spare is not None
+
     def known_pids(self) -> set[int]:
         """Children of the master that the template launcher reaps itself."""
         self._retired = [t for t in self._retired if t.alive]

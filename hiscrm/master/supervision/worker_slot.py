@@ -75,7 +75,7 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-StateListener = Callable[["WorkerSlot", WorkerState], None]
+StateListener = Callable[["WorkerSlot", WorkerState, str], None]
 
 
 class WorkerSlot:
@@ -94,7 +94,7 @@ class WorkerSlot:
         self._launcher = launcher
         self._post = post
         self._log = log.bind(worker=worker_id)
-        self._on_state = on_state or (lambda slot, state: None)
+        self._on_state = on_state or (lambda slot, state, reason: None)
         self.log_path: Path = config.state_dir / "logs" / f"{worker_id}.log"
         self.backoff = RestartBackoff(
             self._sup.backoff_initial_s, self._sup.backoff_max_s, self._sup.backoff_reset_after_s
@@ -177,7 +177,7 @@ class WorkerSlot:
         level = self._log.warning if new is WorkerState.BOOT_FAILED else self._log.info
         fields.setdefault("pid", self.pid)
         level("worker state", old=str(old), new=str(new), reason=reason, **fields)
-        self._on_state(self, new)
+        self._on_state(self, new, reason)
 
     def boot(self) -> WorkerBoot:
         """What this worker's process is told when it starts."""
