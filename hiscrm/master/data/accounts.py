@@ -320,7 +320,7 @@ class AccountManager:
         owner = slot.owner
         link = self._links.get(owner) if owner is not None else None
         state = derive(
-            enabled=True,
+            enabled=slot.account.enabled,
             failed=status.failed is not None,
             quarantined=self.quarantine.is_quarantined(account_id),
             owner=owner,

@@ -58,12 +58,14 @@ class Slot:
 def plan_homes(
     accounts: list[AccountSpec], worker_ids: list[str], per_worker: int
 ) -> dict[str, str | None]:
-    """Round-robin, at most ``per_worker`` each; accounts beyond capacity get no home."""
+    """Round-robin over the enabled accounts, at most ``per_worker`` each; accounts beyond
+    capacity (and disabled ones) get no home."""
     capacity = len(worker_ids) * per_worker
-    return {
-        a.id: (worker_ids[i % len(worker_ids)] if i < capacity else None)
-        for i, a in enumerate(accounts)
-    }
+    enabled = [a for a in accounts if a.enabled]
+    homes: dict[str, str | None] = {a.id: None for a in accounts}
+    for i, account in enumerate(enabled[:capacity]):
+        homes[account.id] = worker_ids[i % len(worker_ids)]
+    return homes
 
 
 class Assigner:
@@ -239,7 +241,7 @@ class Assigner:
         actions: list[Action] = []
         loads: Counter[str] | None = None  # counted when first needed
         for slot in self.slots.values():
-            if slot.owner is not None or slot.releasing:
+            if slot.owner is not None or slot.releasing or not slot.account.enabled:
                 continue
             home = slot.home
             if home is not None and home in self._running:
