@@ -1,6 +1,7 @@
 """An account that kills the workers it runs in is quarantined: it runs alone, and the
 healthy accounts keep syncing throughout. (The rule itself: ``test_quarantine.py``.)"""
 
+import json
 import os
 import signal
 import time
@@ -8,6 +9,7 @@ import time
 import pytest
 from conftest import MasterFactory, make_config
 from harness import count, wait_until
+from test_ctl import ctl
 
 
 @pytest.mark.timeout(120)
@@ -72,6 +74,20 @@ def test_a_poison_account_is_quarantined_and_the_others_keep_syncing(
         health = http.get("/healthz").json()
         assert health["status"] == "degraded"
         assert "quarantined: poison" in health["checks"]["accounts"]["detail"]
+
+    # What an operator sees, and releasing by hand.
+    listing = ctl(master, "accounts")
+    assert listing.returncode == 0, listing.stderr
+    assert "quarantined" in next(line for line in listing.stdout.splitlines() if "poison" in line)
+    status = ctl(master, "status")
+    assert "degraded" in status.stdout.splitlines()[0]
+    assert "1 quarantined" in status.stdout.splitlines()[0]
+    released = ctl(master, "--json", "account", "release", "poison")
+    assert released.returncode == 0, released.stderr
+    assert json.loads(released.stdout)["quarantined"] is False
+    again = ctl(master, "--json", "account", "release", "demo-a")
+    assert again.returncode == 1
+    assert "is not quarantined" in json.loads(again.stdout)["error"]
     assert quarantined_after < 60
     assert master.stop() == 0
 

@@ -81,7 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)"
     )
-    commands.add_parser("accounts", help="accounts, their workers and sync health")
+    commands.add_parser("accounts", help="accounts: state, worker, progress, errors")
+    account = commands.add_parser("account", help="act on one account")
+    account_commands = account.add_subparsers(dest="account_command", required=True)
+    show = account_commands.add_parser("show", help="one account in detail")
+    show.add_argument("account")
+    release = account_commands.add_parser(
+        "release", help="lift an account's quarantine (back to normal placement)"
+    )
+    release.add_argument("account")
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
@@ -231,6 +239,20 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                 emit(args, accounts)
             else:
                 render.accounts(console, accounts)
+            return ExitCode.OK
+        case "account":
+            path = f"/accounts/{quote(args.account, safe='')}"
+            match args.account_command:
+                case "show":
+                    result = client.request("GET", path)
+                case "release":
+                    result = client.request("POST", f"{path}/release")
+                case other:
+                    raise CtlError(f"unknown account command {other!r}")
+            if args.json:
+                emit(args, result)
+            else:
+                render.account(console, result)
             return ExitCode.OK
         case "sync":
             result = client.request(

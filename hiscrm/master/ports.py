@@ -91,5 +91,8 @@ class AccountsPort(Protocol):
 
     def on_deadline(self, now: float) -> None: ...
 
+    def release(self, account_id: str, now: float) -> bool:
+        """Lift an account's quarantine; False if it was not quarantined."""
+
     def request_sync(self, account_id: str, from_seq: int | None) -> str:
         """Ask the account's worker to sync now; its id. LookupError says why not."""

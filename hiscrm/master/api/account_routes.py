@@ -23,6 +23,15 @@ def account_routes(router: APIRouter, read: ReadModel, control: Control) -> None
         return await read.account_with_counts(account_id)
 
     @router.post(
+        "/accounts/{account_id}/release",
+        dependencies=[Depends(only())],
+        responses={409: {"model": ErrorBody}},
+    )
+    async def release(account_id: AccountId) -> AccountInfo:
+        """Lift the account's quarantine: it goes back to normal placement."""
+        return await control.release(account_id)
+
+    @router.post(
         "/accounts/{account_id}/sync",
         status_code=202,
         dependencies=[Depends(only("from_seq"))],

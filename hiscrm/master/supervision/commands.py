@@ -38,8 +38,15 @@ class SyncAccount:
     from_seq: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseAccount:
+    """Lift an account's quarantine (its placement goes back to normal)."""
+
+    account_id: str
+
+
 WorkerCommand = StartWorker | StopWorker | RestartWorker
-Command = WorkerCommand | ReloadWorkers | SyncAccount
+Command = WorkerCommand | ReloadWorkers | SyncAccount | ReleaseAccount
 
 
 @dataclass(frozen=True, slots=True)

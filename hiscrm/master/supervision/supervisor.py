@@ -28,6 +28,7 @@ from hiscrm.master.supervision.commands import (
     Command,
     CommandRefused,
     CommandRequest,
+    ReleaseAccount,
     ReloadWorkers,
     RestartWorker,
     StartWorker,
@@ -464,6 +465,11 @@ class Supervisor:
         match command:
             case ReloadWorkers(why):
                 self._begin_reload(why, now).when_done(request.reply)
+                return
+            case ReleaseAccount(account_id):
+                if not self.accounts.release(account_id, now):
+                    raise CommandRefused(f"account {account_id!r} is not quarantined")
+                request.answer(account_id)
                 return
             case SyncAccount(account_id, from_seq):
                 try:
