@@ -19,6 +19,7 @@ from hiscrm.config import Config
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.store import (
     AccountDigest,
+    AccountRecord,
     CollectionQuery,
     OutcomeCallback,
     Row,
@@ -208,6 +209,15 @@ class MemoryStore:
     async def count_items(self, account_id: str) -> dict[str, int]:
         return {}
 
+    async def accounts(self) -> list[AccountRecord]:
+        return []
+
+    async def put_account(self, record: AccountRecord) -> None:
+        return None
+
+    async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
+        return {}
+
 
 class FakeMaster:
     """A real Supervisor and AccountManager over fake workers and a memory store, running
@@ -231,7 +241,9 @@ class FakeMaster:
 
     async def __aenter__(self) -> "FakeMaster":
         loop = asyncio.get_running_loop()
-        self.accounts = AccountManager(self.config, self.store, self.log, loop.time())
+        self.accounts = AccountManager(
+            self.config, self.config.accounts, self.store, self.log, loop.time()
+        )
         accounts = self.accounts
         self.store.start(lambda outcomes: loop.call_soon(accounts.on_outcomes, outcomes))
         self.supervisor = Supervisor(self.config, self.launcher, accounts, self.log)
