@@ -187,6 +187,9 @@ class MemoryStore:
     def stats(self) -> StoreStats:
         return StoreStats("memory", True, 0, 0, 0)
 
+    def set_retention(self, days: dict[str, float]) -> None:
+        return None
+
     def submit(self, batch: SyncBatch) -> None:
         self.committed[batch.account_id] = batch.last_seq
         self._on_outcomes([SyncOutcome(batch, batch.last_seq)])
@@ -242,7 +245,7 @@ class FakeMaster:
     async def __aenter__(self) -> "FakeMaster":
         loop = asyncio.get_running_loop()
         self.accounts = AccountManager(
-            self.config, self.config.accounts, self.store, self.log, loop.time()
+            self.config, self._registry(), self.store, self.log, loop.time()
         )
         accounts = self.accounts
         self.store.start(lambda outcomes: loop.call_soon(accounts.on_outcomes, outcomes))
@@ -255,6 +258,12 @@ class FakeMaster:
         if not self._task.done():
             self.sup.post(_sigterm())
         await asyncio.wait_for(self._task, 5)
+
+    def _registry(self) -> list[AccountRecord]:
+        return [
+            AccountRecord(a.id, a.platform, a.options, a.enabled, "config", n, n)
+            for n, a in enumerate(self.config.accounts)
+        ]
 
     @property
     def sup(self) -> Supervisor:

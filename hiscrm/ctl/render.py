@@ -158,6 +158,28 @@ def account(console: Console, a: dict[str, Any]) -> None:
         console.print(f"  errors {a['errors_total']}, last {_age(error['at'])}: {error['message']}")
 
 
+def update(console: Console, result: dict[str, Any]) -> None:
+    """What ``hiscrmctl update`` changed."""
+    accounts = result["accounts"]
+    parts = [f"{len(accounts[k])} {k}" for k in ("added", "changed", "removed") if accounts[k]]
+    console.print(f"updated from {result['source']}: accounts {', '.join(parts) or 'unchanged'}")
+    for key in ("added", "changed", "removed"):
+        if accounts[key]:
+            console.print(f"  accounts {key}: {', '.join(accounts[key])}")
+    for account_id in accounts["conflicts"]:
+        console.print(
+            f"  [red]conflict[/]: {account_id} was made through the API; the file's "
+            "declaration is left out"
+        )
+    for change in result["settings"]:
+        console.print(
+            f"  {change['key']}: {change['old']} -> {change['new']} ({change['applies']})"
+        )
+    if result["restart_needed"]:
+        keys = ", ".join(result["restart_needed"])
+        console.print(f"[yellow]restart the master to apply: {keys}[/]")
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in columns:

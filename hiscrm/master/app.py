@@ -8,6 +8,7 @@ state directory, the API's port) and hands over here.
 import asyncio
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -17,8 +18,11 @@ from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
 from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
+from hiscrm.master.api.account_admin import AccountAdmin
 from hiscrm.master.api.app import create_app
+from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
+from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
@@ -31,6 +35,7 @@ from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.code_watch import CodeWatcher
+from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms
 from hiscrm.master.supervision.process_stats import ProcessStats
@@ -96,6 +101,8 @@ async def run_master(
     token: str | None,
     log: FilteringBoundLogger,
     watch: bool = False,
+    config_path: Path | None = None,
+    overrides: dict[str, object] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
@@ -120,7 +127,7 @@ async def run_master(
         registry = await reconcile_registry(store, config, log)
         accounts = AccountManager(
             config,
-            [spec_of(r) for r in registry],
+            registry,
             store,
             log,
             loop.time(),
@@ -142,9 +149,27 @@ async def run_master(
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
+        plugin_paths = [str(p) for p in getattr(config, "plugin_paths", [])]
+        admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
+        updater = ConfigUpdater(config_path, overrides or {}, supervisor, store, log)
+
+        async def on_hangup() -> None:
+            """SIGHUP: the config file read again and applied, then a rolling reload."""
+            try:
+                await updater.update()
+            except ApiError as exc:  # logged by the updater; the reload still runs
+                log.error("SIGHUP: update refused; reloading the workers anyway", error=exc.error)
+            try:
+                await supervisor.command(ReloadWorkers("SIGHUP"))
+            except CommandRefused as exc:
+                log.warning("SIGHUP: reload refused", reason=str(exc))
+
+        supervisor.on_hangup = on_hangup
         app = create_app(
             read,
             control,
+            admin,
+            updater,
             metrics,
             token,
             config.api.metrics_public,

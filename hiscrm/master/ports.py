@@ -93,7 +93,8 @@ class AccountsPort(Protocol):
 
     def on_deadline(self, now: float) -> None: ...
 
-    def add(self, account: AccountSpec, now: float) -> None: ...
+    def add(self, account: AccountSpec, source: str, now: float) -> None:
+        """A new account (``source``: config or api)."""
 
     def change(self, account: AccountSpec, now: float) -> None:
         """New options, platform or enabled: its task restarts with them."""

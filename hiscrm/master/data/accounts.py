@@ -20,11 +20,19 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
+from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.data.quarantine import Quarantine, QuarantineRule
 from hiscrm.master.data.staleness import Staleness
-from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncFailure, SyncOutcome
+from hiscrm.master.data.store import (
+    AccountRecord,
+    DigestEntry,
+    Store,
+    SyncBatch,
+    SyncFailure,
+    SyncOutcome,
+)
 from hiscrm.master.ports import EventSink, WorkerLink
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
@@ -66,7 +74,7 @@ class AccountManager:
     def __init__(
         self,
         config: Config,
-        accounts: list[AccountSpec],
+        registry: list[AccountRecord],
         store: Store,
         log: FilteringBoundLogger,
         now: float,
@@ -80,6 +88,7 @@ class AccountManager:
         self._log = log
         self._publish = publish
         sup = config.supervision
+        accounts = [spec_of(r) for r in registry]
         self.assigner = Assigner(
             accounts,
             config.worker_ids,
@@ -94,7 +103,9 @@ class AccountManager:
             )
         )
         self.staleness = Staleness(config.sync.stale_after_s, log, self._stale_changed)
-        self.status: dict[str, AccountStatus] = {a.id: AccountStatus(a.id) for a in accounts}
+        self.status: dict[str, AccountStatus] = {
+            r.id: AccountStatus(r.id, r.source) for r in registry
+        }
         self.syncs: dict[str, int] = dict.fromkeys(self.status, 0)
         self.items_synced: dict[str, int] = dict.fromkeys(self.status, 0)
         self.sync_errors: dict[str, dict[str, int]] = {a: {} for a in self.status}
@@ -181,8 +192,8 @@ class AccountManager:
 
     # --- accounts and workers that change -------------------------------------------
 
-    def add(self, account: AccountSpec, now: float) -> None:
-        self.status[account.id] = AccountStatus(account.id)
+    def add(self, account: AccountSpec, source: str, now: float) -> None:
+        self.status[account.id] = AccountStatus(account.id, source)
         self.syncs[account.id] = self.items_synced[account.id] = 0
         self.sync_errors[account.id] = {}
         self._log.info("account added", account_id=account.id, platform=account.platform)

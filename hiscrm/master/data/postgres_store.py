@@ -66,6 +66,9 @@ class PostgresStore:
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
 
+    def set_retention(self, days: dict[str, float]) -> None:
+        self.writer.set_retention(days)
+
     def submit(self, batch: SyncBatch) -> None:
         self.writer.submit(batch)
 

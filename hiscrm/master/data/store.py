@@ -123,6 +123,9 @@ class Store(Protocol):
 
     def stats(self) -> StoreStats: ...
 
+    def set_retention(self, days: dict[str, float]) -> None:
+        """Days to keep per collection from now on (a new configuration)."""
+
     def submit(self, batch: SyncBatch) -> None:
         """Commit these changes (after everything submitted before), or refuse them with a
         reason: a gap (the store lacks changes before ``base_seq``) or an error."""
