@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import hiscrm
 from hiscrm.code_fingerprint import DiskCheck, describe, drop_stale_bytecode, loaded_files
 
 
@@ -55,7 +56,9 @@ def test_a_file_changed_while_imported_counts_as_changed(tmp_path: Path) -> None
     sys.path.insert(0, str(tmp_path))
     try:
         (tmp_path / "settled_module.py").write_text("V = 1\n")
-        os.utime(tmp_path / "settled_module.py", (time.time() - 100, time.time() - 100))
+        # Settled: written well before this process began importing hiscrm.
+        before = hiscrm.IMPORTS_BEGAN_NS / 1e9 - 100
+        os.utime(tmp_path / "settled_module.py", (before, before))
         (tmp_path / "racy_module.py").write_text("V = 1\n")  # newer than this process
         import racy_module  # noqa: F401
         import settled_module  # noqa: F401
