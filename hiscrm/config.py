@@ -123,6 +123,8 @@ class SupervisionConfig(_Section):
     backoff_reset_after_s: float = seconds(60.0, at_least=0.1, at_most=WEEK_S)
     reassign_after_s: float = seconds(30.0, at_least=0.1, at_most=DAY_S)
     fork_template: bool = True  # start workers by forking a warm template (Linux)
+    # A worker whose whole process tree grows over this (PSS) is restarted gracefully.
+    max_memory_mb: int | None = Field(default=None, ge=16, le=2**20)  # 16 MB to 1 TB
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -390,3 +390,32 @@ class Hog:
                 held.append(bytearray(b"x" * step))  # touched: resident, not just reserved
             ctx.progress()
             await asyncio.sleep(float(ctx.options.get("every_s", 0.1)))
+
+
+HOG_CHILD = r"""
+import os, sys, time
+step, top, every = int(sys.argv[1]) * 2**20, int(sys.argv[2]) * 2**20, float(sys.argv[3])
+parent = os.getppid()
+held = []
+while os.getppid() == parent:  # its worker gone: go too
+    if len(held) * step < top:
+        held.append(bytearray(step))
+        held[-1][::4096] = b"x" * (step // 4096)  # touch every page: resident
+    time.sleep(every)
+"""
+
+
+class ChildHog:
+    """Starts a child process that allocates ``step_mb`` more every ``every_s`` up to
+    ``max_mb`` (a browser or converter the platform runs); records its pid in
+    ``pid_file``. The worker itself stays small."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        options = ctx.options
+        args = [str(options.get(k, d)) for k, d in (("step_mb", 20), ("max_mb", 300))]
+        args.append(str(options.get("every_s", 0.2)))
+        child = subprocess.Popen([sys.executable, "-c", HOG_CHILD, *args])
+        with open(options["pid_file"], "a") as f:
+            f.write(f"{child.pid}\n")
+        ctx.log.info("started a child that eats memory", child_pid=child.pid)
+        await forever()

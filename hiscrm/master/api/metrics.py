@@ -15,6 +15,7 @@ from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.api.schemas import WorkerInfo
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.store import SyncFailure
 from hiscrm.master.supervision.exit_record import EXIT_REASONS
@@ -104,6 +105,17 @@ class _LiveState(Collector):
                 "import), deaths, spares or forks lost",
                 value=launcher.template_failures,
             )
+        watch = master.memory
+        yield CounterMetricFamily(
+            "hiscrm_memory_watch_passes_total",
+            "Passes that measured every running worker's process tree (memory limit)",
+            value=watch.passes,
+        )
+        yield CounterMetricFamily(
+            "hiscrm_memory_watch_cpu_seconds_total",
+            "CPU time the master spent measuring workers' process trees (in its thread)",
+            value=watch.cpu_seconds,
+        )
         yield GaugeMetricFamily(
             "hiscrm_master_stale_code",
             "1 if the master's own code changed on disk (only a master restart loads it)",
@@ -163,6 +175,7 @@ class _LiveState(Collector):
             "CPU time of the current worker process",
             labels=["worker"],
         )
+        memory = _TreeMemoryMetrics()
         for worker in self._read.workers():
             wid = worker.id
             up.add_metric([wid], 1.0 if worker.state == "running" else 0.0)
@@ -178,6 +191,7 @@ class _LiveState(Collector):
                 rss.add_metric([wid], worker.rss_bytes)
             if worker.cpu_seconds is not None:
                 cpu.add_metric([wid], worker.cpu_seconds)
+            memory.add(worker)
             if worker.sync:
                 sync_bytes.add_metric([wid], worker.sync.get("bytes", 0))
                 resends.add_metric([wid], worker.sync.get("resends", 0))
@@ -186,6 +200,7 @@ class _LiveState(Collector):
                 code.add_metric([wid, worker.code_version], 1.0)
         yield from (up, state, restarts, errors, protocol, heartbeat, rss, cpu, stale, code)
         yield from (sync_bytes, resends)
+        yield from memory.families()
 
     def _accounts(self) -> Iterator[Metric]:
         syncs = CounterMetricFamily(
@@ -243,6 +258,46 @@ class _LiveState(Collector):
             stale.add_metric([aid], 1.0 if account.stale else 0.0)
         yield from (syncs, items, errors, last, stale, assigned, state, errors_total, restarts)
         yield quarantined
+
+
+class _TreeMemoryMetrics:
+    """The memory watch's figures per worker (see ``WorkerInfo``)."""
+
+    def __init__(self) -> None:
+        labels = ["worker"]
+        self.memory = GaugeMetricFamily(
+            "hiscrm_worker_tree_memory_bytes",
+            "Memory of the worker and its descendants as the memory limit judges it: PSS "
+            "(RSS for processes whose PSS cannot be read)",
+            labels=labels,
+        )
+        self.rss = GaugeMetricFamily(
+            "hiscrm_worker_tree_rss_bytes",
+            "Resident memory of the worker and its descendants, summed",
+            labels=labels,
+        )
+        self.processes = GaugeMetricFamily(
+            "hiscrm_worker_tree_processes", "Processes in the worker's tree", labels=labels
+        )
+        self.limit = GaugeMetricFamily(
+            "hiscrm_worker_max_memory_bytes",
+            "The worker's memory limit ([supervision] max_memory_mb); absent: none",
+            labels=labels,
+        )
+
+    def add(self, worker: WorkerInfo) -> None:
+        wid = worker.id
+        if worker.tree_memory_bytes is not None:
+            self.memory.add_metric([wid], worker.tree_memory_bytes)
+        if worker.tree_rss_bytes is not None:
+            self.rss.add_metric([wid], worker.tree_rss_bytes)
+        if worker.tree_processes is not None:
+            self.processes.add_metric([wid], worker.tree_processes)
+        if worker.max_memory_bytes is not None:
+            self.limit.add_metric([wid], worker.max_memory_bytes)
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.memory, self.rss, self.processes, self.limit)
 
 
 class _FrontDoor(Collector):

@@ -5,7 +5,7 @@ nothing else reaches into the supervisor, the account manager or the store for r
 A view built without awaiting (a worker, an account) is one moment of the master; one
 that waits for the store (``status`` and its totals, an account's counts) may mix state
 from before and after that wait. Figures that cost a system call (RSS, CPU) are read
-here too, when a view is built.
+here too, when a view is built; a worker's tree memory is the memory watch's last pass.
 """
 
 import asyncio
@@ -87,6 +87,8 @@ class ReadModel:
         sample = self._processes.sample(process.pid) if process is not None else None
         heartbeat = process.last_heartbeat if process is not None else None
         code = self.code_of(slot)
+        tree = self._supervisor.memory.of(slot.id, slot.pid)
+        pss = tree.pss if tree is not None else None
         return WorkerInfo(
             id=slot.id,
             state=slot.state.value,
@@ -99,6 +101,12 @@ class ReadModel:
             started_at=_wall_ms(now, process.started_at) if process is not None else None,
             uptime_s=_round(now - process.started_at) if process is not None else None,
             rss_bytes=sample.rss_bytes if sample else None,
+            tree_memory_bytes=pss.bytes if pss is not None else None,
+            tree_memory_kind=pss.kind.value if pss is not None else None,
+            tree_memory_at=_wall_ms(now, pss.at) if pss is not None else None,
+            tree_rss_bytes=tree.rss_bytes if tree is not None else None,
+            tree_processes=tree.processes if tree is not None else None,
+            max_memory_bytes=self._supervisor.memory_limit_bytes(slot.id),
             cpu_percent=sample.cpu_percent if sample else None,
             cpu_seconds=sample.cpu_seconds if sample else None,
             errors_total=slot.worker_errors,

@@ -57,7 +57,27 @@ class WorkerInfo(BaseModel):
     loop_lag_ms: float | None
     started_at: int | None  # ms, when the current process started
     uptime_s: float | None
-    rss_bytes: int | None
+    rss_bytes: int | None  # of the worker process alone, read when asked
+    tree_memory_bytes: int | None = Field(
+        description="memory of the worker and all its descendants as the memory limit "
+        "judges it: proportional set size (PSS; pages shared with the fork template or "
+        "between the processes count once in all), RSS standing in for a process whose "
+        "PSS cannot be read (see tree_memory_kind); measured by the master every 2 s, "
+        "PSS at tree_memory_at; null until measured"
+    )
+    tree_memory_kind: Literal["pss", "rss"] | None = Field(
+        description="pss: PSS of every process of the tree; rss: RSS for at least one"
+    )
+    tree_memory_at: int | None = Field(description="ms, when tree_memory_bytes was read")
+    tree_rss_bytes: int | None = Field(
+        description="resident memory of the whole tree summed (pages shared count once per "
+        "process), at the last measurement (at most ~2 s old)"
+    )
+    tree_processes: int | None = Field(description="processes in the tree, the worker's included")
+    max_memory_bytes: int | None = Field(
+        description="[supervision] max_memory_mb in bytes: over it, the worker is restarted "
+        "gracefully (reason memory_limit); null: no limit"
+    )
     cpu_percent: float | None
     cpu_seconds: float | None  # user + system, of the current process
     errors_total: int  # worker:error messages from this slot

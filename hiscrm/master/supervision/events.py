@@ -1,10 +1,12 @@
-"""What wakes the supervisor. Producers (pipes, process exits, signals, the API) post these
-to one queue; only the supervisor loop acts on them. Process events carry the pid, so an
-event from a process that has since been replaced is recognised and dropped."""
+"""What wakes the supervisor. Producers (pipes, process exits, signals, the API, the
+memory watch's thread) post these to one queue; only the supervisor loop acts on them.
+Process events carry the pid, so an event from a process that has since been replaced
+is recognised and dropped."""
 
 from dataclasses import dataclass
 
 from hiscrm.master.supervision.commands import CommandRequest
+from hiscrm.master.supervision.memory_watch import MemoryMeasured
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,4 +34,6 @@ class SignalReceived:
     signum: int
 
 
-Event = FrameReceived | ChannelClosed | ProcessExited | SignalReceived | CommandRequest
+Event = (
+    FrameReceived | ChannelClosed | ProcessExited | SignalReceived | CommandRequest | MemoryMeasured
+)

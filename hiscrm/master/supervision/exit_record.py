@@ -12,7 +12,16 @@ from pydantic import BaseModel
 from hiscrm.exit_codes import ExitCode
 from hiscrm.master.supervision.stop_plan import OPERATOR_REASONS, StopReason
 
-ACCOUNT_CAUSED = frozenset({"killed", "crashed", "exited", StopReason.HEARTBEAT_TIMEOUT.value})
+# Ends an account's platform can cause: evidence for quarantine (see may_be_an_accounts_doing).
+ACCOUNT_CAUSED = frozenset(
+    {
+        "killed",
+        "crashed",
+        "exited",
+        StopReason.HEARTBEAT_TIMEOUT.value,
+        StopReason.MEMORY_LIMIT.value,
+    }
+)
 
 _EXIT_CODE_REASONS = {
     ExitCode.CRASHED: ("crashed", "an uncaught exception"),
@@ -46,7 +55,8 @@ class ExitRecord(BaseModel):
     @property
     def may_be_an_accounts_doing(self) -> bool:
         """An end a platform can cause (killed — the OOM killer too —, crashed, hung,
-        exited by itself), after the worker had registered: evidence for quarantine."""
+        exited by itself, restarted for growing over the memory limit), after the worker
+        had registered: evidence for quarantine."""
         return not self.during_start and self.reason in ACCOUNT_CAUSED
 
     @property

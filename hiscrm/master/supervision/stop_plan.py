@@ -22,6 +22,7 @@ class StopReason(StrEnum):
     START_TIMEOUT = "start_timeout"  # did not register in time
     PROTOCOL_ERROR = "protocol_error"  # its byte stream broke
     PROTOCOL_MISMATCH = "protocol_mismatch"  # it speaks another protocol
+    MEMORY_LIMIT = "memory_limit"  # its process tree grew over [supervision] max_memory_mb
 
     @property
     def by_operator(self) -> bool:

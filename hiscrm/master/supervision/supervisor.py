@@ -47,6 +47,7 @@ from hiscrm.master.supervision.events import (
     SignalReceived,
 )
 from hiscrm.master.supervision.launcher import Launcher
+from hiscrm.master.supervision.memory_watch import MemoryMeasured, MemoryWatch
 from hiscrm.master.supervision.orphans import EscapedProcesses
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.slot_process import SlotProcess
@@ -97,6 +98,7 @@ class Supervisor:
         self.code = CodeStatus(config.code.packages, config.platform_specs)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
+        self.memory = MemoryWatch(log, self.count_internal_error)
         self.orphans_reaped = 0
         self.stalls = 0  # times the master found itself stalled
         self.escaped = EscapedProcesses(log)
@@ -165,6 +167,7 @@ class Supervisor:
                 await self._launcher.prepare(sample, self.count_internal_error)
             for slot in self.slots.values():
                 await slot.start(loop.time(), "master started")
+            self.memory.start(loop.time())
             if on_started is not None:
                 await on_started()
             while not self._finished():
@@ -230,6 +233,8 @@ class Supervisor:
             deadlines.append(due)
         if self._reload is not None and (due := self._reload.deadline) is not None:
             deadlines.append(due)
+        if (due := self._memory_deadline()) is not None:
+            deadlines.append(due)
         return deadlines
 
     async def _next_event(self) -> Event | None:
@@ -282,6 +287,7 @@ class Supervisor:
             if self._reload is not None and not self._reload.done:
                 await self._reload.advance(loop.time())
             await self._reconcile_slots(loop.time())
+            self._begin_memory_pass(loop.time())
         except Exception as exc:
             self._log.error(
                 "master error while handling an event",
@@ -338,6 +344,50 @@ class Supervisor:
                 exc_info=exc,
             )
 
+    # --- the memory limit (see memory_watch) ---------------------------------------------
+
+    def _memory_deadline(self) -> float | None:
+        return None if self.shutting_down else self.memory.deadline
+
+    def _serving(self) -> dict[str, int]:
+        """Worker id -> pid of each slot whose current process is registered and not
+        being stopped: what the memory watch measures and may restart."""
+        return {
+            worker_id: slot.current.pid
+            for worker_id, slot in self.slots.items()
+            if slot.current is not None and slot.current.serving
+        }
+
+    def memory_limit_bytes(self, worker_id: str) -> int | None:
+        """The slot's memory limit (None: none): ``[supervision] max_memory_mb``, the
+        same for every slot, solo ones included."""
+        limit_mb = self.config.supervision.max_memory_mb
+        return None if limit_mb is None else limit_mb * 2**20
+
+    def _memory_limits(self) -> dict[str, int | None]:
+        return {worker_id: self.memory_limit_bytes(worker_id) for worker_id in self.slots}
+
+    def _begin_memory_pass(self, now: float) -> None:
+        if not self.shutting_down and self.memory.due(now):
+            self.memory.begin(self._serving(), self._memory_limits(), now, self.post)
+
+    async def _on_memory_measured(self, event: MemoryMeasured, now: float) -> None:
+        """A pass has measured the workers' trees: restart those over their limit."""
+        for over in self.memory.on_measured(event, now, self._serving(), self._memory_limits()):
+            if self.shutting_down:
+                return
+            if self._reload is not None and not self._reload.done:
+                self._log.warning(
+                    "worker over its memory limit; the reload under way replaces it",
+                    **over.fields(),
+                )
+                continue
+            self._log.warning(
+                "worker over its memory limit; restarting it gracefully", **over.fields()
+            )
+            slot = self.slots[over.worker_id]
+            await slot.request_stop(StopReason.MEMORY_LIMIT, now, restart=True)
+
     def _new_slot(self, worker_id: str) -> WorkerSlot:
         return WorkerSlot(
             worker_id,
@@ -387,6 +437,8 @@ class Supervisor:
                 await self._on_command(event, now)
             case SignalReceived(signum):
                 await self._on_signal(signal.Signals(signum), now)
+            case MemoryMeasured():
+                await self._on_memory_measured(event, now)
 
     async def _on_exit(self, slot: WorkerSlot, process: SlotProcess, now: float) -> None:
         role = slot.role(process)

@@ -1,0 +1,272 @@
+"""The memory limit (``[supervision] max_memory_mb``): every ``CHECK_INTERVAL_S`` one pass
+measures the whole process tree of every running worker (the worker and all its
+descendants: workers are child subreapers, so what their children leave stays in their
+tree); a worker over its limit is restarted gracefully, reason ``memory_limit``.
+
+The figure judged is the tree's PSS (proportional set size: a page shared by n processes
+counts 1/n in each, so the pages a forked worker shares with the template are not
+counted once per worker), RSS standing in for a process whose PSS cannot be read.
+
+Cheaply: reading PSS makes the kernel walk every mapping of a process (~0.5 ms for a
+small Python process), reading RSS is one small read. PSS is never more than RSS, so a
+tree whose RSS is within its limit is within it for sure: PSS is read when the RSS is
+over the limit, and otherwise only to keep the figure shown fresh (``PSS_REFRESH_S``, or
+sooner when the RSS moved by more than ``PSS_DRIFT_RATIO``). The pass runs in a thread,
+off the master's loop; its result comes back to the loop as an event, where the decision
+(``over_limit``, pure) is taken and acted on. Without a limit the figures are still
+measured and shown (to choose a limit by).
+"""
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import partial
+from typing import Any
+
+import psutil
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.master.supervision.process_stats import read_tree_memory
+
+CHECK_INTERVAL_S = 2.0
+PSS_REFRESH_S = 60.0  # the PSS shown is at most this old
+PSS_DRIFT_RATIO = 0.1  # ... or read again once the RSS moved by this much of it
+PSS_DRIFT_MIN_BYTES = 8 * 2**20  # (but not for less than this)
+MB = 2**20
+
+
+class MemoryKind(StrEnum):
+    PSS = "pss"  # PSS of every process of the tree
+    RSS = "rss"  # RSS for at least one process whose PSS could not be read (PSS for the rest)
+
+
+@dataclass(frozen=True, slots=True)
+class PssReading:
+    bytes: int  # PSS of the tree; RSS standing in for the processes it could not be read of
+    at: float  # loop time
+    rss_bytes: int  # the tree's RSS at the same moment
+    kind: MemoryKind
+
+
+@dataclass(frozen=True, slots=True)
+class TreeFigures:
+    """One worker's process tree as last measured."""
+
+    pid: int  # the worker's
+    processes: int
+    rss_bytes: int
+    at: float  # loop time of the pass
+    pss: PssReading | None  # the last PSS reading of this process (this pass or earlier)
+
+    @property
+    def judged_bytes(self) -> int:
+        """What the limit is judged on: PSS read in this pass, else RSS (PSS was not read
+        because the RSS is within the limit, so the PSS is too)."""
+        if self.pss is not None and self.pss.at == self.at:
+            return self.pss.bytes
+        return self.rss_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    worker_id: str
+    pid: int
+    limit_bytes: int | None
+    last_pss: PssReading | None  # of this same process, from an earlier pass
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    figures: dict[str, TreeFigures]  # by worker id; a worker that exited meanwhile is missing
+    pss_unreadable: list[tuple[int, str]]  # (pid, why) counted with RSS instead
+    cpu_s: float  # CPU time the pass took (its thread's)
+    wall_s: float
+    processes: dict[int, psutil.Process]  # every process measured, by pid (for the next pass)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryMeasured:
+    """A pass has finished in its thread (the event that brings it to the loop)."""
+
+    outcome: "asyncio.Future[PassResult]"
+
+
+@dataclass(frozen=True, slots=True)
+class Over:
+    worker_id: str
+    figures: TreeFigures
+    limit_bytes: int
+
+    def fields(self) -> dict[str, Any]:
+        """For the log line."""
+        pss = self.figures.pss
+        return {
+            "worker": self.worker_id,
+            "pid": self.figures.pid,
+            "tree_memory_mb": round(self.figures.judged_bytes / MB, 1),
+            "kind": pss.kind.value if pss is not None else MemoryKind.RSS.value,
+            "max_memory_mb": round(self.limit_bytes / MB, 1),
+            "tree_rss_mb": round(self.figures.rss_bytes / MB, 1),
+            "processes": self.figures.processes,
+        }
+
+
+# --- the decisions (pure) ------------------------------------------------------------------
+
+
+def pss_needed(
+    rss_bytes: int, limit_bytes: int | None, last: PssReading | None, now: float
+) -> bool:
+    """Whether to read a tree's PSS in this pass, given its RSS now."""
+    if limit_bytes is not None and rss_bytes > limit_bytes:
+        return True  # only PSS can tell whether it is over
+    if last is None or now - last.at >= PSS_REFRESH_S:
+        return True
+    drift = max(PSS_DRIFT_MIN_BYTES, int(last.rss_bytes * PSS_DRIFT_RATIO))
+    return abs(rss_bytes - last.rss_bytes) >= drift
+
+
+def over_limit(figures: Mapping[str, TreeFigures], limits: Mapping[str, int | None]) -> list[Over]:
+    """The workers whose tree is over their limit (None: no limit), in the order given."""
+    over = []
+    for worker_id, tree in figures.items():
+        limit = limits.get(worker_id)
+        if limit is not None and tree.judged_bytes > limit:
+            over.append(Over(worker_id, tree, limit))
+    return over
+
+
+# --- one pass (in a thread) -------------------------------------------------------------------
+
+
+def measure(
+    targets: Sequence[Target], now: float, known: Mapping[int, psutil.Process] | None = None
+) -> PassResult:
+    """Measure every target's tree; ``now`` is the loop time the pass counts as, ``known``
+    the previous pass's ``processes``."""
+    began, began_cpu = time.perf_counter(), time.thread_time()
+    found: dict[int, psutil.Process] = {}
+    figures: dict[str, TreeFigures] = {}
+    unreadable: list[tuple[int, str]] = []
+    for target in targets:
+        want = partial(_want_pss, limit=target.limit_bytes, last=target.last_pss, now=now)
+        tree = read_tree_memory(target.pid, want, known, found)
+        if tree is None:
+            continue  # it exited meanwhile
+        pss = target.last_pss
+        if tree.pss_bytes is not None:
+            kind = MemoryKind.RSS if tree.pss_unreadable else MemoryKind.PSS
+            pss = PssReading(tree.pss_bytes, now, tree.rss_bytes, kind)
+            unreadable += tree.pss_unreadable
+        figures[target.worker_id] = TreeFigures(
+            target.pid, tree.processes, tree.rss_bytes, now, pss
+        )
+    cpu_s, wall_s = time.thread_time() - began_cpu, time.perf_counter() - began
+    return PassResult(figures, unreadable, cpu_s, wall_s, found)
+
+
+def _want_pss(rss_bytes: int, *, limit: int | None, last: PssReading | None, now: float) -> bool:
+    return pss_needed(rss_bytes, limit, last, now)
+
+
+# --- the watch (on the loop) ------------------------------------------------------------------
+
+
+class MemoryWatch:
+    """The schedule of passes, the figures of the last one, and what they cost."""
+
+    def __init__(self, log: FilteringBoundLogger, count_error: Callable[[], int]) -> None:
+        self.log = log
+        self.count_error = count_error
+        self.figures: dict[str, TreeFigures] = {}  # of the last pass, by worker id
+        self.passes = 0
+        self.cpu_seconds = 0.0  # spent measuring, in the passes' thread
+        self.wall_seconds = 0.0
+        self._next: float | None = None  # when the next pass is due; None while one runs
+        self._said_rss = False
+        self._processes: dict[int, psutil.Process] = {}  # of the last pass (only it reads them)
+
+    def start(self, now: float) -> None:
+        self._next = now + CHECK_INTERVAL_S
+
+    @property
+    def deadline(self) -> float | None:
+        return self._next
+
+    def due(self, now: float) -> bool:
+        return self._next is not None and self._next <= now
+
+    def begin(
+        self,
+        serving: Mapping[str, int],
+        limits: Mapping[str, int | None],
+        now: float,
+        post: Callable[[MemoryMeasured], None],
+    ) -> None:
+        """Start a pass over ``serving`` (worker id -> pid) in a thread; its result is
+        posted as ``MemoryMeasured``."""
+        targets = [
+            Target(worker_id, pid, limits.get(worker_id), self._last_pss(worker_id, pid))
+            for worker_id, pid in serving.items()
+        ]
+        if not targets:
+            self._next = now + CHECK_INTERVAL_S
+            return
+        self._next = None
+        known = self._processes
+        outcome = asyncio.get_running_loop().run_in_executor(None, measure, targets, now, known)
+        outcome.add_done_callback(lambda done: post(MemoryMeasured(done)))
+
+    def _last_pss(self, worker_id: str, pid: int) -> PssReading | None:
+        figures = self.figures.get(worker_id)
+        return figures.pss if figures is not None and figures.pid == pid else None
+
+    def on_measured(
+        self,
+        event: MemoryMeasured,
+        now: float,
+        serving: Mapping[str, int],
+        limits: Mapping[str, int | None],
+    ) -> list[Over]:
+        """Take a finished pass's figures (of processes still serving: ``serving`` is
+        worker id -> pid now) and say which workers are over their limit."""
+        self._next = now + CHECK_INTERVAL_S
+        if event.outcome.cancelled():
+            return []
+        try:
+            result = event.outcome.result()
+        except Exception as exc:  # a bug in the pass: the next one may do better
+            self.log.error(
+                "measuring workers' memory failed",
+                internal_errors_total=self.count_error(),
+                exc_info=exc,
+            )
+            return []
+        self._processes = result.processes
+        self.passes += 1
+        self.cpu_seconds += result.cpu_s
+        self.wall_seconds += result.wall_s
+        self.figures = {
+            worker_id: tree
+            for worker_id, tree in result.figures.items()
+            if serving.get(worker_id) == tree.pid
+        }
+        if result.pss_unreadable and not self._said_rss:
+            self._said_rss = True
+            pid, why = result.pss_unreadable[0]
+            self.log.warning(
+                "cannot read the proportional set size (PSS) of a worker's process; its "
+                "resident set size (RSS) counts instead, which counts pages shared with "
+                "the fork template in full (said once)",
+                pid=pid,
+                why=why,
+                processes=len(result.pss_unreadable),
+            )
+        return over_limit(self.figures, limits)
+
+    def of(self, worker_id: str, pid: int | None) -> TreeFigures | None:
+        """The last figures of this worker's process ``pid``, if measured."""
+        figures = self.figures.get(worker_id)
+        return figures if figures is not None and figures.pid == pid else None

@@ -1,0 +1,165 @@
+"""The memory watch's decisions (pure), and one pass over real process trees."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hiscrm.config import ConfigError, load_config
+from hiscrm.master.supervision.exit_record import describe_exit
+from hiscrm.master.supervision.memory_watch import (
+    PSS_REFRESH_S,
+    MemoryKind,
+    PssReading,
+    Target,
+    TreeFigures,
+    measure,
+    over_limit,
+    pss_needed,
+)
+from hiscrm.master.supervision.stop_plan import StopReason
+
+MiB = 2**20
+
+
+def tree(
+    rss_mb: float, pss_mb: float | None, *, at: float = 10.0, pss_at: float = 10.0
+) -> TreeFigures:
+    pss = None
+    if pss_mb is not None:
+        pss = PssReading(int(pss_mb * MiB), pss_at, int(rss_mb * MiB), MemoryKind.PSS)
+    return TreeFigures(pid=100, processes=2, rss_bytes=int(rss_mb * MiB), at=at, pss=pss)
+
+
+def test_a_tree_over_its_limit_in_pss_is_restarted_and_one_over_only_in_rss_is_not() -> None:
+    figures = {
+        "worker1": tree(rss_mb=300, pss_mb=200),  # over in PSS too
+        "worker2": tree(rss_mb=300, pss_mb=90),  # RSS counts the template's pages in full
+        "worker3": tree(rss_mb=80, pss_mb=None),  # RSS within: PSS not read, within for sure
+        "worker4": tree(rss_mb=150, pss_mb=None),  # no limit
+    }
+    limits = {"worker1": 100 * MiB, "worker2": 100 * MiB, "worker3": 100 * MiB, "worker4": None}
+    over = over_limit(figures, limits)
+    assert [o.worker_id for o in over] == ["worker1"]
+    assert over[0].limit_bytes == 100 * MiB
+    fields = over[0].fields()
+    assert fields["tree_memory_mb"] == 200.0
+    assert fields["max_memory_mb"] == 100.0
+    assert fields["kind"] == "pss"
+
+
+def test_the_limit_is_exceeded_only_above_it_and_a_stale_pss_is_not_judged() -> None:
+    limit = {"w": 100 * MiB}
+    assert over_limit({"w": tree(rss_mb=120, pss_mb=100)}, limit) == []  # at it: within
+    assert over_limit({"w": tree(rss_mb=120, pss_mb=100.01)}, limit) != []
+    # A PSS from an earlier pass is only shown; the judgement is this pass's RSS (within).
+    assert over_limit({"w": tree(rss_mb=90, pss_mb=150, at=20.0, pss_at=10.0)}, limit) == []
+
+
+def test_pss_is_read_when_rss_is_over_the_limit_or_the_figure_shown_is_old_or_off() -> None:
+    reading = PssReading(40 * MiB, 100.0, 60 * MiB, MemoryKind.PSS)
+    now = 101.0
+    assert pss_needed(60 * MiB, None, None, now)  # never read
+    assert not pss_needed(60 * MiB, None, reading, now)  # fresh, RSS unchanged
+    assert not pss_needed(60 * MiB, 100 * MiB, reading, now)
+    assert pss_needed(101 * MiB, 100 * MiB, reading, now)  # over in RSS: only PSS can tell
+    assert pss_needed(60 * MiB, None, reading, 100.0 + PSS_REFRESH_S)  # old
+    assert pss_needed(70 * MiB, None, reading, now)  # RSS moved by more than 10 % (8 MB)
+    assert not pss_needed(64 * MiB, None, reading, now)
+
+
+def test_a_memory_limit_restart_is_evidence_against_the_account_and_counts_as_a_failure() -> None:
+    record = describe_exit(
+        0,
+        requested=StopReason.MEMORY_LIMIT,
+        during_start=False,
+        uptime_s=12.0,
+        at_ms=1,
+        log_tail=[],
+    )
+    assert record.reason == "memory_limit"
+    assert record.is_failure  # backoff applies
+    assert record.may_be_an_accounts_doing  # quarantine evidence
+    assert not StopReason.MEMORY_LIMIT.by_operator
+
+
+def test_max_memory_mb_has_a_finite_range(tmp_path: Path) -> None:
+    for value in ("16", "1048576"):
+        path = tmp_path / f"ok{value}.toml"
+        path.write_text(f"[supervision]\nmax_memory_mb = {value}\n")
+        assert load_config(path).supervision.max_memory_mb == int(value)
+    for value in ("15", "1048577", "0", "-1", '"lots"', "100.5", "nan"):
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[supervision]\nmax_memory_mb = {value}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert "max_memory_mb" in str(caught.value), value
+    assert load_config(None).supervision.max_memory_mb is None  # the default: no limit
+
+
+@pytest.fixture
+def parent_with_child() -> Iterator[tuple[int, int]]:
+    """A process that starts a child holding 40 MB, both sleeping; (parent, child)."""
+    code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        '\'import time; b = bytearray(40 * 2**20); b[::4096] = b"x" * (len(b) // 4096); '
+        "print(flush=True); time.sleep(60)'], stdout=sys.stdout)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        parent.stdout.readline()  # the child has touched its 40 MB
+        (child,) = psutil.Process(parent.pid).children()
+        yield parent.pid, child.pid
+    finally:
+        for process in psutil.Process(parent.pid).children(recursive=True):
+            process.kill()
+        parent.kill()
+        parent.wait(5)
+
+
+def test_a_pass_sums_the_whole_tree_and_reads_pss_only_when_needed(
+    parent_with_child: tuple[int, int],
+) -> None:
+    parent, _ = parent_with_child
+    gone = 2**22  # no such pid
+    targets = [Target("w1", parent, 1024 * MiB, None), Target("w2", gone, None, None)]
+    result = measure(targets, now=5.0)
+    assert set(result.figures) == {"w1"}  # a worker that exited meanwhile has no figures
+    figures = result.figures["w1"]
+    assert figures.processes == 2
+    assert figures.rss_bytes > 40 * MiB  # the child's memory counts
+    assert figures.pss is not None
+    assert figures.pss.at == 5.0
+    assert figures.pss.kind is MemoryKind.PSS
+    assert 40 * MiB < figures.pss.bytes <= figures.rss_bytes
+    assert result.cpu_s >= 0
+    assert result.wall_s > 0
+
+    # Read a moment later: the RSS is within the limit and the PSS fresh, so not read again.
+    again = measure([Target("w1", parent, 1024 * MiB, figures.pss)], now=6.0)
+    assert again.figures["w1"].pss == figures.pss
+    assert again.figures["w1"].judged_bytes == again.figures["w1"].rss_bytes
+
+
+def test_where_pss_cannot_be_read_rss_stands_in_and_says_so(
+    parent_with_child: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent, child = parent_with_child
+
+    def denied(self: psutil.Process) -> object:
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", denied)
+    result = measure([Target("w1", parent, 10 * MiB, None)], now=1.0)
+    figures = result.figures["w1"]
+    assert figures.pss is not None
+    assert figures.pss.kind is MemoryKind.RSS
+    assert figures.pss.bytes == figures.rss_bytes
+    assert {pid for pid, _ in result.pss_unreadable} == {parent, child}
+    assert over_limit(result.figures, {"w1": 10 * MiB})[0].fields()["kind"] == "rss"
