@@ -143,3 +143,34 @@ def test_without_a_limit_the_trees_are_measured_and_nothing_restarts(
         assert info["restarts"] == 0
         assert "hiscrm_worker_max_memory_bytes{" not in http.get("/metrics").text
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_account_that_keeps_growing_over_the_limit_is_quarantined_and_runs_alone(
+    start_master: MasterFactory,
+) -> None:
+    hog = {
+        "id": "hog",
+        "platform": "testplatforms.behaviours:Hog",
+        "options": {"step_mb": 40, "every_s": 0.1, "max_mb": 300},
+    }
+    master = start_with_a_hog(start_master, hog)
+    with master.http() as http:
+
+        def account(account_id: str) -> dict[str, Any]:
+            return http.get(f"/accounts/{account_id}").json()
+
+        wait_until(lambda: account("hog")["state"] == "quarantined", 90, "hog quarantined")
+        assert account("hog")["home"] == "solo-hog"
+        # Alone, it grows over the same limit again: its solo worker is restarted for it.
+        wait_until(
+            lambda: (
+                http.get("/workers/solo-hog").json()["restarts_by_reason"].get("memory_limit", 0)
+                >= 1
+            ),
+            30,
+            "the solo worker restarted for its memory",
+        )
+        assert account("demo-a")["state"] == "running"
+        assert not account("demo-a")["quarantined"]
+    assert master.stop() == 0
