@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, gone, metric, wait_until
+from harness import Master, gone, metric, to_toml, wait_until
 
 LIMIT_MB = 120
 MiB = 2**20
@@ -173,4 +173,42 @@ def test_an_account_that_keeps_growing_over_the_limit_is_quarantined_and_runs_al
         )
         assert account("demo-a")["state"] == "running"
         assert not account("demo-a")["quarantined"]
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_limit_set_by_update_applies_to_the_running_workers(start_master: MasterFactory) -> None:
+    hog = {
+        "id": "hog",
+        "platform": "testplatforms.behaviours:Hog",
+        "options": {"step_mb": 20, "every_s": 0.1, "max_mb": 200},
+    }
+    config = make_config(workers=2, accounts=[hog, *DEMO])
+    master = start_master(config)
+    pids = master.wait_all_running(["worker1", "worker2"])
+    with master.http() as http:
+        wait_until(lambda: http.get("/accounts/hog").json()["worker"], 20, "hog placed")
+        worker = http.get("/accounts/hog").json()["worker"]
+        wait_until(
+            lambda: (http.get(f"/workers/{worker}").json()["tree_memory_bytes"] or 0) > 150 * MiB,
+            20,
+            "the hog has grown, with no limit to stop it",
+        )
+        assert http.get(f"/workers/{worker}").json()["pid"] == pids[worker]
+
+        config["supervision"] = {**config["supervision"], "max_memory_mb": LIMIT_MB}
+        master.config_path.write_text(to_toml(config))
+        answer = http.post("/config/update")
+        assert answer.status_code == 200, answer.text
+        settings = {s["key"]: s["applies"] for s in answer.json()["settings"]}
+        assert settings == {"supervision.max_memory_mb": "now"}
+        master.log.wait_for(
+            event="worker over its memory limit; restarting it gracefully", worker=worker
+        )
+        wait_until(
+            lambda: http.get(f"/workers/{worker}").json()["restarts_by_reason"].get("memory_limit"),
+            20,
+            "restarted for its memory",
+        )
+        assert http.get(f"/workers/{worker}").json()["max_memory_bytes"] == LIMIT_MB * MiB
     assert master.stop() == 0
