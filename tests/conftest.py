@@ -53,11 +53,17 @@ def masters(directory: Path) -> Iterator[MasterFactory]:
         extra_args: list[str] | None = None,
         code_dir: Path = REPO,
         env: dict[str, str] | None = None,
+        **options: Any,  # cwd, command: see Master
     ) -> Master:
         home = directory / f"m{len(started)}"
         home.mkdir()
         master = Master(
-            home, config if config is not None else make_config(), extra_args, code_dir, env
+            home,
+            config if config is not None else make_config(),
+            extra_args,
+            code_dir,
+            env,
+            **options,
         )
         started.append(master)
         return master.start()

@@ -52,9 +52,16 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
+def _program() -> str:
+    """How the master was started, for usage lines: the script or ``python -m``."""
+    if sys.argv and Path(sys.argv[0]).name == "hiscrm-master":
+        return "hiscrm-master"
+    return "python -m hiscrm.master"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m hiscrm.master",
+        prog=_program(),
         description="Run the hiscrm master and its workers in the foreground.",
     )
     parser.add_argument("--config", type=_directory, help="TOML file (default: the embedded demo)")
