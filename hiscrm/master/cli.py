@@ -17,7 +17,7 @@ from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm import __version__
+from hiscrm import __version__, process_title
 from hiscrm.config import ConfigError, check_override, load_config
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_master_logging, get_logger
@@ -117,6 +117,7 @@ def _open_master_log(state: StateDir, max_bytes: int, backups: int) -> RotatingL
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    process_title.set_title(process_title.MASTER)
     try:
         config = load_config(args.config, workers=args.workers, state_dir=args.state_dir)
     except ConfigError as exc:
