@@ -6,6 +6,7 @@ state directory, the API's port) and hands over here.
 """
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.ports import EventSink
+from hiscrm.master.service_notify import SdNotify, ServiceStatus
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
@@ -41,6 +43,7 @@ from hiscrm.master.supervision.platform_check import missing_platforms
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
+from hiscrm.master.supervision.worker_slot import WorkerState
 
 WATCH_STOP_S = 2.0
 
@@ -52,6 +55,13 @@ def _task_ended(
     if not task.cancelled() and (exc := task.exception()) is not None:
         count_error()
         log.error(f"{what} failed and stopped", exc_info=exc)
+
+
+def workers_summary(supervisor: Supervisor) -> str:
+    """``2/2 workers running``, for the service manager's status line."""
+    slots = supervisor.slots.values()
+    running = sum(slot.state is WorkerState.RUNNING for slot in slots)
+    return f"{running}/{len(slots)} workers running"
 
 
 def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
@@ -138,6 +148,10 @@ async def run_master(
         manager.append(accounts)
         launcher = make_launcher(config, log)
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
+        # systemd (Type=notify) hears of readiness, reloads and the shutdown.
+        notify = SdNotify.from_environment(log, errors)
+        service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
+        listeners.append(service)
         missing = missing_platforms([spec_of(r) for r in registry], [])
         for spec, ids in missing.items():
             log.error(
@@ -200,6 +214,7 @@ async def run_master(
 
         async def on_started() -> None:
             nonlocal monitoring
+            service.started(list(supervisor.slots))
             monitoring = asyncio.create_task(health.run(), name="health")
             monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
 
@@ -210,6 +225,7 @@ async def run_master(
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
             await api.stop()
+            notify.close()
             flush_suppressed_counts()
 
         return await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)

@@ -23,6 +23,7 @@ from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.errors import install_error_handlers
 from hiscrm.master.api.log_follow import LogFollowers
+from hiscrm.master.api.master_routes import master_routes
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.params import PREFIX, only
 from hiscrm.master.api.read_model import ReadModel
@@ -110,6 +111,7 @@ def create_app(
         return await read.status()
 
     worker_routes(routes, read, control, followers)
+    master_routes(routes, control, followers, control.master_log)
     account_routes(routes, read, control, admin, updater)
     collection_routes(routes, read, control, max_page_bytes)
     app.include_router(open_routes)
