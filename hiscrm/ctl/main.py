@@ -1,4 +1,4 @@
-"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, sync.
+"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, sync, shutdown.
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -19,6 +20,7 @@ from hiscrm.config import ConfigError, load_config
 from hiscrm.ctl import render
 from hiscrm.ctl.client import MasterClient
 from hiscrm.ctl.errors import CtlError
+from hiscrm.ctl.exit_watch import ExitWatch
 from hiscrm.ctl.flags import count, directory, seconds
 from hiscrm.exit_codes import ExitCode
 
@@ -64,13 +66,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("status", help="master, workers and store at a glance")
+    status = commands.add_parser(
+        "status", help="master, workers and store at a glance; or one worker in detail"
+    )
+    status.add_argument("worker", nargs="?", help="show this worker in detail")
     for action in ("restart", "stop", "start"):
         sub = commands.add_parser(action, help=f"{action} a worker and wait until it has")
-        sub.add_argument("worker")
+        sub.add_argument("worker", nargs="?" if action == "restart" else None)
+    commands.choices["restart"].add_argument(
+        "--all",
+        action="store_true",
+        help="every running worker, one at a time (each replaced before the next)",
+    )
     commands.add_parser("reload", help="restart every worker, one at a time")
-    logs = commands.add_parser("logs", help="a worker's log (also after it died)")
-    logs.add_argument("worker")
+    commands.add_parser(
+        "shutdown", help="stop every worker, then the master; wait until it has exited"
+    )
+    logs = commands.add_parser("logs", help="a worker's log (also after it died), or the master's")
+    logs.add_argument("worker", help="a worker, or master")
     logs.add_argument(
         "-n",
         "--lines",
@@ -130,7 +143,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "restart" and (args.worker is None) == (not args.all):
+        commands.choices["restart"].error("name a WORKER, or give --all")
+    return args
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -215,8 +231,67 @@ def reload_step_line(step: dict[str, Any]) -> str:
     return f"{step['worker']}: {old} -> {new} ({step['state']}) {took}, {handed}"
 
 
+def restart_all(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    """Every running worker, one at a time: the rolling reload, which starts each
+    replacement and hands the accounts over before the next worker's turn."""
+    skipped = [
+        {"id": w["id"], "state": w["state"]}
+        for w in client.all_pages("/workers")
+        if w["state"] != "running"
+    ]
+    result = client.request("POST", "/reload")
+    if not args.json:
+        for step in result["steps"]:
+            console.print(reload_step_line(step))
+        for worker in skipped:
+            console.print(f"{worker['id']}: not restarted, it is {worker['state']}")
+    if not result["complete"]:
+        why = result.get("error") or "not every worker was restarted"
+        raise CtlError(
+            f"restart --all failed after {result['took_s']:.2f} s: {why}",
+            answer={**result, "skipped": skipped},
+        )
+    if args.json:
+        emit(args, {**result, "skipped": skipped})
+    else:
+        count = len(result["steps"])
+        console.print(f"{count} workers restarted one at a time in {result['took_s']:.2f} s")
+    return ExitCode.OK
+
+
+def shutdown(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    """Ask the master to stop, then wait until its process has exited."""
+    exited = ExitWatch(client.pid)
+    began = time.monotonic()
+    try:
+        result = client.request("POST", "/shutdown")
+        if not args.json:
+            console.print(f"master pid {result['pid']}: stopping {result['workers']} workers")
+        if not exited.wait(args.timeout):
+            raise CtlError(
+                f"the master (pid {result['pid']}) is still running after "
+                f"{args.timeout:.0f} s; it is stopping its workers (hiscrmctl logs master)",
+                answer=result,
+            )
+    finally:
+        exited.close()
+    took_s = round(time.monotonic() - began, 3)
+    if args.json:
+        emit(args, {**result, "exited": True, "took_s": took_s})
+    else:
+        console.print(f"master pid {result['pid']} exited after {took_s:.2f} s")
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
     match args.command:
+        case "status" if args.worker is not None:
+            worker = client.request("GET", f"/workers/{quote(args.worker, safe='')}")
+            if args.json:
+                emit(args, worker)
+            else:
+                render.worker(console, worker)
+            return ExitCode.OK
         case "status":
             status = client.request("GET", "/status")
             workers = client.all_pages("/workers")
@@ -225,6 +300,8 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 render.status(console, status, workers)
             return ExitCode.OK
+        case "restart" if args.all:
+            return restart_all(args, client, console)
         case "restart" | "stop" | "start":
             result = client.request(
                 "POST", f"/workers/{quote(args.worker, safe='')}/{args.command}"
@@ -256,17 +333,19 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 console.print(f"reload complete after {result['took_s']:.2f} s")
             return ExitCode.OK
+        case "shutdown":
+            return shutdown(args, client, console)
         case "logs":
+            if args.worker == "master":
+                path = "/master/logs"
+            else:
+                path = f"/workers/{quote(args.worker, safe='')}/logs"
             if args.follow:
-                for chunk in client.stream(
-                    f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines, follow="true"
-                ):
+                for chunk in client.stream(path, tail=args.lines, follow="true"):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                 return ExitCode.OK
-            result = client.request(
-                "GET", f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines
-            )
+            result = client.request("GET", path, tail=args.lines)
             if args.json:
                 emit(args, result)
             else:
