@@ -43,9 +43,7 @@ def test_status_of_one_worker_restart_all_master_logs_and_shutdown(
     lines = shown.stdout.splitlines()
     assert lines[0].startswith(f"worker1: running, pid {pids['worker1']}, up ")
     assert f"accounts ({len(accounts)}): {', '.join(accounts)}" in shown.stdout
-    assert re.search(
-        r"memory: rss \d+ MiB; process tree \d+ MiB pss in \d+ processes", shown.stdout
-    )
+    assert re.search(r"memory: rss \d+ MiB; process tree \d+ MiB pss in \d+ process", shown.stdout)
     assert "restarts 1 (killed 1)" in shown.stdout
     assert "last exit: killed (signal SIGKILL)" in shown.stdout
     detail = json.loads(ctl(master, "status", "worker1", "--json").stdout)

@@ -136,7 +136,8 @@ def worker(console: Console, w: dict[str, Any]) -> None:
     if w["tree_memory_bytes"] is not None:
         tree = (
             f"{_mib(w['tree_memory_bytes'])} {w['tree_memory_kind']} in "
-            f"{w['tree_processes']} processes (rss {_mib(w['tree_rss_bytes'])}), "
+            f"{w['tree_processes']} process{'' if w['tree_processes'] == 1 else 'es'} "
+            f"(rss {_mib(w['tree_rss_bytes'])}), "
             f"measured {_age(w['tree_memory_at'])}"
         )
     console.print(
