@@ -29,7 +29,7 @@ from hiscrm.master.data.store import SyncOutcome
 from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
-from hiscrm.master.supervision.platform_check import missing_platforms
+from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -90,8 +90,9 @@ async def run_master(
     store.start(on_outcomes)
     try:
         launcher = make_launcher(config, log)
+        plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
-        missing = missing_platforms(config.accounts, [])
+        missing = missing_platforms(config.accounts, plugin_paths)
         for spec, ids in missing.items():
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids

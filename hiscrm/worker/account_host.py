@@ -19,8 +19,6 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.backoff import RestartBackoff
 from hiscrm.items import epoch_ms
 from hiscrm.models import AccountSpec
-from hiscrm.platform_names import resolve_platform_name
-from hiscrm.platforms.base import Platform
 from hiscrm.protocol import (
     AnyMessage,
     MasterAccountAssign,
@@ -33,6 +31,7 @@ from hiscrm.worker.account_data import AccountData
 from hiscrm.worker.account_runner import AccountRunner, AccountState
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.platform_set import PlatformSet
 from hiscrm.worker.spool import Spool, SpoolBusy
 from hiscrm.worker.sync import Syncer
 
@@ -57,7 +56,7 @@ class AccountHost:
     def __init__(
         self,
         boot: WorkerBoot,
-        platforms: dict[str, type[Platform]],
+        platforms: PlatformSet,
         errors: ErrorReporter,
         send: Callable[[AnyMessage], bool],
         syncer: Syncer,
@@ -138,7 +137,7 @@ class AccountHost:
         self.syncer.add(data)
         if report.replayed:
             self.syncer.changed(account_id, urgent=True)
-        platform = self._platforms[resolve_platform_name(account.platform)]
+        platform = self._platforms.find(account.platform)  # or why it cannot run here
         backoff = RestartBackoff(
             self._boot.backoff_initial_s, self._boot.backoff_max_s, self._boot.backoff_reset_after_s
         )
