@@ -85,7 +85,8 @@ def fill(db: Path, messages: int) -> None:
     conn.execute("BEGIN")
     conn.executemany(f"INSERT INTO messages ({columns}) VALUES ({', '.join('?' * 12)})", rows)
     conn.execute(
-        "INSERT INTO accounts (id, acked_seq, last_sync_at) VALUES ('big', ?, ?)", (messages, base)
+        "INSERT INTO account_sync (id, acked_seq, last_sync_at) VALUES ('big', ?, ?)",
+        (messages, base),
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -61,7 +61,7 @@ def fresh_database(admin_url: str, template: str, name: str) -> str:
 
 def committed(url: str) -> int:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM accounts").fetchone()
+        row = conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM account_sync").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -49,7 +49,7 @@ def accounts_toml(accounts: list[tuple[str, str, dict[str, object]]]) -> str:
 def committed(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        row = conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM accounts").fetchone()
+        row = conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM account_sync").fetchone()
         return int(row[0])
     finally:
         conn.close()

@@ -31,3 +31,7 @@ class RestartBackoff:
         if exponent < 0:
             return 0.0
         return float(min(self.initial_s * 2 ** min(exponent, _MAX_EXPONENT), self.max_s))
+
+    def reconfigure(self, initial_s: float, max_s: float, reset_after_s: float) -> None:
+        """New delays for the failures that follow (the count goes on)."""
+        self.initial_s, self.max_s, self.reset_after_s = initial_s, max_s, reset_after_s

@@ -17,6 +17,7 @@ class AccountSpec(BaseModel):
     id: str = Field(pattern=ACCOUNT_ID_PATTERN)
     platform: str = "demo"
     options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True  # False: kept, never run (state "disabled")
 
     @field_validator("platform")
     @classmethod

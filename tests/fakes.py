@@ -19,6 +19,7 @@ from hiscrm.config import Config
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.store import (
     AccountDigest,
+    AccountRecord,
     CollectionQuery,
     OutcomeCallback,
     Row,
@@ -186,6 +187,9 @@ class MemoryStore:
     def stats(self) -> StoreStats:
         return StoreStats("memory", True, 0, 0, 0)
 
+    def set_retention(self, days: dict[str, float]) -> None:
+        return None
+
     def submit(self, batch: SyncBatch) -> None:
         self.committed[batch.account_id] = batch.last_seq
         self._on_outcomes([SyncOutcome(batch, batch.last_seq)])
@@ -206,6 +210,15 @@ class MemoryStore:
         return {}, 0
 
     async def count_items(self, account_id: str) -> dict[str, int]:
+        return {}
+
+    async def accounts(self) -> list[AccountRecord]:
+        return []
+
+    async def put_account(self, record: AccountRecord) -> None:
+        return None
+
+    async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
         return {}
 
 
@@ -231,7 +244,9 @@ class FakeMaster:
 
     async def __aenter__(self) -> "FakeMaster":
         loop = asyncio.get_running_loop()
-        self.accounts = AccountManager(self.config, self.store, self.log, loop.time())
+        self.accounts = AccountManager(
+            self.config, self._registry(), self.store, self.log, loop.time()
+        )
         accounts = self.accounts
         self.store.start(lambda outcomes: loop.call_soon(accounts.on_outcomes, outcomes))
         self.supervisor = Supervisor(self.config, self.launcher, accounts, self.log)
@@ -243,6 +258,12 @@ class FakeMaster:
         if not self._task.done():
             self.sup.post(_sigterm())
         await asyncio.wait_for(self._task, 5)
+
+    def _registry(self) -> list[AccountRecord]:
+        return [
+            AccountRecord(a.id, a.platform, a.options, a.enabled, "config", n, n)
+            for n, a in enumerate(self.config.accounts)
+        ]
 
     @property
     def sup(self) -> Supervisor:

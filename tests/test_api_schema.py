@@ -14,9 +14,13 @@ from hypothesis import HealthCheck, given, settings
 
 KNOWN_IDS = {"worker_id": "worker1", "account_id": "acc-2", "item_id": "b00003"}
 EXCLUDED = (
-    re.compile(r"/logs$"),  # follow=true streams for as long as the client listens
-    re.compile(r"/workers/\{worker_id\}/(restart|stop|start)$"),  # tested directly
-    re.compile(r"/reload$"),
+    re.compile(r"GET .*/logs$"),  # follow=true streams for as long as the client listens
+    re.compile(r"POST .*/workers/\{worker_id\}/(restart|stop|start)$"),  # tested directly
+    re.compile(r"POST .*/reload$"),
+    # Accounts made, changed and deleted at random would change what the others check;
+    # they are tested directly (test_accounts_live.py).
+    re.compile(r"POST .*/accounts$"),
+    re.compile(r"(PATCH|DELETE) .*/accounts/\{account_id\}$"),
 )
 
 
@@ -46,7 +50,9 @@ def test_no_500s_and_answers_match_the_schema(live: Master) -> None:
     tested, failures = [], {}
     for result in schema.get_all_operations():
         operation = result.ok()
-        if any(pattern.search(operation.path) for pattern in EXCLUDED):
+        if any(
+            pattern.search(f"{operation.method.upper()} {operation.path}") for pattern in EXCLUDED
+        ):
             continue
 
         # Generated path ids are random and nearly always unknown (404). Run each

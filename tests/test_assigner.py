@@ -1,5 +1,7 @@
 """Account placement as pure decisions: sticky homes, moves after a delay, handshakes."""
 
+from collections import Counter
+
 from hiscrm.master.data.assigner import Assign, Assigner, Revoke
 from hiscrm.models import AccountSpec
 
@@ -85,3 +87,74 @@ def test_moves_go_to_the_least_loaded_worker() -> None:
     assert sorted(w for w, _ in moved) == ["worker1", "worker2"]
     assert assigner.loads()["worker1"] == 3
     assert assigner.loads()["worker2"] == 3
+
+
+def homes_of(assigner: Assigner) -> dict[str, str | None]:
+    return {a: s.planned_home for a, s in assigner.slots.items()}
+
+
+def test_raising_workers_moves_about_a_third_and_lowering_only_the_removed_ones() -> None:
+    assigner = Assigner(accounts(30), WORKERS, per_worker=100, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    assigner.worker_up("worker2", 0)
+    before = homes_of(assigner)
+    actions = assigner.set_workers(["worker1", "worker2", "worker3"], 1)
+    after = homes_of(assigner)
+    moved = [a for a in before if before[a] != after[a]]
+    assert len(moved) == 10  # 15/15 -> 10/10/10
+    assert {after[a] for a in moved} == {"worker3"}
+    assert sorted(Counter(after.values()).values()) == [10, 10, 10]
+    # worker3 does not run yet: the moved accounts are revoked once it does.
+    assert actions == []
+    revokes = assigner.worker_up("worker3", 2)
+    assert sorted(a.account_id for a in revokes if isinstance(a, Revoke)) == sorted(moved)
+
+    before = homes_of(assigner)
+    assigner.set_workers(["worker1"], 3)
+    after = homes_of(assigner)
+    moved = {a for a in before if before[a] != after[a]}
+    assert moved == {a for a in before if before[a] in ("worker2", "worker3")}
+    assert set(after.values()) == {"worker1"}
+
+
+def test_added_accounts_go_where_there_is_room_and_stay() -> None:
+    assigner = Assigner(accounts(3), WORKERS, per_worker=2, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    assigner.worker_up("worker2", 0)
+    assert assigned(assigner.add(AccountSpec(id="new"), 1)) == [("worker2", "new")]
+    assert assigner.add(AccountSpec(id="full"), 1) == []  # 2 + 2: no room
+    assert assigner.slots["full"].home is None
+    assert homes_of(assigner) == {
+        "a1": "worker1",
+        "a2": "worker2",
+        "a3": "worker1",
+        "new": "worker2",
+        "full": None,
+    }
+
+
+def test_removing_an_account_waits_for_its_worker_to_let_go() -> None:
+    assigner = Assigner(accounts(2), WORKERS, per_worker=10, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    assert assigner.remove("a1", 1) == [Revoke("worker1", "a1")]
+    assert not assigner.gone("a1")
+    assert assigner.released("worker1", "a1", 2) == []
+    assert assigner.gone("a1")
+    assert assigner.remove("a2", 3) == []  # its worker is not running: gone at once
+    assert assigner.gone("a2")
+
+
+def test_changed_options_restart_the_task_and_disabled_accounts_are_not_placed() -> None:
+    assigner = Assigner(accounts(2), WORKERS, per_worker=10, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    changed = AccountSpec(id="a1", options={"rate": 9})
+    assert assigner.change(changed, 1) == [Revoke("worker1", "a1")]
+    assert assigned(assigner.released("worker1", "a1", 2)) == [("worker1", "a1")]
+    assert assigner.slots["a1"].account.options == {"rate": 9}
+
+    disabled = AccountSpec(id="a1", enabled=False)
+    assert assigner.change(disabled, 3) == [Revoke("worker1", "a1")]
+    assert assigner.released("worker1", "a1", 4) == []
+    assert assigner.slots["a1"].owner is None
+    assert assigner.worker_up("worker2", 5) == [Assign("worker2", assigner.slots["a2"].account)]
+    assert assigned(assigner.change(AccountSpec(id="a1"), 6)) == [("worker1", "a1")]

@@ -89,7 +89,7 @@ def test_status_restart_stop_start_and_logs_of_a_dead_worker(start_master: Maste
     assert "worker2: start done, running" in start.stdout
 
     accounts = ctl(master, "accounts")
-    assert re.search(r"acc-1\s+demo\s+worker1", accounts.stdout)
+    assert re.search(r"acc-1\s+demo\s+running\s+\S+ ago\s+worker1", accounts.stdout)
     sync = ctl(master, "sync", "acc-1")
     assert (sync.returncode, sync.stdout.strip()) == (0, "acc-1: sync requested from worker1")
     reload = ctl(master, "reload")

@@ -190,7 +190,7 @@ def test_schema_follows_the_models(store: Store) -> None:
     assert set(KINDS["message"].observed_fields) <= set(columns)
     assert {"is_read", "read_at"} <= set(columns)
     assert "is_read" not in store.backend.columns("notifications")
-    assert store.rows("SELECT version FROM schema_version") == [(1,)]
+    assert store.rows("SELECT version FROM schema_version") == [(2,)]
     if store.backend.name == "sqlite":
         assert store.rows("PRAGMA journal_mode") == [("wal",)]
 
@@ -215,7 +215,7 @@ def test_replays_and_stale_versions_change_nothing(store: Store) -> None:
     store.sync(0, 2, change(1, 1, "first"), change(2, 2, "second"))
     assert store.sync(0, 1, change(1, 1, "first")).ok  # a resend from the start
     assert store.rows("SELECT text, version FROM messages") == [("second", 2)]
-    assert store.rows("SELECT acked_seq FROM accounts") == [(2,)]
+    assert store.rows("SELECT acked_seq FROM account_sync") == [(2,)]
 
 
 def test_versions_of_one_item_in_one_group_keep_the_first_highest(store: Store) -> None:
@@ -252,7 +252,7 @@ def test_a_gap_inside_a_group_refuses_only_that_sync(store: Store) -> None:
     by_seq = {(o.batch.account_id, o.batch.last_seq): o for o in outcomes}
     assert not by_seq["acc", 6].ok
     assert [by_seq[k].committed_seq for k in [("acc", 1), ("acc", 2), ("other", 1)]] == [1, 2, 1]
-    assert store.rows("SELECT id, acked_seq FROM accounts ORDER BY id") == [
+    assert store.rows("SELECT id, acked_seq FROM account_sync ORDER BY id") == [
         ("acc", 2),
         ("other", 1),
     ]
@@ -412,3 +412,21 @@ def test_items_counts_and_totals(store: Store) -> None:
     assert abs(counted_at - time.time() * 1000) < 5000
     stats = store.store.stats()
     assert (stats.alive, stats.items_written, stats.errors) == (True, 4, 0)
+
+
+def test_a_first_schema_store_migrates_keeping_what_the_sync_path_knows(tmp_path: Path) -> None:
+    from hiscrm.master.data import sqlite_schema as schema
+
+    path = tmp_path / "v1.db"
+    conn = schema.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    schema.MIGRATIONS[1](conn)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO accounts (id, acked_seq, last_sync_at) VALUES ('acc', 7, 5)")
+    conn.close()
+    conn = schema.connect(path)
+    assert schema.migrate(conn) == (1, [])
+    schema.check_columns(conn)
+    assert schema.committed_seq(conn, "acc") == 7
+    assert schema.list_accounts(conn) == []
+    conn.close()

@@ -67,7 +67,7 @@ def test_the_gap_check_reads_the_database_not_a_copy(pg_url: str) -> None:
     finally:
         first.close()
         second.close()
-    assert first.rows("SELECT acked_seq FROM accounts") == [(3,)]
+    assert first.rows("SELECT acked_seq FROM account_sync") == [(3,)]
     assert first.rows("SELECT text, version FROM messages WHERE id = 'm3'") == [("newer", 2)]
 
 
@@ -90,7 +90,7 @@ def test_a_lost_connection_is_opened_again(store: Store, pg_url: str) -> None:
         assert time.monotonic() < deadline, outcome.error
     assert store.thread.alive
     assert store.thread.errors >= 1  # the dead connection was met, counted, and replaced
-    assert store.rows("SELECT acked_seq FROM accounts") == [(2,)]
+    assert store.rows("SELECT acked_seq FROM account_sync") == [(2,)]
 
 
 def test_a_wrong_password_fails_at_start_without_showing_it(pg_server: PostgresServer) -> None:

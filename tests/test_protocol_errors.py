@@ -104,7 +104,7 @@ def test_a_sync_whose_range_lies_is_refused_and_the_account_recovers(
     # The store's bookkeeping did not move, and the account goes on syncing.
     before = count(master.db, "messages", "acc-1")
     wait_until(lambda: count(master.db, "messages", "acc-1") > before + 20, 15, "syncing on")
-    acked = query(master.db, "SELECT acked_seq FROM accounts WHERE id = 'acc-1'")[0][0]
+    acked = query(master.db, "SELECT acked_seq FROM account_sync WHERE id = 'acc-1'")[0][0]
     assert acked < 10_000
     with master.http() as http:
         worker = http.get("/workers/worker1").json()

@@ -34,10 +34,10 @@ class MasterClient:
             base_url=self.url, headers=headers, timeout=timeout_s, trust_env=False
         )
 
-    def request(self, method: str, path: str, **params: Any) -> Any:
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
         with self._errors(method, path):
-            response = self._http.request(method, path, params=query)
+            response = self._http.request(method, path, params=query, json=body)
         return self._json(response, method, path)
 
     @contextmanager

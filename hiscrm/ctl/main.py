@@ -81,7 +81,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)"
     )
-    commands.add_parser("accounts", help="accounts, their workers and sync health")
+    commands.add_parser("accounts", help="accounts: state, worker, progress, errors")
+    account = commands.add_parser("account", help="act on one account")
+    account_commands = account.add_subparsers(dest="account_command", required=True)
+    show = account_commands.add_parser("show", help="one account in detail")
+    show.add_argument("account")
+    release = account_commands.add_parser(
+        "release", help="lift an account's quarantine (back to normal placement)"
+    )
+    release.add_argument("account")
+    add = account_commands.add_parser("add", help="make an account (it starts at once)")
+    add.add_argument("account")
+    add.add_argument("--platform", default="demo", help="built-in name or module:Class")
+    add.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an option (V as JSON if it parses: numbers, true/false; else text); repeat",
+    )
+    add.add_argument("--disabled", action="store_true", help="make it disabled")
+    remove = account_commands.add_parser("rm", help="delete an account (data kept)")
+    remove.add_argument("account")
+    remove.add_argument("--purge", action="store_true", help="delete its items and spool too")
+    for toggle in ("enable", "disable"):
+        sub = account_commands.add_parser(toggle, help=f"{toggle} an account")
+        sub.add_argument("account")
+    set_ = account_commands.add_parser(
+        "set", help="change options (its task restarts with them); K= removes K"
+    )
+    set_.add_argument("account")
+    set_.add_argument("options", nargs="+", metavar="K=V")
+    for sub in account_commands.choices.values():
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    commands.add_parser(
+        "update", help="read the config file again and apply it (accounts, workers, settings)"
+    )
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
@@ -94,6 +131,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return parser.parse_args(argv)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``K=V``: V as JSON if it parses (numbers, true/false, lists), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CtlError(f"option {text!r}: write it as KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def state_dir(args: argparse.Namespace) -> Path:
@@ -231,6 +279,52 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                 emit(args, accounts)
             else:
                 render.accounts(console, accounts)
+            return ExitCode.OK
+        case "account":
+            path = f"/accounts/{quote(args.account, safe='')}"
+            match args.account_command:
+                case "show":
+                    result = client.request("GET", path)
+                case "release":
+                    result = client.request("POST", f"{path}/release")
+                case "add":
+                    body = {
+                        "id": args.account,
+                        "platform": args.platform,
+                        "options": dict(parse_option(o) for o in args.option),
+                        "enabled": not args.disabled,
+                    }
+                    result = client.request("POST", "/accounts", body)
+                case "rm":
+                    result = client.request("DELETE", path, purge=str(args.purge).lower())
+                    if not args.json:
+                        kept = "its data removed" if result["purged"] else "its data kept"
+                        console.print(f"{result['id']}: deleted, {kept}")
+                        return ExitCode.OK
+                case "enable" | "disable":
+                    enabled = args.account_command == "enable"
+                    result = client.request("PATCH", path, {"enabled": enabled})
+                case "set":
+                    options = dict(client.request("GET", path)["options"])
+                    for key, value in (parse_option(o) for o in args.options):
+                        if value == "":
+                            options.pop(key, None)
+                        else:
+                            options[key] = value
+                    result = client.request("PATCH", path, {"options": options})
+                case other:
+                    raise CtlError(f"unknown account command {other!r}")
+            if args.json:
+                emit(args, result)
+            else:
+                render.account(console, result)
+            return ExitCode.OK
+        case "update":
+            result = client.request("POST", "/config/update")
+            if args.json:
+                emit(args, result)
+            else:
+                render.update(console, result)
             return ExitCode.OK
         case "sync":
             result = client.request(

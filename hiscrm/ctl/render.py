@@ -14,7 +14,19 @@ STATE_STYLES = {
     "boot_failed": "red",
     "stopped": "dim",
     "exited": "red",
+    # accounts
+    "disabled": "dim",
+    "unassigned": "yellow",
+    "down": "red",
+    "failed": "red",
+    "quarantined": "magenta",
 }
+HEALTH_STYLES = {"ok": "green", "degraded": "yellow", "failing": "red"}
+
+
+def _styled(state: str) -> str:
+    style = STATE_STYLES.get(state, "")
+    return f"[{style}]{state}[/]" if style else state
 
 
 def _age(ms: int | None) -> str:
@@ -34,12 +46,16 @@ def _seconds(value: float | None) -> str:
 
 def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any]]) -> None:
     running = status["workers"].get("running", 0)
+    health = status.get("health", "-")
+    by_state = ", ".join(f"{n} {s}" for s, n in status.get("accounts", {}).items() if n)
     parts = [
         f"hiscrm {status['version']}",
+        f"[{HEALTH_STYLES.get(health, '')}]{health}[/]",
         f"master pid {status['pid']}",
         f"up {_seconds(status['uptime_s'])}",
         f"workers {running}/{status['workers_total']} running",
-        f"accounts {status['accounts_assigned']}/{status['accounts_total']} assigned",
+        f"accounts {status['accounts_assigned']}/{status['accounts_total']} running"
+        + (f" ({by_state})" if by_state else ""),
         f"stale {status['sync']['stale_accounts']}",
     ]
     if status["shutting_down"]:
@@ -63,10 +79,9 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
         if last:
             how = f"signal {last['signal']}" if last["signal"] else f"code {last['code']}"
             exit_text = f"{last['reason']} ({how}) {_age(last['at'])}"
-        style = STATE_STYLES.get(w["state"], "")
         table.add_row(
             w["id"],
-            f"[{style}]{w['state']}[/]" if style else w["state"],
+            _styled(w["state"]),
             str(w["pid"] or "-"),
             _seconds(w["uptime_s"]),
             str(w["restarts"]),
@@ -93,21 +108,76 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
 
 def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
     table = _table(
-        "ACCOUNT", "PLATFORM", "WORKER", "STATE", "LAST SYNC", "STALE", "SYNCS", "ITEMS", "ERRORS"
+        "ACCOUNT",
+        "PLATFORM",
+        "STATE",
+        "SINCE",
+        "WORKER",
+        "PROGRESS",
+        "LAST ITEM",
+        "LAST SYNC",
+        "ERRORS",
+        "LAST ERROR",
     )
     for a in accounts:
+        state = _styled(a["state"]) + (" [red]stale[/]" if a["stale"] else "")
+        last_error = a.get("last_error")
         table.add_row(
             a["id"],
             a["platform"],
+            state,
+            _age(a["state_since_at"]),
             a["worker"] or "-",
-            a["state"] or "-",
+            _age(a["progress_at"]),
+            _age(a["last_item_at"]),
             _age(a["last_sync_at"]),
-            "[red]stale[/]" if a["stale"] else "no",
-            str(a["syncs"]),
-            str(a["items_synced"]),
-            str(sum(a["sync_errors"].values())),
+            str(a["errors_total"]),
+            (last_error["message"][:60] + f" ({_age(last_error['at'])})") if last_error else "-",
         )
     console.print(table)
+
+
+def account(console: Console, a: dict[str, Any]) -> None:
+    """One account in detail."""
+    console.print(
+        f"{a['id']} ({a['platform']}): {_styled(a['state'])} since {_age(a['state_since_at'])}"
+    )
+    console.print(f"  why: {a['reason'] or '-'}")
+    console.print(
+        f"  worker {a['worker'] or '-'}, home {a['home'] or '-'}, task {a['task_state'] or '-'}"
+        f", task restarts {a['task_restarts']}"
+    )
+    console.print(
+        f"  progress {_age(a['progress_at'])}, last item {_age(a['last_item_at'])}, "
+        f"last sync {_age(a['last_sync_at'])}{'  [red]stale[/]' if a['stale'] else ''}"
+    )
+    if a.get("failed"):
+        console.print(f"  [red]cannot run[/]: {a['failed'].strip().splitlines()[-1]}")
+    error = a.get("last_error")
+    if error:
+        console.print(f"  errors {a['errors_total']}, last {_age(error['at'])}: {error['message']}")
+
+
+def update(console: Console, result: dict[str, Any]) -> None:
+    """What ``hiscrmctl update`` changed."""
+    accounts = result["accounts"]
+    parts = [f"{len(accounts[k])} {k}" for k in ("added", "changed", "removed") if accounts[k]]
+    console.print(f"updated from {result['source']}: accounts {', '.join(parts) or 'unchanged'}")
+    for key in ("added", "changed", "removed"):
+        if accounts[key]:
+            console.print(f"  accounts {key}: {', '.join(accounts[key])}")
+    for account_id in accounts["conflicts"]:
+        console.print(
+            f"  [red]conflict[/]: {account_id} was made through the API; the file's "
+            "declaration is left out"
+        )
+    for change in result["settings"]:
+        console.print(
+            f"  {change['key']}: {change['old']} -> {change['new']} ({change['applies']})"
+        )
+    if result["restart_needed"]:
+        keys = ", ".join(result["restart_needed"])
+        console.print(f"[yellow]restart the master to apply: {keys}[/]")
 
 
 def _table(*columns: str) -> Table:

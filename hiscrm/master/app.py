@@ -8,6 +8,7 @@ state directory, the API's port) and hands over here.
 import asyncio
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -15,19 +16,26 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import prctl
 from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
+from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
+from hiscrm.master.api.account_admin import AccountAdmin
 from hiscrm.master.api.app import create_app
+from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
+from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.server import ApiServer
+from hiscrm.master.data import account_registry
+from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_store
-from hiscrm.master.data.store import SyncOutcome
+from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.code_watch import CodeWatcher
+from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.process_stats import ProcessStats
@@ -60,12 +68,41 @@ def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
     return TemplateLauncher(config, spawn, log)
 
 
+async def reconcile_registry(
+    store: Store, config: Config, log: FilteringBoundLogger
+) -> list[AccountRecord]:
+    """The registry of accounts, made to follow what the config file declares."""
+    registry = await store.accounts()
+    changes = account_registry.plan(config.accounts, registry, epoch_ms())
+    for record in changes.create:
+        await store.put_account(record)
+        log.info("account declared in the config file added", account_id=record.id)
+    for record in changes.change:
+        await store.put_account(record)
+        log.info("account declared in the config file changed", account_id=record.id)
+    for account_id in changes.remove:
+        await store.delete_account(account_id, purge=False)
+        log.warning(
+            "account no longer declared in the config file removed; its data is kept",
+            account_id=account_id,
+        )
+    for account_id in changes.conflicts:
+        log.error(
+            "account declared in the config file was made through the API; the API's is "
+            "kept and the declaration left out (delete it through the API to declare it)",
+            account_id=account_id,
+        )
+    return account_registry.apply(changes, registry)
+
+
 async def run_master(
     config: Config,
     api_socket: socket.socket,
     token: str | None,
     log: FilteringBoundLogger,
     watch: bool = False,
+    config_path: Path | None = None,
+    overrides: dict[str, object] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
@@ -78,21 +115,31 @@ async def run_master(
         for listener in listeners:
             listener(event, data)
 
-    accounts = AccountManager(
-        config, store, log, loop.time(), metrics.commit_latency.observe, errors, publish
-    )
+    manager: list[AccountManager] = []  # made once the registry is read
 
     # Opens and migrates the store: a store that cannot be used stops the master here,
     # before any worker starts. Outcomes of syncs come back on the loop.
     def on_outcomes(outcomes: list[SyncOutcome]) -> None:  # in the store's writer thread
-        loop.call_soon_threadsafe(accounts.on_outcomes, outcomes)
+        loop.call_soon_threadsafe(manager[0].on_outcomes, outcomes)
 
     store.start(on_outcomes)
     try:
+        registry = await reconcile_registry(store, config, log)
+        accounts = AccountManager(
+            config,
+            registry,
+            store,
+            log,
+            loop.time(),
+            metrics.commit_latency.observe,
+            errors,
+            publish,
+        )
+        manager.append(accounts)
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
-        missing = missing_platforms(config.accounts, plugin_paths)
+        missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)
         for spec, ids in missing.items():
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
@@ -103,9 +150,26 @@ async def run_master(
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
+        admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
+        updater = ConfigUpdater(config_path, overrides or {}, supervisor, store, log)
+
+        async def on_hangup() -> None:
+            """SIGHUP: the config file read again and applied, then a rolling reload."""
+            try:
+                await updater.update()
+            except ApiError as exc:  # logged by the updater; the reload still runs
+                log.error("SIGHUP: update refused; reloading the workers anyway", error=exc.error)
+            try:
+                await supervisor.command(ReloadWorkers("SIGHUP"))
+            except CommandRefused as exc:
+                log.warning("SIGHUP: reload refused", reason=str(exc))
+
+        supervisor.on_hangup = on_hangup
         app = create_app(
             read,
             control,
+            admin,
+            updater,
             metrics,
             token,
             config.api.metrics_public,

@@ -152,7 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         if token is not None:
             _log_token(token, log)
         return asyncio.run(
-            run_master(config, api_socket, token.value if token else None, log, watch=args.watch)
+            run_master(
+                config,
+                api_socket,
+                token.value if token else None,
+                log,
+                watch=args.watch,
+                config_path=args.config,
+                overrides={"workers": args.workers, "state_dir": args.state_dir},
+            )
         )
     except StoreError as exc:  # before any worker started: one line, like the others
         print(f"hiscrm: {exc}", file=sys.stderr)

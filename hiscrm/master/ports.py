@@ -7,9 +7,11 @@ import each other (``app`` wires them together):
   implements it).
 """
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
     AnyMessage,
     Encoder,
@@ -90,6 +92,24 @@ class AccountsPort(Protocol):
     def next_deadline(self) -> float | None: ...
 
     def on_deadline(self, now: float) -> None: ...
+
+    def add(self, account: AccountSpec, source: str, now: float) -> None:
+        """A new account (``source``: config or api)."""
+
+    def change(self, account: AccountSpec, now: float) -> None:
+        """New options, platform or enabled: its task restarts with them."""
+
+    def remove(self, account_id: str, now: float) -> "asyncio.Future[None]":
+        """Done once its worker has let it go."""
+
+    def set_workers(self, worker_ids: list[str], now: float) -> None:
+        """The configured workers are now these (scaling)."""
+
+    def holds(self, worker_id: str) -> bool:
+        """Some account is assigned to, or being let go by, this worker."""
+
+    def release(self, account_id: str, now: float) -> bool:
+        """Lift an account's quarantine; False if it was not quarantined."""
 
     def request_sync(self, account_id: str, from_seq: int | None) -> str:
         """Ask the account's worker to sync now; its id. LookupError says why not."""

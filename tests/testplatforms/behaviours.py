@@ -366,3 +366,27 @@ class Busy:
                 pass
             ctx.progress()
             await asyncio.sleep(0.005)
+
+
+class ExitSoon:
+    """Kills its whole worker process ``after_s`` after it starts (``os._exit``), as a
+    platform whose native code crashes or that exits by mistake would."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        await asyncio.sleep(float(ctx.options.get("after_s", 1.0)))
+        os._exit(int(ctx.options.get("code", 3)))
+
+
+class Hog:
+    """Allocates ``step_mb`` more memory every ``every_s`` up to ``max_mb``, then holds it
+    (a leak, or a page that eats memory)."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        held: list[bytearray] = []
+        step = int(ctx.options.get("step_mb", 40)) * 2**20
+        limit = int(ctx.options.get("max_mb", 400)) * 2**20
+        while True:
+            if len(held) * step < limit:
+                held.append(bytearray(b"x" * step))  # touched: resident, not just reserved
+            ctx.progress()
+            await asyncio.sleep(float(ctx.options.get("every_s", 0.1)))

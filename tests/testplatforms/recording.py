@@ -3,6 +3,7 @@ worker produced with what reached the store."""
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,14 @@ class InvalidItems:
                 "sent_at": 1_763_848_020,
             }
         )
+
+
+class Starts:
+    """``Stream``, and a line in ``<record_dir>/<account>.starts`` (pid and options) each
+    time its task starts: which tasks restarted, with which options."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        started = Path(ctx.options["record_dir"]) / f"{ctx.account.id}.starts"
+        with started.open("a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "options": dict(ctx.options)}) + "\n")
+        await Stream().run(ctx)

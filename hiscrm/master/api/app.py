@@ -16,8 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
+from hiscrm.master.api.account_admin import AccountAdmin
 from hiscrm.master.api.account_routes import account_routes
 from hiscrm.master.api.collection_routes import collection_routes
+from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.errors import install_error_handlers
 from hiscrm.master.api.log_follow import LogFollowers
@@ -32,6 +34,8 @@ from hiscrm.master.api.worker_routes import worker_routes
 def create_app(
     read: ReadModel,
     control: Control,
+    admin: AccountAdmin,
+    updater: ConfigUpdater,
     metrics: MasterMetrics,
     token: str | None,
     metrics_public: bool,
@@ -106,7 +110,7 @@ def create_app(
         return await read.status()
 
     worker_routes(routes, read, control, followers)
-    account_routes(routes, read, control)
+    account_routes(routes, read, control, admin, updater)
     collection_routes(routes, read, control, max_page_bytes)
     app.include_router(open_routes)
     app.include_router(routes)

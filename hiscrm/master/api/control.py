@@ -12,9 +12,10 @@ from collections import defaultdict
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
 from hiscrm.master.api.read_model import NotFound, ReadModel, reload_result
-from hiscrm.master.api.schemas import ReloadResult, SyncRequested, WorkerAction
+from hiscrm.master.api.schemas import AccountInfo, ReloadResult, SyncRequested, WorkerAction
 from hiscrm.master.data.store import Row, Store
 from hiscrm.master.supervision.commands import (
+    ReleaseAccount,
     ReloadWorkers,
     RestartWorker,
     StartWorker,
@@ -73,6 +74,11 @@ class Control:
         self._read.account(account_id)  # NotFound first
         worker: str = await self._supervisor.command(SyncAccount(account_id, from_seq))
         return SyncRequested(account_id=account_id, worker=worker, from_seq=from_seq)
+
+    async def release(self, account_id: str) -> AccountInfo:
+        self._read.account(account_id)  # NotFound first
+        await self._supervisor.command(ReleaseAccount(account_id))
+        return self._read.account(account_id)
 
     async def mark_read(self, collection: str, account_id: str, item_id: str) -> Row:
         self._read.account(account_id)

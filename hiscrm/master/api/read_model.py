@@ -136,6 +136,9 @@ class ReadModel:
         return AccountInfo(
             id=account_id,
             platform=slot.account.platform,
+            source=status.source,
+            enabled=slot.account.enabled,
+            options=dict(slot.account.options),
             state=status.state.value,
             state_since_at=status.state_since_at,
             reason=status.reason,
@@ -158,8 +161,11 @@ class ReadModel:
             sync_errors=dict(manager.sync_errors.get(account_id, {})),
         )
 
+    def account_ids(self) -> list[str]:
+        return list(self._accounts.status)
+
     def accounts(self) -> list[AccountInfo]:
-        return [self.account(a) for a in self._accounts.assigner.slots]
+        return [self.account(a) for a in list(self._accounts.status)]
 
     async def account_with_counts(self, account_id: str) -> AccountInfo:
         info = self.account(account_id)

@@ -107,6 +107,9 @@ class LastError(BaseModel):
 class AccountInfo(BaseModel):
     id: str
     platform: str
+    source: str  # config: declared in the config file (change it there); api: made through the API
+    enabled: bool
+    options: dict[str, Any]
     state: str  # disabled, unassigned, starting, running, backoff, down, failed, quarantined
     state_since_at: int  # ms
     reason: str  # why it is in this state

@@ -79,6 +79,7 @@ class LastError:
 @dataclass(slots=True)
 class AccountStatus:
     account_id: str
+    source: str = "config"  # config: declared in the config file; api: made through the API
     state: AccountState = AccountState.UNASSIGNED
     state_since_at: int = field(default_factory=epoch_ms)
     reason: str = ""  # why it is in this state, in a few words

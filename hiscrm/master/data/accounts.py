@@ -20,11 +20,19 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
+from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.data.quarantine import Quarantine, QuarantineRule
 from hiscrm.master.data.staleness import Staleness
-from hiscrm.master.data.store import DigestEntry, Store, SyncBatch, SyncFailure, SyncOutcome
+from hiscrm.master.data.store import (
+    AccountRecord,
+    DigestEntry,
+    Store,
+    SyncBatch,
+    SyncFailure,
+    SyncOutcome,
+)
 from hiscrm.master.ports import EventSink, WorkerLink
 from hiscrm.models import AccountSpec
 from hiscrm.protocol import (
@@ -66,6 +74,7 @@ class AccountManager:
     def __init__(
         self,
         config: Config,
+        registry: list[AccountRecord],
         store: Store,
         log: FilteringBoundLogger,
         now: float,
@@ -79,8 +88,9 @@ class AccountManager:
         self._log = log
         self._publish = publish
         sup = config.supervision
+        accounts = [spec_of(r) for r in registry]
         self.assigner = Assigner(
-            config.accounts,
+            accounts,
             config.worker_ids,
             config.accounts_per_worker,
             sup.reassign_after_s,
@@ -93,7 +103,9 @@ class AccountManager:
             )
         )
         self.staleness = Staleness(config.sync.stale_after_s, log, self._stale_changed)
-        self.status: dict[str, AccountStatus] = {a.id: AccountStatus(a.id) for a in config.accounts}
+        self.status: dict[str, AccountStatus] = {
+            r.id: AccountStatus(r.id, r.source) for r in registry
+        }
         self.syncs: dict[str, int] = dict.fromkeys(self.status, 0)
         self.items_synced: dict[str, int] = dict.fromkeys(self.status, 0)
         self.sync_errors: dict[str, dict[str, int]] = {a: {} for a in self.status}
@@ -101,6 +113,7 @@ class AccountManager:
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
         self._down: set[str] = set()  # workers that died and have not run again since
+        self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
         for account_id in self.status:
             self._refresh(account_id, "master started")
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
@@ -140,6 +153,8 @@ class AccountManager:
         for account_id in present:
             self.status[account_id].task = None
         self._execute(self.assigner.worker_down(worker_id, now), now)
+        self._settle_leaving()
+        present = [a for a in present if a in self.status]  # not those it was letting go
         if abnormal and present:
             for account_id in self.quarantine.death(present, worker_id, now):
                 self._quarantine(account_id, worker_id, now)
@@ -174,6 +189,61 @@ class AccountManager:
             )
             self._execute(self.assigner.release_quarantine(account_id, now), now)
             self._refresh(account_id, "released from quarantine")
+
+    # --- accounts and workers that change -------------------------------------------
+
+    def add(self, account: AccountSpec, source: str, now: float) -> None:
+        self.status[account.id] = AccountStatus(account.id, source)
+        self.syncs[account.id] = self.items_synced[account.id] = 0
+        self.sync_errors[account.id] = {}
+        self._log.info("account added", account_id=account.id, platform=account.platform)
+        self._execute(self.assigner.add(account, now), now)
+        self._refresh(account.id, "added")
+
+    def change(self, account: AccountSpec, now: float) -> None:
+        """New options, platform or enabled: its task restarts with them."""
+        self._log.info(
+            "account changed; its task restarts with the change",
+            account_id=account.id,
+            enabled=account.enabled,
+        )
+        if not account.enabled:
+            self.staleness.unwatch(account.id)
+        self._execute(self.assigner.change(account, now), now)
+        self._refresh(account.id, "changed" if account.enabled else "disabled")
+
+    def remove(self, account_id: str, now: float) -> "asyncio.Future[None]":
+        """Take the account away; the future is done once its worker has let it go (its
+        changes flushed, its spool free)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._leaving[account_id] = done
+        self.staleness.unwatch(account_id)
+        self.quarantine.forget(account_id)
+        self._execute(self.assigner.remove(account_id, now), now)
+        self._settle_leaving()
+        return done
+
+    def set_workers(self, worker_ids: list[str], now: float) -> None:
+        """Scaling: homes move as little as possible (see the assigner)."""
+        self._execute(self.assigner.set_workers(worker_ids, now), now)
+        for account_id in list(self.status):
+            self._refresh(account_id, "workers changed")
+
+    def holds(self, worker_id: str) -> bool:
+        """Some account is assigned to, or being let go by, this worker."""
+        return bool(self.assigner.accounts_of(worker_id))
+
+    def _settle_leaving(self) -> None:
+        for account_id, done in list(self._leaving.items()):
+            if not self.assigner.gone(account_id):
+                continue
+            del self._leaving[account_id]
+            self.status.pop(account_id, None)
+            self.syncs.pop(account_id, None)
+            self.items_synced.pop(account_id, None)
+            self.sync_errors.pop(account_id, None)
+            if not done.done():
+                done.set_result(None)
 
     # --- operator actions ----------------------------------------------------------------
 
@@ -265,6 +335,7 @@ class AccountManager:
         if status is not None:
             status.task = None
         self._execute(self.assigner.released(link.worker_id, message.account_id, now), now)
+        self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
 
     def on_account_state(self, link: WorkerLink, message: WorkerAccountState, now: float) -> None:
@@ -320,7 +391,7 @@ class AccountManager:
         owner = slot.owner
         link = self._links.get(owner) if owner is not None else None
         state = derive(
-            enabled=True,
+            enabled=slot.account.enabled,
             failed=status.failed is not None,
             quarantined=self.quarantine.is_quarantined(account_id),
             owner=owner,

@@ -1,8 +1,13 @@
 """Which worker watches which account, as decisions without I/O.
 
-* Every account has a *home*: planned round-robin at start, at most
-  ``accounts_per_worker`` per worker. It stays with its home across restarts of that
-  worker.
+* Every account has a *home*, one of the configured workers, at most
+  ``accounts_per_worker`` each: an account added (at start, in order, or later) goes to
+  the worker with the fewest homes and room, the first on a tie (at start: round robin).
+  It stays with its home across restarts of that worker. Nothing moves homes but
+  scaling: more workers take homes from the busiest until homes differ by at most one
+  per worker (2 → 3 workers moves a third of the accounts); fewer workers move only the
+  accounts of the removed ones, each to the worker with the fewest homes. An account
+  without room anywhere has no home (``unassigned``) until room appears.
 * If the home cannot run (its process is gone: crashed, in backoff, boot_failed) for
   ``reassign_after_s``, its accounts move to the least loaded running workers with room.
   When the home runs again they move back.
@@ -48,22 +53,25 @@ Action = Assign | Revoke
 @dataclass(slots=True)
 class Slot:
     account: AccountSpec
-    home: str | None  # None: no room anywhere at start
+    home: str | None  # None: no room anywhere
     owner: str | None = None  # assigned to (or being released by) this worker
     releasing: bool = False  # a revoke is out; waiting for the owner to let go
     target: str | None = None  # where it goes once released
     planned_home: str | None = None  # its home when it is not quarantined
+    leaving: bool = False  # removed: forgotten once released
 
 
 def plan_homes(
     accounts: list[AccountSpec], worker_ids: list[str], per_worker: int
 ) -> dict[str, str | None]:
-    """Round-robin, at most ``per_worker`` each; accounts beyond capacity get no home."""
+    """Round-robin over the enabled accounts, at most ``per_worker`` each; accounts beyond
+    capacity (and disabled ones) get no home."""
     capacity = len(worker_ids) * per_worker
-    return {
-        a.id: (worker_ids[i % len(worker_ids)] if i < capacity else None)
-        for i, a in enumerate(accounts)
-    }
+    enabled = [a for a in accounts if a.enabled]
+    homes: dict[str, str | None] = {a.id: None for a in accounts}
+    for i, account in enumerate(enabled[:capacity]):
+        homes[account.id] = worker_ids[i % len(worker_ids)]
+    return homes
 
 
 class Assigner:
@@ -79,7 +87,7 @@ class Assigner:
         self.slots: dict[str, Slot] = {
             a.id: Slot(a, homes[a.id], planned_home=homes[a.id]) for a in accounts
         }
-        self._workers = worker_ids
+        self._workers = list(worker_ids)
         self._per_worker = per_worker
         self._reassign_after_s = reassign_after_s
         self._running: set[str] = set()
@@ -181,6 +189,110 @@ class Assigner:
         slot.home = slot.planned_home
         return self._send_home(slot, now)
 
+    # --- accounts and workers that change ---------------------------------------------
+
+    def add(self, account: AccountSpec, now: float) -> list[Action]:
+        """A new account: a home where there is room (none if it is disabled)."""
+        home = self._roomiest() if account.enabled else None
+        self.slots[account.id] = Slot(account, home, planned_home=home)
+        return self._place_unowned(now)
+
+    def change(self, account: AccountSpec, now: float) -> list[Action]:
+        """New options (or platform, or enabled): its task restarts with them. A running
+        owner lets it go and gets it back, so the task starts afresh."""
+        slot = self.slots[account.id]
+        was_enabled, slot.account = slot.account.enabled, account
+        if not account.enabled:
+            slot.home = slot.planned_home = None
+            return self._take_back(slot, now, target=None)
+        if not was_enabled:
+            slot.home = slot.planned_home = self._roomiest()
+            return self._place_unowned(now)
+        return self._take_back(slot, now, target=slot.owner)
+
+    def remove(self, account_id: str, now: float) -> list[Action]:
+        """The account goes: let go by its worker (if one runs it), then forgotten."""
+        slot = self.slots.get(account_id)
+        if slot is None:
+            return []
+        slot.leaving, slot.home, slot.planned_home = True, None, None
+        if slot.releasing:
+            slot.target = None
+            return []
+        if slot.owner is not None and slot.owner in self._running:
+            slot.releasing, slot.target = True, None
+            return [Revoke(slot.owner, account_id)]
+        del self.slots[account_id]
+        return []
+
+    def gone(self, account_id: str) -> bool:
+        """Removed and let go by its worker: nothing of it is left here."""
+        return account_id not in self.slots
+
+    def set_workers(self, worker_ids: list[str], now: float) -> list[Action]:
+        """Scaling to ``worker_ids``: new ones take homes from the busiest, removed ones
+        lose theirs to the least busy; only those accounts move (by handshake)."""
+        removed = [w for w in self._workers if w not in worker_ids]
+        self._workers = list(worker_ids)
+        for worker in worker_ids:
+            if worker not in self._running:
+                self._down_since.setdefault(worker, now)
+        moved: list[Slot] = []
+        for slot in self.slots.values():
+            if slot.planned_home in removed:
+                slot.planned_home = None
+                moved.append(slot)
+        for slot in moved:  # to the least busy remaining worker with room
+            slot.planned_home = self._roomiest()
+        while True:  # even out: the busiest gives to the least busy
+            homes = self._home_counts()
+            busiest = max(self._workers, key=lambda w: homes[w], default=None)
+            idlest = min(self._workers, key=lambda w: homes[w], default=None)
+            if busiest is None or idlest is None or homes[busiest] - homes[idlest] <= 1:
+                break
+            slot = next(s for s in reversed(list(self.slots.values())) if s.planned_home == busiest)
+            slot.planned_home = idlest
+            moved.append(slot)
+        actions: list[Action] = []
+        done: set[str] = set()
+        for slot in moved:  # each once, in the order decided
+            if slot.account.id in done:
+                continue
+            done.add(slot.account.id)
+            if slot.home != slot.planned_home and slot.home not in (None, *removed, *worker_ids):
+                continue  # quarantined: it stays on its own worker until released
+            slot.home = slot.planned_home
+            owner_runs = slot.owner is not None and slot.owner in self._running
+            if owner_runs and slot.home not in self._running:
+                continue  # it moves when its new home runs (worker_up calls it home)
+            actions += self._send_home(slot, now)
+        for worker in removed:
+            self._down_since.pop(worker, None)
+        return actions + self._place_unowned(now)
+
+    def _home_counts(self) -> Counter[str]:
+        counts: Counter[str] = Counter({w: 0 for w in self._workers})
+        counts.update(s.planned_home for s in self.slots.values() if s.planned_home is not None)
+        return counts
+
+    def _roomiest(self) -> str | None:
+        """The configured worker with the fewest homes and room for one more (the first
+        on a tie); None if every one is full."""
+        homes = self._home_counts()
+        candidates = [w for w in self._workers if homes[w] < self._per_worker]
+        return min(candidates, key=lambda w: homes[w], default=None)  # min keeps the first
+
+    def _take_back(self, slot: Slot, now: float, target: str | None) -> list[Action]:
+        """Have the account's worker let it go (then ``target`` gets it, if it runs)."""
+        if slot.releasing:
+            slot.target = target
+            return []
+        if slot.owner is not None and slot.owner in self._running:
+            slot.releasing, slot.target = True, target
+            return [Revoke(slot.owner, slot.account.id)]
+        slot.owner = None
+        return self._place_unowned(now)
+
     def _send_home(self, slot: Slot, now: float) -> list[Action]:
         if slot.releasing:  # already on its way somewhere: there, then home
             slot.target = slot.home if slot.home in self._running else None
@@ -219,6 +331,10 @@ class Assigner:
 
     def _hand_over(self, slot: Slot, now: float) -> list[Action]:
         target, slot.target, slot.releasing = slot.target, None, False
+        if slot.leaving:
+            slot.owner = None
+            del self.slots[slot.account.id]
+            return []
         if target is not None and target in self._running:
             slot.owner = target
             return [Assign(target, slot.account)]
@@ -239,7 +355,7 @@ class Assigner:
         actions: list[Action] = []
         loads: Counter[str] | None = None  # counted when first needed
         for slot in self.slots.values():
-            if slot.owner is not None or slot.releasing:
+            if slot.owner is not None or slot.releasing or not slot.account.enabled:
                 continue
             home = slot.home
             if home is not None and home in self._running:

@@ -27,12 +27,13 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import psycopg
 from psycopg import pq
+from psycopg.types.json import Jsonb
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
-from hiscrm.master.data.store import DigestEntry
+from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -114,7 +115,17 @@ def _migration_1(conn: Conn) -> None:
             conn.execute(statement)
 
 
-MIGRATIONS = {1: _migration_1}  # version -> step that brings the schema to it
+def _migration_2(conn: Conn) -> None:
+    """The accounts become a registry; what the sync path keeps per account moves aside."""
+    conn.execute("ALTER TABLE accounts RENAME TO account_sync")
+    conn.execute(
+        'CREATE TABLE accounts (id text COLLATE "C" PRIMARY KEY, platform text NOT NULL, '
+        "options jsonb NOT NULL DEFAULT '{}', enabled boolean NOT NULL DEFAULT true, "
+        "source text NOT NULL, created_at bigint NOT NULL, updated_at bigint NOT NULL)"
+    )
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2}  # version -> step that brings it there
 
 
 def _existing_tables(conn: Conn) -> set[str]:
@@ -242,7 +253,7 @@ class Upserter:
 def committed_seqs(conn: Conn, account_ids: list[str], *, lock: bool = False) -> dict[str, int]:
     """What the store has for each account (0 for one it has never seen); ``lock`` holds
     their rows until the transaction ends, so no other writer moves them meanwhile."""
-    sql = "SELECT id, acked_seq FROM accounts WHERE id = ANY(%s)"
+    sql = "SELECT id, acked_seq FROM account_sync WHERE id = ANY(%s)"
     rows = conn.execute(sql + (" FOR UPDATE" if lock else ""), (account_ids,)).fetchall()
     found = {r[0]: int(r[1]) for r in rows}
     return {account_id: found.get(account_id, 0) for account_id in account_ids}
@@ -250,10 +261,10 @@ def committed_seqs(conn: Conn, account_ids: list[str], *, lock: bool = False) ->
 
 def record_commits(conn: Conn, seqs: dict[str, int], at: int) -> None:
     conn.execute(
-        "INSERT INTO accounts (id, acked_seq, last_sync_at) "
+        "INSERT INTO account_sync (id, acked_seq, last_sync_at) "
         "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
         "ON CONFLICT (id) DO UPDATE SET "
-        "acked_seq = greatest(accounts.acked_seq, excluded.acked_seq), "
+        "acked_seq = greatest(account_sync.acked_seq, excluded.acked_seq), "
         "last_sync_at = excluded.last_sync_at",
         (list(seqs), list(seqs.values()), [at] * len(seqs)),
     )
@@ -290,3 +301,44 @@ def count_items(conn: Conn, account_id: str | None = None) -> dict[str, int]:
     row = conn.execute(f"SELECT {counts}", {"a": account_id}).fetchone()
     assert row is not None
     return {collection: int(n) for collection, n in zip(BY_COLLECTION, row, strict=True)}
+
+
+# --- the registry of accounts -----------------------------------------------------------
+
+
+def list_accounts(conn: Conn) -> list[AccountRecord]:
+    rows = conn.execute(
+        "SELECT id, platform, options, enabled, source, created_at, updated_at FROM accounts "
+        "ORDER BY created_at, id"
+    ).fetchall()
+    return [AccountRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def put_account(conn: Conn, record: AccountRecord) -> None:
+    conn.execute(
+        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+        "platform = excluded.platform, options = excluded.options, enabled = excluded.enabled, "
+        "source = excluded.source, updated_at = excluded.updated_at",
+        (
+            record.id,
+            record.platform,
+            Jsonb(record.options),
+            record.enabled,
+            record.source,
+            record.created_at,
+            record.updated_at,
+        ),
+    )
+
+
+def delete_account(conn: Conn, account_id: str, purge: bool) -> dict[str, int]:
+    conn.execute("DELETE FROM accounts WHERE id = %s", (account_id,))
+    if not purge:
+        return {}
+    deleted: dict[str, int] = {}
+    for kind in KINDS.values():
+        cursor = conn.execute(f"DELETE FROM {kind.collection} WHERE account_id = %s", (account_id,))
+        deleted[kind.collection] = cursor.rowcount
+    conn.execute("DELETE FROM account_sync WHERE id = %s", (account_id,))
+    return deleted

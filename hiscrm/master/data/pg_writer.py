@@ -75,7 +75,7 @@ class PgWriter:
         self.url = url
         self.where = redacted(url)
         self._on_outcomes: OutcomeCallback = lambda outcomes: None
-        self._retention = retention_days
+        self._retention = retention_days  # replaced whole by set_retention (atomic)
         self._log = log
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
@@ -104,6 +104,10 @@ class PgWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def set_retention(self, days: dict[str, float]) -> None:
+        """Days to keep per collection from the next pass on (a new configuration)."""
+        self._retention = dict(days)
 
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)

@@ -6,6 +6,8 @@ digest); a small pool of connections (``PgReader``) serves the API's reads from 
 """
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -17,6 +19,7 @@ from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.pg_writer import PgWriter
 from hiscrm.master.data.store import (
     AccountDigest,
+    AccountRecord,
     CollectionQuery,
     OutcomeCallback,
     Row,
@@ -26,6 +29,7 @@ from hiscrm.master.data.store import (
     SyncBatch,
 )
 
+T = TypeVar("T")
 WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
 STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
 
@@ -61,6 +65,9 @@ class PostgresStore:
             errors=writer.errors,
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
+
+    def set_retention(self, days: dict[str, float]) -> None:
+        self.writer.set_retention(days)
 
     def submit(self, batch: SyncBatch) -> None:
         self.writer.submit(batch)
@@ -100,3 +107,30 @@ class PostgresStore:
 
     async def count_items(self, account_id: str) -> dict[str, int]:
         return await self.reader.count_items(account_id)
+
+    async def accounts(self) -> list[AccountRecord]:
+        return await self.writer.call(pg_schema.list_accounts)
+
+    async def put_account(self, record: AccountRecord) -> None:
+        await self._write(lambda conn: pg_schema.put_account(conn, record))
+
+    async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
+        return await self._write(lambda conn: pg_schema.delete_account(conn, account_id, purge))
+
+    async def _write(self, function: Callable[[Conn], T]) -> T:
+        """One write of the API in its own transaction, in the writer thread; 503 (as
+        StoreUnavailable) if the store cannot take it in time."""
+
+        def in_transaction(conn: Conn) -> T:
+            with conn.transaction():
+                return function(conn)
+
+        try:
+            return await self.writer.call(in_transaction, WRITE_TIMEOUT_S)
+        except TimeoutError:
+            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
+            raise StoreUnavailable(
+                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc

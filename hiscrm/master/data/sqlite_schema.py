@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind
-from hiscrm.master.data.store import DigestEntry
+from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at"]
 
 
@@ -76,7 +76,17 @@ def _migration_1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
-MIGRATIONS = {1: _migration_1}  # version -> step that brings the schema to it
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """The accounts become a registry; what the sync path keeps per account moves aside."""
+    conn.execute("ALTER TABLE accounts RENAME TO account_sync")
+    conn.execute(
+        "CREATE TABLE accounts (id TEXT PRIMARY KEY, platform TEXT NOT NULL, "
+        "options TEXT NOT NULL DEFAULT '{}', enabled INTEGER NOT NULL DEFAULT 1, "
+        "source TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)"
+    )
+
+
+MIGRATIONS = {1: _migration_1, 2: _migration_2}  # version -> step that brings it there
 
 
 def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
@@ -139,7 +149,10 @@ def connect_quietly(path: Path) -> sqlite3.Connection:
 def check_columns(conn: sqlite3.Connection) -> None:
     """Every table and column this program writes is there (a table dropped or altered
     by hand is refused at start, not discovered at the first write)."""
-    expected = {"accounts": ["id", "acked_seq", "last_sync_at"]}
+    expected = {
+        "account_sync": ["id", "acked_seq", "last_sync_at"],
+        "accounts": ["id", "platform", "options", "enabled", "source", "created_at", "updated_at"],
+    }
     for kind in KINDS.values():
         expected[kind.collection] = (
             SYNC_COLUMNS + kind.observed_fields + [owned.name for owned in kind.master_owned]
@@ -221,13 +234,13 @@ class Upserter:
 
 
 def committed_seq(conn: sqlite3.Connection, account_id: str) -> int:
-    row = conn.execute("SELECT acked_seq FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    row = conn.execute("SELECT acked_seq FROM account_sync WHERE id = ?", (account_id,)).fetchone()
     return int(row[0]) if row else 0
 
 
 def record_commit(conn: sqlite3.Connection, account_id: str, seq: int, at: int) -> None:
     conn.execute(
-        "INSERT INTO accounts (id, acked_seq, last_sync_at) VALUES (?, ?, ?) "
+        "INSERT INTO account_sync (id, acked_seq, last_sync_at) VALUES (?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq), "
         "last_sync_at = excluded.last_sync_at",
         (account_id, seq, at),
@@ -276,3 +289,46 @@ def count_items(conn: sqlite3.Connection, account_id: str | None = None) -> dict
 def rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     names: Sequence[str] = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+# --- the registry of accounts -----------------------------------------------------------
+
+
+def list_accounts(conn: sqlite3.Connection) -> list[AccountRecord]:
+    rows = conn.execute(
+        "SELECT id, platform, options, enabled, source, created_at, updated_at FROM accounts "
+        "ORDER BY created_at, id"
+    )
+    return [AccountRecord(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5], r[6]) for r in rows]
+
+
+def put_account(conn: sqlite3.Connection, record: AccountRecord) -> None:
+    conn.execute(
+        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "platform = excluded.platform, options = excluded.options, enabled = excluded.enabled, "
+        "source = excluded.source, updated_at = excluded.updated_at",
+        (
+            record.id,
+            record.platform,
+            json.dumps(record.options),
+            int(record.enabled),
+            record.source,
+            record.created_at,
+            record.updated_at,
+        ),
+    )
+
+
+def delete_account(conn: sqlite3.Connection, account_id: str, purge: bool) -> dict[str, int]:
+    conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+    if not purge:
+        return {}
+    deleted = {
+        kind.collection: conn.execute(
+            f"DELETE FROM {kind.collection} WHERE account_id = ?", (account_id,)
+        ).rowcount
+        for kind in KINDS.values()
+    }
+    conn.execute("DELETE FROM account_sync WHERE id = ?", (account_id,))
+    return deleted

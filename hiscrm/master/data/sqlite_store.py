@@ -7,15 +7,18 @@ the API.
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data import sqlite_queries, sqlite_schema
 from hiscrm.master.data.sqlite_reader import SqliteReader
-from hiscrm.master.data.sqlite_writer import SqliteWriter
+from hiscrm.master.data.sqlite_writer import SqliteWriter, transaction
 from hiscrm.master.data.store import (
     AccountDigest,
+    AccountRecord,
     CollectionQuery,
     OutcomeCallback,
     Row,
@@ -24,6 +27,7 @@ from hiscrm.master.data.store import (
     SyncBatch,
 )
 
+T = TypeVar("T")
 WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
 STUCK_AFTER_S = 2.0  # a write waiting or running this long means the store is stuck
 
@@ -52,6 +56,9 @@ class SqliteStore:
             errors=writer.errors,
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
+
+    def set_retention(self, days: dict[str, float]) -> None:
+        self.writer.set_retention(days)
 
     def submit(self, batch: SyncBatch) -> None:
         self.writer.submit(batch)
@@ -92,3 +99,30 @@ class SqliteStore:
 
     async def count_items(self, account_id: str) -> dict[str, int]:
         return await self.reader.count_items(account_id)
+
+    async def accounts(self) -> list[AccountRecord]:
+        return await self.writer.call(sqlite_schema.list_accounts)
+
+    async def put_account(self, record: AccountRecord) -> None:
+        await self._write(lambda conn: sqlite_schema.put_account(conn, record))
+
+    async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
+        return await self._write(lambda conn: sqlite_schema.delete_account(conn, account_id, purge))
+
+    async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """One write of the API in its own transaction, in the writer thread; 503 (as
+        StoreUnavailable) if the store cannot take it in time."""
+
+        def in_transaction(conn: sqlite3.Connection) -> T:
+            with transaction(conn):
+                return function(conn)
+
+        try:
+            return await self.writer.call(in_transaction, WRITE_TIMEOUT_S)
+        except TimeoutError:
+            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
+            raise StoreUnavailable(
+                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
+            ) from None
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot write: {exc}") from exc

@@ -65,7 +65,7 @@ class SqliteWriter:
     ) -> None:
         self.path = path
         self._on_outcomes: OutcomeCallback = lambda outcomes: None
-        self._retention = retention_days
+        self._retention = retention_days  # replaced whole by set_retention (atomic)
         self._log = log
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store", daemon=True)
@@ -98,6 +98,10 @@ class SqliteWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def set_retention(self, days: dict[str, float]) -> None:
+        """Days to keep per collection from the next pass on (a new configuration)."""
+        self._retention = dict(days)
 
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)

@@ -63,6 +63,19 @@ class SyncOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """An account in the registry: the store's ``accounts`` table."""
+
+    id: str
+    platform: str
+    options: dict[str, Any]
+    enabled: bool
+    source: Literal["config", "api"]  # declared in the config file, or made through the API
+    created_at: int  # ms
+    updated_at: int  # ms
+
+
+@dataclass(frozen=True, slots=True)
 class AccountDigest:
     """What the store holds of an account: every change up to ``acked_seq``, and these
     items."""
@@ -110,6 +123,9 @@ class Store(Protocol):
 
     def stats(self) -> StoreStats: ...
 
+    def set_retention(self, days: dict[str, float]) -> None:
+        """Days to keep per collection from now on (a new configuration)."""
+
     def submit(self, batch: SyncBatch) -> None:
         """Commit these changes (after everything submitted before), or refuse them with a
         reason: a gap (the store lacks changes before ``base_seq``) or an error."""
@@ -130,3 +146,14 @@ class Store(Protocol):
         """Items per collection, and when they were counted (ms)."""
 
     async def count_items(self, account_id: str) -> dict[str, int]: ...
+
+    async def accounts(self) -> list[AccountRecord]:
+        """The registry, in the order accounts were made."""
+
+    async def put_account(self, record: AccountRecord) -> None:
+        """Create or replace an account of the registry."""
+
+    async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
+        """Take an account out of the registry; with ``purge`` its items and sync state
+        too (how many rows per collection went). Without, a later account of the same id
+        goes on where it left off."""

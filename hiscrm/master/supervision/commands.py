@@ -7,6 +7,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from hiscrm.config import Config
+from hiscrm.models import AccountSpec
+
 
 class CommandRefused(Exception):
     """An operator's action that cannot be carried out now (the reason says why)."""
@@ -38,8 +41,46 @@ class SyncAccount:
     from_seq: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseAccount:
+    """Lift an account's quarantine (its placement goes back to normal)."""
+
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddAccount:
+    """Run a new account (already in the store's registry)."""
+
+    account: AccountSpec
+    source: str  # config or api
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeAccount:
+    """Its options, platform or enabled changed: its task restarts with them."""
+
+    account: AccountSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAccount:
+    """Stop running it; answered once its worker has let it go."""
+
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyConfig:
+    """A re-read configuration: its settings for the decisions that follow, and its
+    number of workers (accounts come as the commands above)."""
+
+    config: Config
+
+
 WorkerCommand = StartWorker | StopWorker | RestartWorker
-Command = WorkerCommand | ReloadWorkers | SyncAccount
+AccountCommand = AddAccount | ChangeAccount | RemoveAccount | ReleaseAccount | SyncAccount
+Command = WorkerCommand | ReloadWorkers | AccountCommand | ApplyConfig
 
 
 @dataclass(frozen=True, slots=True)

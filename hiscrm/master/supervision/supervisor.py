@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import psutil
@@ -25,10 +25,15 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.ports import AccountsPort, EventSink
 from hiscrm.master.supervision.code_status import CodeStatus
 from hiscrm.master.supervision.commands import (
+    AddAccount,
+    ApplyConfig,
+    ChangeAccount,
     Command,
     CommandRefused,
     CommandRequest,
+    ReleaseAccount,
     ReloadWorkers,
+    RemoveAccount,
     RestartWorker,
     StartWorker,
     StopWorker,
@@ -83,10 +88,12 @@ class Supervisor:
         self._launcher = launcher
         self.accounts = accounts
         self._publish = publish
+        # What SIGHUP does beyond a rolling reload (the app re-reads the config first).
+        self.on_hangup: Callable[[], Coroutine[Any, Any, None]] | None = None
         self.started_at_ms = epoch_ms()
         self.slots: dict[str, WorkerSlot] = {w: self._new_slot(w) for w in config.worker_ids}
-        self._solo_wanted: list[str] = []
-        self._solo_leaving: set[str] = set()
+        self._slots_wanted: list[str] | None = None  # as last reconciled
+        self._slots_leaving: set[str] = set()  # no longer wanted, not removed yet
         self.code = CodeStatus(config.code.packages, config.platform_specs)
         self.protocol_errors_total = 0
         self.count_internal_error = errors or ErrorCounter()
@@ -274,7 +281,7 @@ class Supervisor:
                 self.accounts.on_deadline(now)
             if self._reload is not None and not self._reload.done:
                 await self._reload.advance(loop.time())
-            await self._reconcile_solo_slots(loop.time())
+            await self._reconcile_slots(loop.time())
         except Exception as exc:
             self._log.error(
                 "master error while handling an event",
@@ -283,30 +290,53 @@ class Supervisor:
                 exc_info=exc,
             )
 
-    async def _reconcile_solo_slots(self, now: float) -> None:
-        """Start the solo slots the data wing wants (one per quarantined account); stop
-        and remove those it no longer wants once they hold no account."""
-        wanted = self.accounts.solo_workers()
-        if wanted == self._solo_wanted and not self._solo_leaving:
+    async def _reconcile_slots(self, now: float) -> None:
+        """The slots that should exist: the configured workers and one solo worker per
+        quarantined account (the data wing's ``solo_workers``). Missing ones start; those
+        no longer wanted are stopped once they hold no account, then removed."""
+        wanted = [*self.config.worker_ids, *self.accounts.solo_workers()]
+        if wanted == self._slots_wanted and not self._slots_leaving:
             return
-        self._solo_wanted = wanted
+        self._slots_wanted = wanted
         if self._shutdown_reason is None:
             for worker_id in wanted:
                 if worker_id not in self.slots:
                     slot = self.slots[worker_id] = self._new_slot(worker_id)
-                    self._solo_leaving.discard(worker_id)
-                    await slot.start(now, "an account in quarantine runs alone here")
-        for worker_id in [w for w in self.slots if w not in self.config.worker_ids]:
-            if worker_id in wanted:
-                continue
+                    self._slots_leaving.discard(worker_id)
+                    why = "configured" if worker_id in self.config.worker_ids else "quarantine"
+                    await slot.start(now, f"new worker ({why})")
+        for worker_id in [w for w in self.slots if w not in wanted]:
             slot = self.slots[worker_id]
-            self._solo_leaving.add(worker_id)
+            self._slots_leaving.add(worker_id)
+            if self.accounts.holds(worker_id):
+                continue  # its accounts are on their way elsewhere
             if slot.idle:
                 del self.slots[worker_id]
-                self._solo_leaving.discard(worker_id)
-                self._log.info("solo worker removed: its account left quarantine", worker=worker_id)
+                self._slots_leaving.discard(worker_id)
+                self._log.info("worker removed: no longer wanted", worker=worker_id)
             elif slot.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
                 await slot.request_stop(StopReason.STOP, now, restart=False)
+
+    def _reconfigure(self, config: Config, now: float) -> None:
+        """Settings for the decisions that follow, and the configured workers: new ones
+        start (from the next step), and removed ones are stopped once their accounts have
+        moved (see ``_reconcile_slots``)."""
+        old = self.config.worker_ids
+        self.config = config
+        for slot in self.slots.values():
+            slot.reconfigure(config)
+        if config.worker_ids != old:
+            self._log.info("workers changed", old=len(old), new=len(config.worker_ids))
+            self.accounts.set_workers(config.worker_ids, now)
+        self._slots_wanted = None  # look again at which slots should exist
+
+    def _hangup_done(self, task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.error(
+                "SIGHUP handling failed",
+                internal_errors_total=self.count_internal_error(),
+                exc_info=exc,
+            )
 
     def _new_slot(self, worker_id: str) -> WorkerSlot:
         return WorkerSlot(
@@ -465,6 +495,27 @@ class Supervisor:
             case ReloadWorkers(why):
                 self._begin_reload(why, now).when_done(request.reply)
                 return
+            case AddAccount(account, source):
+                self.accounts.add(account, source, now)
+                request.answer(account.id)
+                return
+            case ChangeAccount(account):
+                self.accounts.change(account, now)
+                request.answer(account.id)
+                return
+            case RemoveAccount(account_id):
+                let_go = self.accounts.remove(account_id, now)
+                let_go.add_done_callback(lambda _: request.answer(account_id))
+                return
+            case ApplyConfig(config):
+                self._reconfigure(config, now)
+                request.answer(config)
+                return
+            case ReleaseAccount(account_id):
+                if not self.accounts.release(account_id, now):
+                    raise CommandRefused(f"account {account_id!r} is not quarantined")
+                request.answer(account_id)
+                return
             case SyncAccount(account_id, from_seq):
                 try:
                     request.answer(self.accounts.request_sync(account_id, from_seq))
@@ -527,6 +578,10 @@ class Supervisor:
         if sig is signal.SIGHUP:
             if self._shutdown_reason is not None:
                 self._log.warning("SIGHUP ignored: shutting down")
+                return
+            if self.on_hangup is not None:  # off the loop: it sends commands back to it
+                hangup = asyncio.create_task(self.on_hangup(), name="SIGHUP")
+                hangup.add_done_callback(self._hangup_done)
                 return
             try:
                 self._begin_reload("SIGHUP", now)

@@ -111,6 +111,15 @@ class WorkerSlot:
         self.protocol_errors: dict[str, int] = {}  # by kind
         self.worker_errors = 0
 
+    def reconfigure(self, config: Config) -> None:
+        """Settings for what follows: processes started from now on, and the next
+        backoff (its count of failures goes on)."""
+        self._config = config
+        self._sup = config.supervision
+        self.backoff.reconfigure(
+            self._sup.backoff_initial_s, self._sup.backoff_max_s, self._sup.backoff_reset_after_s
+        )
+
     # --- queries -------------------------------------------------------------------------
 
     @property

@@ -1,0 +1,67 @@
+"""What changed between two configurations, and when each change takes effect.
+
+``hiscrmctl update`` (``POST /config/update``, SIGHUP) applies a re-read file while the
+master runs. Each changed key is one of:
+
+* ``now``: used by the decisions that follow (timeouts, backoff, staleness, quarantine,
+  retention, the number of workers, the disk threshold);
+* ``workers started from now on``: handed to a worker when it starts (its heartbeat
+  interval, log limits, code packages, plugin paths): a reload applies it to all;
+* ``needs a master restart``: the master bound or opened it at start (the API's address
+  and limits, the state directory, the store).
+
+Accounts are not compared here: the registry reconciles them (``account_registry``).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hiscrm.config import Config
+
+NOW = "now"
+NEXT_START = "workers started from now on"
+RESTART = "needs a master restart"
+
+_RESTART_PREFIXES = ("state_dir", "api.", "store.url")
+_NEXT_START_PREFIXES = (
+    "logs.",
+    "code.",
+    "plugin_paths",
+    "supervision.heartbeat_interval_s",
+    "supervision.fork_template",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    key: str  # dotted, as in the file: "supervision.backoff_max_s"
+    old: Any
+    new: Any
+    applies: str  # NOW, NEXT_START or RESTART
+
+
+def applies(key: str) -> str:
+    if key.startswith(_RESTART_PREFIXES):
+        return RESTART
+    if key.startswith(_NEXT_START_PREFIXES):
+        return NEXT_START
+    return NOW
+
+
+def _flat(config: Config) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.model_dump(mode="json", exclude={"accounts"}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def diff(old: Config, new: Config) -> list[ConfigChange]:
+    before, after = _flat(old), _flat(new)
+    return [
+        ConfigChange(key, before.get(key), after.get(key), applies(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]

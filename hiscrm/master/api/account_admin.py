@@ -1,0 +1,154 @@
+"""Making, changing and deleting accounts while the master runs (``POST``/``PATCH``/
+``DELETE /accounts``, ``hiscrmctl account …``).
+
+The store's registry is written first, then the running master follows by a command to
+the supervisor: nothing is half-made (a bad request is refused before either). Accounts
+declared in the config file belong to the file: the API refuses to change or delete them
+(change the file, then ``hiscrmctl update``); see ``data/account_registry``.
+"""
+
+import asyncio
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.items import epoch_ms
+from hiscrm.master.api.errors import ApiError
+from hiscrm.master.api.read_model import NotFound, ReadModel
+from hiscrm.master.api.schemas import AccountInfo
+from hiscrm.master.data.store import AccountRecord, Store
+from hiscrm.master.supervision.commands import AddAccount, ChangeAccount, RemoveAccount
+from hiscrm.master.supervision.platform_check import find_module
+from hiscrm.master.supervision.supervisor import Supervisor
+from hiscrm.models import ACCOUNT_ID_PATTERN, AccountSpec
+from hiscrm.platform_names import resolve_platform_name
+
+REMOVE_TIMEOUT_S = 60.0  # for its worker to let a deleted account go
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        pattern=ACCOUNT_ID_PATTERN,
+        description="letters, digits, '.', '_', '-'; up to 64; safe as a file name",
+    )
+    platform: str = "demo"
+    options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class AccountPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    options: dict[str, Any] | None = None  # replaces the options whole
+    enabled: bool | None = None
+
+
+class AccountDeleted(BaseModel):
+    id: str
+    purged: bool
+    deleted: dict[str, int]  # items removed per collection (purge only)
+
+
+class AccountAdmin:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        read: ReadModel,
+        store: Store,
+        spool_dir: Path,
+        plugin_paths: list[str],
+        log: FilteringBoundLogger,
+    ) -> None:
+        self._supervisor = supervisor
+        self._read = read
+        self._store = store
+        self._spool_dir = spool_dir
+        self._plugin_paths = plugin_paths
+        self._log = log
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def create(self, body: AccountCreate) -> AccountInfo:
+        spec = self._valid_spec(body.id, body.platform, body.options, body.enabled)
+        async with self._locks[spec.id]:
+            if spec.id in self._read.account_ids():
+                raise ApiError(409, f"account {spec.id!r} exists")
+            now = epoch_ms()
+            record = AccountRecord(
+                spec.id, spec.platform, dict(spec.options), spec.enabled, "api", now, now
+            )
+            await self._store.put_account(record)
+            await self._supervisor.command(AddAccount(spec, "api"))
+            self._log.info("account created through the API", account_id=spec.id)
+            return self._read.account(spec.id)
+
+    async def change(self, account_id: str, patch: AccountPatch) -> AccountInfo:
+        async with self._locks[account_id]:
+            record = await self._api_owned(account_id)
+            options = patch.options if patch.options is not None else record.options
+            enabled = patch.enabled if patch.enabled is not None else record.enabled
+            spec = self._valid_spec(account_id, record.platform, options, enabled)
+            if (spec.options, spec.enabled) == (record.options, record.enabled):
+                return self._read.account(account_id)  # nothing to do
+            changed = AccountRecord(
+                account_id, spec.platform, dict(spec.options), spec.enabled, "api",
+                record.created_at, epoch_ms(),
+            )  # fmt: skip
+            await self._store.put_account(changed)
+            await self._supervisor.command(ChangeAccount(spec))
+            return self._read.account(account_id)
+
+    async def delete(self, account_id: str, purge: bool) -> AccountDeleted:
+        async with self._locks[account_id]:
+            await self._api_owned(account_id)
+            await asyncio.wait_for(
+                self._supervisor.command(RemoveAccount(account_id)), REMOVE_TIMEOUT_S
+            )
+            deleted = await self._store.delete_account(account_id, purge)
+            if purge:
+                await asyncio.to_thread(shutil.rmtree, self._spool_dir / account_id, True)
+            self._log.info(
+                "account deleted",
+                account_id=account_id,
+                purged=purge,
+                data="removed" if purge else "kept (an account of the same id goes on with it)",
+                deleted=deleted,
+            )
+            return AccountDeleted(id=account_id, purged=purge, deleted=deleted)
+
+    async def _api_owned(self, account_id: str) -> AccountRecord:
+        records = {r.id: r for r in await self._store.accounts()}
+        record = records.get(account_id)
+        if record is None or account_id not in self._read.account_ids():
+            raise NotFound(f"no account {account_id!r}")
+        if record.source != "api":
+            raise ApiError(
+                409,
+                f"account {account_id!r} is declared in the config file: change it there, "
+                "then run hiscrmctl update",
+            )
+        return record
+
+    def _valid_spec(
+        self, account_id: str, platform: str, options: dict[str, Any], enabled: bool
+    ) -> AccountSpec:
+        """The account as the master runs it, or a 422 naming what is wrong."""
+        try:
+            spec = AccountSpec(id=account_id, platform=platform, options=options, enabled=enabled)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"])
+            problem = str(error["msg"]).removeprefix("Value error, ")
+            raise ApiError(422, f"{where}: {problem}", {"input": str(error.get("input"))}) from exc
+        module = resolve_platform_name(spec.platform).partition(":")[0]
+        if find_module(module, self._plugin_paths) is None:
+            raise ApiError(
+                422,
+                f"platform: module {module!r} not found (on the master's sys.path or plugin_paths)",
+            )
+        return spec

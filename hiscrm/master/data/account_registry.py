@@ -1,0 +1,78 @@
+"""The registry of accounts and the accounts the config file declares, reconciled.
+
+Accounts live in the store (``accounts``). Each one has a *source*:
+
+* ``config``: declared by ``[[accounts]]`` in the config file, which owns it. At start and
+  on ``update`` the registry follows the file: a new declaration is created, a changed
+  one changed, a declaration gone is removed from the registry (its data is kept). The
+  API refuses to change or delete it (change the file, then ``hiscrmctl update``).
+* ``api``: made through the API (``POST /accounts``, ``hiscrmctl account add``), which
+  owns it; it survives restarts, and no config update touches it. A declaration in the
+  file with the id of such an account is a conflict: reported, and left out.
+
+``plan`` is the pure part: what to create, change and remove, and which declarations
+conflict.
+"""
+
+from dataclasses import dataclass, field
+
+from hiscrm.master.data.store import AccountRecord
+from hiscrm.models import AccountSpec
+
+
+@dataclass
+class RegistryPlan:
+    create: list[AccountRecord] = field(default_factory=list)
+    change: list[AccountRecord] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # declared ids owned by the API
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.change or self.remove or self.conflicts)
+
+
+def spec_of(record: AccountRecord) -> AccountSpec:
+    return AccountSpec(
+        id=record.id, platform=record.platform, options=record.options, enabled=record.enabled
+    )
+
+
+def plan(declared: list[AccountSpec], registry: list[AccountRecord], now_ms: int) -> RegistryPlan:
+    """What the registry must do to follow the file. New declarations get creation times
+    a millisecond apart, in the file's order, so the registry keeps that order."""
+    existing = {r.id: r for r in registry}
+    result = RegistryPlan()
+    for spec in declared:
+        record = existing.get(spec.id)
+        if record is None:
+            at = now_ms + len(result.create)
+            result.create.append(
+                AccountRecord(
+                    spec.id, spec.platform, dict(spec.options), spec.enabled, "config", at, at
+                )
+            )
+        elif record.source != "config":
+            result.conflicts.append(spec.id)
+        elif (record.platform, record.options, record.enabled) != (
+            spec.platform,
+            spec.options,
+            spec.enabled,
+        ):
+            result.change.append(
+                AccountRecord(
+                    spec.id, spec.platform, dict(spec.options), spec.enabled, "config",
+                    record.created_at, now_ms,
+                )
+            )  # fmt: skip
+    ids = {spec.id for spec in declared}
+    result.remove = [r.id for r in registry if r.source == "config" and r.id not in ids]
+    return result
+
+
+def apply(plan: RegistryPlan, registry: list[AccountRecord]) -> list[AccountRecord]:
+    """The registry after ``plan`` (what the store will hold), in creation order."""
+    by_id = {r.id: r for r in registry if r.id not in plan.remove}
+    for record in (*plan.create, *plan.change):
+        by_id[record.id] = record
+    return sorted(by_id.values(), key=lambda r: (r.created_at, r.id))

@@ -1,0 +1,278 @@
+"""Accounts changed while the master runs: made, changed, disabled, deleted through the API
+and hiscrmctl; the config file read again with ``update`` (accounts and workers); the
+rules between accounts the file declares and accounts the API made."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MasterFactory, make_config
+from harness import Master, count, query, read_jsonl, to_toml, wait_until
+from test_ctl import ctl
+
+STARTS = "testplatforms.recording:Starts"
+
+
+def starts(records: Path, account: str) -> list[dict[str, Any]]:
+    return read_jsonl(records / f"{account}.starts")
+
+
+def declared(records: Path, *ids: str, **options: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": a,
+            "platform": STARTS,
+            "options": {"record_dir": str(records), "per_tick": 1, **options},
+        }
+        for a in ids
+    ]
+
+
+def check_nothing_lost(master: Master, records: Path, accounts: list[str]) -> None:
+    for account in accounts:
+        produced = {r["item"]["id"] for r in read_jsonl(records / f"{account}.jsonl")}
+        stored = {
+            r[0] for r in query(master.db, "SELECT id FROM messages WHERE account_id=?", account)
+        }
+        assert produced <= stored, f"{account} lost {sorted(produced - stored)[:5]}"
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    path = tmp_path / "records"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.timeout(90)
+def test_accounts_made_changed_disabled_and_deleted_while_it_runs(
+    start_master: MasterFactory, records: Path
+) -> None:
+    master = start_master(make_config(workers=2, accounts=declared(records, "cfg-1", "cfg-2")))
+    pids = master.wait_all_running(["worker1", "worker2"])
+    options = {"record_dir": str(records), "per_tick": 1}
+    with master.http() as http:
+        began = time.monotonic()
+        made = http.post("/accounts", json={"id": "api-1", "platform": STARTS, "options": options})
+        assert made.status_code == 201, made.text
+        assert made.json()["source"] == "api"
+        wait_until(lambda: http.get("/accounts/api-1").json()["state"] == "running", 5, "running")
+        placed_s = time.monotonic() - began
+        wait_until(lambda: count(master.db, "messages", "api-1") > 5, 10, "api-1's items stored")
+
+        # With hiscrmctl too; options given as K=V.
+        added = ctl(master, "account", "add", "api-2", "--platform", STARTS,
+                    "--option", f"record_dir={records}", "--option", "per_tick=1")  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        wait_until(lambda: count(master.db, "messages", "api-2") > 5, 10, "api-2's items stored")
+        assert starts(records, "api-2")[0]["options"]["per_tick"] == 1  # a number, not text
+
+        # New options: its task restarts with them; no other account's task restarts.
+        others = {a: len(starts(records, a)) for a in ("cfg-1", "cfg-2", "api-2")}
+        changed = ctl(master, "account", "set", "api-1", "per_tick=2", "note=hello")
+        assert changed.returncode == 0, changed.stderr
+        wait_until(lambda: len(starts(records, "api-1")) == 2, 10, "api-1 restarted")
+        assert starts(records, "api-1")[-1]["options"]["note"] == "hello"
+        assert {a: len(starts(records, a)) for a in others} == others
+
+        # Disabled: stopped, state disabled, data kept; enabled: back.
+        assert ctl(master, "account", "disable", "api-1").returncode == 0
+        wait_until(lambda: http.get("/accounts/api-1").json()["state"] == "disabled", 5, "off")
+        stopped_at = count(master.db, "messages", "api-1")
+        time.sleep(0.5)
+        assert count(master.db, "messages", "api-1") == stopped_at
+        assert ctl(master, "account", "enable", "api-1").returncode == 0
+        wait_until(lambda: count(master.db, "messages", "api-1") > stopped_at, 10, "on again")
+
+        # Deleted without purge: gone from the registry, data kept (and logged).
+        gone = http.delete("/accounts/api-2")
+        assert gone.json() == {"id": "api-2", "purged": False, "deleted": {}}
+        assert http.get("/accounts/api-2").status_code == 404
+        assert count(master.db, "messages", "api-2") > 0
+        assert (master.state_dir / "spool" / "api-2").exists()
+        logged = master.log.wait_for(event="account deleted", account_id="api-2")
+        assert logged["purged"] is False
+        # ... and with purge: rows and spool go.
+        purged = ctl(master, "--json", "account", "rm", "api-1", "--purge")
+        assert purged.returncode == 0, purged.stderr
+        assert json.loads(purged.stdout)["deleted"]["messages"] > 0
+        assert count(master.db, "messages", "api-1") == 0
+        assert not (master.state_dir / "spool" / "api-1").exists()
+        workers = {w["id"]: w["pid"] for w in http.get("/workers").json()["items"]}
+    assert workers == pids  # none of it restarted a worker
+    assert placed_s < 2
+    assert master.stop() == 0
+    check_nothing_lost(master, records, ["cfg-1", "cfg-2"])
+
+
+@pytest.mark.timeout(60)
+def test_bad_requests_change_nothing_and_say_what_is_wrong(
+    start_master: MasterFactory, records: Path
+) -> None:
+    master = start_master(make_config(workers=1, accounts=declared(records, "cfg-1")))
+    master.wait_running("worker1")
+    with master.http() as http:
+        cases = [
+            ({"id": "x", "platform": "no such thing!"}, 422, "platform"),
+            ({"id": "x", "platform": "nosuchmodule:Thing"}, 422, "module 'nosuchmodule' not found"),
+            ({"id": "../etc", "platform": "demo"}, 422, "id"),
+            ({"id": "x", "options": [1, 2]}, 422, "options"),
+            ({"id": "x", "colour": "red"}, 422, "colour"),
+            ({"id": "cfg-1"}, 409, "exists"),
+        ]
+        for body, status, text in cases:
+            answer = http.post("/accounts", json=body)
+            assert answer.status_code == status, (body, answer.text)
+            assert text in answer.text, (body, answer.text)
+        bad_json = http.post(
+            "/accounts", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert bad_json.status_code == 422
+        # The file's accounts belong to the file.
+        for method, path, body in (
+            ("PATCH", "/accounts/cfg-1", {"enabled": False}),
+            ("DELETE", "/accounts/cfg-1", None),
+        ):
+            refused = http.request(method, path, json=body)
+            assert refused.status_code == 409, refused.text
+            assert "declared in the config file" in refused.json()["error"]
+        ids = [a["id"] for a in http.get("/accounts").json()["items"]]
+        assert ids == ["cfg-1"]  # nothing half-made
+        assert http.get("/accounts/cfg-1").json()["state"] == "running"
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_accounts_made_through_the_api_survive_a_restart(
+    start_master: MasterFactory, records: Path
+) -> None:
+    master = start_master(make_config(workers=1, accounts=declared(records, "cfg-1")))
+    master.wait_running("worker1")
+    with master.http() as http:
+        body = {
+            "id": "api-1",
+            "platform": STARTS,
+            "options": {"record_dir": str(records), "per_tick": 1},
+        }
+        assert http.post("/accounts", json=body).status_code == 201
+        wait_until(lambda: count(master.db, "messages", "api-1") > 5, 10, "stored")
+    assert master.stop() == 0
+    master.start()
+    mark = master.mark()
+    master.wait_running("worker1", after=mark)
+    with master.http() as http:
+        account = http.get("/accounts/api-1").json()
+        assert account["source"] == "api"
+        before = count(master.db, "messages", "api-1")
+        wait_until(lambda: count(master.db, "messages", "api-1") > before, 10, "syncing again")
+    assert master.stop() == 0
+    check_nothing_lost(master, records, ["cfg-1", "api-1"])
+
+
+@pytest.mark.timeout(120)
+def test_update_applies_the_file_accounts_and_workers_moving_little(
+    start_master: MasterFactory, records: Path
+) -> None:
+    ids = [f"acc-{n}" for n in range(1, 7)]
+    config = make_config(workers=2, accounts=declared(records, *ids))
+    master = start_master(config)
+    pids = master.wait_all_running(["worker1", "worker2"])
+    with master.http() as http:
+        mine = {"id": "mine", "platform": STARTS, "options": {"record_dir": str(records)}}
+        assert http.post("/accounts", json=mine).status_code == 201
+        homes = {a["id"]: a["worker"] for a in http.get("/accounts").json()["items"]}
+
+        # A bad file changes nothing and says why.
+        good = master.config_path.read_text()
+        master.config_path.write_text(good + "\nworkers = inf\n")
+        bad = http.post("/config/update")
+        assert bad.status_code == 422
+        assert "nothing changed" in bad.json()["error"]
+        master.config_path.write_text(good)
+
+        # Accounts added, removed and changed; the API's account declared too (a conflict).
+        changed = dict(config)
+        changed["accounts"] = [
+            *declared(records, "acc-1", "acc-3", "acc-4", "acc-5", "acc-6", "acc-7"),
+            *declared(records, "acc-2", per_tick=2),
+            *declared(records, "mine"),
+        ]
+        master.config_path.write_text(to_toml(changed))
+        result = ctl(master, "--json", "update")
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["accounts"] == {
+            "added": ["acc-7"], "changed": ["acc-2"], "removed": [], "conflicts": ["mine"]
+        }  # fmt: skip
+        wait_until(lambda: count(master.db, "messages", "acc-7") > 0, 10, "acc-7 runs")
+        wait_until(lambda: len(starts(records, "acc-2")) == 2, 10, "acc-2 restarted")
+        assert http.get("/accounts/mine").json()["source"] == "api"
+
+        # Workers 2 -> 3: the untouched workers keep their pids; about a third moves.
+        changed["workers"] = 3
+        changed["accounts"] = [a for a in changed["accounts"] if a["id"] != "acc-6"]
+        master.config_path.write_text(to_toml(changed))
+        answer = http.post("/config/update").json()
+        assert answer["accounts"]["removed"] == ["acc-6"]
+        assert {s["key"]: s["applies"] for s in answer["settings"]} == {"workers": "now"}
+        master.wait_running("worker3")
+        wait_until(
+            lambda: (
+                len([a for a in http.get("/accounts").json()["items"] if a["worker"] == "worker3"])
+                >= 2
+            ),
+            15,
+            "worker3 takes its share",
+        )
+        after = {a["id"]: a["worker"] for a in http.get("/accounts").json()["items"]}
+        moved = [a for a in after if a in homes and homes[a] != after[a]]
+        assert len(moved) <= 3, (homes, after)  # 7 accounts: about a third
+        workers = {w["id"]: w for w in http.get("/workers").json()["items"]}
+        assert {w: workers[w]["pid"] for w in pids} == pids
+        assert "acc-6" not in after
+
+        # Workers 3 -> 1: only the removed workers' accounts move; then those workers go.
+        changed["workers"] = 1
+        master.config_path.write_text(to_toml(changed))
+        assert http.post("/config/update").status_code == 200
+        wait_until(
+            lambda: [w["id"] for w in http.get("/workers").json()["items"]] == ["worker1"],
+            30,
+            "workers 2 and 3 removed",
+        )
+        assert http.get("/workers/worker1").json()["pid"] == pids["worker1"]
+        wait_until(
+            lambda: all(a["state"] == "running" for a in http.get("/accounts").json()["items"]),
+            15,
+            "everything running on worker1",
+        )
+        # A key only a restart applies is named as such.
+        changed["api"] = {"port": 0, "max_page_bytes": 2**20}
+        master.config_path.write_text(to_toml(changed))
+        answer = http.post("/config/update").json()
+        assert answer["restart_needed"] == ["api.max_page_bytes"]
+    assert master.stop() == 0
+    check_nothing_lost(master, records, ["acc-1", "acc-2", "acc-3", "acc-4", "acc-5", "acc-7"])
+
+
+@pytest.mark.timeout(90)
+def test_sighup_updates_then_reloads(start_master: MasterFactory, records: Path) -> None:
+    config = make_config(workers=1, accounts=declared(records, "acc-1"))
+    master = start_master(config)
+    pid = master.wait_running("worker1")
+    config["accounts"] = declared(records, "acc-1", "acc-2")
+    master.config_path.write_text(to_toml(config))
+    mark = master.mark()
+    os.kill(master.pid, signal.SIGHUP)
+    updated = master.log.wait_for(after=mark, event="configuration updated")
+    assert updated["accounts"]["added"] == ["acc-2"]
+    reload = master.log.wait_for(after=mark, event="reload complete", timeout=30)
+    assert master.log.events.index(updated) < master.log.events.index(reload)
+    with master.http() as http:
+        assert http.get("/workers/worker1").json()["pid"] != pid
+        wait_until(lambda: count(master.db, "messages", "acc-2") > 0, 10, "acc-2 runs")
+    assert master.stop() == 0
