@@ -221,3 +221,30 @@ def test_a_fixed_platform_comes_back_with_a_reload(
     assert info["state"] == "running"
     assert info["failed"] is None
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_an_account_added_with_a_platform_its_worker_did_not_load(
+    start_master: MasterFactory,
+) -> None:
+    master = start_master(make_config(workers=1, accounts=[{"id": "demo-1", **DEMO}]))
+    pid = master.wait_running("worker1")
+    big = {"id": "new-1", "platform": "testplatforms.behaviours:BigItems"}
+    with master.http() as http:
+        answer = http.post("/accounts", json={**big, "options": {"size": 10, "count": 20}})
+        assert answer.status_code == 201, answer.text
+        answer = http.post("/accounts", json={"id": "new-bad", "platform": RAISES_AT_IMPORT})
+        assert answer.status_code == 201, answer.text
+    # Imported at its first assignment: the account runs, or fails with the traceback.
+    syncing(master, ["new-1"], more_than=10)
+    assert account(master, "new-1")["state"] == "running"
+    master.log.wait_for(event="account state", account_id="new-bad", new="failed")
+    info = account(master, "new-bad")
+    assert info["failed"].splitlines()[-1] == CASES[RAISES_AT_IMPORT][0]
+    with master.http() as http:
+        worker = http.get("/workers/worker1").json()
+    assert (worker["state"], worker["pid"]) == ("running", pid)
+    assert (
+        "importing a platform at its first assignment" in master.worker_log("worker1").read_text()
+    )
+    assert master.stop() == 0

@@ -6,6 +6,9 @@ Each platform is imported on its own. One that raises at import (whatever it rai
 each account of a failed platform is ``failed`` in it (see ``account_host``).
 
 A failure holds for the life of the process: a later assignment does not import again.
+(A platform the process was not told about at its start, as for an account added through
+the API since, is imported at its first assignment; that import blocks the event loop
+while it runs, and its files are not in the fingerprint the process registered.)
 The process's code fingerprint describes what it loaded at its start; an import on the
 event loop would block the heartbeat; and a module that raised half-way may have left
 half its state behind. A fix is loaded as any code change is, by new processes
@@ -83,15 +86,22 @@ class PlatformSet:
     failures: dict[str, PlatformFailure] = field(default_factory=dict)
     imported_here: bool = False  # imported anything itself (not only taken from a template)
 
-    def find(self, name: str) -> type[Platform] | PlatformFailure:
-        """The class for a platform name (as an account gives it), or why there is none."""
+    def find(self, name: str) -> type[Platform] | PlatformFailure | None:
+        """The class for a platform name (as an account gives it), why there is none, or
+        None if this process has not tried to load it."""
         spec = resolve_platform_name(name)
         cls = self.classes.get(spec)
-        if cls is not None:
-            return cls
-        return self.failures.get(spec) or failure(
-            spec, PlatformLoadError(spec, "not among the platforms this worker loaded"), "run"
-        )
+        return cls if cls is not None else self.failures.get(spec)
+
+    def load(self, spec: str) -> type[Platform] | PlatformFailure:
+        """Import ``spec`` now, recording the class or the failure."""
+        self.imported_here = True
+        try:
+            cls = self.classes[spec] = load_platform(spec)
+        except BaseException as exc:  # whatever a module's code raises, even SystemExit
+            failed = self.failures[spec] = failure(spec, exc, "be loaded")
+            return failed
+        return cls
 
     def errors(self) -> dict[str, str]:
         """Spec -> reason, for the registration."""
@@ -118,9 +128,5 @@ def load_platforms(specs: Iterable[str], preloaded: PlatformSet | None = None) -
             continue
         if not loaded.imported_here and preloaded is not None:
             importlib.invalidate_caches()  # a module that appeared since the template looked
-        loaded.imported_here = True
-        try:
-            loaded.classes[spec] = load_platform(spec)
-        except BaseException as exc:  # whatever a module's code raises, even SystemExit
-            loaded.failures[spec] = failure(spec, exc, "be loaded")
+        loaded.load(spec)
     return loaded
