@@ -127,51 +127,46 @@ class AccountRunner:
     # --- the supervising task ------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        platform = self._platform
+        assert not isinstance(platform, PlatformFailure)
         while True:
             if self.state is AccountState.BACKOFF:
                 self._transition(AccountState.RUNNING, f"restart {self.restarts}")
-            reason = await self._run_once()
-            if reason is None:  # failed for good, or being stopped
+            self._run_began = time.monotonic()
+            # One attempt inline, not in a helper: a faulthandler dump of a crash in the
+            # platform is a frame shorter, so the end of the log still shows its frame.
+            try:
+                instance = platform()
+            except BaseException as exc:  # whatever a constructor raises stays in this account
+                self._errors.report("account", exc, account_id=self.account.id)
+                if not self._constructed:  # it cannot run at all: failed, not restarted
+                    spec = resolve_platform_name(self.account.platform)
+                    self._fail(failure(spec, exc, "be constructed"))
+                    return
+                reason = f"constructing {platform.__qualname__}: {describe_exception(exc)}"
+            else:
+                self._constructed = True
+                try:
+                    await instance.run(self.context)
+                    raise RunReturned(f"{platform.__qualname__}.run() returned")
+                except asyncio.CancelledError as exc:
+                    this_task = asyncio.current_task()
+                    if this_task is not None and this_task.cancelling():
+                        raise  # we are being stopped
+                    # A CancelledError leaking out of platform code (an awaited helper
+                    # that was cancelled) is a failure of the platform, not a stop.
+                    self._errors.report("account", exc, account_id=self.account.id)
+                    reason = "CancelledError escaped from run()"
+                except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit too
+                    if not (isinstance(exc, InvalidItem) and exc.reported):  # at the upsert
+                        self._errors.report("account", exc, account_id=self.account.id)
+                    reason = describe_exception(exc)
+            if self.state is not AccountState.RUNNING:  # it failed while being stopped
                 return
             self.restarts += 1
             delay = self._backoff.record_failure(time.monotonic() - self._run_began)
             self._transition(AccountState.BACKOFF, f"{reason}; restart in {delay:.2f}s")
             await asyncio.sleep(delay)
-
-    async def _run_once(self) -> str | None:
-        """Construct the platform and run it until it ends; why it ended, or None if it
-        must not be started again (it cannot be constructed, or it is being stopped)."""
-        self._run_began = time.monotonic()
-        platform = self._platform
-        assert not isinstance(platform, PlatformFailure)
-        try:
-            instance = platform()
-        except BaseException as exc:  # whatever a constructor raises stays in this account
-            self._errors.report("account", exc, account_id=self.account.id)
-            if not self._constructed:
-                spec = resolve_platform_name(self.account.platform)
-                self._fail(failure(spec, exc, "be constructed"))
-                return None
-            return f"constructing {platform.__qualname__}: {describe_exception(exc)}"
-        self._constructed = True
-        try:
-            await instance.run(self.context)
-            raise RunReturned(f"{platform.__qualname__}.run() returned")
-        except asyncio.CancelledError as exc:
-            this_task = asyncio.current_task()
-            if this_task is not None and this_task.cancelling():
-                raise  # we are being stopped
-            # A CancelledError leaking out of platform code (an awaited helper that
-            # was cancelled) is a failure of the platform, not a stop.
-            self._errors.report("account", exc, account_id=self.account.id)
-            reason = "CancelledError escaped from run()"
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit too
-            if not (isinstance(exc, InvalidItem) and exc.reported):  # reported at the upsert
-                self._errors.report("account", exc, account_id=self.account.id)
-            reason = describe_exception(exc)
-        if self.state is not AccountState.RUNNING:  # it failed while being stopped
-            return None
-        return reason
 
     def _task_ended(self, task: "asyncio.Task[None]") -> None:
         """The supervising task only ends when stopped or failed for good; any other end
