@@ -208,6 +208,9 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
+    # Where workers look for platform modules besides the master's sys.path (after it);
+    # relative to the config file, whose own directory comes first (see load_config).
+    plugin_paths: list[Path] = Field(default_factory=list)
     accounts: list[AccountSpec] = Field(default_factory=list)
 
     @field_validator("state_dir", mode="before")
@@ -218,6 +221,18 @@ class Config(_Section):
             raise ValueError('must not be empty (use "." for the config file\'s directory)')
         if text is not None and "\0" in text:
             raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("plugin_paths", mode="before")
+    @classmethod
+    def _plugin_paths_usable(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for entry in value:
+                text = str(entry) if isinstance(entry, (str, Path)) else None
+                if text is not None and not text.strip():
+                    raise ValueError('an entry is empty (use "." for the config file\'s directory)')
+                if text is not None and "\0" in text:
+                    raise ValueError("an entry contains a NUL character")
         return value
 
     @field_validator("accounts")
@@ -277,8 +292,15 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, An
         if len(errors) > 1:
             problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         raise ConfigError(source, _key_of(tuple(first["loc"])), problem) from exc
+    plugin_paths = [
+        _resolved(base_dir / path, source, f"plugin_paths[{n}]")
+        for n, path in enumerate(config.plugin_paths)
+    ]
     return config.model_copy(
-        update={"state_dir": _resolved(base_dir / config.state_dir, source, "state_dir")}
+        update={
+            "state_dir": _resolved(base_dir / config.state_dir, source, "state_dir"),
+            "plugin_paths": list(dict.fromkeys(plugin_paths)),
+        }
     )
 
 
@@ -301,7 +323,10 @@ def check_override(key: str, value: Any) -> Any:
 def load_config(
     path: Path | None, *, workers: int | None = None, state_dir: Path | None = None
 ) -> Config:
-    """Load the file at ``path`` (or the embedded default) and apply command-line overrides."""
+    """Load the file at ``path`` (or the embedded default) and apply command-line overrides.
+
+    With a file, its own directory comes first in ``plugin_paths``: platform modules kept
+    beside the config file are found whatever the master's working directory."""
     overrides: dict[str, Any] = {}
     if workers is not None:
         overrides["workers"] = workers
@@ -316,6 +341,9 @@ def load_config(
         except (OSError, RuntimeError, UnicodeDecodeError) as exc:
             raise ConfigError(source, "", f"cannot read: {exc}") from exc
     config = parse_config(text, source, base_dir, overrides)
+    if path is not None:
+        paths = list(dict.fromkeys([base_dir, *config.plugin_paths]))
+        config = config.model_copy(update={"plugin_paths": paths})
     if state_dir is not None:
         resolved = _resolved(state_dir, "--state-dir", "")
         config = config.model_copy(update={"state_dir": resolved})

@@ -124,8 +124,10 @@ class Master:
         extra_args: list[str] | None = None,
         code_dir: Path = REPO,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ):
         self.dir = tmp_path
+        self.cwd = cwd or tmp_path  # the master's working directory
         self.state_dir = tmp_path / "var"
         self.config_path = tmp_path / "hiscrm.toml"
         self.config_path.write_text(to_toml(config))
@@ -154,7 +156,7 @@ class Master:
                     *self.extra_args,
                 ],
                 env=env,
-                cwd=self.dir,
+                cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

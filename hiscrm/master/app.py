@@ -37,7 +37,7 @@ from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
-from hiscrm.master.supervision.platform_check import missing_platforms
+from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -137,8 +137,9 @@ async def run_master(
         )
         manager.append(accounts)
         launcher = make_launcher(config, log)
+        plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
-        missing = missing_platforms([spec_of(r) for r in registry], [])
+        missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)
         for spec, ids in missing.items():
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
@@ -149,7 +150,6 @@ async def run_master(
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
-        plugin_paths = [str(p) for p in getattr(config, "plugin_paths", [])]
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         updater = ConfigUpdater(config_path, overrides or {}, supervisor, store, log)
 

@@ -203,6 +203,7 @@ class WorkerSlot:
             backoff_max_s=sup.backoff_max_s,
             backoff_reset_after_s=sup.backoff_reset_after_s,
             platforms=self._config.platform_specs,
+            plugin_paths=[str(path) for path in self._config.plugin_paths],
             spool_dir=str(self._config.state_dir / "spool"),
             idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
             ack_timeout_s=sup.heartbeat_timeout_s,
