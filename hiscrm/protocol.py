@@ -81,6 +81,11 @@ class WorkerError(_Message):
     traceback: str
     errors_total: int
 
+    @property
+    def summary(self) -> str:
+        """``Type: message``, or the type alone when the message is empty."""
+        return f"{self.error_type}: {self.message}" if self.message else self.error_type
+
 
 class WorkerAccountState(_Message):
     """An account task in the worker changed state."""

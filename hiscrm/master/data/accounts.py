@@ -35,6 +35,7 @@ from hiscrm.master.data.store import (
 )
 from hiscrm.master.ports import EventSink, WorkerLink
 from hiscrm.models import AccountSpec
+from hiscrm.platform_names import resolve_platform_name
 from hiscrm.protocol import (
     MAX_MESSAGE_BYTES,
     AnyMessage,
@@ -127,6 +128,10 @@ class AccountManager:
 
     def accounts_of(self, worker_id: str) -> list[str]:
         return [a for a in self.assigner.accounts_of(worker_id) if not self.assigner.releasing(a)]
+
+    def platform_specs(self) -> list[str]:
+        specs = (resolve_platform_name(s.account.platform) for s in self.assigner.slots.values())
+        return list(dict.fromkeys(specs))
 
     def solo_workers(self) -> list[str]:
         if self._solo is None:
@@ -374,7 +379,7 @@ class AccountManager:
             return
         status = self.status.get(message.account_id)
         if status is not None:
-            status.error(f"{message.error_type}: {message.message}", message.traceback, epoch_ms())
+            status.error(message.summary, message.traceback, epoch_ms())
 
     # --- states --------------------------------------------------------------------------
 
