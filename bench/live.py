@@ -100,24 +100,21 @@ def update_adding(before: int, added: int) -> tuple[float, float]:
     """Seconds until the update answers, and until every account runs."""
     head = UPDATE_HEAD
     config = head + "".join(QUIET.format(n=n) for n in range(before))
-    with running_master(config) as (_master, state, _log):
-        with client_for(state) as client:
+    with running_master(config) as (_master, state, _log), client_for(state) as client:
 
-            def running(total: int) -> bool:
-                return int(client.get("/status").json()["accounts"]["running"]) == total
+        def running(total: int) -> bool:
+            return int(client.get("/status").json()["accounts"]["running"]) == total
 
-            wait(lambda: running(before), 120, f"{before} accounts running", 0.05)
-            config_path = state.parent / "bench.toml"
-            config_path.write_text(
-                head + "".join(QUIET.format(n=n) for n in range(before + added))
-            )
-            began = time.perf_counter()
-            answer = client.post("/config/update")
-            answered = time.perf_counter() - began
-            assert answer.is_success, answer.text
-            assert len(answer.json()["accounts"]["added"]) == added, answer.text
-            wait(lambda: running(before + added), 120, "all running", 0.002)
-            return answered, time.perf_counter() - began
+        wait(lambda: running(before), 120, f"{before} accounts running", 0.05)
+        config_path = state.parent / "bench.toml"
+        config_path.write_text(head + "".join(QUIET.format(n=n) for n in range(before + added)))
+        began = time.perf_counter()
+        answer = client.post("/config/update")
+        answered = time.perf_counter() - began
+        assert answer.is_success, answer.text
+        assert len(answer.json()["accounts"]["added"]) == added, answer.text
+        wait(lambda: running(before + added), 120, "all running", 0.002)
+        return answered, time.perf_counter() - began
 
 
 def main() -> None:
