@@ -194,6 +194,7 @@ class AccountManager:
             )
             self._execute(self.assigner.release_quarantine(account_id, now), now)
             self._refresh(account_id, "released from quarantine")
+            self._publish("account.released", {"account_id": account_id, "by": "rule"})
 
     # --- accounts and workers that change -------------------------------------------
 
@@ -259,6 +260,7 @@ class AccountManager:
         self._log.info("account released from quarantine by the operator", account_id=account_id)
         self._execute(self.assigner.release_quarantine(account_id, now), now)
         self._refresh(account_id, "released by the operator")
+        self._publish("account.released", {"account_id": account_id, "by": "operator"})
         return True
 
     def request_sync(self, account_id: str, from_seq: int | None) -> str:

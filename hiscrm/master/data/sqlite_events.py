@@ -10,8 +10,8 @@ go back and commit order is id order.
 import json
 import sqlite3
 
+from hiscrm.event_names import item_event
 from hiscrm.items import KINDS
-from hiscrm.master.data.event_filter import item_event
 from hiscrm.master.data.sqlite_queries import item_row
 from hiscrm.master.data.sqlite_schema import rows_as_dicts
 from hiscrm.master.data.store import EventQuery, EventWindow, NewEvent, StoredEvent

@@ -271,9 +271,11 @@ class Upserter:
             )
         return by_kind
 
-    def write(self, conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        for kind, kind_rows in rows.items():
-            conn.executemany(self._sql[kind], kind_rows)
+    def write(
+        self, conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]
+    ) -> dict[str, int]:
+        """Rows changed per kind (new or of a newer version): the item events."""
+        return {kind: conn.executemany(self._sql[kind], r).rowcount for kind, r in rows.items()}
 
 
 def committed_seq(conn: sqlite3.Connection, account_id: str) -> int:

@@ -60,6 +60,7 @@ class SqliteStore:
             items_written=writer.items_written,
             errors=writer.errors,
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
+            item_events=dict(writer.item_events),
         )
 
     def set_retention(self, days: dict[str, float]) -> None:

@@ -21,6 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class SqliteWriter:
         self.keep_events, self.keep_events_s = 100_000, 86_400.0
         self.commits = 0
         self.items_written = 0
+        self.item_events: Counter[str] = Counter()  # items changed (new or newer), by kind
         self.errors = 0
         # Read by the loop for health; written by the writer thread only.
         self.busy_since: float | None = None  # a write (or the wait for its lock) began
@@ -347,14 +349,16 @@ class SqliteWriter:
         if not accepted:
             return outcomes
         written = sum(len(batch.changes) for batch, _ in accepted)
+        changed: Counter[str] = Counter()
         with transaction(conn):
             event_id = self.event_ids.reserve(conn, written)
             for batch, _ in accepted:
                 rows = self._upserter.rows(batch.account_id, batch.changes, now_ms, event_id)
-                self._upserter.write(conn, rows)
+                changed.update(self._upserter.write(conn, rows))
                 sqlite_schema.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
                 event_id += len(batch.changes)
         self._committed.update(planned)
+        self.item_events.update(changed)
         if written:
             self._gave_out(written)
         self.commits += 1

@@ -109,6 +109,7 @@ class StoreStats:
     items_written: int
     errors: int
     cannot_commit: str | None = None  # why the store cannot commit now; None: it can
+    item_events: dict[str, int] = field(default_factory=dict)  # items changed, by kind
 
 
 OutcomeCallback = Callable[[list[SyncOutcome]], None]
