@@ -80,6 +80,32 @@ def loaded_files(extra_packages: Iterable[str] = ()) -> list[CodeFile]:
     return files
 
 
+def files_at(paths: Iterable[str]) -> list[CodeFile]:
+    """Source files named by path, described as ``loaded_files`` describes them: for what a
+    process tried to import and could not (a platform raising at import is not in
+    ``sys.modules``, yet a change to its file must make the process stale). Files of the
+    standard library and paths that are not ``.py`` files on disk are left out."""
+    stdlib = _stdlib_roots()
+    files = []
+    for path in sorted({os.path.realpath(p) for p in paths if p.endswith(".py")}):
+        if path.startswith(stdlib) or not os.path.isfile(path):
+            continue
+        try:
+            file = describe(path)
+        except OSError:  # gone since: it cannot match the disk
+            file = CodeFile(path=path, size=-1, mtime_ns=-1, sha256="missing")
+        if file.sha256 != "missing" and _racy(file, None):
+            file = file.model_copy(update={"mtime_ns": -1, "sha256": "racy"})
+        files.append(file)
+    return files
+
+
+def _stdlib_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib") if key in paths}
+    return tuple(os.path.join(os.path.realpath(root), "") for root in roots)
+
+
 def _racy(file: CodeFile, pyc: str | None) -> bool:
     """True if the process may run other code than the file holds now, so that the file
     must count as changed (the process is then stale, and replaced on the next start):

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from hiscrm.event_names import check_prefix as check_event_prefix
 from hiscrm.items import KINDS
 from hiscrm.models import AccountSpec
 from hiscrm.platform_names import resolve_platform_name
@@ -196,6 +197,51 @@ class StoreConfig(_Section):
         return None if url is None else check_store_url(url)
 
 
+class EventsConfig(_Section):
+    """The event stream (``GET /events``): what is kept for clients that resume, and
+    how much a client may fall behind."""
+
+    keep: int = Field(default=100_000, ge=100, le=100_000_000)  # supervisor events kept
+    keep_s: float = seconds(DAY_S, at_least=60.0, at_most=365 * DAY_S)  # ... and how long
+    heartbeat_s: float = seconds(15.0, at_least=0.1, at_most=HOUR_S)  # a comment when idle
+    client_buffer_kb: int = Field(default=4096, ge=64, le=1024 * 1024)  # then cut off
+    max_clients: int = Field(default=200, ge=1, le=100_000)  # streams open at once
+
+
+class HookConfig(_Section):
+    """``[[hooks]]``: events (by name or prefix) sent to a URL (POST of the event's JSON)
+    or to a command (the event's JSON on its standard input)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    on: list[str] = Field(min_length=1)
+    url: str | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    timeout_s: float = seconds(5.0, at_least=0.1, at_most=HOUR_S)  # per attempt
+    retries: int = Field(default=5, ge=0, le=100)  # after the first attempt
+    backoff_s: float = seconds(1.0, at_least=0.01, at_most=HOUR_S)  # doubled each retry
+    queue: int = Field(default=1000, ge=1, le=1_000_000)  # events waiting; beyond: dropped
+
+    @field_validator("on")
+    @classmethod
+    def _known_events(cls, on: list[str]) -> list[str]:
+        for prefix in on:
+            check_event_prefix(prefix)
+        return on
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, not {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("a hook has either url or command (exactly one)")
+        return self
+
+
 class Config(_Section):
     state_dir: Path = Path("var")
     workers: int = Field(default=2, ge=1, le=512)
@@ -208,6 +254,11 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
+    events: EventsConfig = EventsConfig()
+    hooks: list[HookConfig] = Field(default_factory=list)
+    # Where workers look for platform modules besides the master's sys.path (after it);
+    # relative to the config file, whose own directory comes first (see load_config).
+    plugin_paths: list[Path] = Field(default_factory=list)
     accounts: list[AccountSpec] = Field(default_factory=list)
 
     @field_validator("state_dir", mode="before")
@@ -219,6 +270,34 @@ class Config(_Section):
         if text is not None and "\0" in text:
             raise ValueError("must not contain a NUL character")
         return value
+
+    @field_validator("plugin_paths", mode="before")
+    @classmethod
+    def _plugin_paths_usable(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for entry in value:
+                text = str(entry) if isinstance(entry, (str, Path)) else None
+                if text is not None and not text.strip():
+                    raise ValueError('an entry is empty (use "." for the config file\'s directory)')
+                if text is not None and "\0" in text:
+                    raise ValueError("an entry contains a NUL character")
+        return value
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_named(cls, hooks: list[HookConfig]) -> list[HookConfig]:
+        """Unnamed hooks are named ``hook1``, ``hook2``, … by their place; names are
+        unique (they label metrics and log lines)."""
+        named = [
+            h if h.name is not None else h.model_copy(update={"name": f"hook{n}"})
+            for n, h in enumerate(hooks, 1)
+        ]
+        seen: set[str] = set()
+        for hook in named:
+            if hook.name in seen:
+                raise ValueError(f"hook name {hook.name!r} appears more than once")
+            seen.add(str(hook.name))
+        return named
 
     @field_validator("accounts")
     @classmethod
@@ -277,8 +356,15 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, An
         if len(errors) > 1:
             problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
         raise ConfigError(source, _key_of(tuple(first["loc"])), problem) from exc
+    plugin_paths = [
+        _resolved(base_dir / path, source, f"plugin_paths[{n}]")
+        for n, path in enumerate(config.plugin_paths)
+    ]
     return config.model_copy(
-        update={"state_dir": _resolved(base_dir / config.state_dir, source, "state_dir")}
+        update={
+            "state_dir": _resolved(base_dir / config.state_dir, source, "state_dir"),
+            "plugin_paths": list(dict.fromkeys(plugin_paths)),
+        }
     )
 
 
@@ -301,7 +387,10 @@ def check_override(key: str, value: Any) -> Any:
 def load_config(
     path: Path | None, *, workers: int | None = None, state_dir: Path | None = None
 ) -> Config:
-    """Load the file at ``path`` (or the embedded default) and apply command-line overrides."""
+    """Load the file at ``path`` (or the embedded default) and apply command-line overrides.
+
+    With a file, its own directory comes first in ``plugin_paths``: platform modules kept
+    beside the config file are found whatever the master's working directory."""
     overrides: dict[str, Any] = {}
     if workers is not None:
         overrides["workers"] = workers
@@ -316,6 +405,9 @@ def load_config(
         except (OSError, RuntimeError, UnicodeDecodeError) as exc:
             raise ConfigError(source, "", f"cannot read: {exc}") from exc
     config = parse_config(text, source, base_dir, overrides)
+    if path is not None:
+        paths = list(dict.fromkeys([base_dir, *config.plugin_paths]))
+        config = config.model_copy(update={"plugin_paths": paths})
     if state_dir is not None:
         resolved = _resolved(state_dir, "--state-dir", "")
         config = config.model_copy(update={"state_dir": resolved})

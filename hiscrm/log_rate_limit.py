@@ -21,7 +21,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 SUMMARY_EVENT = "repeated log lines suppressed"
-KEY_FIELDS = ("logger", "message", "worker", "account")  # what tells two kinds apart
+KEY_FIELDS = ("logger", "message", "worker", "account", "account_id")  # what tells two kinds apart
 MAX_KINDS = 10_000  # windows remembered at once; expired ones are dropped beyond this
 
 Emit = Callable[[str, dict[str, Any]], None]

@@ -53,6 +53,9 @@ class WorkerRegister(_Message):
     boot_ms: float  # from the start of the interpreter to this message
     code_version: str
     code_files: list[CodeFile]  # what it runs, to compare with the disk
+    # Platforms it could not load (spec -> the error line and the end of the traceback):
+    # their accounts are ``failed`` in this process; the others run.
+    platform_errors: dict[str, str] = Field(default_factory=dict)
 
 
 class WorkerHeartbeat(_Message):
@@ -77,6 +80,11 @@ class WorkerError(_Message):
     message: str
     traceback: str
     errors_total: int
+
+    @property
+    def summary(self) -> str:
+        """``Type: message``, or the type alone when the message is empty."""
+        return f"{self.error_type}: {self.message}" if self.message else self.error_type
 
 
 class WorkerAccountState(_Message):
@@ -433,6 +441,7 @@ class WorkerBoot(BaseModel):
     backoff_max_s: float
     backoff_reset_after_s: float
     platforms: list[str]  # module:Class specs to import at boot
+    plugin_paths: list[str] = Field(default_factory=list)  # appended to sys.path first
     spool_dir: str  # <state_dir>/spool: unacknowledged changes per account
     code_packages: list[str] = Field(default_factory=list)  # fingerprinted besides hiscrm
     idle_sync_s: float  # an account with nothing new still syncs this often

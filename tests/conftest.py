@@ -1,5 +1,6 @@
 import itertools
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,32 @@ def make_config(
     return config
 
 
+BROKEN_RUNTIME = "RuntimeError: boom at import: the worker runtime is broken"
+
+
+def broken_worker_code(tmp_path: Path, only_in: str | None = None) -> Path:
+    """A copy of hiscrm (for ``code_dir``) whose worker runtime raises at import: every
+    worker fails at boot (exit 78), and so does a fork template. With ``only_in`` (a
+    worker id), only that worker's spawned processes, and only while the file named by
+    ``HISCRM_TEST_BROKEN_MARKER`` exists. (A platform that cannot load no longer fails
+    a worker's boot: it fails its own accounts.)"""
+    code = tmp_path / "code"
+    shutil.copytree(REPO / "hiscrm", code / "hiscrm")
+    module = code / "hiscrm" / "worker" / "adopted.py"
+    if only_in is None:
+        breaker = f'raise RuntimeError("{BROKEN_RUNTIME.partition(": ")[2]}")\n'
+    else:
+        breaker = (
+            "import multiprocessing as _mp, os as _os\n"
+            f'if _mp.current_process().name == "hiscrm-{only_in}" and _os.path.exists(\n'
+            '    _os.environ.get("HISCRM_TEST_BROKEN_MARKER", "/nonexistent")\n'
+            "):\n"
+            f'    raise RuntimeError("{only_in} cannot load the worker runtime while the marker exists")\n'
+        )
+    module.write_text(breaker + module.read_text())
+    return code
+
+
 @contextmanager
 def masters(directory: Path) -> Iterator[MasterFactory]:
     """Start real masters; afterwards stop them and fail if anything they started is left."""
@@ -53,17 +80,23 @@ def masters(directory: Path) -> Iterator[MasterFactory]:
         extra_args: list[str] | None = None,
         code_dir: Path = REPO,
         env: dict[str, str] | None = None,
-        **options: Any,  # cwd, command: see Master
+        cwd: Path | None = None,
+        files: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> Master:
+        """``files``: written into the master's directory (beside its config) first."""
         home = directory / f"m{len(started)}"
         home.mkdir()
+        for name, text in (files or {}).items():
+            (home / name).write_text(text)
         master = Master(
             home,
             config if config is not None else make_config(),
             extra_args,
             code_dir,
             env,
-            **options,
+            cwd,
+            command,
         )
         started.append(master)
         return master.start()

@@ -151,12 +151,14 @@ class FakeLauncher:
         self.started: list[FakeWorker] = []
         self.register_on_start = True
         self.starts = {"fake": 0}
+        self.boots: list[Any] = []
 
     async def prepare(self, sample: Any, count_error: Callable[[], object]) -> None:
         return None
 
     async def start(self, boot: Any, post: Callable[[Event], None]) -> FakeWorker:
         worker = FakeWorker(boot.worker_id, post, self.register_on_start)
+        self.boots.append(boot)
         self.started.append(worker)
         self.starts["fake"] += 1
         return worker

@@ -129,7 +129,7 @@ class Master:
         command: list[str] | None = None,
     ):
         self.dir = tmp_path
-        self.cwd = cwd or tmp_path  # where the master is started from
+        self.cwd = cwd or tmp_path  # the master's working directory
         self.command = command or [sys.executable, "-m", "hiscrm.master"]
         self.state_dir = tmp_path / "var"
         self.config_path = tmp_path / "hiscrm.toml"

@@ -110,6 +110,21 @@ def test_paths_are_relative_to_the_file_and_flags_override(tmp_path: Path) -> No
     assert overridden.state_dir == Path.cwd() / "rel"
 
 
+def test_plugin_paths_start_with_the_config_files_directory(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "h.toml"
+    path.parent.mkdir()
+    path.write_text('plugin_paths = ["plugins", "/opt/shared", "."]\n')
+    config = load_config(path)
+    conf = tmp_path / "conf"
+    assert config.plugin_paths == [conf, conf / "plugins", Path("/opt/shared")]
+    assert load_config(None).plugin_paths == []
+    with pytest.raises(ConfigError) as info:
+        parse_config('plugin_paths = ["a", " "]\n', "f.toml", Path("/"), {})
+    assert str(info.value) == (
+        'f.toml: plugin_paths: an entry is empty (use "." for the config file\'s directory)'
+    )
+
+
 def test_error_names_source_key_and_problem() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("[sync]\nstale_after_s = -1\n", EMBEDDED_DEFAULT, Path("/"), {})

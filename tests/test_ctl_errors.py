@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MasterFactory, accounts_of, make_config
+from conftest import BROKEN_RUNTIME, MasterFactory, accounts_of, broken_worker_code, make_config
 from harness import Master
 from test_ctl import CTL, ctl
 
@@ -72,14 +72,14 @@ def test_json_errors_without_a_master(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_restart_and_start_into_boot_failed_say_what_happened(
-    start_master: MasterFactory,
+    start_master: MasterFactory, tmp_path: Path
 ) -> None:
     config = make_config(
         workers=1,
-        accounts=accounts_of("testplatforms.bad_import:Never"),
+        accounts=accounts_of("demo"),
         supervision={"backoff_initial_s": 0.3, "backoff_max_s": 1.2},
     )
-    master = start_master(config)
+    master = start_master(config, code_dir=broken_worker_code(tmp_path))
     master.log.wait_for(event="worker state", worker="worker1", new="boot_failed", timeout=20)
 
     restart = ctl(master, "restart", "worker1")
@@ -88,7 +88,7 @@ def test_restart_and_start_into_boot_failed_say_what_happened(
     first, *notes = restart.stderr.splitlines()
     assert first.startswith("hiscrmctl: restart failed: worker1 is boot_failed: ")
     assert "code 78" in first
-    assert any("RuntimeError: boom at import" in line for line in notes)  # the log's end
+    assert any(BROKEN_RUNTIME in line for line in notes)  # the log's end
 
     started = ctl(master, "start", "worker1", "--json")
     assert started.returncode == 1
@@ -108,10 +108,11 @@ def test_reload_whose_replacement_does_not_start_says_so(
     start_master: MasterFactory, tmp_path: Path
 ) -> None:
     marker = tmp_path / "worker2-broken"
-    accounts = accounts_of("testplatforms.flaky_import:Demo", 2, rate=5.0)
-    # Spawned workers import the platform themselves, so worker2's replacement fails alone.
+    accounts = accounts_of("demo", 2, rate=5.0)
+    # Spawned workers import the runtime themselves, so worker2's replacement fails alone.
     config = make_config(workers=2, accounts=accounts, supervision={"fork_template": False})
-    master = start_master(config, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
+    code = broken_worker_code(tmp_path, only_in="worker2")
+    master = start_master(config, code_dir=code, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
     pids = master.wait_all_running(["worker1", "worker2"])
     marker.touch()
 
@@ -121,7 +122,7 @@ def test_reload_whose_replacement_does_not_start_says_so(
     assert f"worker2: pid {pids['worker2']} -> no new process (boot_failed)" in reload.stdout
     assert f"worker1: pid {pids['worker1']} -> pid " in reload.stdout
     assert reload.stderr.startswith("hiscrmctl: reload failed after ")
-    assert "worker2 cannot load this platform" in reload.stderr
+    assert "worker2 cannot load the worker runtime" in reload.stderr
     assert "reload complete" not in reload.stdout
 
     as_json = ctl(master, "reload", "--json")

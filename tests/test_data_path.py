@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MasterFactory, accounts_of, make_config
+from conftest import MasterFactory, accounts_of, broken_worker_code, make_config
 from harness import count, gone, query, read_jsonl, wait_until
 
 from hiscrm.items import ITEM_MODELS, KINDS
@@ -333,12 +333,13 @@ def test_accounts_of_a_worker_that_cannot_boot_move_and_come_back(
 ) -> None:
     marker = tmp_path / "worker2-broken"
     marker.touch()
-    accounts = accounts_of("testplatforms.flaky_import:Demo", 4, rate=20.0)
-    # Spawned workers each import the platform themselves, so one of them can fail alone
-    # (a fork template imports it once for all).
+    accounts = accounts_of("demo", 4, rate=20.0)
+    # Spawned workers each import the worker runtime themselves, so one of them can fail
+    # alone (a fork template imports it once for all).
     supervision = {"reassign_after_s": 1.5, "backoff_max_s": 0.5, "fork_template": False}
     config = make_config(workers=2, accounts=accounts, supervision=supervision)
-    master = start_master(config, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
+    code = broken_worker_code(tmp_path, only_in="worker2")
+    master = start_master(config, code_dir=code, env={"HISCRM_TEST_BROKEN_MARKER": str(marker)})
     w1 = master.wait_running("worker1")
     master.log.wait_for(event="worker state", worker="worker2", new="boot_failed")
     # After reassign_after_s, worker2's accounts (acc-2, acc-4) move to worker1 and sync there.

@@ -196,7 +196,9 @@ def test_a_reload_into_broken_code_stops_and_the_old_workers_keep_serving(
     with master.http() as http:
         result = http.post("/reload").json()
         assert result["complete"] is False
-        assert [s["state"] for s in result["steps"]] == ["boot_failed"]
+        # The replacement boots (a platform that cannot load fails its accounts only),
+        # but it cannot load what the old process runs: it does not take over.
+        assert [s["state"] for s in result["steps"]] == ["platform_failed"]
         assert "RuntimeError: this version cannot be imported" in result["error"]
         assert "the old one keeps serving" in result["error"]
         status = http.get("/status").json()
@@ -204,11 +206,16 @@ def test_a_reload_into_broken_code_stops_and_the_old_workers_keep_serving(
         info = workers_info(http)
     assert {w: info[w]["pid"] for w in pids} == pids
     assert all(info[w]["state"] == "running" for w in pids)
-    stopped = master.log.find(event="reload stopped: a replacement did not start")
+    stopped = master.log.find(event="reload stopped: a replacement cannot load its platforms")
     assert stopped
     assert stopped[0]["level"] == "error"
     assert stopped[0]["left"] == ["worker2"]
-    assert any("this version cannot be imported" in line for line in stopped[0]["log_tail"])
+    assert stopped[0]["platforms"] == ["versioned.platform:Versioned"]
+    assert "this version cannot be imported" in stopped[0]["reason"]
+    refused = master.log.wait_for(event="worker exited", worker="worker1", role="incoming")
+    assert refused["pid"] == stopped[0]["new_pid"]
+    assert refused["reason"] == "reload"
+    assert not master.log.find(event="handing accounts over")
     # The new template loads in the background; its failure lands in its log soon after.
     template_log = master.state_dir / "logs" / "template.log"
     wait_until(

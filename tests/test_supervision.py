@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MasterFactory, accounts_of, make_config
+from conftest import BROKEN_RUNTIME, MasterFactory, accounts_of, broken_worker_code, make_config
 from harness import gone, metric, wait_until
 
 
@@ -61,33 +61,35 @@ def test_repeated_crashes_back_off(start_master: MasterFactory) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_platform_import_error_is_boot_failed_with_backoff(start_master: MasterFactory) -> None:
+def test_worker_code_that_cannot_import_is_boot_failed_with_backoff(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
     config = make_config(
         workers=1,
-        accounts=accounts_of("testplatforms.bad_import:Never"),
+        accounts=accounts_of("demo"),
         supervision={"backoff_initial_s": 0.3, "backoff_max_s": 1.2},
     )
-    master = start_master(config)
+    master = start_master(config, code_dir=broken_worker_code(tmp_path))
     failed = master.log.wait_for(event="worker state", worker="worker1", new="boot_failed")
     exited = master.log.find(event="worker exited", worker="worker1")[0]
     assert exited["reason"] == "boot_failed"
     assert exited["code"] == 78
     tail = "\n".join(exited["log_tail"])
-    assert "RuntimeError: boom at import" in tail
+    assert BROKEN_RUNTIME in tail
     assert "retry in 0.30s" in failed["reason"]
 
     log_text = master.worker_log("worker1").read_text()
     assert "Traceback (most recent call last)" in log_text
-    assert "bad_import.py" in log_text
-    assert "boot failed: cannot load platform" in log_text
+    assert "adopted.py" in log_text
+    assert "cannot import the worker runtime" in log_text
     # The fork template could not load it either, and said so with the traceback.
     template = master.log.find(
         event="fork template could not load the worker code; workers start by spawn meanwhile"
     )
     assert template
     assert template[0]["level"] == "error"
-    assert any("RuntimeError: boom at import" in line for line in template[0]["log_tail"])
-    # A platform that raises at import is not a bug of the master: not counted as one.
+    assert any(BROKEN_RUNTIME in line for line in template[0]["log_tail"])
+    # Code that cannot be imported is not a bug of the master: not counted as one.
     with master.http() as http:
         assert http.get("/status").json()["internal_errors_total"] == 0
         metrics = http.get("/metrics").text

@@ -10,6 +10,7 @@ import pytest
 from fakes import FakeMaster
 
 from hiscrm.master.supervision.commands import (
+    AddAccount,
     CommandRefused,
     ReloadWorkers,
     RestartWorker,
@@ -19,6 +20,7 @@ from hiscrm.master.supervision.commands import (
 )
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
+from hiscrm.models import AccountSpec
 from hiscrm.protocol import MasterAccountAssign, MasterAccountRevoke, MasterSyncRequest
 
 pytestmark = pytest.mark.timeout(20)
@@ -180,5 +182,25 @@ def test_commands_during_shutdown_are_refused(tmp_path: Path) -> None:
         master.sup.post(SignalReceived(signal.SIGTERM))
         with pytest.raises(CommandRefused, match="shutting down"):
             await asyncio.wait_for(waiting, 2)
+
+    run(tmp_path, test)
+
+
+def test_a_worker_starts_with_the_platforms_of_accounts_added_at_runtime(tmp_path: Path) -> None:
+    """Platforms come from the registry, not the config file: a worker started after an
+    account with a new platform was added imports that platform at boot."""
+
+    async def test(master: FakeMaster) -> None:
+        slot = master.sup.slots["worker1"]
+        await master.until(lambda: slot.state is WorkerState.RUNNING)
+        assert master.launcher.boots[-1].platforms == ["hiscrm.platforms.demo:DemoPlatform"]
+        new = AccountSpec(id="new-1", platform="tests.testplatforms.recording:Starts")
+        await asyncio.wait_for(master.sup.command(AddAccount(new, "api")), 2)
+        await asyncio.wait_for(master.sup.command(RestartWorker("worker1")), 2)
+        assert master.launcher.boots[-1].worker_id == "worker1"
+        assert master.launcher.boots[-1].platforms == [
+            "hiscrm.platforms.demo:DemoPlatform",
+            "tests.testplatforms.recording:Starts",
+        ]
 
     run(tmp_path, test)

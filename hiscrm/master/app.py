@@ -34,12 +34,14 @@ from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
+from hiscrm.master.events.hooks import Hooks
+from hiscrm.master.events.hub import EventHub
 from hiscrm.master.ports import EventSink
 from hiscrm.master.service_notify import SdNotify, ServiceStatus
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
-from hiscrm.master.supervision.platform_check import missing_platforms
+from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -105,6 +107,12 @@ async def reconcile_registry(
     return account_registry.apply(changes, registry)
 
 
+async def apply_events_config(config: Config, store: Store, hooks: Hooks) -> None:
+    """What ``update`` changes of the events: the window kept, and the hooks."""
+    store.set_event_window(config.events.keep, config.events.keep_s)
+    await hooks.apply(config.hooks)
+
+
 async def run_master(
     config: Config,
     api_socket: socket.socket,
@@ -132,7 +140,19 @@ async def run_master(
     def on_outcomes(outcomes: list[SyncOutcome]) -> None:  # in the store's writer thread
         loop.call_soon_threadsafe(manager[0].on_outcomes, outcomes)
 
+    # Each commit that gives out event ids wakes the hub (made just below) on the loop.
+    hubs: list[EventHub] = []
+
+    def on_head(head: int) -> None:  # in the store's writer thread
+        if hubs:
+            loop.call_soon_threadsafe(hubs[0].committed, head)
+
+    store.watch_events(on_head)
+    store.set_event_window(config.events.keep, config.events.keep_s)
     store.start(on_outcomes)
+    hub = EventHub(store, log, errors)
+    hubs.append(hub)
+    listeners.append(hub.publish)
     try:
         registry = await reconcile_registry(store, config, log)
         accounts = AccountManager(
@@ -147,25 +167,35 @@ async def run_master(
         )
         manager.append(accounts)
         launcher = make_launcher(config, log)
+        plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify.from_environment(log, errors)
         service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
         listeners.append(service)
-        missing = missing_platforms([spec_of(r) for r in registry], [])
+        missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)
         for spec, ids in missing.items():
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
             )
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
-        health = HealthMonitor(read.health_inputs, log)
+        health = HealthMonitor(
+            read.health_inputs, log, lambda h: hub.publish("health", h.model_dump())
+        )
         listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
-        plugin_paths = [str(p) for p in getattr(config, "plugin_paths", [])]
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
-        updater = ConfigUpdater(config_path, overrides or {}, supervisor, store, log)
+        hooks = Hooks(hub, config.state_dir / "logs", log)
+        updater = ConfigUpdater(
+            config_path,
+            overrides or {},
+            supervisor,
+            store,
+            log,
+            lambda new: apply_events_config(new, store, hooks),
+        )
 
         async def on_hangup() -> None:
             """SIGHUP: the config file read again and applied, then a rolling reload."""
@@ -191,9 +221,12 @@ async def run_master(
             log,
             errors,
             followers,
+            hub,
+            lambda: supervisor.config.events,
         )
         api = ApiServer(app, api_socket, config, log)
         metrics.attach_front_door(api.limits, followers)
+        metrics.attach_events(hub, hooks, store)
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
@@ -212,6 +245,10 @@ async def run_master(
                     )
                 )
 
+        fanning = asyncio.create_task(hub.run(), name="events")
+        fanning.add_done_callback(lambda task: _task_ended(task, "events", log, errors))
+        await hooks.apply(config.hooks)
+
         async def on_started() -> None:
             nonlocal monitoring
             service.started(list(supervisor.slots))
@@ -225,6 +262,8 @@ async def run_master(
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
             await api.stop()
+            await hooks.stop()
+            fanning.cancel()
             notify.close()
             flush_suppressed_counts()
 

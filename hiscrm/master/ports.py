@@ -84,6 +84,11 @@ class AccountsPort(Protocol):
 
     def on_worker_error(self, link: WorkerLink, message: WorkerError) -> None: ...
 
+    def platform_specs(self) -> list[str]:
+        """Every distinct platform of the registered accounts, as ``module:Class``: what a
+        starting worker imports before its first assignment."""
+        return []
+
     def solo_workers(self) -> list[str]:
         """The worker slots the data wing wants beside the configured ones: one per
         quarantined account (the supervisor starts them, and stops and removes those no

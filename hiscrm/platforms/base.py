@@ -2,8 +2,10 @@
 
 A platform is a class whose instances have ``async def run(self, ctx)``. The worker makes
 one instance per account and awaits ``run`` for as long as the account is assigned to it;
-if ``run`` raises or returns, the worker logs it, reports it to the master and starts a
-fresh instance after a backoff.
+if ``run`` raises (anything, ``SystemExit`` included) or returns, the worker logs it,
+reports it to the master and starts a fresh instance after a backoff. A class that cannot
+be imported, or raises the first time it is constructed, makes its accounts ``failed``
+in that worker process; the worker's other accounts run on.
 
 What it finds goes through ``ctx.upsert_<kind>(item)``, with a model from
 ``hiscrm.items`` or a mapping of its fields; each returns True if it changed anything. An
@@ -32,7 +34,11 @@ class PlatformContext(Protocol):
     def log(self) -> FilteringBoundLogger: ...
 
     def progress(self) -> None:
-        """Tell the worker the platform is alive and doing work (shown in status)."""
+        """Say the account is alive and doing its work: call it whenever the platform has
+        done a round of it (a poll, even one that found nothing). Upserts count as
+        progress too. An account without progress for ``[sync] stale_after_s`` is shown
+        stale, however many empty syncs its worker sends; a legitimately quiet platform
+        calls this so it is not."""
 
     def count(self, kind: str) -> int:
         """How many items of ``kind`` (``"message"``, …) the account has."""

@@ -6,6 +6,10 @@ assignment) plus what its spool still has; only then does its platform start. A 
 account stops its platform, flushes its changes and waits for the master to acknowledge
 them (up to a limit; what is left stays in the spool for the next owner), releases the
 spool, and answers ``worker:account:released``.
+
+An account whose platform could not be loaded starts all the same, as ``failed`` (see
+``platform_set``): its spool is loaded and synced, so what a previous owner left is not
+lost.
 """
 
 import asyncio
@@ -33,6 +37,7 @@ from hiscrm.worker.account_data import AccountData
 from hiscrm.worker.account_runner import AccountRunner, AccountState
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
+from hiscrm.worker.platform_set import PlatformFailure, PlatformSet
 from hiscrm.worker.spool import Spool, SpoolBusy
 from hiscrm.worker.sync import Syncer
 
@@ -57,7 +62,7 @@ class AccountHost:
     def __init__(
         self,
         boot: WorkerBoot,
-        platforms: dict[str, type[Platform]],
+        platforms: PlatformSet,
         errors: ErrorReporter,
         send: Callable[[AnyMessage], bool],
         syncer: Syncer,
@@ -138,7 +143,7 @@ class AccountHost:
         self.syncer.add(data)
         if report.replayed:
             self.syncer.changed(account_id, urgent=True)
-        platform = self._platforms[resolve_platform_name(account.platform)]
+        platform = self._platform(account.platform)  # or why it cannot run here
         backoff = RestartBackoff(
             self._boot.backoff_initial_s, self._boot.backoff_max_s, self._boot.backoff_reset_after_s
         )
@@ -149,6 +154,17 @@ class AccountHost:
         )
         self.runners[account_id] = runner
         runner.start()
+
+    def _platform(self, name: str) -> type[Platform] | PlatformFailure:
+        found = self._platforms.find(name)
+        if found is not None:
+            return found
+        spec = resolve_platform_name(name)  # not known at this worker's start (an API account)
+        self._log.warning("importing a platform at its first assignment", platform=spec)
+        found = self._platforms.load(spec)
+        if isinstance(found, PlatformFailure):
+            self._errors.report(f"loading platform {spec}", found.error)
+        return found
 
     def _account_state(self, runner: AccountRunner, reason: str) -> None:
         self._send(

@@ -28,12 +28,10 @@ from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.channel import Channel, open_channel
-from hiscrm.code_fingerprint import CodeFile, loaded_files, source_version
+from hiscrm.code_fingerprint import CodeFile, files_at, loaded_files, source_version
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
-from hiscrm.platforms.base import Platform
-from hiscrm.platforms.loader import load_platform
 from hiscrm.process_title import WorkerTitle
 from hiscrm.protocol import (
     PROTOCOL_VERSION,
@@ -62,6 +60,7 @@ from hiscrm.worker.account_host import AccountHost
 from hiscrm.worker.adopted import AdoptedZombies
 from hiscrm.worker.error_reporter import ErrorReporter
 from hiscrm.worker.exception_text import unicode_safe_data
+from hiscrm.worker.platform_set import PlatformSet, add_plugin_paths, load_platforms
 from hiscrm.worker.sync import Syncer
 
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
@@ -71,7 +70,7 @@ ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gon
 class Preloaded:
     """What the fork template imported and measured before forking this worker."""
 
-    platforms: dict[str, type[Platform]]
+    platforms: PlatformSet  # what it loaded, and what it could not
     code_files: list[CodeFile]
     code_version: str
     loop: asyncio.AbstractEventLoop | None = None  # made by a spare ahead of time
@@ -104,7 +103,7 @@ def rehearse(sample_boot_json: str, preloaded: Preloaded) -> asyncio.AbstractEve
 
 def registration(
     boot: WorkerBoot,
-    platforms: dict[str, type[Platform]],
+    platforms: PlatformSet,
     files: list[CodeFile],
     version: str,
     boot_ms: float,
@@ -115,15 +114,22 @@ def registration(
         pid=os.getpid(),
         protocol=PROTOCOL_VERSION,
         schema_hash=schema_hash(),
-        platforms=sorted(platforms),
+        platforms=sorted(platforms.classes),
         boot_ms=boot_ms,
         code_version=version,
         code_files=files,
+        platform_errors=platforms.errors(),
     )
 
 
-def load_platforms(specs: list[str]) -> dict[str, type[Platform]]:
-    return {spec: load_platform(spec) for spec in specs}
+def code_fingerprint(boot: WorkerBoot, platforms: PlatformSet) -> tuple[list[CodeFile], str]:
+    """The files this process runs (and those its failed imports went through, so that a
+    fix makes it stale), and the version of the code."""
+    files = {f.path: f for f in loaded_files(boot.code_packages)}
+    for file in files_at(platforms.failure_files()):
+        files.setdefault(file.path, file)
+    version = source_version(boot.platforms, boot.code_packages)
+    return sorted(files.values(), key=lambda f: f.path), version
 
 
 def run_worker(
@@ -144,28 +150,31 @@ def run_worker(
         python=sys.version.split()[0],
         forked=preloaded is not None,
     )
-    platforms = dict(preloaded.platforms) if preloaded else {}
-    for spec in boot.platforms:
-        if spec in platforms:
-            continue
-        try:
-            platforms[spec] = load_platform(spec)
-        except BaseException as exc:
-            log.error("boot failed: cannot load platform", platform=spec, exc_info=exc)
-            return ExitCode.BOOT_FAILED
+    add_plugin_paths(boot.plugin_paths)
+    # A platform that cannot load fails its accounts only (reported once serving).
+    platforms = load_platforms(boot.platforms, preloaded.platforms if preloaded else None)
     runtime = WorkerRuntime(boot, platforms, sink, log, started, preloaded)
     # No asyncio.run: its teardown would wait for tasks that ignore cancellation. The
     # process ends with os._exit once serve() has said goodbye (see bootstrap).
     loop = preloaded.loop if preloaded and preloaded.loop else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    return loop.run_until_complete(runtime.serve(conn))
+    serving = loop.create_task(runtime.serve(conn), name="serve")
+    while True:
+        try:
+            return loop.run_until_complete(serving)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # asyncio lets these two out of any task or callback, stopping the loop: one
+            # that a platform's own task raised is reported, and the worker goes on.
+            if serving.done():
+                raise
+            runtime.errors.report("loop", exc)
 
 
 class WorkerRuntime:
     def __init__(
         self,
         boot: WorkerBoot,
-        platforms: dict[str, type[Platform]],
+        platforms: PlatformSet,
         sink: RotatingLogFile,
         log: FilteringBoundLogger,
         started: float,
@@ -230,13 +239,14 @@ class WorkerRuntime:
             loop.call_soon_threadsafe(self.request_stop, ExitCode.OK, "SIGTERM")
 
         teardown.set_graceful_stop(graceful_stop)
-        if self._preloaded is not None:
+        if self._preloaded is not None and not self._platforms.imported_here:
             files, version = self._preloaded.code_files, self._preloaded.code_version
-        else:
-            files = loaded_files(self.boot.code_packages)
-            version = source_version(self.boot.platforms, self.boot.code_packages)
+        else:  # spawned, or it imported what its template could not
+            files, version = code_fingerprint(self.boot, self._platforms)
         boot_ms = (time.monotonic() - self._started) * 1000
         self.send(registration(self.boot, self._platforms, files, version, boot_ms))
+        for spec, failed in sorted(self._platforms.failures.items()):
+            self.errors.report(f"loading platform {spec}", failed.error)
         self.spawn(self._heartbeats(), "heartbeat")
         self.spawn(syncer.run(), "sync")
         code, reason = await self._stop

@@ -2,6 +2,11 @@
 and forks workers from that state on request, in milliseconds instead of the few hundred
 a fresh interpreter takes.
 
+A platform that cannot be loaded does not stop it: the failure (and the files the failed
+import went through, which count in its fingerprint, so a fix brings a new template) is
+handed to the workers it forks, which try that platform again and fail its accounts
+only. It fails (``failed``) only when the worker runtime itself cannot be loaded.
+
 It is spawned by the master (so it loads the code on disk now) and reports its code
 fingerprint; the master checks that against the disk before every fork and starts a new
 template when the code has changed, so a fork never runs stale code. It holds no account
@@ -55,14 +60,17 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     bootstrap.capture_output(boot)
     try:
-        from hiscrm.code_fingerprint import loaded_files, source_version
-        from hiscrm.protocol import schema_hash
-        from hiscrm.worker.runtime import Preloaded, load_platforms
+        from hiscrm.protocol import WorkerBoot, schema_hash
+        from hiscrm.worker.platform_set import add_plugin_paths, load_platforms
+        from hiscrm.worker.runtime import Preloaded, code_fingerprint
 
-        platforms = load_platforms(boot["platforms"])
+        sample = WorkerBoot.model_validate(boot)
+        add_plugin_paths(sample.plugin_paths)
+        platforms = load_platforms(sample.platforms)  # one that fails fails its accounts only
+        for failed in platforms.failures.values():
+            print(f"template: {failed.summary}; its accounts will be failed\n{failed.reason}")
         schema_hash()  # computed once here, not in every worker
-        files = loaded_files(boot["code_packages"])
-        version = source_version(boot["platforms"], boot["code_packages"])
+        files, version = code_fingerprint(sample, platforms)
     except BaseException as exc:
         text = traceback.format_exc()
         print(f"template: cannot load the worker code\n{text}", file=sys.stderr)

@@ -16,12 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import __version__
+from hiscrm.config import EventsConfig
 from hiscrm.master.api.account_admin import AccountAdmin
 from hiscrm.master.api.account_routes import account_routes
 from hiscrm.master.api.collection_routes import collection_routes
 from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
 from hiscrm.master.api.errors import install_error_handlers
+from hiscrm.master.api.event_routes import event_routes
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.master_routes import master_routes
 from hiscrm.master.api.metrics import MasterMetrics
@@ -30,6 +32,7 @@ from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import ErrorBody, Health, StatusInfo
 from hiscrm.master.api.token_gate import TokenGate
 from hiscrm.master.api.worker_routes import worker_routes
+from hiscrm.master.events.hub import EventHub
 
 
 def create_app(
@@ -44,6 +47,8 @@ def create_app(
     log: FilteringBoundLogger,
     count_error: Callable[[], int],
     followers: LogFollowers,
+    hub: EventHub,
+    events_config: Callable[[], EventsConfig],
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -114,6 +119,7 @@ def create_app(
     master_routes(routes, control, followers, control.master_log)
     account_routes(routes, read, control, admin, updater)
     collection_routes(routes, read, control, max_page_bytes)
+    event_routes(routes, hub, events_config, log)
     app.include_router(open_routes)
     app.include_router(routes)
     app.include_router(root)

@@ -10,6 +10,7 @@ through the API.
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,7 +62,9 @@ class ConfigUpdater:
         supervisor: Supervisor,
         store: Store,
         log: FilteringBoundLogger,
+        also: Callable[[Config], Awaitable[None]] | None = None,
     ) -> None:
+        self._also = also  # the rest of the master that follows the file (events, hooks)
         self._path = path  # None: the embedded default
         self._overrides = overrides  # command-line flags, which stay in force
         self._supervisor = supervisor
@@ -91,6 +94,8 @@ class ConfigUpdater:
             for account_id in plan.remove:
                 await self._store.delete_account(account_id, purge=False)
             self._store.set_retention(new.retention.days())
+            if self._also is not None:
+                await self._also(new)
             # The settings (and the workers) first, so new accounts find their workers.
             await self._supervisor.command(ApplyConfig(new))
             for record in plan.create:

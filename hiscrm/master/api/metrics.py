@@ -11,13 +11,16 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hiscrm.event_names import EVENT_NAMES, ITEM_PREFIX
 from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import WorkerInfo
 from hiscrm.master.data.account_status import AccountState
-from hiscrm.master.data.store import SyncFailure
+from hiscrm.master.data.store import Store, SyncFailure
+from hiscrm.master.events.hooks import Hooks
+from hiscrm.master.events.hub import EventHub
 from hiscrm.master.supervision.exit_record import EXIT_REASONS
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
@@ -42,6 +45,9 @@ class MasterMetrics:
 
     def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
         self.registry.register(_FrontDoor(limits, followers))
+
+    def attach_events(self, hub: EventHub, hooks: Hooks, store: Store) -> None:
+        self.registry.register(_Events(hub, hooks, store))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -349,3 +355,48 @@ class _FrontDoor(Collector):
         yield GaugeMetricFamily(
             "hiscrm_log_followers_active", "Log followers now", value=followers.active
         )
+
+
+class _Events(Collector):
+    """Events by type, the stream's clients, hooks."""
+
+    def __init__(self, hub: EventHub, hooks: Hooks, store: Store) -> None:
+        self._hub, self._hooks, self._store = hub, hooks, store
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._hub
+        items = self._store.stats().item_events
+        events = CounterMetricFamily(
+            "hiscrm_events_total",
+            "Events emitted, by type: items committed (new or changed) and supervisor events",
+            labels=["type"],
+        )
+        for name in EVENT_NAMES:
+            if name.startswith(ITEM_PREFIX):
+                value = items.get(name.removeprefix(ITEM_PREFIX), 0)
+            else:
+                value = hub.published.get(name, 0)
+            events.add_metric([name], value)
+        yield events
+        clients = [s for s in hub.subscribers if s.client]
+        yield GaugeMetricFamily(
+            "hiscrm_event_clients", "Clients following GET /events now", value=len(clients)
+        )
+        yield CounterMetricFamily(
+            "hiscrm_event_clients_cut_off_total",
+            "Event stream clients cut off for falling too far behind (they resume)",
+            value=hub.cut_off_total,
+        )
+        deliveries = CounterMetricFamily(
+            "hiscrm_hook_deliveries_total", "Events delivered by each hook", labels=["hook"]
+        )
+        failures = CounterMetricFamily(
+            "hiscrm_hook_failures_total",
+            "Failed hook deliveries: attempts that failed, and events dropped (queue full)",
+            labels=["hook"],
+        )
+        for name, stats in sorted(self._hooks.stats().items()):
+            deliveries.add_metric([name], stats.deliveries)
+            failures.add_metric([name], stats.failures)
+        yield deliveries
+        yield failures

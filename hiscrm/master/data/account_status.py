@@ -91,21 +91,23 @@ class AccountStatus:
     progress_at: int | None = None  # ms: the last ctx.progress() or upsert
     last_item_at: int | None = None  # ms: the last committed sync with changes
     last_sync_at: int | None = None  # ms: the last committed sync
+    announced: bool = False  # its first state has been logged (an initial one is news too)
 
     def move(
         self, new: AccountState, reason: str, log: FilteringBoundLogger, **fields: object
     ) -> bool:
         """Change state (logged once); False if it already was in that state."""
-        if new is self.state:
+        if new is self.state and self.announced:
             self.reason = reason
             return False
-        old, self.state, self.reason = self.state, new, reason
+        old = self.state if self.announced else None
+        self.state, self.reason, self.announced = new, reason, True
         self.state_since_at = epoch_ms()
         level = log.warning if new in TROUBLE else log.info
         level(
             "account state",
             account_id=self.account_id,
-            old=str(old),
+            old=str(old) if old is not None else None,
             new=str(new),
             reason=reason,
             **fields,

@@ -35,6 +35,7 @@ from hiscrm.master.data.store import (
 )
 from hiscrm.master.ports import EventSink, WorkerLink
 from hiscrm.models import AccountSpec
+from hiscrm.platform_names import resolve_platform_name
 from hiscrm.protocol import (
     MAX_MESSAGE_BYTES,
     AnyMessage,
@@ -128,6 +129,10 @@ class AccountManager:
     def accounts_of(self, worker_id: str) -> list[str]:
         return [a for a in self.assigner.accounts_of(worker_id) if not self.assigner.releasing(a)]
 
+    def platform_specs(self) -> list[str]:
+        specs = (resolve_platform_name(s.account.platform) for s in self.assigner.slots.values())
+        return list(dict.fromkeys(specs))
+
     def solo_workers(self) -> list[str]:
         if self._solo is None:
             self._solo = self.assigner.solo_workers()
@@ -189,6 +194,7 @@ class AccountManager:
             )
             self._execute(self.assigner.release_quarantine(account_id, now), now)
             self._refresh(account_id, "released from quarantine")
+            self._publish("account.released", {"account_id": account_id, "by": "rule"})
 
     # --- accounts and workers that change -------------------------------------------
 
@@ -254,6 +260,7 @@ class AccountManager:
         self._log.info("account released from quarantine by the operator", account_id=account_id)
         self._execute(self.assigner.release_quarantine(account_id, now), now)
         self._refresh(account_id, "released by the operator")
+        self._publish("account.released", {"account_id": account_id, "by": "operator"})
         return True
 
     def request_sync(self, account_id: str, from_seq: int | None) -> str:
@@ -374,7 +381,7 @@ class AccountManager:
             return
         status = self.status.get(message.account_id)
         if status is not None:
-            status.error(f"{message.error_type}: {message.message}", message.traceback, epoch_ms())
+            status.error(message.summary, message.traceback, epoch_ms())
 
     # --- states --------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class PgWriter:
         self.commits = 0
         self.items_written = 0
         self.errors = 0
+        self._said: set[str] = set()
         # Read by the loop for health; written by the writer thread only.
         self.busy_since: float | None = None  # a write (or the wait for the server) began
         self.failing: str | None = None  # the last write failed because of the server
@@ -104,6 +105,11 @@ class PgWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def not_yet(self, what: str) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            self._log.error(what)
 
     def set_retention(self, days: dict[str, float]) -> None:
         """Days to keep per collection from the next pass on (a new configuration)."""

@@ -21,8 +21,13 @@ from hiscrm.master.data.store import (
     AccountDigest,
     AccountRecord,
     CollectionQuery,
+    EventQuery,
+    EventWindow,
+    HeadCallback,
+    NewEvent,
     OutcomeCallback,
     Row,
+    StoredEvent,
     StoreError,
     StoreStats,
     StoreUnavailable,
@@ -116,6 +121,22 @@ class PostgresStore:
 
     async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
         return await self._write(lambda conn: pg_schema.delete_account(conn, account_id, purge))
+
+    # Events: not kept in PostgreSQL yet (being built); said once in the log.
+    def watch_events(self, on_head: HeadCallback) -> None:
+        self._on_head = on_head
+
+    def append_events(self, events: list[NewEvent]) -> None:
+        self.writer.not_yet("events are not stored in PostgreSQL yet")
+
+    def set_event_window(self, keep: int, keep_s: float) -> None:
+        return None
+
+    def event_window(self) -> EventWindow:
+        return EventWindow(0, 0)
+
+    async def events(self, query: EventQuery) -> list[StoredEvent]:
+        return []
 
     async def _write(self, function: Callable[[Conn], T]) -> T:
         """One write of the API in its own transaction, in the writer thread; 503 (as

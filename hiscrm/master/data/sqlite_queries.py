@@ -13,9 +13,11 @@ from hiscrm.master.data.sqlite_schema import rows_as_dicts
 from hiscrm.master.data.store import CollectionQuery, Row
 
 
-def _row(kind: Kind, row: Row) -> Row:
+def item_row(kind: Kind, row: Row) -> Row:
+    """A stored row as the API serves it."""
     row.pop("hash", None)
     row.pop("seq", None)
+    row.pop("event_id", None)
     for name in kind.json_fields:
         row[name] = json.loads(row[name]) if row[name] else []
     if kind.readable:
@@ -75,7 +77,7 @@ def page_of(conn: sqlite3.Connection, collection: str, query: CollectionQuery) -
         f"ON t.account_id = ? AND t.id = page.id ORDER BY t.{sort} {order}, t.id {order}",
         [*params, query.limit, query.offset, query.account_id],
     )
-    return [_row(kind, row) for row in rows_as_dicts(cursor)]
+    return [item_row(kind, row) for row in rows_as_dicts(cursor)]
 
 
 def get_item(
@@ -86,19 +88,25 @@ def get_item(
         f"SELECT * FROM {collection} WHERE account_id = ? AND id = ?", (account_id, item_id)
     )
     rows = rows_as_dicts(cursor)
-    return _row(kind, rows[0]) if rows else None
+    return item_row(kind, rows[0]) if rows else None
 
 
 def mark_read(
-    conn: sqlite3.Connection, collection: str, account_id: str, item_id: str, at_ms: int
+    conn: sqlite3.Connection,
+    collection: str,
+    account_id: str,
+    item_id: str,
+    at_ms: int,
+    event_id: int,
 ) -> Row | None:
-    """Set ``is_read`` (keeping the first ``read_at``); None if there is no such item.
-    Runs in the writer thread: syncs never touch these columns, so it survives them."""
+    """Set ``is_read`` (keeping the first ``read_at``); None if there is no such item. An
+    item not read before becomes event ``event_id``. Runs in the writer thread: syncs
+    never touch these columns, so it survives them."""
     if not BY_COLLECTION[collection].readable:
         raise KeyError(collection)
     conn.execute(
-        f"UPDATE {collection} SET is_read = 1, read_at = coalesce(read_at, ?) "
-        "WHERE account_id = ? AND id = ?",
-        (at_ms, account_id, item_id),
+        f"UPDATE {collection} SET is_read = 1, read_at = coalesce(read_at, ?), event_id = ? "
+        "WHERE account_id = ? AND id = ? AND NOT is_read",
+        (at_ms, event_id, account_id, item_id),
     )
     return get_item(conn, collection, account_id, item_id)

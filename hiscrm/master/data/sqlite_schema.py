@@ -21,8 +21,8 @@ from hiscrm.items import BY_COLLECTION, KINDS, Kind
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 2
-SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at"]
+SCHEMA_VERSION = 3
+SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at", "event_id"]
 
 
 def _sql_type(annotation: Any) -> str:
@@ -52,6 +52,7 @@ def create_table_sql(kind: Kind) -> list[str]:
         "hash TEXT NOT NULL",
         "seq INTEGER NOT NULL",
         "synced_at INTEGER NOT NULL",
+        "event_id INTEGER",  # its latest change's event (NULL: stored before events were)
     ]
     fields = kind.model.model_fields
     columns += [f"{name} {_sql_type(fields[name].annotation)}" for name in kind.observed_fields]
@@ -63,7 +64,20 @@ def create_table_sql(kind: Kind) -> list[str]:
         statements.append(
             f"CREATE INDEX {table}_by_{'_'.join(index)} ON {table} (account_id, {', '.join(index)})"
         )
+    statements.append(item_event_index_sql(table))
     return statements
+
+
+def item_event_index_sql(collection: str) -> str:
+    return f"CREATE INDEX IF NOT EXISTS {collection}_by_event ON {collection} (event_id)"
+
+
+EVENTS_SQL = [
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+    "at INTEGER NOT NULL, account_id TEXT, data TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO event_state (key, value) VALUES ('next', 1), ('floor', 0)",
+]
 
 
 def _migration_1(conn: sqlite3.Connection) -> None:
@@ -86,7 +100,24 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = {1: _migration_1, 2: _migration_2}  # version -> step that brings it there
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """Events: an id counter, the supervisor events' table, and each item's latest
+    change's event id (items stored before have none: they are not replayed)."""
+    for statement in EVENTS_SQL:
+        conn.execute(statement)
+    for kind in KINDS.values():
+        table = kind.collection
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "event_id" not in have:  # a table made by migration 1 of this program has it
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN event_id INTEGER")
+        conn.execute(item_event_index_sql(table))
+
+
+MIGRATIONS = {
+    1: _migration_1,
+    2: _migration_2,
+    3: _migration_3,
+}  # version -> step that brings it there
 
 
 def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
@@ -152,6 +183,8 @@ def check_columns(conn: sqlite3.Connection) -> None:
     expected = {
         "account_sync": ["id", "acked_seq", "last_sync_at"],
         "accounts": ["id", "platform", "options", "enabled", "source", "created_at", "updated_at"],
+        "events": ["id", "name", "at", "account_id", "data"],
+        "event_state": ["key", "value"],
     }
     for kind in KINDS.values():
         expected[kind.collection] = (
@@ -212,10 +245,11 @@ class Upserter:
             self._json[name] = kind.json_fields
 
     def rows(
-        self, account_id: str, changes: Iterable[ItemChange], synced_at: int
+        self, account_id: str, changes: Iterable[ItemChange], synced_at: int, first_event: int
     ) -> dict[str, list[tuple[Any, ...]]]:
+        """Rows by kind; the changes take event ids from ``first_event`` on, in order."""
         by_kind: dict[str, list[tuple[Any, ...]]] = {}
-        for change in changes:
+        for event_id, change in enumerate(changes, first_event):
             item = change.item
             kind = item.kind
             as_json = self._json[kind]
@@ -224,13 +258,24 @@ class Upserter:
                 for f in self._fields[kind]
             ]
             by_kind.setdefault(kind, []).append(
-                (account_id, item.id, change.version, change.hash, change.seq, synced_at, *values)
+                (
+                    account_id,
+                    item.id,
+                    change.version,
+                    change.hash,
+                    change.seq,
+                    synced_at,
+                    event_id,
+                    *values,
+                )
             )
         return by_kind
 
-    def write(self, conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        for kind, kind_rows in rows.items():
-            conn.executemany(self._sql[kind], kind_rows)
+    def write(
+        self, conn: sqlite3.Connection, rows: dict[str, list[tuple[Any, ...]]]
+    ) -> dict[str, int]:
+        """Rows changed per kind (new or of a newer version): the item events."""
+        return {kind: conn.executemany(self._sql[kind], r).rowcount for kind, r in rows.items()}
 
 
 def committed_seq(conn: sqlite3.Connection, account_id: str) -> int:

@@ -13,15 +13,20 @@ from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import sqlite_queries, sqlite_schema
+from hiscrm.master.data import sqlite_events, sqlite_queries, sqlite_schema
 from hiscrm.master.data.sqlite_reader import SqliteReader
 from hiscrm.master.data.sqlite_writer import SqliteWriter, transaction
 from hiscrm.master.data.store import (
     AccountDigest,
     AccountRecord,
     CollectionQuery,
+    EventQuery,
+    EventWindow,
+    HeadCallback,
+    NewEvent,
     OutcomeCallback,
     Row,
+    StoredEvent,
     StoreStats,
     StoreUnavailable,
     SyncBatch,
@@ -55,6 +60,7 @@ class SqliteStore:
             items_written=writer.items_written,
             errors=writer.errors,
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
+            item_events=dict(writer.item_events),
         )
 
     def set_retention(self, days: dict[str, float]) -> None:
@@ -77,7 +83,13 @@ class SqliteStore:
     ) -> Row | None:
         try:
             return await self.writer.call(
-                lambda conn: sqlite_queries.mark_read(conn, collection, account_id, item_id, at_ms),
+                lambda conn: self.writer.with_events(
+                    conn,
+                    1,
+                    lambda c, event_id: sqlite_queries.mark_read(
+                        c, collection, account_id, item_id, at_ms, event_id
+                    ),
+                ),
                 WRITE_TIMEOUT_S,
             )
         except TimeoutError:
@@ -108,6 +120,21 @@ class SqliteStore:
 
     async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
         return await self._write(lambda conn: sqlite_schema.delete_account(conn, account_id, purge))
+
+    def watch_events(self, on_head: HeadCallback) -> None:
+        self.writer.watch_events(on_head)
+
+    def append_events(self, events: list[NewEvent]) -> None:
+        self.writer.append_events(events)
+
+    def set_event_window(self, keep: int, keep_s: float) -> None:
+        self.writer.set_event_window(keep, keep_s)
+
+    def event_window(self) -> EventWindow:
+        return self.writer.event_window()
+
+    async def events(self, query: EventQuery) -> list[StoredEvent]:
+        return await self.reader.run(lambda conn: sqlite_events.read(conn, query))
 
     async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """One write of the API in its own transaction, in the writer thread; 503 (as

@@ -21,6 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +31,12 @@ from typing import Any, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
-from hiscrm.master.data import sqlite_schema
+from hiscrm.master.data import sqlite_events, sqlite_schema
+from hiscrm.master.data.sqlite_events import EventIds
 from hiscrm.master.data.store import (
+    EventWindow,
+    HeadCallback,
+    NewEvent,
     OutcomeCallback,
     StoreError,
     SyncBatch,
@@ -44,6 +49,7 @@ STORE = SyncFailure.STORE_ERROR
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
 CHECKPOINT_EVERY_S = 1.0
+PRUNE_EVERY_S = 10.0  # supervisor events beyond the window are deleted this often
 
 
 @dataclass(slots=True)
@@ -51,6 +57,11 @@ class _Call:
     function: Callable[[sqlite3.Connection], Any]
     loop: asyncio.AbstractEventLoop
     future: "asyncio.Future[Any]"
+
+
+@dataclass(slots=True)
+class _Append:
+    events: list[NewEvent]
 
 
 _STOP = object()
@@ -77,8 +88,12 @@ class SqliteWriter:
         self._startup_error: BaseException | None = None
         self._upserter = sqlite_schema.Upserter()
         self._committed: dict[str, int] = {}
+        self._on_head: HeadCallback = lambda head: None
+        self.event_ids = EventIds()
+        self.keep_events, self.keep_events_s = 100_000, 86_400.0
         self.commits = 0
         self.items_written = 0
+        self.item_events: Counter[str] = Counter()  # items changed (new or newer), by kind
         self.errors = 0
         # Read by the loop for health; written by the writer thread only.
         self.busy_since: float | None = None  # a write (or the wait for its lock) began
@@ -105,6 +120,37 @@ class SqliteWriter:
 
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)
+
+    def watch_events(self, on_head: HeadCallback) -> None:
+        self._on_head = on_head
+
+    def append_events(self, events: list[NewEvent]) -> None:
+        self._queue.put(_Append(events))
+
+    def set_event_window(self, keep: int, keep_s: float) -> None:
+        self.keep_events, self.keep_events_s = keep, keep_s
+
+    def event_window(self) -> EventWindow:
+        return self.event_ids.window(self.keep_events)
+
+    def with_events(
+        self, conn: sqlite3.Connection, count: int, function: Callable[[sqlite3.Connection, int], T]
+    ) -> T:
+        """In the writer thread: ``function(conn, first_id)`` in a transaction that gives
+        out ``count`` event ids from ``first_id``."""
+        with transaction(conn):
+            first = self.event_ids.reserve(conn, count)
+            result = function(conn, first)
+        self._gave_out(count)
+        return result
+
+    def _gave_out(self, count: int) -> None:
+        head = self.event_ids.committed(count)
+        try:
+            self._on_head(head)
+        except Exception as exc:  # the listener's bug must not stop the store
+            self.errors += 1
+            self._log.error("event listener failed", exc_info=exc)
 
     async def call(self, function: Callable[[sqlite3.Connection], T], timeout_s: float = 60.0) -> T:
         """Run ``function(connection)`` in the store thread, after everything queued."""
@@ -134,6 +180,7 @@ class SqliteWriter:
             conn = sqlite_schema.open_checked(self.path)
             found, added = sqlite_schema.migrate(conn)
             sqlite_schema.check_columns(conn)
+            self.event_ids.load(conn)
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         except BaseException as exc:
             self._startup_error = exc
@@ -151,7 +198,7 @@ class SqliteWriter:
                 new_tables=added,
             )
         self._ready.set()
-        next_retention = time.monotonic()
+        next_retention = next_prune = time.monotonic()
         try:
             while True:
                 work = [self._queue.get()]
@@ -164,8 +211,14 @@ class SqliteWriter:
                     syncs = [w for w in work if isinstance(w, SyncBatch)]
                     if syncs:
                         self._on_outcomes(self._commit(conn, syncs))
+                    appended = [e for w in work if isinstance(w, _Append) for e in w.events]
+                    if appended:
+                        self._append(conn, appended)
                     for call in (w for w in work if isinstance(w, _Call)):
                         self._answer(conn, call)
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY_S
+                        self._prune_events(conn)
                     if time.monotonic() >= next_retention:
                         next_retention = time.monotonic() + RETENTION_EVERY_S
                         self._apply_retention(conn)
@@ -295,14 +348,19 @@ class SqliteWriter:
             accepted.append((batch, planned[batch.account_id]))
         if not accepted:
             return outcomes
-        written = 0
+        written = sum(len(batch.changes) for batch, _ in accepted)
+        changed: Counter[str] = Counter()
         with transaction(conn):
+            event_id = self.event_ids.reserve(conn, written)
             for batch, _ in accepted:
-                rows = self._upserter.rows(batch.account_id, batch.changes, now_ms)
-                self._upserter.write(conn, rows)
+                rows = self._upserter.rows(batch.account_id, batch.changes, now_ms, event_id)
+                changed.update(self._upserter.write(conn, rows))
                 sqlite_schema.record_commit(conn, batch.account_id, batch.last_seq, now_ms)
-                written += len(batch.changes)
+                event_id += len(batch.changes)
         self._committed.update(planned)
+        self.item_events.update(changed)
+        if written:
+            self._gave_out(written)
         self.commits += 1
         self.items_written += written
         outcomes += [SyncOutcome(batch, seq) for batch, seq in accepted]
@@ -324,6 +382,30 @@ class SqliteWriter:
             call.loop.call_soon_threadsafe(_set_result, call.future, result)
         finally:
             self.busy_since = None
+
+    def _append(self, conn: sqlite3.Connection, events: list[NewEvent]) -> None:
+        try:
+            self.with_events(
+                conn, len(events), lambda c, first: sqlite_events.insert(c, first, events)
+            )
+        except sqlite3.Error as exc:
+            self.errors += 1
+            if isinstance(exc, sqlite3.OperationalError):
+                self._note(exc)
+            names = sorted({e.name for e in events})
+            self._log.error("events not stored", events=len(events), names=names, exc_info=exc)
+
+    def _prune_events(self, conn: sqlite3.Connection) -> None:
+        try:
+            with transaction(conn):
+                floor = sqlite_events.prune(conn, self.keep_events, self.keep_events_s, epoch_ms())
+        except sqlite3.Error as exc:
+            self.errors += 1
+            if isinstance(exc, sqlite3.OperationalError):
+                self._note(exc)
+            self._log.error("pruning old events failed", exc_info=exc)
+            return
+        self.event_ids.floor = floor
 
     def _apply_retention(self, conn: sqlite3.Connection) -> None:
         if not self._retention:

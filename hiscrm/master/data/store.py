@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
+from hiscrm.master.data.event_filter import EventFilter
 from hiscrm.master.ports import WorkerLink
 from hiscrm.protocol import ItemChange
 
@@ -108,9 +109,53 @@ class StoreStats:
     items_written: int
     errors: int
     cannot_commit: str | None = None  # why the store cannot commit now; None: it can
+    item_events: dict[str, int] = field(default_factory=dict)  # items changed, by kind
 
 
 OutcomeCallback = Callable[[list[SyncOutcome]], None]
+HeadCallback = Callable[[int], None]  # the id of the last event committed
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A supervisor event on its way to the store, which gives it its id."""
+
+    name: str
+    at: int  # ms
+    account_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the stream sends it: ``data`` is its JSON text (an item as the API
+    serves it, or a supervisor event's fields)."""
+
+    id: int
+    name: str
+    account_id: str | None
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Events with ``after < id <= upto`` matching ``filter``, oldest first, at most
+    ``limit``; with ``last``, the newest ``limit`` of them (still oldest first)."""
+
+    after: int
+    upto: int
+    filter: EventFilter = field(default_factory=EventFilter)
+    limit: int = 1000
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventWindow:
+    """What can be resumed: every event after ``floor`` up to ``head`` is kept (a cursor
+    below ``floor`` is too old). Ids never go back, across restarts too."""
+
+    floor: int
+    head: int
 
 
 class Store(Protocol):
@@ -157,3 +202,24 @@ class Store(Protocol):
         """Take an account out of the registry; with ``purge`` its items and sync state
         too (how many rows per collection went). Without, a later account of the same id
         goes on where it left off."""
+
+    # --- events --------------------------------------------------------------------------
+    # Every committed new or changed item (a sync, a read mark) is an event, and so is
+    # every supervisor event appended here. Ids are given in commit order from one
+    # counter kept in the store; item events are read back from the items' tables (an
+    # item changed twice is found at its latest change), supervisor events from a table
+    # of their own, pruned to ``keep`` events and ``keep_s`` seconds.
+
+    def watch_events(self, on_head: HeadCallback) -> None:
+        """``on_head(head)`` after every commit that gave out event ids, from whatever
+        thread commits. Set before ``start``."""
+
+    def append_events(self, events: list[NewEvent]) -> None:
+        """Store these supervisor events (queued; committed soon, in this order)."""
+
+    def set_event_window(self, keep: int, keep_s: float) -> None:
+        """How many supervisor events, and for how long, are kept from now on."""
+
+    def event_window(self) -> EventWindow: ...
+
+    async def events(self, query: EventQuery) -> list[StoredEvent]: ...

@@ -13,7 +13,9 @@ For each running worker slot:
 3. *stopping old*: the old process, now without accounts, is stopped.
 
 A replacement that fails to start stops the whole reload: the old process keeps serving
-and ``error`` says why. A SIGTERM during a reload takes effect at once (the supervisor
+and ``error`` says why. So does one that cannot load a platform the old process runs
+(``worker:register``'s ``platform_errors``): it is stopped, as taking over would turn
+running accounts into failed ones. A SIGTERM during a reload takes effect at once (the supervisor
 drops the reload and stops every process).
 """
 
@@ -28,7 +30,9 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import SupervisionConfig
 from hiscrm.master.ports import AccountsPort
+from hiscrm.master.supervision.platform_check import lost_platforms
 from hiscrm.master.supervision.slot_process import ProcessState, SlotProcess
+from hiscrm.master.supervision.stop_plan import AfterStop, StopReason
 from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
 
 
@@ -197,6 +201,8 @@ class RollingReload:
                     return
                 if current.new.state is not ProcessState.RUNNING:
                     return
+                if self._lost_platforms(current, now):
+                    return
                 self._begin_handover(current, now)
             if current.phase is Phase.HANDING_OVER:
                 handover = current.handover
@@ -317,6 +323,34 @@ class RollingReload:
         )
         self._current = None
         self._end(now)
+
+    def _lost_platforms(self, current: _Current, now: float) -> bool:
+        """If the replacement cannot load a platform the old process runs, it does not
+        take over: it is stopped and the reload ends as if it had not started."""
+        old = current.old.registered if current.old is not None else None
+        new = current.new.registered
+        lost = lost_platforms(old, new) if new is not None else {}
+        if not lost:
+            return False
+        why = next(iter(lost.values())).strip().splitlines()[-1][:300]
+        self.error = (
+            f"the new {current.slot.id} cannot load platforms the old one runs ({why}); "
+            "the old one keeps serving"
+        )
+        took_s = round(now - current.began, 3)
+        self.steps.append(Step(current.slot.id, current.old_pid, None, "platform_failed", took_s))
+        self._log.error(
+            "reload stopped: a replacement cannot load its platforms",
+            worker=current.slot.id,
+            new_pid=current.new.pid,
+            platforms=sorted(lost),
+            reason=why,
+            left=list(self._pending),
+        )
+        current.new.stop(StopReason.RELOAD, now, AfterStop.STAY_STOPPED)
+        self._current = None
+        self._end(now)
+        return True
 
     def abandon(self, now: float) -> None:
         """Shutdown: every process will be stopped by the supervisor anyway."""

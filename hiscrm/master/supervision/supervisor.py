@@ -397,6 +397,7 @@ class Supervisor:
             self.post,
             self._log,
             on_state=self._slot_changed,
+            platforms=self.accounts.platform_specs,
         )
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -493,7 +494,7 @@ class Supervisor:
                     pid=process.pid,
                     source=message.source,
                     account_id=message.account_id,
-                    error=f"{message.error_type}: {message.message}",
+                    error=message.summary,
                     worker_errors_total=slot.worker_errors,
                     traceback=message.traceback,
                 )

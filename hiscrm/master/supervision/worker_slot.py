@@ -87,8 +87,10 @@ class WorkerSlot:
         post: Callable[[Event], None],
         log: FilteringBoundLogger,
         on_state: StateListener | None = None,
+        platforms: Callable[[], list[str]] | None = None,
     ) -> None:
         self.id = worker_id
+        self._platforms = platforms or (lambda: config.platform_specs)
         self._config = config
         self._sup = config.supervision
         self._launcher = launcher
@@ -202,7 +204,8 @@ class WorkerSlot:
             backoff_initial_s=sup.backoff_initial_s,
             backoff_max_s=sup.backoff_max_s,
             backoff_reset_after_s=sup.backoff_reset_after_s,
-            platforms=self._config.platform_specs,
+            platforms=self._platforms(),
+            plugin_paths=[str(path) for path in self._config.plugin_paths],
             spool_dir=str(self._config.state_dir / "spool"),
             idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
             ack_timeout_s=sup.heartbeat_timeout_s,

@@ -1,0 +1,2 @@
+"""The master's events: the hub that orders and fans them out, the stream clients follow,
+and hooks."""

@@ -1,0 +1,118 @@
+"""The event hub: every event of the master, in id order, to whoever follows them (the
+stream's clients, hooks).
+
+Supervisor events (``publish``) are stored first — the store gives them their ids —,
+and item events are the store's commits; so the hub never sends anything that is not
+stored, and a client that resumes reads exactly what it missed back from the store.
+The store tells the hub its new head after each commit (``committed``); one fetch task
+reads the new events once, in pages, and offers each to every subscriber that wants it.
+Items are read only while some subscriber wants item events.
+
+A subscriber gets every event with an id above its ``start`` (the hub's position when it
+subscribed); what came before, it reads from the store itself (``EventStream``).
+"""
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.event_names import SUPERVISOR_EVENTS
+from hiscrm.items import epoch_ms
+from hiscrm.master.data.event_filter import EventFilter
+from hiscrm.master.data.store import EventQuery, NewEvent, Store, StoredEvent
+from hiscrm.master.events.subscriber import Subscriber
+
+FETCH_PAGE = 500  # events read from the store at once
+RETRY_AFTER_S = 1.0  # a failed read of the store is tried again after this
+SUPERVISOR_ONLY = EventFilter(SUPERVISOR_EVENTS)
+
+
+class EventHub:
+    def __init__(
+        self,
+        store: Store,
+        log: FilteringBoundLogger,
+        count_error: Callable[[], object],
+        node: str | None = None,
+    ) -> None:
+        self.store = store
+        self._log = log
+        self._count_error = count_error
+        self.node = node
+        window = store.event_window()
+        self.head = window.head  # the last id the store committed, as it told us
+        self.fetched = window.head  # every event up to here has been offered
+        self._in_flight: int | None = None  # a fetch reads up to here now
+        self._new = asyncio.Event()
+        self.subscribers: set[Subscriber] = set()
+        self.published: Counter[str] = Counter()  # supervisor events, by name
+        self.offered: Counter[str] = Counter()  # events read and offered, by name
+        self.cut_off_total = 0
+
+    # --- in ---------------------------------------------------------------------------
+
+    def publish(self, name: str, data: dict[str, Any]) -> None:
+        """A supervisor event (an ``EventSink``): stored, then offered."""
+        account = data.get("account_id")
+        fields = {"at": epoch_ms(), **data}
+        if self.node is not None:
+            fields.setdefault("node", self.node)
+        self.published[name] += 1
+        self.store.append_events(
+            [NewEvent(name, fields["at"], account if isinstance(account, str) else None, fields)]
+        )
+
+    def committed(self, head: int) -> None:
+        """The store committed events up to ``head`` (called on the loop)."""
+        if head > self.head:
+            self.head = head
+            self._new.set()
+
+    # --- out --------------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """From now on ``subscriber`` is offered every event above its ``start``, which
+        is set here: what it must read from the store itself ends there."""
+        subscriber.start = self._in_flight if self._in_flight is not None else self.fetched
+        self.subscribers.add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    @property
+    def _wanted(self) -> EventFilter:
+        if any(s.filter.wants_items for s in self.subscribers):
+            return EventFilter()
+        return SUPERVISOR_ONLY
+
+    async def run(self) -> None:
+        while True:
+            await self._new.wait()
+            self._new.clear()
+            while self.fetched < self.head:
+                upto, wanted = self.head, self._wanted
+                self._in_flight = upto
+                try:
+                    found = await self.store.events(
+                        EventQuery(self.fetched, upto, wanted, FETCH_PAGE)
+                    )
+                except Exception as exc:  # the store failing: said, counted, tried again
+                    self._count_error()
+                    self._log.error("events could not be read from the store", exc_info=exc)
+                    self._in_flight = None
+                    await asyncio.sleep(RETRY_AFTER_S)
+                    continue
+                self._in_flight = None
+                self._offer(found)
+                self.fetched = found[-1].id if len(found) == FETCH_PAGE else upto
+
+    def _offer(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            self.offered[event.name] += 1
+        for subscriber in list(self.subscribers):
+            if subscriber.offer(events):
+                self.cut_off_total += 1
+                self._log.warning("event stream client cut off", reason=subscriber.cut_off)

@@ -1,0 +1,236 @@
+"""``GET /events`` on a real master over real HTTP: item events from commits, resuming
+without loss or repeat (also across a master restart), reset, filters, slow clients, and
+the supervisor's events."""
+
+import os
+import signal
+import socket
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+from conftest import MasterFactory, make_config
+from harness import Master, metric, wait_until
+from sse_reader import SseEvent, SseReader
+
+FAST_EVENTS = {"heartbeat_s": 0.2}
+
+
+def demo(account_id: str = "acc-1", rate: float = 20.0) -> dict[str, Any]:
+    return {"id": account_id, "platform": "demo", "options": {"rate": rate, "seed": 1}}
+
+
+def reader(master: Master, **kwargs: Any) -> SseReader:
+    return SseReader(master.api_url(), master.token, **kwargs)
+
+
+def message_events(events: list[SseEvent]) -> list[SseEvent]:
+    return [e for e in events if e.name == "item.message"]
+
+
+def stored_messages(master: Master, after: int, upto: int) -> list[tuple[str, str]]:
+    """(account, id) of the messages whose latest change is an event in (after, upto]."""
+    conn = sqlite3.connect(f"file:{master.db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT account_id, id FROM messages WHERE event_id > ? AND event_id <= ? "
+            "ORDER BY event_id",
+            (after, upto),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(r[0], r[1]) for r in rows]
+
+
+def assert_in_order_once(events: list[SseEvent]) -> None:
+    ids = [e.id for e in events if e.id is not None]
+    assert ids == sorted(ids), "events out of order"
+    assert len(ids) == len(set(ids)), "an event came twice"
+
+
+@pytest.mark.timeout(60)
+def test_an_upsert_arrives_as_an_item_event(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=1, accounts=[demo()], events=FAST_EVENTS))
+    master.wait_running("worker1")
+    stream = reader(master, params={"types": "item.message"})
+    try:
+        events = stream.wait(lambda es: bool(message_events(es)), 20, "a message event")
+        assert stream.retry_ms == 2000
+        first = events[0]
+        assert first.name == "item.message"
+        item = first.data
+        # The item as the API serves it, and stored before it was sent.
+        with master.http() as http:
+            served = http.get(f"/accounts/acc-1/messages/{item['id']}").json()
+        assert served["account_id"] == item["account_id"] == "acc-1"
+        assert served["text"] == item["text"]
+        assert all(e.name == "item.message" for e in events)
+        stream.wait(lambda es: stream.comments > 0, 5, "a heartbeat comment")
+    finally:
+        stream.close()
+
+
+@pytest.mark.timeout(90)
+def test_resume_misses_nothing_and_repeats_nothing_also_across_a_restart(
+    start_master: MasterFactory,
+) -> None:
+    accounts = [demo("acc-1"), demo("acc-2")]
+    master = start_master(make_config(workers=2, accounts=accounts, events=FAST_EVENTS))
+    master.wait_all_running(["worker1", "worker2"])
+    first = reader(master, params={"types": "item.message"})
+    events = first.wait(lambda es: len(es) >= 5, 20, "five messages")
+    first.close()
+    events = first.snapshot()
+    cursor = events[-1].id
+    assert cursor is not None
+
+    def stored_after(after: int) -> int:
+        return len(stored_messages(master, after, 2**62))
+
+    # Items commit while the client is away ...
+    wait_until(lambda: stored_after(cursor) >= 10, 20, "ten more messages stored")
+    # ... and the master restarts in between, committing more after it.
+    assert master.stop() == 0
+    master.start()
+    master.wait_all_running(["worker1", "worker2"])
+    wait_until(lambda: stored_after(cursor) >= 20, 20, "messages after the restart")
+
+    second = reader(master, params={"types": "item.message"}, last_event_id=cursor)
+    try:
+        head = max(e for e in (stored_messages_head(master),))
+        resumed = second.wait(
+            lambda es: bool(es) and (es[-1].id or 0) >= head, 20, "caught up to the head"
+        )
+    finally:
+        second.close()
+    assert_in_order_once(events + resumed)
+    assert all(e.id is not None and e.id > cursor for e in resumed)
+    got = [(e.data["account_id"], e.data["id"]) for e in resumed if (e.id or 0) <= head]
+    assert got == stored_messages(master, cursor, head)  # every one, once, in commit order
+    assert len(got) >= 20
+
+
+def stored_messages_head(master: Master) -> int:
+    conn = sqlite3.connect(f"file:{master.db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT coalesce(max(event_id), 0) FROM messages").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_cursor_outside_the_window_gets_reset(start_master: MasterFactory) -> None:
+    events = {**FAST_EVENTS, "keep": 100}
+    master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
+    master.wait_running("worker1")
+    wait_until(lambda: stored_messages_head(master) > 300, 30, "more than 300 events")
+    for cursor in (1, 10**12):  # too old; from another store
+        stream = reader(master, params={"after": cursor, "follow": "false"})
+        try:
+            stream.wait_ended(20)
+        finally:
+            stream.close()
+        events = stream.snapshot()
+        assert events[0].name == "reset", events[:3]
+        assert "reload" in events[0].data
+        assert events[0].id is not None
+        assert all(e.id is not None and e.id > events[0].id for e in events[1:]) or len(events) == 1
+
+
+@pytest.mark.timeout(60)
+def test_filters_by_type_and_account(start_master: MasterFactory) -> None:
+    accounts = [demo("acc-1"), demo("acc-2")]
+    master = start_master(make_config(workers=1, accounts=accounts, events=FAST_EVENTS))
+    master.wait_running("worker1")
+    mine = reader(master, params={"account": "acc-2", "after": 0})
+    workers = reader(master, params={"types": "worker", "after": 0})
+    items = reader(master, params={"types": "item.conversation,account.state", "after": 0})
+    try:
+        mine.wait(lambda es: len(message_events(es)) >= 3, 20, "acc-2's messages")
+        workers.wait(lambda es: len(es) >= 2, 20, "worker events")
+        items.wait(
+            lambda es: {e.name for e in es} >= {"item.conversation", "account.state"}, 20, ""
+        )
+    finally:
+        for stream in (mine, workers, items):
+            stream.close()
+    assert {e.data.get("account_id") for e in mine.snapshot()} == {"acc-2"}
+    assert {e.name for e in workers.snapshot()} <= {"worker.state", "worker.exit"}
+    assert {e.name for e in items.snapshot()} == {"item.conversation", "account.state"}
+    bad = reader(master, params={"types": "workers"})  # not an event name
+    bad.wait_ended(10)
+    assert bad.status == 422
+    assert "workers" in bad.body
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_kill_is_worker_exit_and_worker_state(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=1, accounts=[demo()], events=FAST_EVENTS))
+    pid = master.wait_running("worker1")
+    stream = reader(master, params={"types": "worker"})
+    try:
+        time.sleep(0.3)  # subscribed (the first heartbeat comment says so)
+        stream.wait(lambda es: stream.comments > 0, 5, "subscribed")
+        os.kill(pid, signal.SIGKILL)
+        events = stream.wait(
+            lambda es: any(e.name == "worker.state" and e.data["state"] == "running" for e in es),
+            20,
+            "running again",
+        )
+    finally:
+        stream.close()
+    exits = [e for e in events if e.name == "worker.exit"]
+    assert exits
+    assert exits[0].data["pid"] == pid
+    assert exits[0].data["reason"] == "killed"
+    assert exits[0].data["signal"] == "SIGKILL"
+    states = [e.data["state"] for e in events if e.name == "worker.state"]
+    assert states[-1] == "running"
+
+
+@pytest.mark.timeout(90)
+def test_a_slow_reader_is_cut_off_while_a_fast_one_keeps_up(start_master: MasterFactory) -> None:
+    events = {**FAST_EVENTS, "client_buffer_kb": 1024}
+    master = start_master(make_config(workers=1, accounts=[], events=events))
+    master.wait_running("worker1")
+    fast = reader(master, params={"types": "item.message"})
+    host, port = master.api_url().removeprefix("http://").split("/")[0].rsplit(":", 1)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    slow.connect((host, int(port)))
+    slow.sendall(
+        f"GET /api/v1/events?types=item.message HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {master.token}\r\n\r\n".encode()
+    )
+    try:
+        with master.http() as http:
+            wait_until(
+                lambda: metric(http.get("/metrics").text, "hiscrm_event_clients ") == 2, 10, "2"
+            )
+            big = {
+                "id": "big",
+                "platform": "testplatforms.behaviours:BigItems",
+                "options": {"size": 2000, "count": 8000},  # 16 MB of events
+            }
+            assert http.post("/accounts", json=big).status_code == 201
+            got = fast.wait(lambda es: len(es) >= 8000, 60, "the fast reader got all 8000")
+            assert_in_order_once(got)
+            wait_until(
+                lambda: (
+                    metric(http.get("/metrics").text, "hiscrm_event_clients_cut_off_total") >= 1
+                ),
+                30,
+                "the slow reader cut off",
+            )
+        # The slow reader, reading at last, finds the reason at the end of its stream.
+        slow.settimeout(10)
+        received = b""
+        while b"event: cutoff" not in received:
+            chunk = slow.recv(1 << 20)
+            assert chunk, "the stream ended without saying why"
+            received += chunk
+        assert b"too slow" in received
+    finally:
+        slow.close()
+        fast.close()
