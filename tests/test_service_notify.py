@@ -14,6 +14,7 @@ import pytest
 import structlog
 from conftest import MasterFactory, make_config
 from harness import Master
+from sse_reader import SseReader
 from structlog.testing import capture_logs
 
 from hiscrm.error_counter import ErrorCounter
@@ -163,7 +164,10 @@ def running_events(master: Master) -> int:
 def test_a_master_notifies_ready_reloading_ready_stopping_in_order(
     start_master: MasterFactory, listener: Listener
 ) -> None:
-    master = start_master(make_config(workers=2), env={"NOTIFY_SOCKET": listener.address})
+    master = start_master(
+        make_config(workers=2, events={"heartbeat_s": 0.2}),
+        env={"NOTIFY_SOCKET": listener.address},
+    )
     ready = listener.next()
     assert ready["READY"] == "1"
     assert ready["MAINPID"] == str(master.pid)
@@ -184,6 +188,16 @@ def test_a_master_notifies_ready_reloading_ready_stopping_in_order(
     again = listener.next()
     assert again == {"READY": "1", "STATUS": "reloaded; 2/2 workers running"}
     master.log.wait_for(1, after=mark, event="reload complete")  # logged before it was said
+    stream = SseReader(master.api_url(), master.token, {"types": "reload"}, last_event_id=0)
+    try:  # the same moments as events (/events, hooks)
+        events = stream.wait(lambda es: len(es) >= 2, 10, "the reload's events")
+    finally:
+        stream.close()
+    assert [(e.name, e.data["why"]) for e in events] == [
+        ("reload.started", "SIGHUP"),
+        ("reload.ended", "SIGHUP"),
+    ]
+    assert events[1].data["error"] is None
 
     with master.http() as http:
         answer = http.post("/shutdown")
