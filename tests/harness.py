@@ -52,15 +52,26 @@ def toml_value(value: Any) -> str:
 
 
 def to_toml(config: dict[str, Any]) -> str:
-    """Enough TOML for test configs: scalars, tables, and an array of account tables."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, (dict, list))]
+    """Enough TOML for test configs: scalars, tables, and arrays of tables (accounts,
+    hooks)."""
+
+    def tables(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+    lines = [
+        f"{k} = {toml_value(v)}"
+        for k, v in config.items()
+        if not isinstance(v, dict) and not (tables(v) and v)
+    ]
     for key, value in config.items():
         if isinstance(value, dict):
             lines.append(f"\n[{key}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
-    for account in config.get("accounts", []):
-        lines.append("\n[[accounts]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in account.items()]
+    for key, value in config.items():
+        if tables(value):
+            for table in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 

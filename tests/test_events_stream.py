@@ -2,10 +2,12 @@
 without loss or repeat (also across a master restart), reset, filters, slow clients, and
 the supervisor's events."""
 
+import json
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from conftest import MasterFactory, make_config
 from harness import Master, metric, wait_until
 from sse_reader import SseEvent, SseReader
+from test_ctl import CTL
 
 FAST_EVENTS = {"heartbeat_s": 0.2}
 
@@ -234,3 +237,40 @@ def test_a_slow_reader_is_cut_off_while_a_fast_one_keeps_up(start_master: Master
     finally:
         slow.close()
         fast.close()
+
+
+@pytest.mark.timeout(90)
+def test_hiscrmctl_events_follows_across_a_master_restart(start_master: MasterFactory) -> None:
+    master = start_master(make_config(workers=1, accounts=[demo()], events=FAST_EVENTS))
+    first_pid = master.wait_running("worker1")
+    out = master.dir / "events.jsonl"
+    FILTER = ["--type", "worker.state", "-n", "1"]
+    with out.open("w") as sink:
+        follower = subprocess.Popen(
+            [*CTL, "--state-dir", str(master.state_dir), "events", "-f", "--json", *FILTER],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+
+        def seen() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in out.read_text().splitlines()]
+
+        wait_until(lambda: len(seen()) >= 1, 20, "the newest worker event")
+        assert master.stop() == 0
+        master.start()
+        second_pid = master.wait_running("worker1")
+        wait_until(
+            lambda: any(e["data"]["pid"] == second_pid for e in seen()), 30, "the new master's"
+        )
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, notes = follower.communicate(timeout=20)
+    events = seen()
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids)
+    assert len(ids) == len(set(ids))
+    pids = {e["data"]["pid"] for e in events}
+    assert {first_pid, second_pid} <= pids  # the stop, and the new master's start
+    assert "resuming after event" in notes

@@ -81,6 +81,18 @@ class MasterClient:
                 self._json(response, "GET", path)
             yield from response.iter_raw()
 
+    def stream_lines(self, path: str, **params: Any) -> Iterator[str]:
+        """A streamed answer's lines (errors, also mid-stream, as CtlError)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        with (
+            self._errors("GET", path),
+            self._http.stream("GET", path, params=query, timeout=None) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                self._json(response, "GET", path)
+            yield from response.iter_lines()
+
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         try:
             body = response.json()

@@ -1,4 +1,4 @@
-"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, sync, shutdown.
+"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, sync, shutdown.
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -20,6 +20,7 @@ from hiscrm.config import ConfigError, load_config
 from hiscrm.ctl import render
 from hiscrm.ctl.client import MasterClient
 from hiscrm.ctl.errors import CtlError
+from hiscrm.ctl.events import print_events
 from hiscrm.ctl.exit_watch import ExitWatch
 from hiscrm.ctl.flags import count, directory, seconds
 from hiscrm.exit_codes import ExitCode
@@ -132,6 +133,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser(
         "update", help="read the config file again and apply it (accounts, workers, settings)"
     )
+    events = commands.add_parser("events", help="the master's events (with -f: follow them)")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C to stop)"
+    )
+    events.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="only events whose name starts so (item, item.message, worker, account, ...)",
+    )
+    events.add_argument("--account", help="only this account's events")
+    events.add_argument(
+        "-n", "--last", type=count(1, 1000), default=20, help="start with the last N (default 20)"
+    )
+    events.add_argument("--after", type=count(0, MAX_SEQ), help="start after this event id")
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
@@ -351,6 +368,18 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 for line in result["lines"]:
                     print(line)
+            return ExitCode.OK
+        case "events":
+            params: dict[str, Any] = {
+                "types": ",".join(args.type) or None,
+                "account": args.account,
+            }
+            if args.after is not None:
+                params["after"] = args.after
+            else:
+                params["last"] = args.last
+            folder = state_dir(args)
+            print_events(lambda: MasterClient(folder, args.timeout), params, args.follow, args.json)
             return ExitCode.OK
         case "accounts":
             accounts = client.all_pages("/accounts")

@@ -82,23 +82,30 @@ class EventHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
 
-    @property
-    def _wanted(self) -> EventFilter:
-        if any(s.filter.wants_items for s in self.subscribers):
-            return EventFilter()
-        return SUPERVISOR_ONLY
+    def _queries(self) -> list[EventFilter]:
+        """What to read for the subscribers: supervisor events always (they are few);
+        items of every account if one subscriber wants items of all, else only of the
+        accounts some subscriber follows (reading and rendering items is the cost)."""
+        per_account: dict[str, set[str]] = {}
+        for subscriber in self.subscribers:
+            wanted = subscriber.filter
+            if not wanted.wants_items:
+                continue
+            if wanted.account_id is None:
+                return [EventFilter()]
+            per_account.setdefault(wanted.account_id, set()).update(wanted.types or ("item",))
+        return [SUPERVISOR_ONLY] + [
+            EventFilter(tuple(sorted(types)), account) for account, types in per_account.items()
+        ]
 
     async def run(self) -> None:
         while True:
             await self._new.wait()
             self._new.clear()
             while self.fetched < self.head:
-                upto, wanted = self.head, self._wanted
-                self._in_flight = upto
+                upto = self._in_flight = self.head
                 try:
-                    found = await self.store.events(
-                        EventQuery(self.fetched, upto, wanted, FETCH_PAGE)
-                    )
+                    found, upto = await self._fetch(self.fetched, upto)
                 except Exception as exc:  # the store failing: said, counted, tried again
                     self._count_error()
                     self._log.error("events could not be read from the store", exc_info=exc)
@@ -107,7 +114,19 @@ class EventHub:
                     continue
                 self._in_flight = None
                 self._offer(found)
-                self.fetched = found[-1].id if len(found) == FETCH_PAGE else upto
+                self.fetched = upto
+
+    async def _fetch(self, after: int, upto: int) -> tuple[list[StoredEvent], int]:
+        """The events wanted in ``(after, upto]``, in id order, and how far they are
+        complete (a query that filled its page ends there)."""
+        found: dict[int, StoredEvent] = {}
+        complete = upto
+        for wanted in self._queries():
+            page = await self.store.events(EventQuery(after, upto, wanted, FETCH_PAGE))
+            found.update((e.id, e) for e in page)
+            if len(page) == FETCH_PAGE:
+                complete = min(complete, page[-1].id)
+        return [found[i] for i in sorted(found) if i <= complete], complete
 
     def _offer(self, events: list[StoredEvent]) -> None:
         for event in events:
