@@ -25,6 +25,7 @@ from hiscrm.channel import MAX_FRAME_BYTES
 from hiscrm.code_fingerprint import CodeFile
 from hiscrm.items import MAX_INT, Item, epoch_ms
 from hiscrm.models import AccountSpec
+from hiscrm.replies import ReplyAction
 
 PROTOCOL_VERSION = 1
 ERROR_HEAD_BYTES = 80  # how much of a bad frame goes into the error message
@@ -158,6 +159,20 @@ class WorkerAccountReleased(_Message):
     unacked: int
 
 
+class WorkerSendResult(_Message):
+    """What became of a ``master:send``: ``sent`` (with the platform's id of what it
+    sent, if it said), ``failed`` (the platform raised, cannot send, or the target is not
+    this account's: ``error`` says which), or ``not_sent`` (the account does not run here
+    now: nothing was handed to the platform, so it may go again)."""
+
+    type: Literal["worker:send:result"] = "worker:send:result"
+    account_id: str
+    request_id: str
+    outcome: Literal["sent", "failed", "not_sent"]
+    item_id: str | None = None
+    error: str | None = None
+
+
 class WorkerGoodbye(_Message):
     """The worker is about to exit on its own terms."""
 
@@ -236,6 +251,16 @@ class MasterSyncRequest(_Message):
     from_seq: int | None = None
 
 
+class MasterSend(_Message):
+    """Send this reply through the account's platform, once; answered by
+    ``worker:send:result``."""
+
+    type: Literal["master:send"] = "master:send"
+    account_id: str
+    request_id: str
+    action: ReplyAction
+
+
 class MasterAccountRevoke(_Message):
     type: Literal["master:account:revoke"] = "master:account:revoke"
     account_id: str
@@ -248,6 +273,7 @@ AnyMessage = (
     | WorkerAccountState
     | WorkerDataSync
     | WorkerAccountReleased
+    | WorkerSendResult
     | WorkerGoodbye
     | MasterWelcome
     | MasterRefuse
@@ -258,6 +284,7 @@ AnyMessage = (
     | MasterDataAck
     | MasterDataNack
     | MasterSyncRequest
+    | MasterSend
 )
 Message = Annotated[AnyMessage, Field(discriminator="type")]
 

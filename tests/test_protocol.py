@@ -19,6 +19,7 @@ from hiscrm.protocol import (
     message_types,
     schema_hash,
 )
+from hiscrm.replies import MessageReply
 
 MESSAGE = Message(
     id="m1",
@@ -77,6 +78,14 @@ EXAMPLES: dict[str, AnyMessage] = {
     "master:data:ack": protocol.MasterDataAck(account_id="acc-1", seq=4),
     "master:data:nack": protocol.MasterDataNack(account_id="acc-1", seq=4, reason="gap"),
     "master:sync:request": protocol.MasterSyncRequest(account_id="acc-1", from_seq=0),
+    "master:send": protocol.MasterSend(
+        account_id="acc-1",
+        request_id="r-1",
+        action=MessageReply(conversation_id="conv-1", text="hello"),
+    ),
+    "worker:send:result": protocol.WorkerSendResult(
+        account_id="acc-1", request_id="r-1", outcome="sent", item_id="out-r-1"
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, sync, shutdown.
+"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, replies, sync,
+shutdown.
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -149,6 +150,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-n", "--last", type=count(1, 1000), default=20, help="start with the last N (default 20)"
     )
     events.add_argument("--after", type=count(0, MAX_SEQ), help="start after this event id")
+    send = commands.add_parser("send", help="reply in a conversation (through the outbox)")
+    send.add_argument("account")
+    send.add_argument("conversation")
+    send.add_argument("text")
+    send.add_argument("--request-id", help="yours, so that sending again sends nothing new")
+    send.add_argument(
+        "--wait", action="store_true", help="wait until it is sent, failed or given up"
+    )
+    outbox = commands.add_parser(
+        "outbox",
+        help="an account's replies: outbox ACCOUNT [--state S]; outbox retry|cancel ACCOUNT ID",
+    )
+    outbox.add_argument("words", nargs="+", metavar="ACCOUNT | retry|cancel ACCOUNT ID")
+    outbox.add_argument(
+        "--state",
+        choices=["queued", "sending", "sent", "failed", "unknown", "expired", "cancelled"],
+    )
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
@@ -222,6 +240,50 @@ def _main(argv: list[str]) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.OK
+
+
+def wait_for_reply(
+    client: MasterClient, account_path: str, request_id: str, timeout_s: float
+) -> dict[str, Any]:
+    """The reply once it is no longer queued or being sent (CtlError after the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entry: dict[str, Any] = client.request(
+            "GET", f"{account_path}/outbox/{quote(request_id, safe='')}"
+        )
+        if entry["state"] not in ("queued", "sending"):
+            return entry
+        if time.monotonic() > deadline:
+            raise CtlError(f"still {entry['state']} after {timeout_s:g} s", answer=entry)
+        time.sleep(0.1)
+
+
+def outbox_command(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    words = args.words
+    if words[0] in ("retry", "cancel"):
+        if len(words) != 3:
+            raise CtlError(
+                f"usage: hiscrmctl outbox {words[0]} ACCOUNT REQUEST_ID", exit_code=ExitCode.USAGE
+            )
+        path = f"/accounts/{quote(words[1], safe='')}/outbox/{quote(words[2], safe='')}"
+        if words[0] == "retry":
+            result = client.request("POST", f"{path}/retry")
+        else:
+            result = client.request("DELETE", path)
+        if args.json:
+            emit(args, result)
+        else:
+            console.print(render.reply_line(result))
+        return ExitCode.OK
+    if len(words) != 1:
+        raise CtlError("usage: hiscrmctl outbox ACCOUNT [--state S]", exit_code=ExitCode.USAGE)
+    path = f"/accounts/{quote(words[0], safe='')}/outbox"
+    entries = client.request("GET", path, state=args.state, limit=1000)["items"]
+    if args.json:
+        emit(args, entries)
+    else:
+        render.outbox(console, entries)
+    return ExitCode.OK
 
 
 def emit(args: argparse.Namespace, data: Any) -> None:
@@ -381,6 +443,23 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             folder = state_dir(args)
             print_events(lambda: MasterClient(folder, args.timeout), params, args.follow, args.json)
             return ExitCode.OK
+        case "send":
+            body = {"conversation_id": args.conversation, "text": args.text}
+            if args.request_id:
+                body["request_id"] = args.request_id
+            path = f"/accounts/{quote(args.account, safe='')}"
+            result = client.request("POST", f"{path}/messages", body)
+            if args.wait:
+                result = wait_for_reply(client, path, result["request_id"], args.timeout)
+            if args.json:
+                emit(args, result)
+            else:
+                console.print(render.reply_line(result))
+            if result["state"] in ("failed", "unknown", "expired", "cancelled"):
+                raise CtlError(render.reply_line(result), answer=result)
+            return ExitCode.OK
+        case "outbox":
+            return outbox_command(args, client, console)
         case "accounts":
             accounts = client.all_pages("/accounts")
             if args.json:

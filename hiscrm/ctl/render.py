@@ -20,6 +20,13 @@ STATE_STYLES = {
     "down": "red",
     "failed": "red",
     "quarantined": "magenta",
+    # replies
+    "queued": "cyan",
+    "sending": "yellow",
+    "sent": "green",
+    "unknown": "magenta",
+    "expired": "dim",
+    "cancelled": "dim",
 }
 HEALTH_STYLES = {"ok": "green", "degraded": "yellow", "failing": "red"}
 
@@ -242,3 +249,35 @@ def _table(*columns: str) -> Table:
     for column in columns:
         table.add_column(column)
     return table
+
+
+def outbox(console: Console, entries: list[dict[str, Any]]) -> None:
+    """An account's replies, newest first."""
+    table = _table("REQUEST", "KIND", "TO", "STATE", "MADE", "ATTEMPTS", "ITEM", "TEXT / ERROR")
+    for e in entries:
+        target = e.get("conversation_id") or e.get("content_id") or "-"
+        if e.get("parent_id"):
+            target += f" > {e['parent_id']}"
+        said = e["error"] if e["state"] in ("failed", "unknown", "expired") else e["text"]
+        table.add_row(
+            e["request_id"],
+            e["kind"],
+            target,
+            _styled(e["state"]),
+            _age(e["created_at"]),
+            str(e["attempts"]),
+            e["item_id"] or "-",
+            (said or "-").replace("\n", " ")[:60],
+        )
+    console.print(table)
+
+
+def reply_line(e: dict[str, Any]) -> str:
+    """One reply in a line, after it was sent for, cancelled or queued again."""
+    target = e.get("conversation_id") or e.get("content_id")
+    line = f"{e['account_id']} {e['kind']} to {target}: {e['state']} (request {e['request_id']})"
+    if e.get("item_id"):
+        line += f", item {e['item_id']}"
+    if e.get("error"):
+        line += f": {e['error']}"
+    return line

@@ -28,6 +28,7 @@ from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.api.replies import Replies
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
@@ -166,6 +167,7 @@ async def run_master(
             publish,
         )
         manager.append(accounts)
+        await accounts.outbox.load()
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
@@ -188,6 +190,7 @@ async def run_master(
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         hooks = Hooks(hub, config.state_dir / "logs", log)
+        replies = Replies(read, store, accounts.outbox)
         updater = ConfigUpdater(
             config_path,
             overrides or {},
@@ -223,10 +226,11 @@ async def run_master(
             followers,
             hub,
             lambda: supervisor.config.events,
+            replies,
         )
         api = ApiServer(app, api_socket, config, log)
         metrics.attach_front_door(api.limits, followers)
-        metrics.attach_events(hub, hooks, store)
+        metrics.attach_events(hub, hooks, store, accounts.outbox)
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None

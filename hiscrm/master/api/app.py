@@ -29,6 +29,8 @@ from hiscrm.master.api.master_routes import master_routes
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.params import PREFIX, only
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.api.replies import Replies
+from hiscrm.master.api.reply_routes import reply_routes
 from hiscrm.master.api.schemas import ErrorBody, Health, StatusInfo
 from hiscrm.master.api.token_gate import TokenGate
 from hiscrm.master.api.worker_routes import worker_routes
@@ -49,6 +51,7 @@ def create_app(
     followers: LogFollowers,
     hub: EventHub,
     events_config: Callable[[], EventsConfig],
+    replies: Replies,
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -120,6 +123,7 @@ def create_app(
     account_routes(routes, read, control, admin, updater)
     collection_routes(routes, read, control, max_page_bytes)
     event_routes(routes, hub, events_config, log)
+    reply_routes(routes, replies)
     app.include_router(open_routes)
     app.include_router(routes)
     app.include_router(root)

@@ -10,7 +10,7 @@ from starlette.types import Message, Receive, Scope, Send
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import EventsConfig
-from hiscrm.event_names import check_prefix
+from hiscrm.event_names import EVENT_NAMES, check_prefix
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.params import MAX_INT, MAX_PAGE, only
 from hiscrm.master.data.event_filter import EventFilter
@@ -18,6 +18,9 @@ from hiscrm.master.events.hub import EventHub
 from hiscrm.master.events.stream import EventStream, StreamRequest
 from hiscrm.models import ACCOUNT_ID_PATTERN
 
+TYPES_HELP = "Comma-separated event name prefixes, of: " + ", ".join(
+    sorted({n.split(".")[0] for n in EVENT_NAMES} | set(EVENT_NAMES))
+)
 WRITE_TIMEOUT_S = 30.0  # a client that takes no bytes for this long is let go
 
 
@@ -67,7 +70,7 @@ def event_routes(
         dependencies=[Depends(only("types", "account", "after", "last", "follow"))],
     )
     async def events(
-        types: Annotated[str | None, Query(max_length=1000)] = None,
+        types: Annotated[str | None, Query(max_length=1000, description=TYPES_HELP)] = None,
         account: Annotated[str | None, Query(pattern=ACCOUNT_ID_PATTERN)] = None,
         after: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
         last: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,

@@ -64,6 +64,7 @@ from hiscrm.protocol import (
     WorkerGoodbye,
     WorkerHeartbeat,
     WorkerRegister,
+    WorkerSendResult,
     decode,
 )
 
@@ -469,6 +470,8 @@ class Supervisor:
                 self.accounts.on_heartbeat(process, message, now)
             case WorkerDataSync():
                 self.accounts.on_sync(process, message)
+            case WorkerSendResult():
+                self.accounts.on_send_result(process, message)
             case WorkerAccountReleased():
                 reload = self._reload
                 if reload is None or not reload.on_released(process, message.account_id, now):
