@@ -144,6 +144,20 @@ def test_removing_an_account_waits_for_its_worker_to_let_go() -> None:
     assert assigner.gone("a2")
 
 
+def test_an_account_removed_while_its_worker_dies_is_let_go_by_the_death() -> None:
+    """Deleted while its worker was hung (the revoke unanswered), then the worker died:
+    the death is the release, and the account is forgotten (once a RuntimeError,
+    "dictionary changed size during iteration", that left the delete unanswered)."""
+    assigner = Assigner(accounts(3), WORKERS, per_worker=10, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    assert assigner.remove("a1", 1) == [Revoke("worker1", "a1")]
+    assert assigner.remove("a3", 1) == [Revoke("worker1", "a3")]
+    assert assigner.worker_down("worker1", 2) == []
+    assert assigner.gone("a1")
+    assert assigner.gone("a3")
+    assert list(assigner.slots) == ["a2"]
+
+
 def test_changed_options_restart_the_task_and_disabled_accounts_are_not_placed() -> None:
     assigner = Assigner(accounts(2), WORKERS, per_worker=10, reassign_after_s=30, now=0)
     assigner.worker_up("worker1", 0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import MasterFactory, accounts_of, broken_worker_code, make_config
-from harness import count, gone, query, read_jsonl, wait_until
+from harness import count, gone, metric, query, read_jsonl, wait_until
 
 from hiscrm.items import ITEM_MODELS, KINDS
 
@@ -308,6 +308,12 @@ def test_stale_means_no_progress_whatever_the_syncs(start_master: MasterFactory)
         )
         assert http.get("/accounts/silent").json()["stale"] is True
         assert http.get("/accounts/quiet").json()["stale"] is False
+        metrics = http.get("/metrics").text
+        assert metric(metrics, 'hiscrm_account_stale{account="silent"}') == 1
+        assert metric(metrics, 'hiscrm_account_stale{account="quiet"}') == 0
+        accounts = http.get("/healthz").json()["checks"]["accounts"]
+        assert accounts["status"] == "degraded"
+        assert "stale (no progress): silent" in accounts["detail"]
 
     os.kill(pids["worker2"], signal.SIGSTOP)  # its sync path is blocked, it is not dead
     try:

@@ -23,6 +23,7 @@ def describe(exitcode: int, requested: str | None = None, during_start: bool = F
         (-11, None, False, "crashed", True, None, "SIGSEGV"),
         (-15, None, False, "killed", True, None, "SIGTERM"),
         (1, None, False, "crashed", True, 1, None),
+        (ExitCode.TASK_FAILED, None, False, "crashed", True, 70, None),
         (0, None, False, "exited", True, 0, None),
         (ExitCode.ORPHANED, None, False, "orphaned", True, 75, None),
         (ExitCode.BOOT_FAILED, None, True, "boot_failed", True, 78, None),

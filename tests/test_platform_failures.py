@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, count, wait_until
+from harness import Master, count, metric, wait_until
 
 MISSING = "testplatforms.no_such_module:Nothing"
 RAISES_AT_IMPORT = "testplatforms.bad_import:Never"
@@ -108,6 +108,9 @@ def test_a_platform_that_cannot_load_fails_its_accounts_only(
     with master.http() as http:
         worker = http.get("/workers/worker1").json()
         health = http.get("/healthz")
+        metrics = http.get("/metrics").text
+    for account_id in ("bad-1", "bad-2"):
+        assert metric(metrics, f'hiscrm_account_state{{account="{account_id}",state="failed"}}')
     assert (worker["state"], worker["pid"]) == ("running", pid)
     assert health.status_code == 200
     assert health.json()["status"] == "degraded"

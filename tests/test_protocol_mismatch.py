@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import REPO
+from harness import REPO, metric, wait_until
 
 
 @pytest.mark.timeout(60)
@@ -44,6 +44,25 @@ def test_changed_protocol_on_disk_is_refused_on_both_sides(
     assert any("the master refused this worker" in line for line in exited["log_tail"])
     master.log.wait_for(after=mark, event="worker state", worker="worker1", new="boot_failed")
     assert "the master refused this worker" in master.worker_log("worker1").read_text()
+    with master.http() as http:
+        last_exit = http.get("/workers/worker1").json()["last_exit"]
+        metrics = http.get("/metrics").text
+        wait_until(
+            lambda: (
+                "worker1 is boot_failed"
+                in http.get("/healthz").json()["checks"]["workers"]["detail"]
+            ),
+            10,
+            "health names it",
+        )
+    assert (last_exit["code"], last_exit["reason"]) == (76, "protocol_mismatch")
+    assert metric(metrics, 'hiscrm_worker_up{worker="worker1"}') == 0
+    master.log.wait_for(  # one line when it went (its detail follows the state)
+        after=mark,
+        event="health",
+        status="degraded",
+        where=lambda e: "worker1 is" in e["checks"].get("workers", ""),
+    )
     # The untouched worker keeps running on the code it loaded.
     assert not master.log.find(event="worker exited", worker="worker2")
     assert master.stop() == 0

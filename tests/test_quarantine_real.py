@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import count, wait_until
+from harness import count, metric, wait_until
 from test_ctl import ctl
 
 
@@ -43,6 +43,9 @@ def test_a_poison_account_is_quarantined_and_the_others_keep_syncing(
         quarantined_after = time.monotonic() - began
         poison = account("poison")
         assert poison["quarantined"] is True
+        metrics = http.get("/metrics").text
+        assert metric(metrics, 'hiscrm_account_quarantined{account="poison"}') == 1
+        assert metric(metrics, 'hiscrm_account_state{account="poison",state="quarantined"}') == 1
         assert poison["worker"] in (None, "solo-poison")
         assert poison["home"] == "solo-poison"
         master.log.wait_for(

@@ -43,6 +43,7 @@ def test_labelled_counters_are_there_before_their_first_event(start_master: Mast
         'hiscrm_worker_data_sync_errors_total{account="acc-1",reason="gap"}',
         'hiscrm_account_state{account="acc-1",state="quarantined"}',
         'hiscrm_health{status="failing"}',
+        'hiscrm_health_check{check="disk",status="failing"}',
     ):
         assert metric(text, sample) == 0, sample
     assert master.stop() == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MasterFactory, make_config
-from harness import query, read_jsonl, wait_until
+from harness import metric, query, read_jsonl, wait_until
 
 RECORDING = "testplatforms.recording"
 
@@ -52,6 +52,18 @@ def test_a_write_lock_held_elsewhere_makes_health_failing_then_ok_and_nothing_is
             assert "the store cannot commit" in health["checks"]["store"]["detail"]
             status = http.get("/status").json()  # reads still answer
             assert status["health"] == "failing"
+            metrics = http.get("/metrics").text
+            assert metric(metrics, 'hiscrm_health_check{check="store",status="failing"}') == 1
+            assert metric(metrics, 'hiscrm_health{status="failing"}') == 1
+            # Once a write gives up (SQLite's busy timeout), its syncs are refused and
+            # counted; the workers keep them and send them again.
+            refused = master.log.wait_for(after=mark, event="sync not committed", timeout=20)
+            assert "database is locked" in refused["reason"]
+            master.log.wait_for(after=mark, event="the store cannot commit")
+            errors = 'hiscrm_worker_data_sync_errors_total{{account="{}",reason="store_error"}}'
+            assert any(
+                metric(http.get("/metrics").text, errors.format(a)) >= 1 for a in ("acc-1", "acc-2")
+            )
             failing = master.log.wait_for(after=mark, event="health", status="failing")
             assert failing["level"] == "error"
             assert "the store cannot commit" in failing["checks"]["store"]

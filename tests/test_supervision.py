@@ -92,9 +92,21 @@ def test_worker_code_that_cannot_import_is_boot_failed_with_backoff(
     # Code that cannot be imported is not a bug of the master: not counted as one.
     with master.http() as http:
         assert http.get("/status").json()["internal_errors_total"] == 0
+        last_exit = http.get("/workers/worker1").json()["last_exit"]
+        health = http.get("/healthz").json()
         metrics = http.get("/metrics").text
+    assert (last_exit["code"], last_exit["reason"]) == (78, "boot_failed")
+    assert any(BROKEN_RUNTIME in line for line in last_exit["log_tail"])
+    assert health["status"] != "ok"
+    assert health["checks"]["workers"]["status"] != "ok"  # failing, degraded while retried
     assert metric(metrics, "hiscrm_fork_template_failures_total") >= 1
     assert metric(metrics, "hiscrm_master_internal_errors_total") == 0
+    assert metric(metrics, 'hiscrm_worker_up{worker="worker1"}') == 0
+    master.log.wait_for(
+        event="health",
+        status="failing",
+        where=lambda e: "no worker runs" in e["checks"].get("workers", ""),
+    )
 
     # Watch for a while: retries happen, but no faster than the backoff allows.
     watch_s = 4.0
@@ -129,6 +141,24 @@ def test_blocked_event_loop_is_replaced_after_heartbeat_timeout(
     assert exited["signal"] == "SIGABRT"
     new_pid = master.wait_running("worker1", after=master.log.events.index(exited))
     assert new_pid != pid
+    with master.http() as http:
+        worker = http.get("/workers/worker1").json()
+        metrics = http.get("/metrics").text
+    assert worker["restarts_by_reason"] == {"heartbeat_timeout": 1}
+    assert (worker["last_exit"]["reason"], worker["last_exit"]["signal"]) == (
+        "heartbeat_timeout",
+        "SIGABRT",
+    )
+    key = 'hiscrm_worker_restarts_total{reason="heartbeat_timeout",worker="worker1"}'
+    assert metric(metrics, key) == 1
+    # While it was replaced, health said so (its only worker: failing), and its account
+    # was down.
+    master.log.wait_for(
+        event="health",
+        status="failing",
+        where=lambda e: "no worker runs" in e["checks"].get("workers", ""),
+    )
+    master.log.wait_for(event="account state", account_id="acc-1", new="down")
     # faulthandler wrote where the loop was stuck.
     log_text = master.worker_log("worker1").read_text()
     assert "Fatal Python error: Aborted" in log_text
@@ -155,6 +185,20 @@ def test_sigstopped_worker_is_replaced_after_heartbeat_timeout(start_master: Mas
     new_pid = master.wait_running("worker2", after=mark)
     assert new_pid != pids["worker2"]
     assert gone(pids["worker2"])
+    with master.http() as http:
+        worker = http.get("/workers/worker2").json()
+        metrics = http.get("/metrics").text
+    assert worker["restarts_by_reason"] == {"heartbeat_timeout": 1}
+    assert worker["last_exit"]["signal"] == "SIGKILL"
+    key = 'hiscrm_worker_restarts_total{reason="heartbeat_timeout",worker="worker2"}'
+    assert metric(metrics, key) == 1
+    # For the second it took to kill it, health named it.
+    master.log.wait_for(
+        after=mark,
+        event="health",
+        status="degraded",
+        where=lambda e: "worker2 is stopping" in e["checks"].get("workers", ""),
+    )
     assert not master.log.find(event="worker exited", worker="worker1")
     assert master.stop() == 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MasterFactory, accounts_of, make_config
-from harness import wait_until
+from harness import metric, wait_until
 
 
 @pytest.mark.timeout(60)
@@ -42,6 +42,12 @@ def test_every_kind_of_output_and_a_segfault_land_in_the_log(start_master: Maste
         "Segmentation fault" in line or "behaviours.py" in line for line in exited["log_tail"]
     )
     master.wait_running("worker1", after=master.log.events.index(exited))
+    with master.http() as http:
+        worker = http.get("/workers/worker1").json()
+        metrics = http.get("/metrics").text
+    assert worker["restarts_by_reason"]["crashed"] >= 1
+    assert (worker["last_exit"]["signal"], worker["last_exit"]["reason"]) == ("SIGSEGV", "crashed")
+    assert metric(metrics, 'hiscrm_worker_restarts_total{reason="crashed",worker="worker1"}') >= 1
     assert master.stop() == 0
 
 

@@ -5,11 +5,13 @@ Lifecycle of a worker process::
 
     booting --register--> waiting for welcome --welcome--> serving --stop--> stopping --> exit
 
-It stops for one of four reasons, each with its exit code: ``master:shutdown`` or SIGTERM
+It stops for one of five reasons, each with its exit code: ``master:shutdown`` or SIGTERM
 (graceful, 0: platforms stopped, pending changes flushed and acknowledged), the master
-refused it or speaks another protocol (76), or the pipe to the master closed, meaning
-the master is gone (75; the worker then kills its own process group so that nothing it
-started survives; unacknowledged changes wait in the spool).
+refused it or speaks another protocol (76), the pipe to the master closed, meaning the
+master is gone (75; the worker then kills its own process group so that nothing it
+started survives; unacknowledged changes wait in the spool), or one of its vital tasks
+(sync, heartbeats) ended (70: a worker that cannot sync must not look alive; platforms
+are stopped, changes are not flushed but wait in the spool, and the master restarts it).
 """
 
 import asyncio
@@ -247,14 +249,16 @@ class WorkerRuntime:
         self.send(registration(self.boot, self._platforms, files, version, boot_ms))
         for spec, failed in sorted(self._platforms.failures.items()):
             self.errors.report(f"loading platform {spec}", failed.error)
-        self.spawn(self._heartbeats(), "heartbeat")
-        self.spawn(syncer.run(), "sync")
+        self.spawn(self._heartbeats(), "heartbeat", vital=True)
+        self.spawn(syncer.run(), "sync", vital=True)
         code, reason = await self._stop
         teardown.set_graceful_stop(None)
         if code is ExitCode.ORPHANED:
             await self.accounts.stop_all(reason, ORPHAN_STOP_S, flush=False)
             teardown.kill_own_group(reason)
-        left = await self.accounts.stop_all(reason, self._stop_timeout(), flush=True)
+        # A failed sync task cannot flush: what is pending waits in the spool.
+        flush = code is not ExitCode.TASK_FAILED
+        left = await self.accounts.stop_all(reason, self._stop_timeout(), flush=flush)
         if left:
             self._log.warning("changes not acknowledged at exit stay in the spool", unacked=left)
         self._log.info("worker stopping", reason=reason, exit_code=int(code))
@@ -277,19 +281,31 @@ class WorkerRuntime:
 
     # --- tasks and errors ----------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], source: str) -> asyncio.Task[Any]:
-        """Start a task whose failure is reported, never lost."""
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], source: str, *, vital: bool = False
+    ) -> asyncio.Task[Any]:
+        """Start a task whose failure is reported, never lost. A ``vital`` task (sync,
+        heartbeats) that ends, by an exception or not, ends the worker (exit code 70): a
+        worker that has stopped syncing must not go on looking alive."""
         task = asyncio.create_task(coro, name=source)
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(t, source))
+        task.add_done_callback(lambda t: self._task_done(t, source, vital))
         return task
 
-    def _task_done(self, task: asyncio.Task[Any], source: str) -> None:
+    def _task_done(self, task: asyncio.Task[Any], source: str, vital: bool) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
             self.errors.report(source, exc)
+        if vital:
+            self._log.error(
+                "worker cannot go on without its task; exiting to be restarted",
+                task=source,
+                failed=exc is not None,
+            )
+            self.request_stop(ExitCode.TASK_FAILED, f"its {source} task ended")
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")

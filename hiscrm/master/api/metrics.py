@@ -16,7 +16,7 @@ from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
-from hiscrm.master.api.schemas import WorkerInfo
+from hiscrm.master.api.schemas import Health, WorkerInfo
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.store import Store, SyncFailure
@@ -28,6 +28,7 @@ from hiscrm.master.supervision.template_launcher import TemplateLauncher
 from hiscrm.protocol import ProtocolErrorKind
 
 ACCOUNT_STATES = tuple(s.value for s in AccountState)
+HEALTH_STATUSES = ("ok", "degraded", "failing")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -62,13 +63,7 @@ class _LiveState(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._workers()
         yield from self._accounts()
-        health = GaugeMetricFamily(
-            "hiscrm_health", "1 for the master's health now (see /healthz)", labels=["status"]
-        )
-        now = self._read.health().status
-        for status in ("ok", "degraded", "failing"):
-            health.add_metric([status], 1.0 if status == now else 0.0)
-        yield health
+        yield from _health(self._read.health())
         master = self._supervisor
         yield CounterMetricFamily(
             "hiscrm_master_internal_errors_total",
@@ -265,6 +260,23 @@ class _LiveState(Collector):
             stale.add_metric([aid], 1.0 if account.stale else 0.0)
         yield from (syncs, items, errors, last, stale, assigned, state, errors_total, restarts)
         yield quarantined
+
+
+def _health(now: Health) -> Iterator[Metric]:
+    """The whole, and each check (which one is not ok, for an alert to name)."""
+    health = GaugeMetricFamily(
+        "hiscrm_health", "1 for the master's health now (see /healthz)", labels=["status"]
+    )
+    checks = GaugeMetricFamily(
+        "hiscrm_health_check",
+        "1 for the status of each check of /healthz now",
+        labels=["check", "status"],
+    )
+    for status in HEALTH_STATUSES:
+        health.add_metric([status], 1.0 if status == now.status else 0.0)
+        for name, check in now.checks.items():
+            checks.add_metric([name, status], 1.0 if status == check.status else 0.0)
+    yield from (health, checks)
 
 
 class _TreeMemoryMetrics:

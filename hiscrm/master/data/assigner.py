@@ -165,7 +165,7 @@ class Assigner:
         self._running.discard(worker_id)
         self._down_since.setdefault(worker_id, now)
         actions: list[Action] = []
-        for slot in self.slots.values():
+        for slot in list(self.slots.values()):  # a leaving account is forgotten on the way
             if slot.owner == worker_id and slot.releasing:
                 actions += self._hand_over(slot, now)
         return actions

@@ -25,6 +25,7 @@ ACCOUNT_CAUSED = frozenset(
 
 _EXIT_CODE_REASONS = {
     ExitCode.CRASHED: ("crashed", "an uncaught exception"),
+    ExitCode.TASK_FAILED: ("crashed", "its sync or heartbeat task failed (traceback in its log)"),
     ExitCode.BOOT_FAILED: ("boot_failed", "it could not import its runtime or platforms"),
     ExitCode.LOG_FAILED: ("log_failed", "it could not open its log file (why: end of log_tail)"),
     ExitCode.PROTOCOL_MISMATCH: ("protocol_mismatch", "it speaks another protocol than the master"),
