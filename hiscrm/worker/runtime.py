@@ -42,6 +42,7 @@ from hiscrm.protocol import (
     MasterDataAck,
     MasterDataNack,
     MasterRefuse,
+    MasterSend,
     MasterShutdown,
     MasterSyncRequest,
     MasterWelcome,
@@ -118,6 +119,7 @@ def registration(
         code_version=version,
         code_files=files,
         platform_errors=platforms.errors(),
+        idempotent_platforms=platforms.idempotent(),
     )
 
 
@@ -394,6 +396,8 @@ class WorkerRuntime:
                 accounts.digest(message)
             case MasterAccountRevoke(account_id=account_id):
                 accounts.revoke(account_id, self._stop_timeout())
+            case MasterSend():
+                accounts.send(message)
             case MasterSyncRequest(account_id=account_id, from_seq=None):
                 accounts.syncer.flush(account_id, now)
             case MasterSyncRequest(account_id=account_id, from_seq=int(from_seq)):
