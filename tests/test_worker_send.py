@@ -59,6 +59,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, records: Path) -> Iterator[
         master.assign("a-nosend", "testplatforms.senders:NoSend")
         master.assign("a-syncsend", "testplatforms.senders:SyncSend")
         master.assign("a-broken", "testplatforms.bad_import:Broken", wait_state="failed")
+        master.assign("a-backoff", SENDER, {**rec, "run_fails": True}, wait_state="backoff")
         yield master
 
 
@@ -207,7 +208,7 @@ def test_a_send_that_raises_fails_and_the_account_runs_on(
     assert len(states) == states_before, states
 
 
-def test_an_account_that_does_not_run_here_sends_nothing(worker: PipeMaster) -> None:
+def test_an_account_that_does_not_run_here_sends_nothing(worker: PipeMaster, records: Path) -> None:
     unknown = send(worker, "a-nowhere", message("conv-0"))
     assert (unknown.outcome, unknown.error) == (
         "not_sent",
@@ -218,6 +219,13 @@ def test_an_account_that_does_not_run_here_sends_nothing(worker: PipeMaster) -> 
     assert (broken.error or "").startswith(
         "account 'a-broken' cannot run here: platform 'testplatforms.bad_import:Broken' cannot be loaded"
     )
+    # Its run fails at once each time: no instance of it is running between the restarts.
+    backoff = send(worker, "a-backoff", message("conv-0"))
+    assert (backoff.outcome, backoff.error) == (
+        "not_sent",
+        "account 'a-backoff' is in backoff in this worker",
+    )
+    assert recorded_sends(records, "a-backoff") == []
 
 
 def test_replies_to_an_account_still_loading_or_being_released_are_not_sent(
@@ -268,6 +276,8 @@ def test_a_slow_send_holds_up_nothing_and_is_cancelled_unanswered_at_stop(
             10,
             "three sends under way, two of them on one account",
         )
+        # Each send sees its own request id in ctx, though two run together on one account.
+        assert sorted(s["request_id"] for s in recorded_sends(records, "a-slow")) == ["s1", "s2"]
         # While they wait: heartbeats every 50 ms, and the other account's items go on.
         start = len(master.received)
         master.until(

@@ -203,8 +203,9 @@ class AccountHost:
             self._refuse(message, "failed", problem)
             return
         instance = runner.instance
-        if instance is None:
-            self._refuse(message, "not_sent", f"account {account_id!r} is {runner.state} now")
+        if instance is None:  # between two runs of its platform
+            now = "starting" if runner.state is AccountState.RUNNING else f"in {runner.state}"
+            self._refuse(message, "not_sent", f"account {account_id!r} is {now} in this worker")
             return
         problem = target_problem(self.syncer.accounts[account_id], message.action)
         if problem is not None:
@@ -221,8 +222,9 @@ class AccountHost:
     def _refuse(
         self, message: MasterSend, outcome: Literal["failed", "not_sent"], error: str
     ) -> None:
-        """Answer without calling the platform."""
-        self._log.warning(
+        """Answer without calling the platform (not sent: it may go again later)."""
+        level = self._log.warning if outcome == "failed" else self._log.info
+        level(
             "reply not handed to the platform",
             account_id=message.account_id,
             request_id=message.request_id,

@@ -9,6 +9,7 @@ Options (besides the demo's):
   count calls even of a send that never returns.
 * ``send_delay_s``: sleep this long before sending (a send in flight, to stop a worker
   or revoke the account under).
+* ``run_fails``: ``run`` raises at once, every time (the account is in backoff).
 * ``send_fail``: ``"error"`` raises RuntimeError, ``"system_exit"`` raises SystemExit(3),
   ``"returns_int"`` returns 42 instead of an id.
 """
@@ -42,6 +43,11 @@ def recorded_sends(record_dir: Path, account_id: str) -> list[dict[str, Any]]:
 
 class Sender(DemoPlatform):
     """The demo, recorded, with a slow or failing send on demand."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        if ctx.options.get("run_fails"):
+            raise RuntimeError("run fails on purpose")
+        await super().run(ctx)
 
     async def send(self, ctx: PlatformContext, action: ReplyAction) -> str | None:
         record_send(ctx, action)
