@@ -208,6 +208,12 @@ class EventsConfig(_Section):
     max_clients: int = Field(default=200, ge=1, le=100_000)  # streams open at once
 
 
+class OutboxConfig(_Section):
+    """Replies (``POST /accounts/{id}/messages|comments``)."""
+
+    expire_after_s: float = seconds(3600.0, at_least=1.0, at_most=30 * DAY_S)  # still queued
+
+
 class HookConfig(_Section):
     """``[[hooks]]``: events (by name or prefix) sent to a URL (POST of the event's JSON)
     or to a command (the event's JSON on its standard input)."""
@@ -255,6 +261,7 @@ class Config(_Section):
     code: CodeConfig = CodeConfig()
     logs: LogsConfig = LogsConfig()
     events: EventsConfig = EventsConfig()
+    outbox: OutboxConfig = OutboxConfig()
     hooks: list[HookConfig] = Field(default_factory=list)
     # Where workers look for platform modules besides the master's sys.path (after it);
     # relative to the config file, whose own directory comes first (see load_config).

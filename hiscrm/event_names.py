@@ -19,6 +19,9 @@ SUPERVISOR_EVENTS = (
     "account.released",  # an account came out of quarantine
     "health",  # the master's health changed
     "reply.state",  # an outbox entry changed state
+    "reload.started",  # a rolling reload of the workers began (why)
+    "reload.ended",  # it ended (why, error: null when every worker was replaced)
+    "master.stopping",  # the master began to shut down (reason)
 )
 RESET = "reset"  # sent to a client whose cursor is older than what is kept
 CUTOFF = "cutoff"  # sent to a client that could not keep up, before it is closed

@@ -82,6 +82,7 @@ def masters(directory: Path) -> Iterator[MasterFactory]:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         files: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> Master:
         """``files``: written into the master's directory (beside its config) first."""
         home = directory / f"m{len(started)}"
@@ -89,7 +90,13 @@ def masters(directory: Path) -> Iterator[MasterFactory]:
         for name, text in (files or {}).items():
             (home / name).write_text(text)
         master = Master(
-            home, config if config is not None else make_config(), extra_args, code_dir, env, cwd
+            home,
+            config if config is not None else make_config(),
+            extra_args,
+            code_dir,
+            env,
+            cwd,
+            command,
         )
         started.append(master)
         return master.start()

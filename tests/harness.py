@@ -126,7 +126,8 @@ class LogReader:
 
 
 class Master:
-    """A ``python -m hiscrm.master`` subprocess with its own state dir and marker."""
+    """A ``python -m hiscrm.master`` subprocess (or ``command``) with its own state dir and
+    marker, started in its directory (or ``cwd``)."""
 
     def __init__(
         self,
@@ -136,9 +137,11 @@ class Master:
         code_dir: Path = REPO,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        command: list[str] | None = None,
     ):
         self.dir = tmp_path
         self.cwd = cwd or tmp_path  # the master's working directory
+        self.command = command or [sys.executable, "-m", "hiscrm.master"]
         self.state_dir = tmp_path / "var"
         self.config_path = tmp_path / "hiscrm.toml"
         self.config_path.write_text(to_toml(config))
@@ -158,14 +161,7 @@ class Master:
         env.update(self.extra_env)
         with self.stdout_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hiscrm.master",
-                    "--config",
-                    str(self.config_path),
-                    *self.extra_args,
-                ],
+                [*self.command, "--config", str(self.config_path), *self.extra_args],
                 env=env,
                 cwd=self.cwd,
                 stdout=out,

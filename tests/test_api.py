@@ -93,7 +93,9 @@ def test_status_workers_and_accounts_report_live_truth(shared: Master) -> None:
         assert (workers["total"], workers["limit"], workers["offset"]) == (2, 100, 0)
         for worker in workers["items"]:
             process = psutil.Process(worker["pid"])
-            assert "spawn_main" in " ".join(process.cmdline())
+            assert (
+                process.cmdline()[0] == f"hiscrm: {worker['id']} [{' '.join(worker['accounts'])}]"
+            )
             assert process.ppid() == shared.pid
             assert worker["state"] == "running"
             assert 0 <= worker["heartbeat_age_s"] < 1.0  # beats every 0.2 s

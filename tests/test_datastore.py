@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from hiscrm.items import KINDS, Content, Conversation, Message, item_hash
-from hiscrm.master.data import sqlite_schema
+from hiscrm.master.data import pg_schema, sqlite_schema
 from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.sqlite_store import SqliteStore
 from hiscrm.master.data.store import CollectionQuery, StoreError, SyncBatch, SyncOutcome
@@ -201,7 +201,8 @@ def test_schema_follows_the_models(store: Store) -> None:
     assert {"is_read", "read_at"} <= set(columns)
     assert "is_read" not in store.backend.columns("notifications")
     assert "event_id" in columns  # the item's latest change's event
-    assert store.rows("SELECT version FROM schema_version") == [(3,)]
+    versions = {"sqlite": sqlite_schema.SCHEMA_VERSION, "postgres": pg_schema.SCHEMA_VERSION}
+    assert store.rows("SELECT version FROM schema_version") == [(versions[store.backend.name],)]
     if store.backend.name == "sqlite":
         assert store.rows("PRAGMA journal_mode") == [("wal",)]
 

@@ -1,7 +1,7 @@
 import pytest
 
 from hiscrm.exit_codes import ExitCode
-from hiscrm.master.supervision.exit_record import describe_exit
+from hiscrm.master.supervision.exit_record import describe_exit, exit_tail
 from hiscrm.master.supervision.stop_plan import StopReason
 
 
@@ -72,3 +72,24 @@ def test_a_log_failure_names_the_log_file_not_the_code() -> None:
     record = describe(ExitCode.LOG_FAILED, during_start=True)
     assert "could not open its log file" in record.detail
     assert "import" not in record.detail
+
+
+def test_the_tail_of_a_crash_dump_starts_at_its_header_however_deep_the_stack() -> None:
+    dump = [
+        "Fatal Python error: Segmentation fault",
+        "",
+        "Current thread 0x01 (most recent call first):",
+        '  File "platform.py", line 3 in run',
+        *[f'  File "frame{n}.py", line 1 in f' for n in range(25)],
+        "",
+        "Extension modules: setproctitle._setproctitle (total: 1)",
+    ]
+    log = [f"line {n}" for n in range(30)] + dump
+    assert exit_tail(log, 20, -11) == dump  # the faulting frame kept
+    assert exit_tail(log, 20, -6) == dump  # SIGABRT: a hung worker's stack
+    assert exit_tail(log, 20, -9) == log[-20:]  # SIGKILL writes no dump
+    assert exit_tail(log, 20, 1) == log[-20:]
+    short = [f"line {n}" for n in range(30)] + dump[:4]
+    assert exit_tail(short, 20, -11) == short[-20:]  # within the last lines: as usual
+    assert exit_tail(["a", "b"], 20, -11) == ["a", "b"]
+    assert exit_tail(["a", "b"], 0, 1) == []

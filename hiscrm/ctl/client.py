@@ -25,6 +25,7 @@ class MasterClient:
     def __init__(self, state_dir: Path, timeout_s: float) -> None:
         self.state_dir = state_dir
         master = find_master(state_dir)
+        self.pid = master.pid
         self.url = master.url
         self._token_path = master.token_path
         token = read_token(master.token_path, master.auth)

@@ -1,4 +1,5 @@
-"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, sync.
+"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, replies, sync,
+shutdown.
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -20,6 +22,7 @@ from hiscrm.ctl import render
 from hiscrm.ctl.client import MasterClient
 from hiscrm.ctl.errors import CtlError
 from hiscrm.ctl.events import print_events
+from hiscrm.ctl.exit_watch import ExitWatch
 from hiscrm.ctl.flags import count, directory, seconds
 from hiscrm.exit_codes import ExitCode
 
@@ -65,13 +68,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("status", help="master, workers and store at a glance")
+    status = commands.add_parser(
+        "status", help="master, workers and store at a glance; or one worker in detail"
+    )
+    status.add_argument("worker", nargs="?", help="show this worker in detail")
     for action in ("restart", "stop", "start"):
         sub = commands.add_parser(action, help=f"{action} a worker and wait until it has")
-        sub.add_argument("worker")
+        sub.add_argument("worker", nargs="?" if action == "restart" else None)
+    commands.choices["restart"].add_argument(
+        "--all",
+        action="store_true",
+        help="every running worker, one at a time (each replaced before the next)",
+    )
     commands.add_parser("reload", help="restart every worker, one at a time")
-    logs = commands.add_parser("logs", help="a worker's log (also after it died)")
-    logs.add_argument("worker")
+    commands.add_parser(
+        "shutdown", help="stop every worker, then the master; wait until it has exited"
+    )
+    logs = commands.add_parser("logs", help="a worker's log (also after it died), or the master's")
+    logs.add_argument("worker", help="a worker, or master")
     logs.add_argument(
         "-n",
         "--lines",
@@ -136,6 +150,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-n", "--last", type=count(1, 1000), default=20, help="start with the last N (default 20)"
     )
     events.add_argument("--after", type=count(0, MAX_SEQ), help="start after this event id")
+    send = commands.add_parser("send", help="reply in a conversation (through the outbox)")
+    send.add_argument("account")
+    send.add_argument("conversation")
+    send.add_argument("text")
+    send.add_argument("--request-id", help="yours, so that sending again sends nothing new")
+    send.add_argument(
+        "--wait", action="store_true", help="wait until it is sent, failed or given up"
+    )
+    outbox = commands.add_parser(
+        "outbox",
+        help="an account's replies: outbox ACCOUNT [--state S]; outbox retry|cancel ACCOUNT ID",
+    )
+    outbox.add_argument("words", nargs="+", metavar="ACCOUNT | retry|cancel ACCOUNT ID")
+    outbox.add_argument(
+        "--state",
+        choices=["queued", "sending", "sent", "failed", "unknown", "expired", "cancelled"],
+    )
     sync = commands.add_parser("sync", help="ask an account's worker to sync now")
     sync.add_argument("account")
     sync.add_argument(
@@ -147,7 +178,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "restart" and (args.worker is None) == (not args.all):
+        commands.choices["restart"].error("name a WORKER, or give --all")
+    return args
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -208,6 +242,50 @@ def _main(argv: list[str]) -> int:
         return ExitCode.OK
 
 
+def wait_for_reply(
+    client: MasterClient, account_path: str, request_id: str, timeout_s: float
+) -> dict[str, Any]:
+    """The reply once it is no longer queued or being sent (CtlError after the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entry: dict[str, Any] = client.request(
+            "GET", f"{account_path}/outbox/{quote(request_id, safe='')}"
+        )
+        if entry["state"] not in ("queued", "sending"):
+            return entry
+        if time.monotonic() > deadline:
+            raise CtlError(f"still {entry['state']} after {timeout_s:g} s", answer=entry)
+        time.sleep(0.1)
+
+
+def outbox_command(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    words = args.words
+    if words[0] in ("retry", "cancel"):
+        if len(words) != 3:
+            raise CtlError(
+                f"usage: hiscrmctl outbox {words[0]} ACCOUNT REQUEST_ID", exit_code=ExitCode.USAGE
+            )
+        path = f"/accounts/{quote(words[1], safe='')}/outbox/{quote(words[2], safe='')}"
+        if words[0] == "retry":
+            result = client.request("POST", f"{path}/retry")
+        else:
+            result = client.request("DELETE", path)
+        if args.json:
+            emit(args, result)
+        else:
+            console.print(render.reply_line(result))
+        return ExitCode.OK
+    if len(words) != 1:
+        raise CtlError("usage: hiscrmctl outbox ACCOUNT [--state S]", exit_code=ExitCode.USAGE)
+    path = f"/accounts/{quote(words[0], safe='')}/outbox"
+    entries = client.request("GET", path, state=args.state, limit=1000)["items"]
+    if args.json:
+        emit(args, entries)
+    else:
+        render.outbox(console, entries)
+    return ExitCode.OK
+
+
 def emit(args: argparse.Namespace, data: Any) -> None:
     print(json.dumps(data, indent=2))
 
@@ -232,8 +310,67 @@ def reload_step_line(step: dict[str, Any]) -> str:
     return f"{step['worker']}: {old} -> {new} ({step['state']}) {took}, {handed}"
 
 
+def restart_all(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    """Every running worker, one at a time: the rolling reload, which starts each
+    replacement and hands the accounts over before the next worker's turn."""
+    skipped = [
+        {"id": w["id"], "state": w["state"]}
+        for w in client.all_pages("/workers")
+        if w["state"] != "running"
+    ]
+    result = client.request("POST", "/reload")
+    if not args.json:
+        for step in result["steps"]:
+            console.print(reload_step_line(step))
+        for worker in skipped:
+            console.print(f"{worker['id']}: not restarted, it is {worker['state']}")
+    if not result["complete"]:
+        why = result.get("error") or "not every worker was restarted"
+        raise CtlError(
+            f"restart --all failed after {result['took_s']:.2f} s: {why}",
+            answer={**result, "skipped": skipped},
+        )
+    if args.json:
+        emit(args, {**result, "skipped": skipped})
+    else:
+        count = len(result["steps"])
+        console.print(f"{count} workers restarted one at a time in {result['took_s']:.2f} s")
+    return ExitCode.OK
+
+
+def shutdown(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    """Ask the master to stop, then wait until its process has exited."""
+    exited = ExitWatch(client.pid)
+    began = time.monotonic()
+    try:
+        result = client.request("POST", "/shutdown")
+        if not args.json:
+            console.print(f"master pid {result['pid']}: stopping {result['workers']} workers")
+        if not exited.wait(args.timeout):
+            raise CtlError(
+                f"the master (pid {result['pid']}) is still running after "
+                f"{args.timeout:.0f} s; it is stopping its workers (hiscrmctl logs master)",
+                answer=result,
+            )
+    finally:
+        exited.close()
+    took_s = round(time.monotonic() - began, 3)
+    if args.json:
+        emit(args, {**result, "exited": True, "took_s": took_s})
+    else:
+        console.print(f"master pid {result['pid']} exited after {took_s:.2f} s")
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
     match args.command:
+        case "status" if args.worker is not None:
+            worker = client.request("GET", f"/workers/{quote(args.worker, safe='')}")
+            if args.json:
+                emit(args, worker)
+            else:
+                render.worker(console, worker)
+            return ExitCode.OK
         case "status":
             status = client.request("GET", "/status")
             workers = client.all_pages("/workers")
@@ -242,6 +379,8 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 render.status(console, status, workers)
             return ExitCode.OK
+        case "restart" if args.all:
+            return restart_all(args, client, console)
         case "restart" | "stop" | "start":
             result = client.request(
                 "POST", f"/workers/{quote(args.worker, safe='')}/{args.command}"
@@ -273,17 +412,19 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 console.print(f"reload complete after {result['took_s']:.2f} s")
             return ExitCode.OK
+        case "shutdown":
+            return shutdown(args, client, console)
         case "logs":
+            if args.worker == "master":
+                path = "/master/logs"
+            else:
+                path = f"/workers/{quote(args.worker, safe='')}/logs"
             if args.follow:
-                for chunk in client.stream(
-                    f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines, follow="true"
-                ):
+                for chunk in client.stream(path, tail=args.lines, follow="true"):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                 return ExitCode.OK
-            result = client.request(
-                "GET", f"/workers/{quote(args.worker, safe='')}/logs", tail=args.lines
-            )
+            result = client.request("GET", path, tail=args.lines)
             if args.json:
                 emit(args, result)
             else:
@@ -302,6 +443,23 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             folder = state_dir(args)
             print_events(lambda: MasterClient(folder, args.timeout), params, args.follow, args.json)
             return ExitCode.OK
+        case "send":
+            body = {"conversation_id": args.conversation, "text": args.text}
+            if args.request_id:
+                body["request_id"] = args.request_id
+            path = f"/accounts/{quote(args.account, safe='')}"
+            result = client.request("POST", f"{path}/messages", body)
+            if args.wait:
+                result = wait_for_reply(client, path, result["request_id"], args.timeout)
+            if args.json:
+                emit(args, result)
+            else:
+                console.print(render.reply_line(result))
+            if result["state"] in ("failed", "unknown", "expired", "cancelled"):
+                raise CtlError(render.reply_line(result), answer=result)
+            return ExitCode.OK
+        case "outbox":
+            return outbox_command(args, client, console)
         case "accounts":
             accounts = client.all_pages("/accounts")
             if args.json:

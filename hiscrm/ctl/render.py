@@ -20,6 +20,13 @@ STATE_STYLES = {
     "down": "red",
     "failed": "red",
     "quarantined": "magenta",
+    # replies
+    "queued": "cyan",
+    "sending": "yellow",
+    "sent": "green",
+    "unknown": "magenta",
+    "expired": "dim",
+    "cancelled": "dim",
 }
 HEALTH_STYLES = {"ok": "green", "degraded": "yellow", "failing": "red"}
 
@@ -106,6 +113,63 @@ def status(console: Console, status: dict[str, Any], workers: list[dict[str, Any
     )
 
 
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _counts(by: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in sorted(by.items()) if n) or "none"
+
+
+def worker(console: Console, w: dict[str, Any]) -> None:
+    """One worker in detail (``hiscrmctl status WORKER``)."""
+    pid = f"pid {w['pid']}" if w["pid"] else "no process"
+    code = (w["code_version"] or "-") + (" [red]stale[/]" if w["stale_code"] else "")
+    console.print(
+        f"{w['id']}: {_styled(w['state'])}, {pid}, up {_seconds(w['uptime_s'])}, code {code}"
+    )
+    for path in w["stale_files"][:5]:
+        console.print(f"  changed on disk: {path}", markup=False)
+    console.print(f"  accounts ({len(w['accounts'])}): {', '.join(w['accounts']) or '-'}")
+    lag = w["loop_lag_ms"]
+    cpu = f"{w['cpu_percent']:.1f}%" if w["cpu_percent"] is not None else "-"
+    console.print(
+        f"  heartbeat {_seconds(w['heartbeat_age_s'])} ago, loop lag "
+        f"{'-' if lag is None else f'{lag:.1f} ms'}, cpu {cpu} "
+        f"({_seconds(w['cpu_seconds'])} in all)"
+    )
+    limit = w["max_memory_bytes"]
+    tree = "not measured yet"
+    if w["tree_memory_bytes"] is not None:
+        tree = (
+            f"{_mib(w['tree_memory_bytes'])} {w['tree_memory_kind']} in "
+            f"{w['tree_processes']} process{'' if w['tree_processes'] == 1 else 'es'} "
+            f"(rss {_mib(w['tree_rss_bytes'])}), "
+            f"measured {_age(w['tree_memory_at'])}"
+        )
+    console.print(
+        f"  memory: rss {_mib(w['rss_bytes'])}; process tree {tree}; "
+        f"limit {_mib(limit) if limit else 'none'}"
+    )
+    console.print(f"  restarts {w['restarts']} ({_counts(w['restarts_by_reason'])})")
+    console.print(
+        f"  errors {w['errors_total']}, protocol errors {w['protocol_errors']}"
+        + (f" ({_counts(w['protocol_errors_by_kind'])})" if w["protocol_errors"] else "")
+        + f"; sync: {_counts(w['sync'])}"
+    )
+    last = w["last_exit"]
+    if not last:
+        console.print("  last exit: none")
+        return
+    how = f"signal {last['signal']}" if last["signal"] else f"code {last['code']}"
+    console.print(
+        f"  last exit: {last['reason']} ({how}) {_age(last['at'])}, after "
+        f"{_seconds(last['uptime_s'])}: {last['detail']}"
+    )
+    for line in last["log_tail"][-10:]:
+        console.print(f"    | {line}", markup=False, highlight=False)
+
+
 def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
     table = _table(
         "ACCOUNT",
@@ -185,3 +249,35 @@ def _table(*columns: str) -> Table:
     for column in columns:
         table.add_column(column)
     return table
+
+
+def outbox(console: Console, entries: list[dict[str, Any]]) -> None:
+    """An account's replies, newest first."""
+    table = _table("REQUEST", "KIND", "TO", "STATE", "MADE", "ATTEMPTS", "ITEM", "TEXT / ERROR")
+    for e in entries:
+        target = e.get("conversation_id") or e.get("content_id") or "-"
+        if e.get("parent_id"):
+            target += f" > {e['parent_id']}"
+        said = e["error"] if e["state"] in ("failed", "unknown", "expired") else e["text"]
+        table.add_row(
+            e["request_id"],
+            e["kind"],
+            target,
+            _styled(e["state"]),
+            _age(e["created_at"]),
+            str(e["attempts"]),
+            e["item_id"] or "-",
+            (said or "-").replace("\n", " ")[:60],
+        )
+    console.print(table)
+
+
+def reply_line(e: dict[str, Any]) -> str:
+    """One reply in a line, after it was sent for, cancelled or queued again."""
+    target = e.get("conversation_id") or e.get("content_id")
+    line = f"{e['account_id']} {e['kind']} to {target}: {e['state']} (request {e['request_id']})"
+    if e.get("item_id"):
+        line += f", item {e['item_id']}"
+    if e.get("error"):
+        line += f": {e['error']}"
+    return line

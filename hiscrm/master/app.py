@@ -6,6 +6,7 @@ state directory, the API's port) and hands over here.
 """
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.api.replies import Replies
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
@@ -36,6 +38,7 @@ from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.ports import EventSink
+from hiscrm.master.service_notify import SdNotify, ServiceStatus
 from hiscrm.master.supervision.code_watch import CodeWatcher
 from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
@@ -43,6 +46,7 @@ from hiscrm.master.supervision.platform_check import missing_platforms, use_plug
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
+from hiscrm.master.supervision.worker_slot import WorkerState
 
 WATCH_STOP_S = 2.0
 
@@ -54,6 +58,13 @@ def _task_ended(
     if not task.cancelled() and (exc := task.exception()) is not None:
         count_error()
         log.error(f"{what} failed and stopped", exc_info=exc)
+
+
+def workers_summary(supervisor: Supervisor) -> str:
+    """``2/2 workers running``, for the service manager's status line."""
+    slots = supervisor.slots.values()
+    running = sum(slot.state is WorkerState.RUNNING for slot in slots)
+    return f"{running}/{len(slots)} workers running"
 
 
 def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
@@ -156,9 +167,14 @@ async def run_master(
             publish,
         )
         manager.append(accounts)
+        await accounts.outbox.load()
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
+        # systemd (Type=notify) hears of readiness, reloads and the shutdown.
+        notify = SdNotify.from_environment(log, errors)
+        service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
+        listeners.append(service)
         missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)
         for spec, ids in missing.items():
             log.error(
@@ -174,6 +190,7 @@ async def run_master(
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         hooks = Hooks(hub, config.state_dir / "logs", log)
+        replies = Replies(read, store, accounts.outbox)
         updater = ConfigUpdater(
             config_path,
             overrides or {},
@@ -209,10 +226,11 @@ async def run_master(
             followers,
             hub,
             lambda: supervisor.config.events,
+            replies,
         )
         api = ApiServer(app, api_socket, config, log)
         metrics.attach_front_door(api.limits, followers)
-        metrics.attach_events(hub, hooks, store)
+        metrics.attach_events(hub, hooks, store, accounts.outbox)
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
@@ -237,6 +255,7 @@ async def run_master(
 
         async def on_started() -> None:
             nonlocal monitoring
+            service.started(list(supervisor.slots))
             monitoring = asyncio.create_task(health.run(), name="health")
             monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
 
@@ -249,6 +268,7 @@ async def run_master(
             await api.stop()
             await hooks.stop()
             fanning.cancel()
+            notify.close()
             flush_suppressed_counts()
 
         return await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm import __version__
+from hiscrm import __version__, process_title
 from hiscrm.config import ConfigError, check_override, load_config
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_master_logging, get_logger
@@ -52,9 +52,16 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
+def _program() -> str:
+    """How the master was started, for usage lines: the script or ``python -m``."""
+    if sys.argv and Path(sys.argv[0]).name == "hiscrm-master":
+        return "hiscrm-master"
+    return "python -m hiscrm.master"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m hiscrm.master",
+        prog=_program(),
         description="Run the hiscrm master and its workers in the foreground.",
     )
     parser.add_argument("--config", type=_directory, help="TOML file (default: the embedded demo)")
@@ -110,6 +117,7 @@ def _open_master_log(state: StateDir, max_bytes: int, backups: int) -> RotatingL
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    process_title.set_title(process_title.MASTER)
     try:
         config = load_config(args.config, workers=args.workers, state_dir=args.state_dir)
     except ConfigError as exc:

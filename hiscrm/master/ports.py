@@ -20,6 +20,7 @@ from hiscrm.protocol import (
     WorkerDataSync,
     WorkerError,
     WorkerHeartbeat,
+    WorkerSendResult,
 )
 
 # Where both wings tell what happened (the event stream, hooks, health): an event's name
@@ -74,6 +75,9 @@ class AccountsPort(Protocol):
     def on_sync(self, link: WorkerLink, message: WorkerDataSync) -> None: ...
 
     def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None: ...
+
+    def on_send_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
+        """What became of a reply handed to the worker."""
 
     def on_account_state(
         self, link: WorkerLink, message: WorkerAccountState, now: float

@@ -32,6 +32,7 @@ from hiscrm.code_fingerprint import CodeFile, files_at, loaded_files, source_ver
 from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_worker_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
+from hiscrm.process_title import WorkerTitle
 from hiscrm.protocol import (
     PROTOCOL_VERSION,
     AnyMessage,
@@ -197,6 +198,7 @@ class WorkerRuntime:
         self._rotate_errors_seen = sink.rotate_errors
         self._rotation_reported = False
         self._adopted = AdoptedZombies()
+        self._title = WorkerTitle(boot.worker_id)
 
     # --- sending -------------------------------------------------------------------------
 
@@ -221,6 +223,7 @@ class WorkerRuntime:
         loop.set_exception_handler(self._on_loop_exception)
         threading.excepthook = self._on_thread_exception
         self._stop = loop.create_future()
+        self._title.show()
         channel = self.channel = await open_channel(conn, self._on_frame, self._on_channel_closed)
         syncer = Syncer(
             self.send_frame,
@@ -392,10 +395,12 @@ class WorkerRuntime:
                 accounts.syncer.on_nack(account_id, seq, reason)
             case MasterAccountAssign():
                 accounts.assign(message)
+                self._title.add(message.account.id)
             case MasterAccountDigest():
                 accounts.digest(message)
             case MasterAccountRevoke(account_id=account_id):
                 accounts.revoke(account_id, self._stop_timeout())
+                self._title.remove(account_id)
             case MasterSend():
                 accounts.send(message)
             case MasterSyncRequest(account_id=account_id, from_seq=None):

@@ -38,7 +38,7 @@ from dataclasses import replace
 from multiprocessing import resource_tracker
 from typing import Any
 
-from hiscrm import prctl
+from hiscrm import prctl, process_title
 from hiscrm.exit_codes import ExitCode
 from hiscrm.worker import bootstrap
 
@@ -51,6 +51,7 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
     the spares rehearse with); the template itself logs to ``log_path``."""
     boot = {**json.loads(sample_boot), "log_path": log_path}
     os.setsid()
+    process_title.set_title(process_title.TEMPLATE)
     if sys.platform.startswith("linux"):
         prctl.set_parent_death_signal(signal.SIGKILL)  # it holds nothing worth saving
     # A signal to the whole group or service (Ctrl-C, systemd's stop) is the master's to
@@ -146,6 +147,7 @@ def _spare_main(
 ) -> None:
     from hiscrm.worker.runtime import rehearse
 
+    process_title.set_title(process_title.SPARE)
     _drop_template_state(control, keep=sock.fileno())
     bootstrap.prepare_forked(master_pid)
     loop = rehearse(sample_boot, preloaded)

@@ -25,9 +25,12 @@ from hiscrm.master.api.control import Control
 from hiscrm.master.api.errors import install_error_handlers
 from hiscrm.master.api.event_routes import event_routes
 from hiscrm.master.api.log_follow import LogFollowers
+from hiscrm.master.api.master_routes import master_routes
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.params import PREFIX, only
 from hiscrm.master.api.read_model import ReadModel
+from hiscrm.master.api.replies import Replies
+from hiscrm.master.api.reply_routes import reply_routes
 from hiscrm.master.api.schemas import ErrorBody, Health, StatusInfo
 from hiscrm.master.api.token_gate import TokenGate
 from hiscrm.master.api.worker_routes import worker_routes
@@ -48,6 +51,7 @@ def create_app(
     followers: LogFollowers,
     hub: EventHub,
     events_config: Callable[[], EventsConfig],
+    replies: Replies,
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -115,9 +119,11 @@ def create_app(
         return await read.status()
 
     worker_routes(routes, read, control, followers)
+    master_routes(routes, control, followers, control.master_log)
     account_routes(routes, read, control, admin, updater)
     collection_routes(routes, read, control, max_page_bytes)
     event_routes(routes, hub, events_config, log)
+    reply_routes(routes, replies)
     app.include_router(open_routes)
     app.include_router(routes)
     app.include_router(root)

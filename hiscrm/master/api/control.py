@@ -6,18 +6,28 @@ read is a write, and goes to the store.
 """
 
 import asyncio
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
 from hiscrm.master.api.read_model import NotFound, ReadModel, reload_result
-from hiscrm.master.api.schemas import AccountInfo, ReloadResult, SyncRequested, WorkerAction
+from hiscrm.master.api.schemas import (
+    AccountInfo,
+    ReloadResult,
+    ShutdownStarted,
+    SyncRequested,
+    WorkerAction,
+)
 from hiscrm.master.data.store import Row, Store
+from hiscrm.master.state_dir import StateDir
 from hiscrm.master.supervision.commands import (
     ReleaseAccount,
     ReloadWorkers,
     RestartWorker,
+    ShutDown,
     StartWorker,
     StopWorker,
     SyncAccount,
@@ -40,6 +50,10 @@ class Control:
         self._store = store
         self._config: Config = supervisor.config
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def master_log(self) -> Path:
+        return StateDir(self._config.state_dir).master_log
 
     def action_timeout_s(self) -> float:
         """Long enough for a stop that escalates to SIGKILL and a start that times out."""
@@ -69,6 +83,11 @@ class Control:
             self._supervisor.command(ReloadWorkers()), self.reload_timeout_s()
         )
         return reload_result(rollout)
+
+    async def shutdown(self) -> ShutdownStarted:
+        """Stop every worker, then the master; answers once that has begun."""
+        reason: str = await self._supervisor.command(ShutDown())
+        return ShutdownStarted(pid=os.getpid(), workers=len(self._supervisor.slots), reason=reason)
 
     async def request_sync(self, account_id: str, from_seq: int | None) -> SyncRequested:
         self._read.account(account_id)  # NotFound first

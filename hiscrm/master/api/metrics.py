@@ -18,6 +18,7 @@ from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import WorkerInfo
 from hiscrm.master.data.account_status import AccountState
+from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.store import Store, SyncFailure
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
@@ -46,8 +47,8 @@ class MasterMetrics:
     def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
         self.registry.register(_FrontDoor(limits, followers))
 
-    def attach_events(self, hub: EventHub, hooks: Hooks, store: Store) -> None:
-        self.registry.register(_Events(hub, hooks, store))
+    def attach_events(self, hub: EventHub, hooks: Hooks, store: Store, outbox: Outbox) -> None:
+        self.registry.register(_Events(hub, hooks, store, outbox))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -358,10 +359,10 @@ class _FrontDoor(Collector):
 
 
 class _Events(Collector):
-    """Events by type, the stream's clients, hooks."""
+    """Events by type, the stream's clients, hooks, replies."""
 
-    def __init__(self, hub: EventHub, hooks: Hooks, store: Store) -> None:
-        self._hub, self._hooks, self._store = hub, hooks, store
+    def __init__(self, hub: EventHub, hooks: Hooks, store: Store, outbox: Outbox) -> None:
+        self._hub, self._hooks, self._store, self._outbox = hub, hooks, store, outbox
 
     def collect(self) -> Iterator[Metric]:
         hub = self._hub
@@ -400,3 +401,16 @@ class _Events(Collector):
             failures.add_metric([name], stats.failures)
         yield deliveries
         yield failures
+        replies = CounterMetricFamily(
+            "hiscrm_replies_total",
+            "Replies reaching each state (queued: made or queued again)",
+            labels=["state"],
+        )
+        for state, value in self._outbox.counts.items():
+            replies.add_metric([state], value)
+        yield replies
+        yield GaugeMetricFamily(
+            "hiscrm_replies_open",
+            "Replies queued or being sent now",
+            value=len(self._outbox.open),
+        )

@@ -99,6 +99,14 @@ class WorkerAction(BaseModel):
     worker: WorkerInfo
 
 
+class ShutdownStarted(BaseModel):
+    """The master has begun to stop every worker; it exits once they have stopped."""
+
+    pid: int  # the master's
+    workers: int  # being stopped
+    reason: str
+
+
 class ReloadStep(BaseModel):
     worker: str
     old_pid: int | None

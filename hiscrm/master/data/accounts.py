@@ -23,6 +23,7 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
+from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.quarantine import Quarantine, QuarantineRule
 from hiscrm.master.data.staleness import Staleness
 from hiscrm.master.data.store import (
@@ -50,6 +51,7 @@ from hiscrm.protocol import (
     WorkerDataSync,
     WorkerError,
     WorkerHeartbeat,
+    WorkerSendResult,
     chunk_by_size,
 )
 
@@ -69,6 +71,11 @@ def digest_chunks(
     return chunk_by_size(
         entries, lambda entry: len(json.dumps(entry, ensure_ascii=False).encode()) + 1, budget
     )
+
+
+def _loop_now() -> float:
+    """The supervisor's clock (the loop's), for deadlines."""
+    return asyncio.get_running_loop().time()
 
 
 class AccountManager:
@@ -115,6 +122,15 @@ class AccountManager:
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
         self._down: set[str] = set()  # workers that died and have not run again since
         self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
+        self.idempotent_platforms: set[str] = set()  # their sends may be repeated safely
+        self.outbox = Outbox(
+            store,
+            log,
+            self._count_error,
+            config.outbox.expire_after_s,
+            self._running_on,
+            self._sends_idempotent,
+        )
         for account_id in self.status:
             self._refresh(account_id, "master started")
         homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
@@ -157,6 +173,7 @@ class AccountManager:
         present = self.assigner.accounts_of(worker_id)
         for account_id in present:
             self.status[account_id].task = None
+            self.outbox.account_left(account_id, f"{worker_id} died")
         self._execute(self.assigner.worker_down(worker_id, now), now)
         self._settle_leaving()
         present = [a for a in present if a in self.status]  # not those it was letting go
@@ -175,15 +192,18 @@ class AccountManager:
         self._chain(link, self._assign(link, self.assigner.slots[account_id].account))
 
     def next_deadline(self) -> float | None:
+        expiry = self.outbox.next_expiry_ms()
         deadlines = (
             self.staleness.next_deadline(),
             self.assigner.next_deadline(),
             self.quarantine.next_deadline(),
+            None if expiry is None else _loop_now() + max(0.0, (expiry - epoch_ms()) / 1000),
         )
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_deadline(self, now: float) -> None:
         self.staleness.check(now)
+        self.outbox.expire(epoch_ms())
         waiting = lambda account_id: self.quarantine.suspected(account_id, now)  # noqa: E731
         self._execute(self.assigner.tick(now, waiting), now)
         for account_id in self.quarantine.due_for_release(now):
@@ -225,6 +245,7 @@ class AccountManager:
         self._leaving[account_id] = done
         self.staleness.unwatch(account_id)
         self.quarantine.forget(account_id)
+        self.outbox.account_removed(account_id)
         self._execute(self.assigner.remove(account_id, now), now)
         self._settle_leaving()
         return done
@@ -341,9 +362,30 @@ class AccountManager:
         status = self.status.get(message.account_id)
         if status is not None:
             status.task = None
+        self.outbox.account_left(message.account_id, f"{link.worker_id} let the account go")
         self._execute(self.assigner.released(link.worker_id, message.account_id, now), now)
         self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
+
+    def on_send_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
+        self.outbox.on_result(link, message)
+
+    def _running_on(self, account_id: str) -> WorkerLink | None:
+        """The process whose task of the account runs now (replies go there), if any."""
+        slot = self.assigner.slots.get(account_id)
+        status = self.status.get(account_id)
+        if slot is None or status is None or slot.owner is None or slot.releasing:
+            return None
+        link = self._links.get(slot.owner)
+        if link is None or not link.serving or status.task is not TaskState.RUNNING:
+            return None
+        return link
+
+    def _sends_idempotent(self, account_id: str) -> bool:
+        slot = self.assigner.slots.get(account_id)
+        return slot is not None and (
+            resolve_platform_name(slot.account.platform) in self.idempotent_platforms
+        )
 
     def on_account_state(self, link: WorkerLink, message: WorkerAccountState, now: float) -> None:
         account_id = message.account_id
@@ -366,6 +408,8 @@ class AccountManager:
             else:
                 self.quarantine.stopped_alone(account_id)
         self._refresh(account_id, f"task {task}: {message.reason}"[:300])
+        if task is TaskState.RUNNING:
+            self.outbox.kick(account_id)
 
     def on_heartbeat(self, link: WorkerLink, message: WorkerHeartbeat, now: float) -> None:
         for account_id, at_ms in message.progress_at.items():

@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data import pg_queries, pg_schema
+from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.data.pg_reader import PgReader
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.pg_writer import PgWriter
@@ -136,6 +137,24 @@ class PostgresStore:
         return EventWindow(0, 0)
 
     async def events(self, query: EventQuery) -> list[StoredEvent]:
+        return []
+
+    # The outbox: not in PostgreSQL yet (being built).
+    async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
+        raise StoreUnavailable("replies are not stored in PostgreSQL yet")
+
+    async def outbox_save(self, entry: OutboxEntry) -> None:
+        raise StoreUnavailable("replies are not stored in PostgreSQL yet")
+
+    async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None:
+        return None
+
+    async def outbox_page(
+        self, account_id: str, state: str | None, limit: int, offset: int
+    ) -> tuple[list[OutboxEntry], int]:
+        return [], 0
+
+    async def outbox_open(self) -> list[OutboxEntry]:
         return []
 
     async def _write(self, function: Callable[[Conn], T]) -> T:

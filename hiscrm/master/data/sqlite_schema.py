@@ -21,7 +21,7 @@ from hiscrm.items import BY_COLLECTION, KINDS, Kind
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at", "event_id"]
 
 
@@ -113,11 +113,25 @@ def _migration_3(conn: sqlite3.Connection) -> None:
         conn.execute(item_event_index_sql(table))
 
 
-MIGRATIONS = {
-    1: _migration_1,
-    2: _migration_2,
-    3: _migration_3,
-}  # version -> step that brings it there
+OUTBOX_SQL = [
+    "CREATE TABLE IF NOT EXISTS outbox (account_id TEXT NOT NULL, request_id TEXT NOT NULL, "
+    "seq INTEGER NOT NULL, body_hash TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, "
+    "state TEXT NOT NULL, error TEXT, item_id TEXT, attempts INTEGER NOT NULL, "
+    "created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, sent_at INTEGER, "
+    "PRIMARY KEY (account_id, request_id))",
+    "CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox (account_id, seq)",
+    "CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq)",
+]
+
+
+def _migration_4(conn: sqlite3.Connection) -> None:
+    """The outbox: replies waiting, being sent, and what became of them."""
+    for statement in OUTBOX_SQL:
+        conn.execute(statement)
+
+
+# version -> the step that brings it there
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4}
 
 
 def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
@@ -185,6 +199,7 @@ def check_columns(conn: sqlite3.Connection) -> None:
         "accounts": ["id", "platform", "options", "enabled", "source", "created_at", "updated_at"],
         "events": ["id", "name", "at", "account_id", "data"],
         "event_state": ["key", "value"],
+        "outbox": ["account_id", "request_id", "seq", "state", "action", "updated_at"],
     }
     for kind in KINDS.values():
         expected[kind.collection] = (
@@ -376,4 +391,7 @@ def delete_account(conn: sqlite3.Connection, account_id: str, purge: bool) -> di
         for kind in KINDS.values()
     }
     conn.execute("DELETE FROM account_sync WHERE id = ?", (account_id,))
+    deleted["outbox"] = conn.execute(
+        "DELETE FROM outbox WHERE account_id = ?", (account_id,)
+    ).rowcount
     return deleted

@@ -13,7 +13,8 @@ from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import sqlite_events, sqlite_queries, sqlite_schema
+from hiscrm.master.data import sqlite_events, sqlite_outbox, sqlite_queries, sqlite_schema
+from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.data.sqlite_reader import SqliteReader
 from hiscrm.master.data.sqlite_writer import SqliteWriter, transaction
 from hiscrm.master.data.store import (
@@ -81,24 +82,15 @@ class SqliteStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
-        try:
-            return await self.writer.call(
-                lambda conn: self.writer.with_events(
-                    conn,
-                    1,
-                    lambda c, event_id: sqlite_queries.mark_read(
-                        c, collection, account_id, item_id, at_ms, event_id
-                    ),
+        return await self._call_writing(
+            lambda conn: self.writer.with_events(
+                conn,
+                1,
+                lambda c, event_id: sqlite_queries.mark_read(
+                    c, collection, account_id, item_id, at_ms, event_id
                 ),
-                WRITE_TIMEOUT_S,
             )
-        except TimeoutError:
-            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
-            raise StoreUnavailable(
-                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
-            ) from None
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+        )
 
     async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
         return await self.reader.page(collection, query)
@@ -136,16 +128,38 @@ class SqliteStore:
     async def events(self, query: EventQuery) -> list[StoredEvent]:
         return await self.reader.run(lambda conn: sqlite_events.read(conn, query))
 
-    async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        """One write of the API in its own transaction, in the writer thread; 503 (as
+    async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
+        return await self._call_writing(
+            lambda conn: self.writer.with_events(
+                conn, 1, lambda c, first: sqlite_outbox.create(c, first, entry)
+            )
+        )
+
+    async def outbox_save(self, entry: OutboxEntry) -> None:
+        await self._call_writing(
+            lambda conn: self.writer.with_events(
+                conn, 1, lambda c, first: sqlite_outbox.save(c, first, entry)
+            )
+        )
+
+    async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None:
+        return await self.reader.run(lambda conn: sqlite_outbox.get(conn, account_id, request_id))
+
+    async def outbox_page(
+        self, account_id: str, state: str | None, limit: int, offset: int
+    ) -> tuple[list[OutboxEntry], int]:
+        return await self.reader.run(
+            lambda conn: sqlite_outbox.page(conn, account_id, state, limit, offset)
+        )
+
+    async def outbox_open(self) -> list[OutboxEntry]:
+        return await self.writer.call(sqlite_outbox.open_entries)
+
+    async def _call_writing(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """A write that makes its own transaction, in the writer thread; 503 (as
         StoreUnavailable) if the store cannot take it in time."""
-
-        def in_transaction(conn: sqlite3.Connection) -> T:
-            with transaction(conn):
-                return function(conn)
-
         try:
-            return await self.writer.call(in_transaction, WRITE_TIMEOUT_S)
+            return await self.writer.call(function, WRITE_TIMEOUT_S)
         except TimeoutError:
             why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
             raise StoreUnavailable(
@@ -153,3 +167,12 @@ class SqliteStore:
             ) from None
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+
+    async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """One write of the API in its own transaction (see ``_call_writing``)."""
+
+        def in_transaction(conn: sqlite3.Connection) -> T:
+            with transaction(conn):
+                return function(conn)
+
+        return await self._call_writing(in_transaction)

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from hiscrm.master.data.event_filter import EventFilter
+from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.ports import WorkerLink
 from hiscrm.protocol import ItemChange
 
@@ -223,3 +224,24 @@ class Store(Protocol):
     def event_window(self) -> EventWindow: ...
 
     async def events(self, query: EventQuery) -> list[StoredEvent]: ...
+
+    # --- the outbox (replies) ------------------------------------------------------------
+    # Each write of an entry also stores its ``reply.state`` event, in one transaction.
+
+    async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
+        """Store a new entry (True), or return the one already under its request id if
+        its reply is the same (False); ReplyRefused if it is another reply (409), or its
+        conversation, content or parent comment is not the account's (422)."""
+
+    async def outbox_save(self, entry: OutboxEntry) -> None:
+        """An entry's new state (and what came with it)."""
+
+    async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None: ...
+
+    async def outbox_page(
+        self, account_id: str, state: str | None, limit: int, offset: int
+    ) -> tuple[list[OutboxEntry], int]:
+        """Newest first, and how many match."""
+
+    async def outbox_open(self) -> list[OutboxEntry]:
+        """Entries queued or being sent, oldest first (read at start)."""

@@ -36,6 +36,13 @@ class ReloadWorkers:
 
 
 @dataclass(frozen=True, slots=True)
+class ShutDown:
+    """Stop every worker, then the master (as SIGTERM does); answered once begun."""
+
+    why: str = "requested"  # for the log and the service manager's status
+
+
+@dataclass(frozen=True, slots=True)
 class SyncAccount:
     account_id: str
     from_seq: int | None = None
@@ -80,7 +87,7 @@ class ApplyConfig:
 
 WorkerCommand = StartWorker | StopWorker | RestartWorker
 AccountCommand = AddAccount | ChangeAccount | RemoveAccount | ReleaseAccount | SyncAccount
-Command = WorkerCommand | ReloadWorkers | AccountCommand | ApplyConfig
+Command = WorkerCommand | ReloadWorkers | AccountCommand | ApplyConfig | ShutDown
 
 
 @dataclass(frozen=True, slots=True)

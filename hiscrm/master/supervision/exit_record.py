@@ -31,6 +31,25 @@ _EXIT_CODE_REASONS = {
     ExitCode.ORPHANED: ("orphaned", "it lost its master"),
 }
 
+# Signals on which faulthandler writes a crash dump (``Fatal Python error: ...``, the
+# stacks, the non-standard extension modules loaded) into the worker's log.
+DUMP_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS, signal.SIGILL}
+)
+DUMP_HEADER = "Fatal Python error: "
+
+
+def exit_tail(lines: list[str], keep: int, exitcode: int) -> list[str]:
+    """The end of a worker's log for its exit record: the last ``keep`` lines, or, for a
+    death by a signal that makes a crash dump which began further back than that, the
+    dump from its first line on (its first frame is where the process crashed or hung; a
+    deep stack, or the list of extension modules that ends the dump, would push it out)."""
+    if exitcode < 0 and -exitcode in DUMP_SIGNALS:
+        for index in range(len(lines) - 1, -1, -1):
+            if lines[index].startswith(DUMP_HEADER):
+                return lines[min(index, max(0, len(lines) - keep)) :]
+    return lines[-keep:] if keep > 0 else []
+
 
 # Every reason a record can give (for metric labels known before their first event).
 EXIT_REASONS = tuple(

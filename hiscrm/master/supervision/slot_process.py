@@ -18,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.config import SupervisionConfig
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
-from hiscrm.master.supervision.exit_record import ExitRecord, describe_exit
+from hiscrm.master.supervision.exit_record import ExitRecord, describe_exit, exit_tail
 from hiscrm.master.supervision.stop_plan import AfterStop, StopPlan, StopReason, StopStage
 from hiscrm.master.supervision.worker_process import WorkerProcess
 from hiscrm.protocol import (
@@ -34,6 +34,7 @@ from hiscrm.protocol import (
 )
 
 LOG_TAIL_LINES = 20
+CRASH_TAIL_LINES = 60  # at most, when the log ends in a crash dump (see exit_tail)
 
 
 class ProcessState(StrEnum):
@@ -239,7 +240,7 @@ class SlotProcess:
         self.leftovers_killed = process.kill_leftovers()
         process.close()
         try:
-            tail = tail_lines(log_path, LOG_TAIL_LINES)
+            tail = exit_tail(tail_lines(log_path, CRASH_TAIL_LINES), LOG_TAIL_LINES, exitcode)
         except OSError as exc:
             tail = [f"(cannot read {log_path}: {exc})"]
         self.deadline = None

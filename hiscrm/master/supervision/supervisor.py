@@ -35,6 +35,7 @@ from hiscrm.master.supervision.commands import (
     ReloadWorkers,
     RemoveAccount,
     RestartWorker,
+    ShutDown,
     StartWorker,
     StopWorker,
     SyncAccount,
@@ -63,6 +64,7 @@ from hiscrm.protocol import (
     WorkerGoodbye,
     WorkerHeartbeat,
     WorkerRegister,
+    WorkerSendResult,
     decode,
 )
 
@@ -468,6 +470,8 @@ class Supervisor:
                 self.accounts.on_heartbeat(process, message, now)
             case WorkerDataSync():
                 self.accounts.on_sync(process, message)
+            case WorkerSendResult():
+                self.accounts.on_send_result(process, message)
             case WorkerAccountReleased():
                 reload = self._reload
                 if reload is None or not reload.on_released(process, message.account_id, now):
@@ -548,6 +552,10 @@ class Supervisor:
             case ReloadWorkers(why):
                 self._begin_reload(why, now).when_done(request.reply)
                 return
+            case ShutDown(why):
+                await self._begin_shutdown(why, now, reason=why)
+                request.answer(why)
+                return
             case AddAccount(account, source):
                 self.accounts.add(account, source, now)
                 request.answer(account.id)
@@ -618,14 +626,36 @@ class Supervisor:
         for request in self._waiting.pop(slot.id, []):
             request.answer(slot)
 
+    async def _begin_shutdown(self, cause: str, now: float, **fields: str) -> None:
+        """Stop every worker (a signal, or an operator's ``ShutDown``); the loop ends once
+        they have stopped. ``fields`` go to the log line."""
+        self._shutdown_reason = cause
+        if self._reload is not None and not self._reload.done:
+            self._reload.abandon(now)
+        self._reload = None
+        for requests in self._waiting.values():
+            for request in requests:
+                request.refuse(CommandRefused("the master is shutting down"))
+        self._waiting.clear()
+        self._log.info("shutting down", **fields)
+        self._publish("master.stopping", {"reason": cause})
+        for slot in self.slots.values():
+            await slot.shut_down(now)
+
     def _begin_reload(self, why: str, now: float) -> RollingReload:
         if self._reload is not None and not self._reload.done:
             raise CommandRefused("a reload is already under way")
         self._log.info("reload of all workers", why=why)
-        self._reload = self.last_reload = RollingReload(
+        reload = self._reload = self.last_reload = RollingReload(
             self.slots, self.accounts, self.config.supervision, self._log, now, why
         )
-        return self._reload
+        self._publish("reload.started", {"why": why})
+        ended: asyncio.Future[RollingReload] = asyncio.get_running_loop().create_future()
+        ended.add_done_callback(
+            lambda _: self._publish("reload.ended", {"why": why, "error": reload.error})
+        )
+        reload.when_done(ended)
+        return reload
 
     async def _on_signal(self, sig: signal.Signals, now: float) -> None:
         if sig is signal.SIGHUP:
@@ -642,17 +672,7 @@ class Supervisor:
                 self._log.warning("SIGHUP ignored", reason=str(exc))
             return
         if self._shutdown_reason is None:
-            self._shutdown_reason = sig.name
-            if self._reload is not None and not self._reload.done:
-                self._reload.abandon(now)
-            self._reload = None
-            for requests in self._waiting.values():
-                for request in requests:
-                    request.refuse(CommandRefused("the master is shutting down"))
-            self._waiting.clear()
-            self._log.info("shutting down", signal=sig.name)
-            for slot in self.slots.values():
-                await slot.shut_down(now)
+            await self._begin_shutdown(sig.name, now, signal=sig.name)
         else:
             self._log.warning("second signal: killing all workers now", signal=sig.name)
             self._killed_workers = True

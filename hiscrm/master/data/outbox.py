@@ -1,0 +1,322 @@
+"""The outbox at work: replies handed, at most once each, to the worker that runs their
+account, in order per conversation (or content), and what became of them.
+
+An entry is stored as ``sending`` *before* it goes to the worker, so a master that dies
+then finds it ``sending`` at its next start and calls it ``unknown``: it is never sent
+twice by accident. The worker answers with ``worker:send:result``; when the account
+leaves its worker (released, or the worker died) while one of its replies was being
+sent, that reply becomes ``unknown`` — or is queued again if the account's platform
+says its sends are idempotent. Queued replies wait while their account does not run,
+and expire after ``[outbox] expire_after_s``.
+
+Which entries may go now is a pure decision (``ready``); every store write of an entry
+also stores its ``reply.state`` event (see ``Store.outbox_save``).
+"""
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from hiscrm.items import epoch_ms
+from hiscrm.master.data.outbox_entry import (
+    BadMove,
+    OutboxEntry,
+    OutboxState,
+    ReplyRefused,
+)
+from hiscrm.master.data.store import Store
+from hiscrm.master.ports import WorkerLink
+from hiscrm.protocol import MasterSend, WorkerSendResult
+
+Key = tuple[str, str]  # (account id, request id)
+SAVE_RETRY_S = 1.0
+
+
+def ready(entries: Iterable[OutboxEntry], busy: set[Key]) -> list[OutboxEntry]:
+    """The entries that may be handed to the worker now, oldest first: per target
+    (conversation, content), the oldest queued one, unless an older one of that target is
+    still being sent (or written: ``busy``)."""
+    held: set[str] = set()
+    out: list[OutboxEntry] = []
+    for entry in entries:
+        key = (entry.account_id, entry.request_id)
+        if entry.target in held:
+            continue
+        if entry.state is OutboxState.SENDING or key in busy:
+            held.add(entry.target)
+        elif entry.state is OutboxState.QUEUED:
+            held.add(entry.target)
+            out.append(entry)
+    return out
+
+
+class Outbox:
+    def __init__(
+        self,
+        store: Store,
+        log: FilteringBoundLogger,
+        count_error: Callable[[], object],
+        expire_after_s: float,
+        link_of: Callable[[str], WorkerLink | None],
+        idempotent: Callable[[str], bool],
+    ) -> None:
+        self._store = store
+        self._log = log
+        self._count_error = count_error
+        self.expire_after_s = expire_after_s
+        self._link_of = link_of  # the process running the account's task now, if any
+        self._idempotent = idempotent
+        self.open: dict[Key, OutboxEntry] = {}  # queued or sending, in the order made
+        self._busy: set[Key] = set()  # a write of it (or its hand-over) is under way
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._saving: dict[Key, asyncio.Task[None]] = {}  # each entry's writes, in order
+        self.counts: dict[str, int] = {str(s): 0 for s in OutboxState}  # entries reaching each
+
+    # --- start ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """The entries a previous master left open: queued ones wait again; those it was
+        sending are ``unknown`` (its workers went with it)."""
+        for entry in await self._store.outbox_open():
+            key = (entry.account_id, entry.request_id)
+            self.open[key] = entry
+            if entry.state is OutboxState.SENDING:
+                self._move(entry, OutboxState.UNKNOWN, error="the master stopped while it was sent")
+        if self.open:
+            self._log.info("outbox loaded", open=len(self.open))
+
+    # --- in ---------------------------------------------------------------------------------
+
+    def add(self, entry: OutboxEntry) -> None:
+        """A new entry (already stored as queued)."""
+        self.open[(entry.account_id, entry.request_id)] = entry
+        self.counts[str(entry.state)] += 1
+        self.kick(entry.account_id)
+
+    def kick(self, account_id: str) -> None:
+        """The account may be able to send now: hand over what is ready."""
+        link = self._link_of(account_id)
+        if link is None:
+            return
+        mine = (e for e in self.open.values() if e.account_id == account_id)
+        for entry in ready(mine, self._busy):
+            self._busy.add((entry.account_id, entry.request_id))
+            self._spawn(self._hand_over(entry, link))
+
+    def on_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
+        key = (message.account_id, message.request_id)
+        entry = self.open.get(key)
+        if entry is None and message.outcome != "not_sent":  # late: it may be unknown now
+            self._spawn(self._late_result(message))
+            return
+        if entry is None or entry.state is not OutboxState.SENDING:
+            self._log.warning(
+                "a send result for a reply not being sent ignored",
+                worker=link.worker_id,
+                account_id=message.account_id,
+                request_id=message.request_id,
+                outcome=message.outcome,
+                state=str(entry.state) if entry else None,
+            )
+            return
+        if message.outcome == "sent":
+            self._move(entry, OutboxState.SENT, item_id=message.item_id)
+        elif message.outcome == "failed":
+            self._move(entry, OutboxState.FAILED, error=message.error or "failed")
+        else:  # not handed to the platform: it may go again
+            self._log.info(
+                "reply not sent by the worker; queued again",
+                account_id=entry.account_id,
+                request_id=entry.request_id,
+                why=message.error,
+            )
+            self._move(entry, OutboxState.QUEUED, error=message.error)
+        self.kick(entry.account_id)
+
+    async def _late_result(self, message: WorkerSendResult) -> None:
+        entry = await self._store.outbox_get(message.account_id, message.request_id)
+        if entry is None or entry.state is not OutboxState.UNKNOWN:
+            self._log.warning(
+                "a send result for a reply not being sent ignored",
+                account_id=message.account_id,
+                request_id=message.request_id,
+                outcome=message.outcome,
+                state=str(entry.state) if entry else None,
+            )
+            return
+        if message.outcome == "sent":
+            self._move(entry, OutboxState.SENT, item_id=message.item_id)
+        else:
+            self._move(entry, OutboxState.FAILED, error=message.error or "failed")
+
+    def account_left(self, account_id: str, why: str) -> None:
+        """The account no longer runs where its replies were being sent."""
+        for entry in [e for e in self.open.values() if e.account_id == account_id]:
+            if entry.state is not OutboxState.SENDING:
+                continue
+            if self._idempotent(account_id):
+                self._move(entry, OutboxState.QUEUED, error=f"{why}; sent again (idempotent)")
+            else:
+                self._move(entry, OutboxState.UNKNOWN, error=f"{why} while it was being sent")
+
+    def account_removed(self, account_id: str) -> None:
+        for entry in [e for e in self.open.values() if e.account_id == account_id]:
+            key = (entry.account_id, entry.request_id)
+            if entry.state is OutboxState.QUEUED and key not in self._busy:
+                self._move(entry, OutboxState.CANCELLED, error="the account was deleted")
+        self.account_left(account_id, "the account was deleted")
+
+    # --- operator actions ----------------------------------------------------------------
+
+    def cancel(self, entry: OutboxEntry) -> OutboxEntry:
+        """``entry`` as last stored; cancelled if it is queued (ReplyRefused if not)."""
+        key = (entry.account_id, entry.request_id)
+        current = self.open.get(key, entry)
+        if current.state is not OutboxState.QUEUED or key in self._busy:
+            raise ReplyRefused(409, f"the reply is {current.state}: only a queued one is cancelled")
+        return self._move(current, OutboxState.CANCELLED)
+
+    def retry(self, entry: OutboxEntry) -> OutboxEntry:
+        """Queue again a reply that failed, expired or whose fate is unknown."""
+        try:
+            queued = entry.move(OutboxState.QUEUED, epoch_ms())
+        except BadMove as exc:
+            raise ReplyRefused(409, str(exc)) from None
+        key = (entry.account_id, entry.request_id)
+        self.open.pop(key, None)
+        self._log.info("reply queued again by an operator", account_id=key[0], request_id=key[1])
+        self._save(queued)
+        self.open[key] = queued
+        self.counts[str(queued.state)] += 1
+        self.kick(entry.account_id)
+        return queued
+
+    # --- time -------------------------------------------------------------------------------
+
+    def next_expiry_ms(self) -> int | None:
+        queued = [e.created_at for e in self.open.values() if e.state is OutboxState.QUEUED]
+        return min(queued) + int(self.expire_after_s * 1000) if queued else None
+
+    def expire(self, now_ms: int) -> None:
+        cutoff = now_ms - int(self.expire_after_s * 1000)
+        for entry in list(self.open.values()):
+            key = (entry.account_id, entry.request_id)
+            if (
+                entry.state is OutboxState.QUEUED
+                and entry.created_at <= cutoff
+                and key not in self._busy
+            ):
+                self._move(
+                    entry,
+                    OutboxState.EXPIRED,
+                    error=f"still queued after {self.expire_after_s:g} s (its account did not run)",
+                )
+
+    # --- inside -----------------------------------------------------------------------------
+
+    def _move(
+        self,
+        entry: OutboxEntry,
+        new: OutboxState,
+        *,
+        error: str | None = None,
+        item_id: str | None = None,
+    ) -> OutboxEntry:
+        moved = entry.move(new, epoch_ms(), error=error, item_id=item_id)
+        key = (entry.account_id, entry.request_id)
+        if new in (OutboxState.QUEUED, OutboxState.SENDING):
+            self.open[key] = moved
+        else:
+            self.open.pop(key, None)
+        self.counts[str(new)] += 1
+        level = (
+            self._log.warning
+            if new in (OutboxState.FAILED, OutboxState.UNKNOWN)
+            else self._log.info
+        )
+        level(
+            "reply state",
+            account_id=entry.account_id,
+            request_id=entry.request_id,
+            old=str(entry.state),
+            new=str(new),
+            error=error,
+            item_id=item_id,
+        )
+        self._save(moved)
+        return moved
+
+    async def _hand_over(self, entry: OutboxEntry, link: WorkerLink) -> None:
+        key = (entry.account_id, entry.request_id)
+        try:
+            sending = entry.move(OutboxState.SENDING, epoch_ms())
+            earlier = self._saving.get(key)
+            if earlier is not None:  # its queued state first
+                await asyncio.wait({earlier})
+            try:
+                await self._store.outbox_save(sending)  # stored before it goes: at most once
+            except Exception as exc:
+                self._count_error()
+                self._log.error(
+                    "reply not handed over: the store did not take its state; tried again",
+                    account_id=key[0],
+                    request_id=key[1],
+                    exc_info=exc,
+                )
+                asyncio.get_running_loop().call_later(SAVE_RETRY_S, self.kick, entry.account_id)
+                return
+            if self.open.get(key) is not entry:  # cancelled or expired meanwhile: never sent
+                return
+            self.open[key] = sending
+            self.counts[str(OutboxState.SENDING)] += 1
+            self._log.info(
+                "reply state",
+                account_id=key[0],
+                request_id=key[1],
+                old="queued",
+                new="sending",
+                worker=link.worker_id,
+                pid=link.pid,
+            )
+            if not link.send(
+                MasterSend(account_id=key[0], request_id=key[1], action=entry.action)
+            ):  # its process is gone: the reply never left the master
+                self._move(sending, OutboxState.QUEUED, error="its worker had gone")
+        finally:
+            self._busy.discard(key)
+
+    def _save(self, entry: OutboxEntry) -> None:
+        """Store the entry's state, after its earlier states (in order, tried until the
+        store takes it)."""
+        key = (entry.account_id, entry.request_id)
+        task = self._spawn(self._saved(self._saving.get(key), entry))
+        self._saving[key] = task
+        task.add_done_callback(
+            lambda done: self._saving.pop(key, None) if self._saving.get(key) is done else None
+        )
+
+    async def _saved(self, before: "asyncio.Task[None] | None", entry: OutboxEntry) -> None:
+        if before is not None:
+            await asyncio.wait({before})
+        while True:
+            try:
+                await self._store.outbox_save(entry)
+                return
+            except Exception as exc:
+                self._count_error()
+                self._log.error(
+                    "reply state not stored; trying again",
+                    account_id=entry.account_id,
+                    request_id=entry.request_id,
+                    state=str(entry.state),
+                    exc_info=exc,
+                )
+                await asyncio.sleep(SAVE_RETRY_S)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

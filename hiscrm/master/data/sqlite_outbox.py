@@ -1,0 +1,162 @@
+"""The outbox in SQLite: one row per reply, keyed by ``(account_id, request_id)``; each
+change of an entry and its ``reply.state`` event are written in one transaction (the
+event's id also orders the entries: ``seq`` is the id of the event that made it)."""
+
+import sqlite3
+from typing import Any
+
+from hiscrm.items import BY_COLLECTION
+from hiscrm.master.data import sqlite_events
+from hiscrm.master.data.outbox_entry import (
+    ACTION,
+    OPEN,
+    OutboxEntry,
+    OutboxState,
+    ReplyRefused,
+    body_hash,
+)
+from hiscrm.master.data.store import NewEvent
+from hiscrm.replies import CommentReply, MessageReply
+
+COLUMNS = (
+    "account_id, request_id, seq, body_hash, action, target, state, error, item_id, "
+    "attempts, created_at, updated_at, sent_at"
+)
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    return OutboxEntry(
+        account_id=row[0],
+        request_id=row[1],
+        action=ACTION.validate_json(row[4]),
+        state=OutboxState(row[6]),
+        error=row[7],
+        item_id=row[8],
+        attempts=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        sent_at=row[12],
+    )
+
+
+def _exists(conn: sqlite3.Connection, collection: str, account_id: str, item_id: str) -> bool:
+    assert collection in BY_COLLECTION
+    row = conn.execute(
+        f"SELECT 1 FROM {collection} WHERE account_id = ? AND id = ?", (account_id, item_id)
+    ).fetchone()
+    return row is not None
+
+
+def check_target(conn: sqlite3.Connection, entry: OutboxEntry) -> None:
+    """ReplyRefused (422) unless the store knows the reply's target for the account."""
+    action, account = entry.action, entry.account_id
+    if isinstance(action, MessageReply):
+        if not _exists(conn, "conversations", account, action.conversation_id):
+            raise ReplyRefused(
+                422, f"conversation {action.conversation_id!r} is not one of {account!r}'s"
+            )
+    elif isinstance(action, CommentReply):
+        if not _exists(conn, "contents", account, action.content_id):
+            raise ReplyRefused(422, f"content {action.content_id!r} is not one of {account!r}'s")
+        if action.parent_id is not None:
+            row = conn.execute(
+                "SELECT content_id FROM comments WHERE account_id = ? AND id = ?",
+                (account, action.parent_id),
+            ).fetchone()
+            if row is None or row[0] != action.content_id:
+                raise ReplyRefused(
+                    422,
+                    f"comment {action.parent_id!r} is not one of {account!r}'s on content "
+                    f"{action.content_id!r}",
+                )
+
+
+def get(conn: sqlite3.Connection, account_id: str, request_id: str) -> OutboxEntry | None:
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM outbox WHERE account_id = ? AND request_id = ?",
+        (account_id, request_id),
+    ).fetchone()
+    return _entry(row) if row else None
+
+
+def _event(entry: OutboxEntry) -> NewEvent:
+    return NewEvent("reply.state", entry.updated_at, entry.account_id, entry.as_json())
+
+
+def create(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
+    """Inside a transaction with one event id: the entry made (True), or the one already
+    under its request id (False) if its body is the same; ReplyRefused otherwise."""
+    old = get(conn, entry.account_id, entry.request_id)
+    if old is not None:
+        if body_hash(old.action) != body_hash(entry.action):
+            raise ReplyRefused(
+                409,
+                f"request_id {entry.request_id!r} was used for another reply of "
+                f"{entry.account_id!r}: send a new request_id for a new reply",
+            )
+        return old, False
+    check_target(conn, entry)
+    conn.execute(
+        f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 13)})",
+        (
+            entry.account_id,
+            entry.request_id,
+            first_id,
+            body_hash(entry.action),
+            entry.action.model_dump_json(),
+            entry.target,
+            str(entry.state),
+            entry.error,
+            entry.item_id,
+            entry.attempts,
+            entry.created_at,
+            entry.updated_at,
+            entry.sent_at,
+        ),
+    )
+    sqlite_events.insert(conn, first_id, [_event(entry)])
+    return entry, True
+
+
+def save(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> None:
+    """Inside a transaction with one event id: the entry's new state, and its event."""
+    conn.execute(
+        "UPDATE outbox SET state = ?, error = ?, item_id = ?, attempts = ?, updated_at = ?, "
+        "sent_at = ? WHERE account_id = ? AND request_id = ?",
+        (
+            str(entry.state),
+            entry.error,
+            entry.item_id,
+            entry.attempts,
+            entry.updated_at,
+            entry.sent_at,
+            entry.account_id,
+            entry.request_id,
+        ),
+    )
+    sqlite_events.insert(conn, first_id, [_event(entry)])
+
+
+def page(
+    conn: sqlite3.Connection, account_id: str, state: str | None, limit: int, offset: int
+) -> tuple[list[OutboxEntry], int]:
+    where, params = "account_id = ?", [account_id]
+    if state is not None:
+        where += " AND state = ?"
+        params.append(state)
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    ).fetchall()
+    total = conn.execute(f"SELECT count(*) FROM outbox WHERE {where}", params).fetchone()[0]
+    return [_entry(r) for r in rows], int(total)
+
+
+def open_entries(conn: sqlite3.Connection) -> list[OutboxEntry]:
+    """Entries the master still acts on, oldest first."""
+    marks = ", ".join("?" * len(OPEN))
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY seq",
+        [str(s) for s in OPEN],
+    ).fetchall()
+    return [_entry(r) for r in rows]

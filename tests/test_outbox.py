@@ -1,0 +1,187 @@
+"""The outbox's rules without a master (states, which entries go next), and the outbox in
+the store on each backend (idempotent by request id, conflicts, targets, events)."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_datastore import Backend, Store, postgres_backend, sqlite_backend
+
+from hiscrm.items import Content, Conversation, epoch_ms
+from hiscrm.master.data.event_filter import EventFilter
+from hiscrm.master.data.outbox import ready
+from hiscrm.master.data.outbox_entry import (
+    BadMove,
+    OutboxEntry,
+    OutboxState,
+    ReplyRefused,
+)
+from hiscrm.master.data.store import EventQuery
+from hiscrm.protocol import ItemChange
+from hiscrm.replies import CommentReply, MessageReply
+
+pytestmark = pytest.mark.timeout(30)
+Q, S = OutboxState.QUEUED, OutboxState.SENDING
+
+
+def entry(
+    request_id: str,
+    state: OutboxState = Q,
+    conversation: str = "c1",
+    text: str = "hi",
+    account: str = "acc",
+) -> OutboxEntry:
+    return OutboxEntry(
+        account_id=account,
+        request_id=request_id,
+        action=MessageReply(conversation_id=conversation, text=text),
+        state=state,
+        created_at=1,
+        updated_at=1,
+    )
+
+
+# --- rules ---------------------------------------------------------------------------
+
+
+def test_one_at_a_time_per_conversation_in_order() -> None:
+    entries = [
+        entry("a", S, "c1"),
+        entry("b", Q, "c1"),  # waits for a
+        entry("c", Q, "c2"),
+        entry("d", Q, "c2"),  # waits for c
+        entry("e", Q, "c3"),
+    ]
+    assert [e.request_id for e in ready(entries, set())] == ["c", "e"]
+    # One being written counts as under way too.
+    assert [e.request_id for e in ready(entries, {("acc", "c")})] == ["e"]
+
+
+def test_states_change_only_as_the_rules_say() -> None:
+    queued = entry("a")
+    sending = queued.move(S, 5)
+    assert sending.attempts == 1
+    sent = sending.move(OutboxState.SENT, 9, item_id="out-a")
+    assert (sent.item_id, sent.sent_at) == ("out-a", 9)
+    with pytest.raises(BadMove):
+        sent.move(Q, 10)  # a sent reply is never sent again
+    with pytest.raises(BadMove):
+        sending.move(OutboxState.CANCELLED, 10)  # too late to cancel
+    unknown = sending.move(OutboxState.UNKNOWN, 10, error="worker1 died")
+    assert unknown.move(Q, 11).state is Q  # an operator's retry
+    assert unknown.move(OutboxState.SENT, 11, item_id="x").state is OutboxState.SENT  # late news
+    with pytest.raises(BadMove):
+        queued.move(OutboxState.SENT, 2)  # never sent without being handed over
+
+
+def test_the_api_form_of_an_entry() -> None:
+    shown = entry("a").as_json()
+    assert shown["kind"] == "message"
+    assert shown["conversation_id"] == "c1"
+    assert shown["state"] == "queued"
+    assert shown["request_id"] == "a"
+
+
+# --- in the store --------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return sqlite_backend(tmp_path / "hiscrm.db")
+    return postgres_backend(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[Store]:
+    s = Store(backend)
+    changes = [
+        ItemChange(seq=1, version=1, hash="h1", item=Conversation(id="c1", title="one")),
+        ItemChange(seq=2, version=1, hash="h2", item=Content(id="p1", title="post")),
+    ]
+    assert s.sync(0, 2, *changes).ok
+    yield s
+    s.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_request_id_makes_one_entry(store: Store) -> None:
+    made, new = run(store.store.outbox_create(entry("r1")))
+    assert new
+    assert made.state is Q
+    again, new = run(store.store.outbox_create(entry("r1")))
+    assert not new
+    assert again.request_id == "r1"
+    with pytest.raises(ReplyRefused, match="another reply") as refused:
+        run(store.store.outbox_create(entry("r1", text="something else")))
+    assert refused.value.status == 409
+    entries, total = run(store.store.outbox_page("acc", None, 10, 0))
+    assert total == 1
+    assert [e.request_id for e in entries] == ["r1"]
+
+
+def test_a_target_the_account_does_not_have_is_refused(store: Store) -> None:
+    cases = [
+        (entry("x", conversation="nope"), "conversation 'nope'"),
+        (entry("y", account="other"), "conversation 'c1' is not one of 'other'"),
+    ]
+    comment = OutboxEntry(
+        account_id="acc",
+        request_id="z",
+        action=CommentReply(content_id="p1", parent_id="missing", text="t"),
+        state=Q,
+        created_at=1,
+        updated_at=1,
+    )
+    cases.append((comment, "comment 'missing'"))
+    for bad, problem in cases:
+        with pytest.raises(ReplyRefused, match=problem) as refused:
+            run(store.store.outbox_create(bad))
+        assert refused.value.status == 422
+    ok = OutboxEntry(
+        account_id="acc",
+        request_id="on-post",
+        action=CommentReply(content_id="p1", text="t"),
+        state=Q,
+        created_at=1,
+        updated_at=1,
+    )
+    assert run(store.store.outbox_create(ok))[1]
+
+
+def test_every_state_is_stored_with_its_event(store: Store) -> None:
+    head = store.wait_head(2)
+    made, _ = run(store.store.outbox_create(entry("r1")))
+    sending = made.move(S, epoch_ms())
+    run(store.store.outbox_save(sending))
+    sent = sending.move(OutboxState.SENT, epoch_ms(), item_id="out-r1")
+    run(store.store.outbox_save(sent))
+    store.wait_head(head + 3)
+    window = store.store.event_window()
+    query = EventQuery(head, window.head, EventFilter(("reply",)))
+    events = run(store.store.events(query))
+    assert [json.loads(e.data)["state"] for e in events] == ["queued", "sending", "sent"]
+    assert {e.name for e in events} == {"reply.state"}
+    assert {e.account_id for e in events} == {"acc"}
+    assert json.loads(events[-1].data)["item_id"] == "out-r1"
+    stored = run(store.store.outbox_get("acc", "r1"))
+    assert stored.state is OutboxState.SENT
+    assert stored.attempts == 1
+
+
+def test_open_entries_are_read_back_oldest_first(store: Store) -> None:
+    for n in range(3):
+        run(store.store.outbox_create(entry(f"r{n}")))
+    first, _ = run(store.store.outbox_page("acc", "queued", 10, 0))
+    done = next(e for e in first if e.request_id == "r1")
+    run(store.store.outbox_save(done.move(S, epoch_ms()).move(OutboxState.FAILED, epoch_ms())))
+    assert [e.request_id for e in run(store.store.outbox_open())] == ["r0", "r2"]
+    failed, total = run(store.store.outbox_page("acc", "failed", 10, 0))
+    assert total == 1
+    assert failed[0].request_id == "r1"

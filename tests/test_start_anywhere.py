@@ -1,0 +1,75 @@
+"""The master runs the installed hiscrm wherever it is started from, and so do its
+template and workers: never what the working directory holds. (``python -m`` puts the
+working directory first on ``sys.path``, and workers are given the master's path, so a
+directory holding the repository checked out as ``hiscrm/``, or a module named like one
+the master imports, used to be imported instead.)"""
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MasterFactory, make_config
+from harness import TESTS_DIR, Master, wait_until
+
+# In the working directory: the repository checked out as "hiscrm" (a directory without
+# __init__.py, which shadowed an editable install), and a module named like a dependency.
+CHECKOUT = {
+    "hiscrm/README.md": "the repository, checked out as hiscrm\n",
+    "hiscrm/hiscrm/__init__.py": "raise ImportError('the checkout in the working directory')\n",
+}
+DEPENDENCY = {"structlog.py": "raise ImportError('structlog from the working directory')\n"}
+# Only the test platforms on PYTHONPATH: hiscrm comes from where it is installed.
+INSTALLED = {"PYTHONPATH": str(TESTS_DIR)}
+
+
+def fill(directory: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
+def assert_serves(master: Master) -> None:
+    """Template, workers and accounts up, and a clean stop."""
+    try:
+        master.log.wait_for(20, event="fork template ready")
+    except AssertionError:
+        raise AssertionError(f"no template; the master said:\n{master.output()[-3000:]}") from None
+    master.wait_all_running(["worker1", "worker2"])
+    with master.http() as http:
+        wait_until(
+            lambda: {a["state"] for a in http.get("/accounts").json()["items"]} == {"running"},
+            20,
+            "every account running",
+        )
+        assert http.get("/status").json()["pid"] == master.pid  # re-executed in place
+    assert master.stop() == 0, master.output()[-2000:]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "holds",
+    [pytest.param(CHECKOUT, id="a-hiscrm-checkout"), pytest.param(DEPENDENCY, id="structlog.py")],
+)
+def test_python_m_ignores_what_the_working_directory_holds(
+    start_master: MasterFactory, tmp_path: Path, holds: dict[str, str]
+) -> None:
+    cwd = fill(tmp_path / "elsewhere", holds)
+    master = start_master(make_config(workers=2), env=INSTALLED, cwd=cwd)
+    assert_serves(master)
+
+
+@pytest.mark.timeout(90)
+def test_python_m_from_the_root_directory(start_master: MasterFactory) -> None:
+    assert_serves(start_master(make_config(workers=2), env=INSTALLED, cwd=Path("/")))
+
+
+@pytest.mark.timeout(90)
+def test_the_hiscrm_master_script_runs_anywhere(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    script = Path(sys.executable).parent / "hiscrm-master"
+    assert script.exists(), "the hiscrm-master console script is installed with the package"
+    cwd = fill(tmp_path / "elsewhere", {**CHECKOUT, **DEPENDENCY})
+    master = start_master(make_config(workers=2), env=INSTALLED, cwd=cwd, command=[str(script)])
+    assert_serves(master)
