@@ -57,6 +57,10 @@ class WorkerRegister(_Message):
     # Platforms it could not load (spec -> the error line and the end of the traceback):
     # their accounts are ``failed`` in this process; the others run.
     platform_errors: dict[str, str] = Field(default_factory=dict)
+    # Platforms (specs) whose class declares ``sends_idempotent``: a reply of theirs left
+    # ``unknown`` may be sent again. One imported later (at an account's first assignment)
+    # is not listed: its replies count as not idempotent.
+    idempotent_platforms: list[str] = Field(default_factory=list)
 
 
 class WorkerHeartbeat(_Message):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hiscrm.items import Message
+from hiscrm.items import Comment, Message
 from hiscrm.protocol import ItemChange
 from hiscrm.worker.account_data import AccountData, InvalidItem
 from hiscrm.worker.spool import Spool, SpoolBusy
@@ -183,3 +183,23 @@ def test_a_released_account_refuses_writes(tmp_path: Path) -> None:
     data.close()
     with pytest.raises(SpoolClosed):
         data.upsert(message(1))
+
+
+def test_what_a_reply_check_needs_is_known_across_a_restart(tmp_path: Path) -> None:
+    """Which items the account holds, and which content each comment it has seen is on:
+    from upserts, from the spool after a restart, and (holding only) from the digest."""
+    comment = Comment(
+        id="k1", content_id="post-1", author_id="u", text="nice", created_at=1_763_848_020_000
+    )
+    data = fresh(tmp_path, digest=[("comment", "k-store", 1, "h"), ("content", "post-1", 1, "h")])
+    data.upsert(comment)
+    assert data.comment_content == {"k1": "post-1"}
+    assert data.holds("comment", "k1")
+    assert data.holds("comment", "k-store")
+    assert data.holds("content", "post-1")
+    assert not data.holds("conversation", "post-1")
+    data.close()
+    again = fresh(tmp_path, digest=[("content", "post-1", 1, "h")])  # k1 never committed
+    assert again.holds("comment", "k1")
+    assert again.comment_content == {"k1": "post-1"}
+    assert not again.holds("comment", "k-store")

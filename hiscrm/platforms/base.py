@@ -10,6 +10,27 @@ in that worker process; the worker's other accounts run on.
 What it finds goes through ``ctx.upsert_<kind>(item)``, with a model from
 ``hiscrm.items`` or a mapping of its fields; each returns True if it changed anything. An
 invalid item raises ``InvalidItem`` (already logged and reported).
+
+A platform that can reply also has ``async def send(self, ctx, action) -> str | None``
+(see :class:`Sender`). The worker calls it on the instance whose ``run`` is awaited, in a
+task of its own beside ``run`` (so a slow send holds up neither ``run`` nor other
+accounts), once per reply, after checking that the target is this account's: a
+:class:`~hiscrm.replies.MessageReply` goes to a conversation the account holds (one the
+platform upserted as a conversation, or that is in the store), a
+:class:`~hiscrm.replies.CommentReply` to a content it holds, answering (``parent_id``) a
+comment of that content. ``ctx`` is the account's ``ctx``, with ``ctx.request_id`` set to
+the reply's request id. ``send`` returns the platform's id of what it sent, if it knows
+it, and upserts the sent item (``direction="outbound"``) as it would any other, so the
+sent message syncs back like everything else (the built-in ``demo`` does both). What it
+raises (anything but the worker's own cancellation) makes the reply ``failed`` with the
+error, logged and reported as ``worker:error`` (source ``send``); the account runs on.
+An account that stops while a send is under way cancels it; that reply is not reported
+at all by the worker (the master marks it ``unknown``: it may have gone out).
+
+``sends_idempotent = True`` on the class says that sending the same reply again (same
+``ctx.request_id``) cannot send it twice, for instance because the platform hands the
+request id to the remote side as its idempotency key. Only then does the master send an
+``unknown`` reply again by itself.
 """
 
 from collections.abc import Mapping
@@ -19,6 +40,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import Comment, Content, Conversation, Message, Notification
 from hiscrm.models import AccountSpec
+from hiscrm.replies import ReplyAction
 
 
 class PlatformContext(Protocol):
@@ -32,6 +54,11 @@ class PlatformContext(Protocol):
 
     @property
     def log(self) -> FilteringBoundLogger: ...
+
+    @property
+    def request_id(self) -> str | None:
+        """In ``send``: the request id of the reply being sent (the same id again is the
+        same reply). None in ``run``."""
 
     def progress(self) -> None:
         """Say the account is alive and doing its work: call it whenever the platform has
@@ -64,3 +91,13 @@ class PlatformContext(Protocol):
 @runtime_checkable
 class Platform(Protocol):
     async def run(self, ctx: PlatformContext) -> None: ...
+
+
+class Sender(Protocol):
+    """A platform that can send replies (``send`` is optional: a platform without it
+    makes every reply of its accounts ``failed``, "platform cannot send")."""
+
+    sends_idempotent: bool  # optional class attribute, False if absent (see above)
+
+    async def send(self, ctx: PlatformContext, action: ReplyAction) -> str | None:
+        """Send ``action``; the platform's id of the sent item, if known."""

@@ -11,6 +11,12 @@ published contents collecting comments and changing stats, and notifications. Op
 
 After a restart it goes on numbering where the account left off (``ctx.count``), so it
 adds new items rather than rewriting old ones.
+
+It sends replies as a real platform would, minus the network: ``send`` upserts the sent
+message (``out-<request id>``, outbound, from ``me``) and the conversation's new
+``last_message_at``, or the sent comment (``reply-<request id>``, outbound, by ``me``)
+and the content's comment count, and returns the item's id. The sent item then syncs
+like any other, so replies in the embedded default go the whole way round.
 """
 
 import asyncio
@@ -20,6 +26,7 @@ from typing import Any
 
 from hiscrm.items import epoch_ms
 from hiscrm.platforms.base import PlatformContext
+from hiscrm.replies import CommentReply, MessageReply, ReplyAction
 
 WORDS = (
     "hello", "thanks", "price", "order", "when", "shipping", "great", "video", "love",
@@ -38,6 +45,22 @@ def _number(options: Mapping[str, Any], key: str, default: float) -> float:
 
 
 class DemoPlatform:
+    def __init__(self) -> None:
+        self._generator: _Generator | None = None
+
+    async def send(self, ctx: PlatformContext, action: ReplyAction) -> str | None:
+        generator = self._generator
+        if generator is None:  # the worker calls send only while run is awaited
+            raise RuntimeError("the demo platform is not running")
+        request_id = ctx.request_id
+        if request_id is None:
+            raise RuntimeError("send called without a request id")
+        match action:
+            case MessageReply():
+                return generator.send_message(action, request_id)
+            case CommentReply():
+                return generator.send_comment(action, request_id)
+
     async def run(self, ctx: PlatformContext) -> None:
         rate = _number(ctx.options, "rate", 0.5)
         if rate <= 0:
@@ -50,6 +73,7 @@ class DemoPlatform:
             ctx, random.Random(f"{seed}:{ctx.account.id}"), conversations, contents
         )
         generator.setup()
+        self._generator = generator
         produced = 0.0
         interval = max(1 / rate, BATCH_INTERVAL_S)
         per_tick = rate * interval
@@ -85,18 +109,55 @@ class _Generator:
         return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(2, 12)))
 
     def setup(self) -> None:
-        for n, conversation in enumerate(self.conversations):
-            self.ctx.upsert_conversation(
-                {
-                    "id": conversation,
-                    "title": f"customer {n}",
-                    "participants": ["me", f"customer-{n}"],
-                }
-            )
-        for n, content in enumerate(self.contents):
-            self.ctx.upsert_content(
-                {"id": content, "title": f"post {n}", "url": f"https://example.invalid/{content}"}
-            )
+        for conversation in self.conversations:
+            self.ctx.upsert_conversation(_conversation(conversation))
+        for content in self.contents:
+            self.ctx.upsert_content(self._content(content))
+
+    def _content(self, content: str) -> dict[str, Any]:
+        views, likes, comments = self.stats.get(content, (0, 0, 0))
+        return {
+            "id": content,
+            "title": f"post {content.removeprefix('content-')}",
+            "url": f"https://example.invalid/{content}",
+            "views": views,
+            "likes": likes,
+            "comment_count": comments,
+        }
+
+    def send_message(self, action: MessageReply, request_id: str) -> str:
+        message_id = f"out-{request_id}"
+        now = epoch_ms()
+        self.ctx.upsert_message(
+            {
+                "id": message_id,
+                "conversation_id": action.conversation_id,
+                "direction": "outbound",
+                "sender_id": "me",
+                "text": action.text,
+                "sent_at": now,
+            }
+        )
+        self.ctx.upsert_conversation(_conversation(action.conversation_id, now))
+        return message_id
+
+    def send_comment(self, action: CommentReply, request_id: str) -> str:
+        comment_id = f"reply-{request_id}"
+        self.ctx.upsert_comment(
+            {
+                "id": comment_id,
+                "content_id": action.content_id,
+                "parent_id": action.parent_id,
+                "direction": "outbound",
+                "author_id": "me",
+                "text": action.text,
+                "created_at": epoch_ms(),
+            }
+        )
+        if action.content_id in self.stats:  # one of the contents it keeps up to date
+            self.stats[action.content_id][2] += 1
+            self.ctx.upsert_content(self._content(action.content_id))
+        return comment_id
 
     def event(self) -> None:
         roll = self.rng.random()
@@ -125,15 +186,7 @@ class _Generator:
             }
         )
         self.messages += 1
-        n = self.conversations.index(conversation)
-        self.ctx.upsert_conversation(
-            {
-                "id": conversation,
-                "title": f"customer {n}",
-                "participants": ["me", customer],
-                "last_message_at": now,
-            }
-        )
+        self.ctx.upsert_conversation(_conversation(conversation, now))
 
     def comment(self) -> None:
         content = self.rng.choice(self.contents)
@@ -155,17 +208,7 @@ class _Generator:
         stats = self.stats[content]
         stats[0] += self.rng.randint(1, 40)
         stats[1] += self.rng.randint(0, 5)
-        n = self.contents.index(content)
-        self.ctx.upsert_content(
-            {
-                "id": content,
-                "title": f"post {n}",
-                "url": f"https://example.invalid/{content}",
-                "views": stats[0],
-                "likes": stats[1],
-                "comment_count": stats[2],
-            }
-        )
+        self.ctx.upsert_content(self._content(content))
 
     def notification(self) -> None:
         self.ctx.upsert_notification(
@@ -177,3 +220,14 @@ class _Generator:
             }
         )
         self.notifications += 1
+
+
+def _conversation(conversation: str, last_message_at: int | None = None) -> dict[str, Any]:
+    """A demo conversation ``conv-<n>`` with ``customer-<n>``, as the demo upserts it."""
+    n = conversation.removeprefix("conv-")
+    return {
+        "id": conversation,
+        "title": f"customer {n}",
+        "participants": ["me", f"customer-{n}"],
+        "last_message_at": last_message_at,
+    }

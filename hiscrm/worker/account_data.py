@@ -10,6 +10,12 @@ the account; taking the next changes to send costs what is taken.
 The account starts from what the store already holds (the digest sent with the
 assignment: version and hash per item) plus whatever the spool still has, so versions go
 on where they left off and unchanged items stay no-ops across restarts.
+
+What a reply's target check needs (``reply_send``) is kept here too, and small: which
+items the account holds (the keys of ``items``: kind and id) and, for each comment whose
+fields this worker has seen (upserted or replayed from the spool), its content's id.
+A comment known only from the store's digest has no content here (the digest carries
+kind, id, version and hash).
 """
 
 from collections import OrderedDict
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from hiscrm.items import AnyItem, item_hash
+from hiscrm.items import AnyItem, Comment, item_hash
 from hiscrm.protocol import ItemChange, change_json
 from hiscrm.worker.spool import Spool
 
@@ -81,6 +87,7 @@ class AccountData:
         self._spool = spool
         self.items: dict[Key, ItemState] = {}
         self.counts: dict[str, int] = {}  # items per kind
+        self.comment_content: dict[str, str] = {}  # comment id -> its content's id, if seen
         # (seq, change JSON) by item, oldest first; every unsent seq is after every sent one.
         self.unsent: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
         self.in_flight: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
@@ -129,6 +136,7 @@ class AccountData:
         if known is None:
             self.counts[change.item.kind] = self.counts.get(change.item.kind, 0) + 1
         self.items[key] = ItemState(change.version, change.hash, change.seq, item_json)
+        self._note_target(change.item)
         self._queue(key, change.seq, line)
         return True
 
@@ -160,8 +168,17 @@ class AccountData:
             self.items[key] = ItemState(version, hash_, seq, data)
         else:
             state.version, state.hash, state.seq, state.json = version, hash_, seq, data
+        self._note_target(item)
         self._queue(key, seq, line)
         return version
+
+    def _note_target(self, item: AnyItem) -> None:
+        if isinstance(item, Comment):
+            self.comment_content[item.id] = item.content_id
+
+    def holds(self, kind: str, item_id: str) -> bool:
+        """Whether the account has this item (in the store, or seen since)."""
+        return (kind, item_id) in self.items
 
     def _queue(self, key: Key, seq: int, line: bytes) -> None:
         """Wait to be sent; an older waiting change of the same item is superseded."""

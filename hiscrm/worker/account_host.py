@@ -7,6 +7,10 @@ account stops its platform, flushes its changes and waits for the master to ackn
 them (up to a limit; what is left stays in the spool for the next owner), releases the
 spool, and answers ``worker:account:released``.
 
+A reply (``master:send``) goes to the account's platform in a task of the account's
+runner, beside its ``run``; see ``reply_send`` for what is checked first and what is
+answered.
+
 An account whose platform could not be loaded starts all the same, as ``failed`` (see
 ``platform_set``): its spool is loaded and synced, so what a previous owner left is not
 lost.
@@ -16,7 +20,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from structlog.typing import FilteringBoundLogger
 
@@ -24,11 +28,12 @@ from hiscrm.backoff import RestartBackoff
 from hiscrm.items import epoch_ms
 from hiscrm.models import AccountSpec
 from hiscrm.platform_names import resolve_platform_name
-from hiscrm.platforms.base import Platform
+from hiscrm.platforms.base import Platform, Sender
 from hiscrm.protocol import (
     AnyMessage,
     MasterAccountAssign,
     MasterAccountDigest,
+    MasterSend,
     WorkerAccountReleased,
     WorkerAccountState,
     WorkerBoot,
@@ -38,6 +43,7 @@ from hiscrm.worker.account_runner import AccountRunner, AccountState
 from hiscrm.worker.context import AccountContext
 from hiscrm.worker.error_reporter import ErrorReporter
 from hiscrm.worker.platform_set import PlatformFailure, PlatformSet
+from hiscrm.worker.reply_send import cannot_send, result, send_reply, target_problem
 from hiscrm.worker.spool import Spool, SpoolBusy
 from hiscrm.worker.sync import Syncer
 
@@ -78,6 +84,7 @@ class AccountHost:
         self._log = log
         self.runners: dict[str, AccountRunner] = {}
         self._loading: dict[str, _Loading] = {}
+        self._releasing: set[str] = set()
 
     # --- assignment ----------------------------------------------------------------------
 
@@ -178,6 +185,69 @@ class AccountHost:
         if runner.state is AccountState.STOPPED and self.runners.get(runner.account.id) is runner:
             del self.runners[runner.account.id]
 
+    # --- replies -------------------------------------------------------------------------
+
+    def send(self, message: MasterSend) -> None:
+        """Hand a reply to the account's platform, in a task of its own (``reply_send``)."""
+        account_id = message.account_id
+        runner = self.runners.get(account_id)
+        why_not = self._not_here(account_id, runner)
+        if why_not is not None:
+            self._refuse(message, "not_sent", why_not)
+            return
+        assert runner is not None
+        platform = runner.platform
+        assert not isinstance(platform, PlatformFailure)  # the account is not here then
+        problem = cannot_send(platform)
+        if problem is not None:
+            self._refuse(message, "failed", problem)
+            return
+        instance = runner.instance
+        if instance is None:  # between two runs of its platform
+            now = "starting" if runner.state is AccountState.RUNNING else f"in {runner.state}"
+            self._refuse(message, "not_sent", f"account {account_id!r} is {now} in this worker")
+            return
+        problem = target_problem(self.syncer.accounts[account_id], message.action)
+        if problem is not None:
+            self._refuse(message, "failed", problem)
+            return
+        runner.start_beside(
+            send_reply(
+                cast(Sender, instance), runner.context, message, self._errors, self._send, self._log
+            ),
+            "send",
+            f"send:{account_id}:{message.request_id}",
+        )
+
+    def _refuse(
+        self, message: MasterSend, outcome: Literal["failed", "not_sent"], error: str
+    ) -> None:
+        """Answer without calling the platform (not sent: it may go again later)."""
+        level = self._log.warning if outcome == "failed" else self._log.info
+        level(
+            "reply not handed to the platform",
+            account_id=message.account_id,
+            request_id=message.request_id,
+            outcome=outcome,
+            error=error,
+        )
+        self._send(result(message, outcome, error=error))
+
+    def _not_here(self, account_id: str, runner: AccountRunner | None) -> str | None:
+        """Why the account cannot take a reply in this worker now, or None if it can."""
+        if account_id in self._loading:
+            return f"account {account_id!r} is still loading in this worker"
+        if runner is None:
+            return f"account {account_id!r} is not assigned to this worker"
+        if account_id in self._releasing or runner.state in (
+            AccountState.STOPPING,
+            AccountState.STOPPED,
+        ):
+            return f"account {account_id!r} is being released by this worker"
+        if isinstance(runner.platform, PlatformFailure):
+            return f"account {account_id!r} cannot run here: {runner.platform.summary}"
+        return None
+
     # --- letting go ----------------------------------------------------------------------
 
     def revoke(self, account_id: str, timeout_s: float) -> None:
@@ -187,13 +257,17 @@ class AccountHost:
         if loading is not None or account_id not in self.runners:
             self._send(WorkerAccountReleased(account_id=account_id, unacked=0))
             return
+        self._releasing.add(account_id)
         self._spawn(self._release(account_id, timeout_s), f"release:{account_id}")
 
     async def _release(self, account_id: str, timeout_s: float) -> None:
-        runner = self.runners.get(account_id)
-        if runner is not None:
-            await runner.stop("revoked", timeout_s / 2)
-        left = await self.syncer.flush_and_wait([account_id], timeout_s / 2)
+        try:
+            runner = self.runners.get(account_id)
+            if runner is not None:
+                await runner.stop("revoked", timeout_s / 2)
+            left = await self.syncer.flush_and_wait([account_id], timeout_s / 2)
+        finally:
+            self._releasing.discard(account_id)
         data = self.syncer.remove(account_id)
         if data is not None:
             data.close()

@@ -10,6 +10,12 @@ An account whose platform cannot run in this process (it did not load, or its cl
 raised the first time it was constructed) is ``failed``: reported with the traceback's
 end, and not started again by this process (see ``platform_set``).
 
+Beside ``run``, the account may have tasks of its own: a reply being sent
+(``reply_send``) calls the instance whose ``run`` is awaited (``instance``). They run
+beside it, not in its way: a send that takes long holds up neither ``run`` nor the
+worker; ``run`` failing does not end a send already under way. Stopping the account
+cancels them with its task and waits for them as long as for it.
+
 If the supervising task itself ends while the account should run (a bug outside the
 platform's call), the account does not stay ``running``: the end is reported and the
 task is started again after the backoff delay.
@@ -25,7 +31,7 @@ States::
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
 
 from structlog.typing import FilteringBoundLogger
@@ -96,8 +102,14 @@ class AccountRunner:
         self.restarts = 0
         self._constructed = False  # its class has been constructed once
         self._task: asyncio.Task[None] | None = None
+        self.instance: Platform | None = None  # the one whose ``run`` is awaited, if any
+        self._beside: set[asyncio.Task[None]] = set()  # sends under way
         self._resume: asyncio.TimerHandle | None = None  # its task ended: when to start again
         self._run_began = time.monotonic()
+
+    @property
+    def platform(self) -> type[Platform] | PlatformFailure:
+        return self._platform
 
     def _transition(self, new: AccountState, reason: str, sent: str | None = None) -> None:
         reason = cut(reason, MAX_REASON_CHARS)
@@ -146,6 +158,7 @@ class AccountRunner:
                 reason = f"constructing {platform.__qualname__}: {describe_exception(exc)}"
             else:
                 self._constructed = True
+                self.instance = instance
                 try:
                     await instance.run(self.context)
                     raise RunReturned(f"{platform.__qualname__}.run() returned")
@@ -161,6 +174,8 @@ class AccountRunner:
                     if not (isinstance(exc, InvalidItem) and exc.reported):  # at the upsert
                         self._errors.report("account", exc, account_id=self.account.id)
                     reason = describe_exception(exc)
+                finally:
+                    self.instance = None
             if self.state is not AccountState.RUNNING:  # it failed while being stopped
                 return
             self.restarts += 1
@@ -192,22 +207,42 @@ class AccountRunner:
         else:
             self._log.warning("account task ended during its backoff", reason=reason)
 
+    # --- tasks beside run -----------------------------------------------------------------
+
+    def start_beside(self, coro: Coroutine[None, None, None], source: str, name: str) -> None:
+        """Run ``coro`` as a task of this account beside its ``run``: cancelled with it
+        when the account stops. ``coro`` handles its own failures; one that escapes all
+        the same (a bug outside the platform's call) is reported as from ``source``."""
+        task = asyncio.create_task(coro, name=name)
+        self._beside.add(task)
+        task.add_done_callback(lambda t: self._beside_ended(t, source))
+
+    def _beside_ended(self, task: "asyncio.Task[None]", source: str) -> None:
+        self._beside.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self._errors.report(source, exc, account_id=self.account.id)
+
     async def stop(self, reason: str, timeout_s: float) -> None:
-        """Cancel the platform and wait up to ``timeout_s`` for it to finish."""
+        """Cancel the platform and what runs beside it, and wait up to ``timeout_s`` for
+        them to finish."""
         if self.state in (AccountState.STOPPING, AccountState.STOPPED):
             return
         self._transition(AccountState.STOPPING, reason)
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        task = self._task
-        if task is not None and not task.done():
+        tasks = {t for t in (self._task, *self._beside) if t is not None and not t.done()}
+        for task in tasks:
             task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=timeout_s)
-            if not done:  # a task left running behind our back: logged, counted, reported
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:  # left running behind our back: logged, counted, reported
+                what = "the task" if task is self._task else f"task {task.get_name()}"
                 self._errors.report(
                     "account",
-                    TimeoutError(f"the task ignored cancellation for {timeout_s}s; abandoning it"),
+                    TimeoutError(f"{what} ignored cancellation for {timeout_s}s; abandoning it"),
                     account_id=self.account.id,
                 )
         self._transition(AccountState.STOPPED, reason)

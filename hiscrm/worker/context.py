@@ -4,9 +4,15 @@ Platforms write what they find with ``ctx.upsert_<kind>(...)``, passing a model 
 mapping of its fields. Bad data is refused at this boundary: the upsert raises
 :class:`InvalidItem` naming the problem (a time in seconds, a missing field), and the
 error is logged, counted and reported to the master, once.
+
+The same ``ctx`` is handed to ``send`` (see ``reply_send``), where ``ctx.request_id`` is
+the id of the reply being sent. It is kept in a context variable that each send's task
+sets for itself (an asyncio task runs in its own copy of the context), so sends under way
+together, and ``run`` beside them (None there), each see their own.
 """
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
@@ -28,6 +34,14 @@ from hiscrm.worker.account_data import AccountData, InvalidItem
 from hiscrm.worker.error_reporter import ErrorReporter
 
 ItemT = TypeVar("ItemT", bound=AnyItem)
+
+_REQUEST_ID: ContextVar[str | None] = ContextVar("hiscrm_request_id", default=None)
+
+
+def set_request_id(request_id: str) -> None:
+    """Called by a send's own task, before it calls the platform: ``ctx.request_id`` in
+    that task (and in tasks it starts) from now on."""
+    _REQUEST_ID.set(request_id)
 
 
 class AccountContext:
@@ -59,6 +73,11 @@ class AccountContext:
     @property
     def log(self) -> FilteringBoundLogger:
         return self._log
+
+    @property
+    def request_id(self) -> str | None:
+        """In ``send``: the request id of the reply being sent; None in ``run``."""
+        return _REQUEST_ID.get()
 
     def progress(self) -> None:
         self._progressed = True  # stamped by the next heartbeat: cheap enough per upsert

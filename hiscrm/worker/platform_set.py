@@ -107,6 +107,12 @@ class PlatformSet:
         """Spec -> reason, for the registration."""
         return {spec: f.reason for spec, f in sorted(self.failures.items())}
 
+    def idempotent(self) -> list[str]:
+        """Specs whose class says its sends are idempotent (``sends_idempotent = True``)."""
+        return sorted(
+            s for s, c in self.classes.items() if getattr(c, "sends_idempotent", False) is True
+        )
+
     def failure_files(self) -> list[str]:
         return [path for f in self.failures.values() for path in f.files]
 

@@ -45,6 +45,7 @@ from hiscrm.protocol import (
     MasterDataAck,
     MasterDataNack,
     MasterRefuse,
+    MasterSend,
     MasterShutdown,
     MasterSyncRequest,
     MasterWelcome,
@@ -121,6 +122,7 @@ def registration(
         code_version=version,
         code_files=files,
         platform_errors=platforms.errors(),
+        idempotent_platforms=platforms.idempotent(),
     )
 
 
@@ -415,6 +417,8 @@ class WorkerRuntime:
             case MasterAccountRevoke(account_id=account_id):
                 accounts.revoke(account_id, self._stop_timeout())
                 self._title.remove(account_id)
+            case MasterSend():
+                accounts.send(message)
             case MasterSyncRequest(account_id=account_id, from_seq=None):
                 accounts.syncer.flush(account_id, now)
             case MasterSyncRequest(account_id=account_id, from_seq=int(from_seq)):
