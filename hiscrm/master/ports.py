@@ -56,6 +56,9 @@ class AccountsPort(Protocol):
     def worker_up(self, link: WorkerLink, now: float) -> None:
         """A slot's process registered: give it its accounts."""
 
+    def platforms_reported(self, idempotent: list[str]) -> None:
+        """A process registered: these platforms (specs) say their sends are idempotent."""
+
     def worker_down(self, worker_id: str, now: float, abnormal: bool) -> None:
         """A slot's process is gone (its death releases what it held); ``abnormal``: it
         died in a way that may be an account's doing (killed, crashed, hung)."""

@@ -367,6 +367,9 @@ class AccountManager:
         self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
 
+    def platforms_reported(self, idempotent: list[str]) -> None:
+        self.idempotent_platforms.update(idempotent)
+
     def on_send_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
         self.outbox.on_result(link, message)
 

@@ -485,6 +485,7 @@ class Supervisor:
                     detail = f"unexpected registration as {message.worker_id!r}"
                     self._protocol_error(slot, process, INVALID, detail, data[:80])
                     return
+                self.accounts.platforms_reported(message.idempotent_platforms)
                 # A reload's incoming process gets its accounts by hand-over.
                 if slot.register(process, message, now) and slot.role(process) is Role.CURRENT:
                     self.accounts.worker_up(process, now)
