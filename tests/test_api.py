@@ -62,7 +62,7 @@ def test_only_healthz_is_open_and_tokens_are_checked(shared: Master) -> None:
     assert health["checks"]["workers"]["detail"] == "2/2 running"
     with shared.http() as http:
         spec = http.get("/openapi.json").json()
-    real = {"worker_id": "worker1", "account_id": "burst", "item_id": "b00001"}
+    real = {"worker_id": "worker1", "account_id": "burst", "item_id": "b00001", "request_id": "r1"}
     routes = [(m.upper(), path) for path, ops in spec["paths"].items() for m in ops]
     assert len(routes) >= 20
     for method, path in [*routes, ("GET", "/api/v1/openapi.json")]:
