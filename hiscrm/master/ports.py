@@ -56,6 +56,10 @@ class AccountsPort(Protocol):
     def worker_up(self, link: WorkerLink, now: float) -> None:
         """A slot's process registered: give it its accounts."""
 
+    def wake_with(self, wake: "Callable[[], None]") -> None:
+        """How the data wing wakes the supervisor when it has a new deadline that no
+        event of the loop brings (a reply queued through the API)."""
+
     def platforms_reported(self, idempotent: list[str]) -> None:
         """A process registered: these platforms (specs) say their sends are idempotent."""
 

@@ -197,7 +197,9 @@ class AccountManager:
             self.staleness.next_deadline(),
             self.assigner.next_deadline(),
             self.quarantine.next_deadline(),
-            None if expiry is None else _loop_now() + max(0.0, (expiry - epoch_ms()) / 1000),
+            # On the loop's clock; one already past is in the past (never clamped to now:
+            # a deadline that stays just ahead of the loop would never be due).
+            None if expiry is None else _loop_now() + (expiry - epoch_ms()) / 1000,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -366,6 +368,9 @@ class AccountManager:
         self._execute(self.assigner.released(link.worker_id, message.account_id, now), now)
         self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        self.outbox.wake = wake
 
     def platforms_reported(self, idempotent: list[str]) -> None:
         self.idempotent_platforms.update(idempotent)

@@ -73,6 +73,7 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._saving: dict[Key, asyncio.Task[None]] = {}  # each entry's writes, in order
         self.counts: dict[str, int] = {str(s): 0 for s in OutboxState}  # entries reaching each
+        self.wake: Callable[[], None] = lambda: None  # a new expiry: look at deadlines again
 
     # --- start ----------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class Outbox:
         """A new entry (already stored as queued)."""
         self.open[(entry.account_id, entry.request_id)] = entry
         self.counts[str(entry.state)] += 1
+        self.wake()
         self.kick(entry.account_id)
 
     def kick(self, account_id: str) -> None:
@@ -190,6 +192,7 @@ class Outbox:
         self._save(queued)
         self.open[key] = queued
         self.counts[str(queued.state)] += 1
+        self.wake()
         self.kick(entry.account_id)
         return queued
 

@@ -34,6 +34,17 @@ class SignalReceived:
     signum: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeadlinesChanged:
+    """Something outside the loop (the data wing, from the API) has a new deadline."""
+
+
 Event = (
-    FrameReceived | ChannelClosed | ProcessExited | SignalReceived | CommandRequest | MemoryMeasured
+    FrameReceived
+    | ChannelClosed
+    | ProcessExited
+    | SignalReceived
+    | CommandRequest
+    | MemoryMeasured
+    | DeadlinesChanged
 )

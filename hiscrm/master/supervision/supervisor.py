@@ -42,6 +42,7 @@ from hiscrm.master.supervision.commands import (
 )
 from hiscrm.master.supervision.events import (
     ChannelClosed,
+    DeadlinesChanged,
     Event,
     FrameReceived,
     ProcessExited,
@@ -90,6 +91,7 @@ class Supervisor:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._launcher = launcher
         self.accounts = accounts
+        accounts.wake_with(lambda: self.post(DeadlinesChanged()))
         self._publish = publish
         # What SIGHUP does beyond a rolling reload (the app re-reads the config first).
         self.on_hangup: Callable[[], Coroutine[Any, Any, None]] | None = None
@@ -442,6 +444,8 @@ class Supervisor:
                 await self._on_signal(signal.Signals(signum), now)
             case MemoryMeasured():
                 await self._on_memory_measured(event, now)
+            case DeadlinesChanged():
+                pass  # the loop looks at every deadline again after each event
 
     async def _on_exit(self, slot: WorkerSlot, process: SlotProcess, now: float) -> None:
         role = slot.role(process)
