@@ -126,9 +126,11 @@ def raw_upsert(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -
 def raw_copy(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -> float:
     upserter = pg_schema.Upserter()
     message_columns = list(pg_schema.column_types(pg_schema.KINDS["message"]))
+    event = message_columns.index("event_id")
     with psycopg.connect(url, autocommit=True) as conn:
         pg_schema.migrate(conn)
         total = sum(len(c) for _, c in work)
+        first_event = 1
         started = time.perf_counter()
         for account_id, items in work:
             for start in range(0, len(items), batch):
@@ -137,8 +139,10 @@ def raw_copy(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -> 
                 with conn.transaction(), conn.cursor() as cursor:
                     sql = f"COPY messages ({', '.join(message_columns)}) FROM STDIN"
                     with cursor.copy(sql) as copy:  # type: ignore[arg-type]
-                        for row in rows:
-                            copy.write_row(row)
+                        for row in rows:  # event ids going up, as the writer gives them
+                            number = row[event]
+                            copy.write_row((*row[:event], first_event + number, *row[event + 1 :]))
+                first_event += len(chunk)
         return total / (time.perf_counter() - started)
 
 
