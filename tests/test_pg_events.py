@@ -44,6 +44,7 @@ def test_two_masters_share_one_counter_and_hear_each_other(pg_url: str) -> None:
         assert first.wait_head(3) == 3
         first.store.append_events([NewEvent("health", 1, None, {"status": "ok"})])
         second.wait_head(4)
+        first.wait_head(4)  # its own writer may report it after the other master hears it
         found = read(second)
         assert [(e.id, e.name, e.account_id) for e in found] == [
             (1, "item.message", "acc"),
@@ -115,6 +116,7 @@ def test_a_lost_listening_connection_is_made_again(pg_url: str) -> None:
     first = Store(postgres_backend(pg_url))
     second = Store(postgres_backend(pg_url))
     try:
+        assert first.store.listener.listening.wait(10)
         assert second.store.listener.listening.wait(10)
         with psycopg.connect(pg_url, autocommit=True) as admin:
             killed = admin.execute(
