@@ -18,8 +18,8 @@ from typing import Any
 from psycopg.rows import dict_row
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.event_names import item_event
 from hiscrm.items import KINDS
-from hiscrm.master.data.event_filter import item_event
 from hiscrm.master.data.pg_queries import item_row
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.store import (
