@@ -6,6 +6,7 @@ import pytest
 
 from hiscrm.items import Comment, Message
 from hiscrm.protocol import ItemChange
+from hiscrm.worker import spool
 from hiscrm.worker.account_data import AccountData, InvalidItem
 from hiscrm.worker.spool import Spool, SpoolBusy
 
@@ -58,17 +59,30 @@ def test_a_re_changed_item_has_one_pending_change_and_costs_what_changed(tmp_pat
     assert ItemChange.model_validate_json(unsent[0][1]).item.text == "newer text"  # type: ignore[union-attr]
 
 
-def test_acks_drop_pending_changes_and_spool_segments(tmp_path: Path) -> None:
+def test_acks_drop_pending_changes_and_old_spool_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acknowledged changes stay on disk (for a resend from a sequence number) up to
+    ``KEEP_ACKED_BYTES``; older segments are deleted, and the live one is unmapped."""
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 1000)
+    monkeypatch.setattr(spool, "KEEP_ACKED_BYTES", 2000)
     data = fresh(tmp_path)
-    for n in range(10):
+    for n in range(40):
         data.upsert(message(n))
-    assert len(list((tmp_path / "acc").glob("*.jsonl"))) == 1
+    segments = sorted((tmp_path / "acc").glob("*.jsonl"))
+    assert len(segments) > 4
     data.take(10**9)
     data.on_ack(4)
-    assert [s for s, _ in data.in_flight.values()] == [5, 6, 7, 8, 9, 10]
-    data.on_ack(10)
+    assert [s for s, _ in data.in_flight.values()] == list(range(5, 41))
+    assert sorted((tmp_path / "acc").glob("*.jsonl")) == segments  # nothing beyond the keep
+    data.on_ack(40)
     assert data.unacked == 0
-    assert list((tmp_path / "acc").glob("*.jsonl")) == []
+    kept = sorted((tmp_path / "acc").glob("*.jsonl"))
+    assert kept == segments[-len(kept) :]  # the newest ones
+    assert 2000 - 1000 < sum(p.stat().st_size for p in kept) <= 2000
+    assert data._spool._map is None  # nothing waits: its pages leave the worker's memory
+    data.upsert(message(41))  # mapped again, appended after what is there
+    assert [s for s, _ in data.take(10**9)] == [41]
 
 
 def test_resend_goes_back_to_the_last_ack(tmp_path: Path) -> None:
