@@ -229,6 +229,11 @@ class Spool:
                     yield line
 
     @property
+    def first_seq(self) -> int:
+        """The first sequence number the spool still has (0: none)."""
+        return self._segments[0].first_seq if self._segments else 0
+
+    @property
     def kept_bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
