@@ -118,7 +118,7 @@ class AccountHost:
         loading.retry = None
         account = loading.account
         spool = Spool(Path(self._boot.spool_dir) / account_id)
-        data = AccountData(account_id, spool)
+        data = AccountData(account_id, spool, self._boot.retention_days)
         try:
             report = data.load(loading.acked_seq, loading.digest)
         except SpoolBusy as exc:  # its previous owner has not let go yet: expected, brief
