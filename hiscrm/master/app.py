@@ -33,7 +33,7 @@ from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
-from hiscrm.master.data.open_store import open_store
+from hiscrm.master.data.open_store import open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
@@ -165,12 +165,17 @@ async def run_master(
             metrics.commit_latency.observe,
             errors,
             publish,
+            held=None if config.store.url is None else set(),  # a cluster: leased accounts
         )
         manager.append(accounts)
         await accounts.outbox.load()
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
+        keeper = open_lease_keeper(
+            config, store, accounts, log, errors, lambda: supervisor.shutting_down
+        )
+        leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify.from_environment(log, errors)
         service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
@@ -241,6 +246,11 @@ async def run_master(
             api.start()
             host, port = api.address
             log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
+            if keeper is not None:
+                nonlocal leasing
+                keeper.api_url = f"http://{host}:{port}/api/v1"
+                leasing = asyncio.create_task(keeper.run(), name="leases")
+                leasing.add_done_callback(lambda task: _task_ended(task, "leases", log, errors))
             if watch:
                 watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
                 watching.add_done_callback(
@@ -263,6 +273,10 @@ async def run_master(
             if monitoring is not None:
                 monitoring.cancel()
             stop_watching.set()
+            if leasing is not None and keeper is not None:  # every worker has stopped
+                leasing.cancel()
+                await asyncio.wait({leasing})
+                await keeper.stop()
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
             await api.stop()

@@ -37,10 +37,11 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
+from hiscrm.master.data import pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -163,10 +164,16 @@ def _migration_3(conn: Conn) -> None:
             conn.execute(item_event_index_sql(table))
 
 
+def _migration_leases(conn: Conn) -> None:
+    """The cluster: the nodes (masters) and the accounts' leases (``pg_leases``)."""
+    pg_leases.migrate(conn)
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
+    4: _migration_leases,  # becomes 5 once the outbox's migration is merged as 4
 }  # version -> step that brings it there
 
 

@@ -95,16 +95,13 @@ class PostgresStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
+        def mark(conn: Conn, event_id: int) -> Row | None:
+            self._fenced(conn, account_id)
+            return pg_queries.mark_read(conn, collection, account_id, item_id, at_ms, event_id)
+
         try:
             return await self.writer.call(
-                lambda conn: self.writer.with_events(
-                    conn,
-                    1,
-                    lambda c, event_id: pg_queries.mark_read(
-                        c, collection, account_id, item_id, at_ms, event_id
-                    ),
-                ),
-                WRITE_TIMEOUT_S,
+                lambda conn: self.writer.with_events(conn, 1, mark), WRITE_TIMEOUT_S
             )
         except TimeoutError:
             why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
@@ -169,6 +166,16 @@ class PostgresStore:
 
     async def outbox_open(self) -> list[OutboxEntry]:
         return []
+
+    def _fenced(self, conn: Conn, account_id: str) -> None:
+        """In a cluster, inside the write's transaction: refuse (StoreUnavailable) if this
+        master believes it holds the account's lease and the store says it does not."""
+        fence = self.writer.fence
+        if fence is None:
+            return
+        refused = fence.check(conn, [account_id], held_only=True)
+        if refused:
+            raise StoreUnavailable(f"lease lost: {refused[account_id]}")
 
     async def _write(self, function: Callable[[Conn], T]) -> T:
         """One write of the API in its own transaction, in the writer thread; 503 (as
