@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from conftest import MasterFactory, make_config
 from harness import Master, wait_until
+from test_ctl import ctl
 
 pytestmark = pytest.mark.postgres
 
@@ -98,6 +99,48 @@ def serving(record_dir: Path, since: float = 0.0) -> dict[str, str]:
     return latest
 
 
+def check_any_door(master: Master, url: str) -> None:
+    """Any master shows the whole cluster: the nodes, every account with its owner node
+    and the state its owner reported; metrics and events carry the node."""
+    with master.http() as http:
+
+        def cluster_settled() -> bool:
+            cluster = http.get("/cluster").json()
+            return {n["node_id"]: (n["leases"], n["state"]) for n in cluster["nodes"]} == {
+                node: (10, "ok") for node in NODES
+            }
+
+        wait_until(cluster_settled, 10, "GET /cluster shows 10 leases on each node")
+        cluster = http.get("/cluster").json()
+        assert cluster["node_id"] == "n1"
+        assert cluster["clustered"] is True
+        assert (cluster["enabled"], cluster["free"], cluster["held"]) == (ACCOUNTS, 0, 10)
+        assert cluster["renewals"] > 0
+        assert cluster["last_error"] is None
+        assert [n["me"] for n in cluster["nodes"]] == [True, False, False]
+
+        def accounts_shown() -> bool:
+            items = http.get("/accounts", params={"limit": 100}).json()["items"]
+            return {a["id"]: a["node"] for a in items} == leases(url) and all(
+                a["state"] == "running" for a in items
+            )
+
+        wait_until(accounts_shown, 10, "every account running, with its node, seen from n1")
+        elsewhere = http.get("/accounts/" + next(a for a, n in leases(url).items() if n == "n2"))
+        assert elsewhere.json()["reason"] == "runs on n2 (its state as it reported it)"
+        assert elsewhere.json()["worker"] is None
+        metrics = http.get("/metrics").text
+        assert 'hiscrm_cluster_leases_held{node="n1"} 10.0' in metrics
+        assert 'hiscrm_worker_up{node="n1",worker="worker1"} 1.0' in metrics
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT data FROM events WHERE name = 'worker.state'").fetchall()
+    assert {json.loads(r[0]).get("node") for r in rows} == set(NODES)  # each says whose
+    printed = ctl(master, "cluster")
+    assert printed.returncode == 0, printed.stderr
+    assert "n2" in printed.stdout
+    assert "this master: 10 leases" in printed.stdout
+
+
 def message_numbers(url: str) -> dict[str, list[int]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT account_id, id FROM messages").fetchall()
@@ -125,6 +168,7 @@ def test_three_masters_share_the_accounts_and_take_over_a_killed_one(
     wait_until(lambda: set(serving(record_dir, now)) == all_ids, 30, "every account served")
     assert serving(record_dir, now) == leases(pg_url)
     assert_never_on_two_masters(record_dir)
+    check_any_door(masters["n1"], pg_url)
 
     # SIGKILL one: its accounts are served by the others within lease_ttl_s + 2 s.
     victim = masters["n2"]
@@ -140,6 +184,13 @@ def test_three_masters_share_the_accounts_and_take_over_a_killed_one(
     took = wait_until(taken_over, TTL_S + 10, "the killed master's accounts served elsewhere")
     assert time.time() - killed_at <= TTL_S + 2 + 0.5, f"took {took:.1f} s"
     assert_never_on_two_masters(record_dir)
+    with masters["n1"].http() as http:
+
+        def seen_lost() -> bool:
+            nodes = {n["node_id"]: n for n in http.get("/cluster").json()["nodes"]}
+            return nodes["n2"]["state"] == "lost" and nodes["n2"]["leases"] == 0
+
+        wait_until(seen_lost, 10, "n1 sees n2 lost")
 
     # Back again: it takes a fair share back, a few at a time, never at once.
     masters["n2"] = victim.start()

@@ -125,12 +125,16 @@ async def run_master(
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
-    metrics = MasterMetrics()
+    metrics = MasterMetrics(None if config.store.url is None else config.cluster.node_id)
     store = open_store(config, log)
     # What the wings tell of what happens, fanned out to whoever listens (health).
     listeners: list[EventSink] = []
 
+    node = None if config.store.url is None else config.cluster.node_id  # a cluster
+
     def publish(event: str, data: dict[str, Any]) -> None:
+        if node is not None:  # which master of the cluster it happened on
+            data = {**data, "node": node}
         for listener in listeners:
             listener(event, data)
 
@@ -186,11 +190,14 @@ async def run_master(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
             )
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
+        read.cluster_stats = keeper.stats if keeper is not None else None
         health = HealthMonitor(
             read.health_inputs, log, lambda h: hub.publish("health", h.model_dump())
         )
         listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
+        if keeper is not None:
+            metrics.attach_cluster(keeper.stats)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
@@ -246,6 +253,7 @@ async def run_master(
             api.start()
             host, port = api.address
             log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
+            read.api_url = f"http://{host}:{port}/api/v1"
             if keeper is not None:
                 nonlocal leasing
                 keeper.api_url = f"http://{host}:{port}/api/v1"

@@ -108,6 +108,8 @@ class AccountManager:
         self.held = held
         self.specs: dict[str, AccountSpec] = {r.id: spec_of(r) for r in registry}
         self._letting_go: dict[str, asyncio.Future[None]] = {}  # leases being given up
+        # In a cluster: each account's lease holder and the state it last reported.
+        self.owners: dict[str, tuple[str | None, str | None]] = {}
         self._wake: Callable[[], None] = lambda: None
         self._observe_commit_latency = observe_commit_latency
         self._store = store

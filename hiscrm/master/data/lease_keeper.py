@@ -24,7 +24,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -36,25 +35,12 @@ from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.lease_fence import Fence
 from hiscrm.master.data.lease_plan import NodeView
-from hiscrm.master.data.pg_leases import AConn, ClusterView
+from hiscrm.master.data.lease_view import ClusterView, LeaseStats
+from hiscrm.master.data.pg_leases import AConn
 from hiscrm.master.data.pg_writer import APPLICATION_NAME, CONNECT_TIMEOUT_S
 from hiscrm.master.data.store import AccountRecord
 
 LEAVE_TIMEOUT_S = 10.0
-
-
-@dataclass
-class LeaseStats:
-    """For ``GET /cluster``, status and metrics."""
-
-    renewals: int = 0
-    renewal_failures: int = 0
-    claimed: int = 0
-    handed_back: int = 0
-    lost: int = 0  # leases found gone, refused by the fence, or dropped when cut off
-    last_renewal_at: int | None = None  # ms, this master's clock
-    last_error: str | None = None
-    view: ClusterView | None = None
 
 
 class LeaseKeeper:
@@ -89,7 +75,7 @@ class LeaseKeeper:
         self._valid_until: float | None = None
         self._joined = False
         self._wake = asyncio.Event()
-        self.stats = LeaseStats()
+        self.stats = LeaseStats(self.node_id, self.capacity, self.ttl_s, self.renew_s)
 
     # --- running -------------------------------------------------------------------------
 
@@ -192,9 +178,12 @@ class LeaseKeeper:
         await self._follow_registry(conn)
         view = await pg_leases.view(conn)
         self.stats.view = view
+        self.stats.leases = {row.account_id: row for row in await pg_leases.leases(conn)}
+        self._manager.owners = {a: (row.node_id, row.state) for a, row in self.stats.leases.items()}
         if not leaving:
             await self._rebalance(conn, view)
         await pg_leases.report_states(conn, self.node_id, self._states())
+        self.stats.held = len(self.held)
 
     async def _follow_registry(self, conn: AConn) -> None:
         """Accounts added, changed or removed (through any master) since the last round."""

@@ -14,10 +14,11 @@ two of these never wait for each other in a cycle; claims skip rows locked by ot
 (``FOR UPDATE SKIP LOCKED``), so several masters claim at once without waiting.
 """
 
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+from hiscrm.master.data.lease_view import ClusterView, LeaseRow, NodeRow
 
 Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
@@ -164,42 +165,6 @@ async def report_states(conn: AConn, node_id: str, states: dict[str, tuple[str, 
         "AND (l.state IS DISTINCT FROM s.state OR l.state_at IS DISTINCT FROM s.at)",
         (ids, [states[i][0] for i in ids], [states[i][1] for i in ids], node_id),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    node_id: str
-    capacity: int
-    api_url: str | None
-    pid: int | None
-    lease_ttl_s: float
-    started_at_ms: int
-    renewed_at_ms: int
-    renewed_age_s: float  # by the database's clock
-    leaving: bool
-    held: int  # leases it holds that have not expired
-
-    @property
-    def alive(self) -> bool:
-        return self.renewed_age_s < self.lease_ttl_s
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRow:
-    account_id: str
-    node_id: str | None  # None: free (never leased, let go, or its owner's lease expired)
-    epoch: int
-    expires_in_s: float  # negative: expired
-    state: str | None  # as its owner last reported it
-    state_at: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterView:
-    nodes: list[NodeRow]
-    enabled: int  # enabled accounts
-    free: int  # enabled accounts nobody holds a live lease on
-    db_now_ms: int
 
 
 async def view(conn: AConn) -> ClusterView:
