@@ -171,12 +171,14 @@ def worker(console: Console, w: dict[str, Any]) -> None:
 
 
 def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
+    # A NODE column only when the accounts run on several masters (a cluster).
+    nodes = len({a.get("node") for a in accounts}) > 1
     table = _table(
         "ACCOUNT",
         "PLATFORM",
         "STATE",
         "SINCE",
-        "NODE",
+        *(["NODE"] if nodes else []),
         "WORKER",
         "PROGRESS",
         "LAST ITEM",
@@ -192,7 +194,7 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
             a["platform"],
             state,
             _age(a["state_since_at"]),
-            a.get("node") or "-",
+            *([a.get("node") or "-"] if nodes else []),
             a["worker"] or "-",
             _age(a["progress_at"]),
             _age(a["last_item_at"]),
