@@ -37,10 +37,11 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
+from hiscrm.master.data import pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -177,11 +178,17 @@ def _migration_4(conn: Conn) -> None:
     conn.execute("CREATE INDEX outbox_by_state ON outbox (state, seq)")
 
 
+def _migration_leases(conn: Conn) -> None:
+    """The cluster: the nodes (masters) and the accounts' leases (``pg_leases``)."""
+    pg_leases.migrate(conn)
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
     4: _migration_4,
+    5: _migration_leases,
 }  # version -> step that brings it there
 
 

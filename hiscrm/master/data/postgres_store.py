@@ -96,15 +96,11 @@ class PostgresStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
-        return await self._call_writing(
-            lambda conn: self.writer.with_events(
-                conn,
-                1,
-                lambda c, event_id: pg_queries.mark_read(
-                    c, collection, account_id, item_id, at_ms, event_id
-                ),
-            )
-        )
+        def mark(conn: Conn, event_id: int) -> Row | None:
+            self._fenced(conn, account_id)
+            return pg_queries.mark_read(conn, collection, account_id, item_id, at_ms, event_id)
+
+        return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, mark))
 
     async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
         return await self.reader.page(collection, query)
@@ -152,11 +148,11 @@ class PostgresStore:
         )
 
     async def outbox_save(self, entry: OutboxEntry) -> None:
-        await self._call_writing(
-            lambda conn: self.writer.with_events(
-                conn, 1, lambda c, first: outbox_sql.save(OUTBOX, c, first, entry)
-            )
-        )
+        def save(conn: Conn, first: int) -> None:
+            self._fenced(conn, entry.account_id)  # the owner's word on a reply: fenced
+            outbox_sql.save(OUTBOX, conn, first, entry)
+
+        await self._call_writing(lambda conn: self.writer.with_events(conn, 1, save))
 
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None:
         return await self.reader.run(
@@ -172,6 +168,16 @@ class PostgresStore:
 
     async def outbox_open(self) -> list[OutboxEntry]:
         return await self.writer.call(lambda conn: outbox_sql.open_entries(OUTBOX, conn))
+
+    def _fenced(self, conn: Conn, account_id: str) -> None:
+        """In a cluster, inside the write's transaction: refuse (StoreUnavailable) if this
+        master believes it holds the account's lease and the store says it does not."""
+        fence = self.writer.fence
+        if fence is None:
+            return
+        refused = fence.check(conn, [account_id], held_only=True)
+        if refused:
+            raise StoreUnavailable(f"lease lost: {refused[account_id]}")
 
     async def _write(self, function: Callable[[Conn], T]) -> T:
         """One write of the API in its own transaction, in the writer thread."""
