@@ -205,8 +205,9 @@ class LeaseKeeper:
             if account_id not in present:
                 manager.remove(account_id, now)
         disabled = [r.id for r in records if not r.enabled and r.id in self.held]
-        if disabled:  # let go in the store; the manager stopped them when disabled
-            self._stopped.update(disabled)
+        removed = [a for a in self.held if a not in present]
+        if disabled or removed:  # let go in the store; the manager stopped them
+            self._stopped.update(disabled + removed)
 
     async def _rebalance(self, conn: AConn, view: ClusterView) -> None:
         nodes = [
