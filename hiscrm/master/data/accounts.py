@@ -255,6 +255,8 @@ class AccountManager:
 
     def change(self, account: AccountSpec, now: float) -> None:
         """New options, platform or enabled: its task restarts with them."""
+        if self.specs.get(account.id) == account:
+            return  # applied already (in a cluster, the registry's change may come first)
         self._log.info(
             "account changed; its task restarts with the change",
             account_id=account.id,
