@@ -21,7 +21,9 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 SUMMARY_EVENT = "repeated log lines suppressed"
-KEY_FIELDS = ("logger", "message", "worker", "account", "account_id")  # what tells two kinds apart
+# What tells two kinds apart: the same error of another worker, account, hook or node is
+# news, never hidden behind the first one's repeats.
+KEY_FIELDS = ("logger", "message", "worker", "account", "account_id", "hook", "node")
 MAX_KINDS = 10_000  # windows remembered at once; expired ones are dropped beyond this
 
 Emit = Callable[[str, dict[str, Any]], None]

@@ -77,6 +77,9 @@ def test_kinds_are_told_apart_and_info_is_never_limited() -> None:
     for account in ("acc-1", "acc-2"):  # accounts are named account_id in log lines
         logged = [h.log("warning", "account state", account_id=account) for _ in range(4)]
         assert logged == [True, True, True, False]
+    for hook in ("broken", "sleeper"):  # one failing hook does not hide another's failure
+        logged = [h.log("error", "hook delivery failed", hook=hook) for _ in range(4)]
+        assert logged == [True, True, True, False]
     exc = raised_here()
     assert [h.log("error", "API error", exc_info=exc) for _ in range(4)].count(True) == 3
     assert h.log("error", "API error", exc_info=KeyError("other"))  # another exception
