@@ -3,7 +3,10 @@ the pipe for one changed item.
 
 1. Throughput: ``--workers`` workers each run ``--accounts-per-worker`` accounts of a
    platform that upserts new messages flat out. Items/s = growth of the store's committed
-   sequence numbers over a window after a warm-up.
+   sequence numbers over a window after a warm-up. Each run is followed by the store's
+   own ceiling (``sqlite_ceiling.py``: the raw upsert loop of the same rows into a
+   database made by the store's schema code, same table, indexes, ``event_id`` and
+   pragmas), so the ratio compares two figures taken under the same load of the host.
 2. Latency: a platform upserts a new inbound message every 20 ms with the wall-clock time
    in its text; this script polls the store (read-only SQLite, every 1 ms) and records
    when each row became readable. Measured on an otherwise idle master, then with the
@@ -11,7 +14,8 @@ the pipe for one changed item.
 3. Bytes: accounts of 1 000 and 100 000 items; once everything is acknowledged, one item
    changes; the worker's own counter says how many bytes its sync took.
 
-    python bench/sync.py [--workers 2] [--accounts-per-worker 4] [--seconds 10]
+    python bench/sync.py [--workers 2] [--accounts-per-worker 4] [--seconds 10] [--runs 3]
+                         [--only throughput]
 """
 
 import argparse
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from common import machine, running_master, summary
+from sqlite_ceiling import raw_upsert_rate
 
 BASE = """
 workers = {workers}
@@ -137,15 +142,30 @@ def main() -> None:
     parser.add_argument("--accounts-per-worker", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["throughput"], help="skip latency and bytes")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
-    rates = [throughput(args.workers, args.accounts_per_worker, args.seconds) for _ in range(3)]
-    runs = ", ".join(f"{r:,.0f}" for r in rates)
+    rates, ceilings = [], []
+    for run in range(args.runs):
+        rates.append(throughput(args.workers, args.accounts_per_worker, args.seconds))
+        ceilings.append(raw_upsert_rate(accounts=args.workers * args.accounts_per_worker))
+        print(
+            f"  run {run + 1}: hiscrm {rates[-1]:,.0f} items/s, raw upsert loop "
+            f"{ceilings[-1]:,.0f} rows/s, ratio {rates[-1] / ceilings[-1]:.0%}",
+            flush=True,
+        )
+    ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
     print(
         f"throughput, {args.workers} workers x {args.accounts_per_worker} accounts flat out: "
-        f"median {statistics.median(rates):,.0f} items/s  (runs: {runs})"
+        f"median {statistics.median(rates):,.0f} items/s; raw SQLite upsert loop, same "
+        f"schema and pragmas: median {statistics.median(ceilings):,.0f} rows/s; "
+        f"hiscrm / raw: median {statistics.median(ratios):.0%} "
+        f"(runs: {', '.join(f'{r:.0%}' for r in ratios)})"
     )
+    if args.only == "throughput":
+        return
     print(summary("new inbound message -> readable, idle", latency(args.samples, None)))
     accounts = args.workers * args.accounts_per_worker
     half = statistics.median(rates) / 2 / accounts
