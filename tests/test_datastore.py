@@ -146,7 +146,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 def as_received(
     account: str, base: int, last: int, changes: list[ItemChange]
-) -> list[ItemChange] | list[ChangeView]:
+) -> list[ChangeView]:
     """The changes as the master hands them to the store: read from the frame by the fast
     path (``sync_wire``) when it accepts them, else the models (what ``protocol.decode``
     gives)."""
@@ -154,7 +154,7 @@ def as_received(
         account_id=account, base_seq=base, last_seq=last, changes=changes
     )
     fast = fast_sync(Encoder().encode(sync))
-    return changes if fast is None else list(fast.changes)
+    return list(changes if fast is None else fast.changes)
 
 
 class Store:
