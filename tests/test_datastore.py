@@ -144,9 +144,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return postgres_backend(request.getfixturevalue("pg_url"))
 
 
-def as_received(
-    account: str, base: int, last: int, changes: list[ItemChange]
-) -> list[ChangeView]:
+def as_received(account: str, base: int, last: int, changes: list[ItemChange]) -> list[ChangeView]:
     """The changes as the master hands them to the store: read from the frame by the fast
     path (``sync_wire``) when it accepts them, else the models (what ``protocol.decode``
     gives)."""
