@@ -267,3 +267,23 @@ def test_any_message_is_read_as_pydantic_reads_it(item_id: str, text: str, sent_
 )
 def test_any_content_is_read_as_pydantic_reads_it(views: Any, title: Any) -> None:
     same_as_pydantic(frame([{"kind": "content", "id": "p", "views": views, "title": title}]))
+
+
+def test_a_burst_over_1mb_goes_in_frames_the_fast_path_reads_whole() -> None:
+    item = {**ITEMS["message"], "text": "x" * 300}
+    changes = [
+        (seq, protocol.change_json(seq, 1, "00", json.dumps({**item, "id": f"m{seq}"}).encode()))
+        for seq in range(1, 5001)
+    ]
+    encoder = protocol.Encoder()
+    base, frames = 0, []
+    for batch in protocol.sync_batches(changes):
+        frames.append(encoder.encode_sync("acc-1", base, batch[-1][0], [c for _, c in batch]))
+        base = batch[-1][0]
+    assert sum(len(f) for f in frames) > 1024 * 1024
+    assert len(frames) >= 2
+    read = [fast_sync(f) for f in frames]
+    assert all(r is not None for r in read)
+    ids = [c.item.id for r in read if r is not None for c in r.changes]
+    assert ids == [f"m{seq}" for seq in range(1, 5001)]
+    same_as_pydantic(frames[0])
