@@ -3,7 +3,12 @@ the pipe for one changed item.
 
 1. Throughput: ``--workers`` workers each run ``--accounts-per-worker`` accounts of a
    platform that upserts new messages flat out. Items/s = growth of the store's committed
-   sequence numbers over a window after a warm-up.
+   sequence numbers over a window after a warm-up. Each run is followed by the store's
+   own ceiling (``sqlite_ceiling.py``: the raw upsert loop of the same rows into a
+   database made by the store's schema code, same table, indexes, ``event_id`` and
+   pragmas), so the ratio compares two figures taken under the same load of the host.
+   CPU time per item (master, workers) and per raw row is printed beside them: it
+   varies far less than wall-clock rates when other work shares the host.
 2. Latency: a platform upserts a new inbound message every 20 ms with the wall-clock time
    in its text; this script polls the store (read-only SQLite, every 1 ms) and records
    when each row became readable. Measured on an otherwise idle master, then with the
@@ -11,18 +16,24 @@ the pipe for one changed item.
 3. Bytes: accounts of 1 000 and 100 000 items; once everything is acknowledged, one item
    changes; the worker's own counter says how many bytes its sync took.
 
-    python bench/sync.py [--workers 2] [--accounts-per-worker 4] [--seconds 10]
+    python bench/sync.py [--workers 2] [--accounts-per-worker 4] [--seconds 10] [--runs 3]
+                         [--only throughput]
 """
 
 import argparse
+import contextlib
 import json
+import os
 import sqlite3
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from common import machine, running_master, summary
+from sqlite_ceiling import raw_upsert
 
 BASE = """
 workers = {workers}
@@ -63,20 +74,49 @@ def wait_for_db(db: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def throughput(workers: int, per_worker: int, seconds: float) -> float:
+@dataclass
+class Throughput:
+    items_per_s: float
+    master_cpu_us: float  # CPU (user + system) of the master, every thread, per item
+    workers_cpu_us: float  # the same, summed over the master's children (the workers)
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure_throughput(workers: int, per_worker: int, seconds: float) -> Throughput:
     flood = [
         (f"flood-{n}", "benchplatforms:Flood", {"batch": 200}) for n in range(workers * per_worker)
     ]
-    with running_master(BASE.format(workers=workers) + accounts_toml(flood)) as (_, state, log):
+    with running_master(BASE.format(workers=workers) + accounts_toml(flood)) as (proc, state, log):
         for w in range(1, workers + 1):
             log.wait(event="worker state", worker=f"worker{w}", new="running")
         db = state / "hiscrm.db"
         wait_for_db(db)
+        master = psutil.Process(proc.pid)
+        children = master.children(recursive=True)  # the workers (and the idle template)
         time.sleep(3.0)  # warm-up
+        cpu0 = cpu_seconds([master]), cpu_seconds(children)
         first, t0 = committed(db), time.monotonic()
         time.sleep(seconds)
         last, t1 = committed(db), time.monotonic()
-    return (last - first) / (t1 - t0)
+        cpu1 = cpu_seconds([master]), cpu_seconds(children)
+    items = max(1, last - first)
+    return Throughput(
+        (last - first) / (t1 - t0),
+        (cpu1[0] - cpu0[0]) / items * 1e6,
+        (cpu1[1] - cpu0[1]) / items * 1e6,
+    )
+
+
+def throughput(workers: int, per_worker: int, seconds: float) -> float:
+    return measure_throughput(workers, per_worker, seconds).items_per_s
 
 
 def latency(samples: int, with_load: tuple[int, int, float] | None) -> list[float]:
@@ -137,15 +177,41 @@ def main() -> None:
     parser.add_argument("--accounts-per-worker", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["throughput"], help="skip latency and bytes")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
-    rates = [throughput(args.workers, args.accounts_per_worker, args.seconds) for _ in range(3)]
-    runs = ", ".join(f"{r:,.0f}" for r in rates)
+    rates, ceilings, cpu_ratios = [], [], []
+    for run in range(args.runs):
+        load = os.getloadavg()[0]
+        measured = measure_throughput(args.workers, args.accounts_per_worker, args.seconds)
+        ceiling, ceiling_cpu = raw_upsert(accounts=args.workers * args.accounts_per_worker)
+        rates.append(measured.items_per_s)
+        ceilings.append(ceiling)
+        cpu_ratios.append(ceiling_cpu / measured.master_cpu_us)
+        print(
+            f"  run {run + 1} (host load {load:.1f}): hiscrm {rates[-1]:,.0f} items/s, raw "
+            f"upsert loop {ceiling:,.0f} rows/s, ratio {rates[-1] / ceiling:.0%}; CPU per "
+            f"item: master {measured.master_cpu_us:.1f} us, workers "
+            f"{measured.workers_cpu_us:.1f} us; raw loop {ceiling_cpu:.1f} us per row",
+            flush=True,
+        )
+    ratios = [r / c for r, c in zip(rates, ceilings, strict=True)]
     print(
         f"throughput, {args.workers} workers x {args.accounts_per_worker} accounts flat out: "
-        f"median {statistics.median(rates):,.0f} items/s  (runs: {runs})"
+        f"median {statistics.median(rates):,.0f} items/s; raw SQLite upsert loop, same "
+        f"schema and pragmas: median {statistics.median(ceilings):,.0f} rows/s; "
+        f"hiscrm / raw: median {statistics.median(ratios):.0%} "
+        f"(runs: {', '.join(f'{r:.0%}' for r in ratios)})"
     )
+    # Wall-clock ratios swing with other load on the host; CPU time per item much less.
+    print(
+        f"raw loop's CPU per row / master's CPU per item: median "
+        f"{statistics.median(cpu_ratios):.0%} (runs: {', '.join(f'{r:.0%}' for r in cpu_ratios)})"
+    )
+    if args.only == "throughput":
+        return
     print(summary("new inbound message -> readable, idle", latency(args.samples, None)))
     accounts = args.workers * args.accounts_per_worker
     half = statistics.median(rates) / 2 / accounts

@@ -19,7 +19,8 @@ from hiscrm.master.data import pg_schema, sqlite_schema
 from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.sqlite_store import SqliteStore
 from hiscrm.master.data.store import CollectionQuery, StoreError, SyncBatch, SyncOutcome
-from hiscrm.protocol import AnyMessage, Encoder, ItemChange
+from hiscrm.protocol import AnyMessage, Encoder, ItemChange, WorkerDataSync
+from hiscrm.sync_wire import ChangeView, fast_sync
 
 NOW = time.time_ns() // 1_000_000
 
@@ -143,8 +144,22 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return postgres_backend(request.getfixturevalue("pg_url"))
 
 
+def as_received(account: str, base: int, last: int, changes: list[ItemChange]) -> list[ChangeView]:
+    """The changes as the master hands them to the store: read from the frame by the fast
+    path (``sync_wire``) when it accepts them, else the models (what ``protocol.decode``
+    gives)."""
+    sync = WorkerDataSync.model_construct(
+        account_id=account, base_seq=base, last_seq=last, changes=changes
+    )
+    fast = fast_sync(Encoder().encode(sync))
+    return list(changes if fast is None else fast.changes)
+
+
 class Store:
-    def __init__(self, backend: Backend, retention: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, backend: Backend, retention: dict[str, float] | None = None, wire: bool = False
+    ) -> None:
+        self.wire = wire  # syncs go in as the master's fast path reads them
         self.outcomes: list[SyncOutcome] = []
         self.arrived = threading.Event()
         self.backend = backend
@@ -160,7 +175,8 @@ class Store:
         self.arrived.set()
 
     def submit(self, base: int, last: int, *changes: ItemChange, account: str = "acc") -> None:
-        self.store.submit(SyncBatch(LINK, account, base, last, list(changes)))
+        received = as_received(account, base, last, list(changes)) if self.wire else changes
+        self.store.submit(SyncBatch(LINK, account, base, last, list(received)))
 
     def wait_outcomes(self, n: int, timeout: float = 10) -> list[SyncOutcome]:
         deadline = time.monotonic() + timeout
@@ -187,9 +203,9 @@ class Store:
         self.store.stop()
 
 
-@pytest.fixture
-def store(backend: Backend) -> Iterator[Store]:
-    s = Store(backend)
+@pytest.fixture(params=["models", "wire"])
+def store(backend: Backend, request: pytest.FixtureRequest) -> Iterator[Store]:
+    s = Store(backend, wire=request.param == "wire")
     yield s
     s.close()
 
@@ -444,3 +460,9 @@ def test_a_first_schema_store_migrates_keeping_what_the_sync_path_knows(tmp_path
     assert schema.committed_seq(conn, "acc") == 7
     assert schema.list_accounts(conn) == []
     conn.close()
+
+
+def test_wire_stores_get_the_fast_paths_structs() -> None:
+    received = as_received("acc", 0, 2, [change(1, 1), conversation(2, "c", None)])
+    assert [type(c).__name__ for c in received] == ["WireChange", "WireChange"]
+    assert [c.item.kind for c in received] == ["message", "conversation"]

@@ -111,3 +111,40 @@ def test_a_sync_whose_range_lies_is_refused_and_the_account_recovers(
     assert worker["protocol_errors"] == 3
     assert worker["restarts"] == 0
     assert master.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_with_an_item_the_master_refuses_stores_none_of_it(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """Items a worker's own checks would never let out (a field the master owns, an id
+    with '/', a time in seconds), forged onto the pipe beside a valid one: each sync is
+    refused whole, with pydantic's reason, and the account goes on syncing."""
+    done = tmp_path / "items-sent"
+    config = make_config(
+        workers=1,
+        accounts=[
+            {
+                "id": "acc-1",
+                "platform": "testplatforms.behaviours:ForgeSyncs",
+                "options": {"done_file": str(done), "items": True},
+            }
+        ],
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    wait_until(done.exists, 10, "forged syncs sent")
+    refused = [
+        master.log.wait_for(event="protocol error", worker="worker1", protocol_errors_total=n)
+        for n in (1, 2, 3)
+    ]
+    assert {e["kind"] for e in refused} == {"invalid"}
+    details = [e["detail"] for e in refused]
+    assert "is_read" in details[0]
+    assert "Extra inputs are not permitted" in details[0]
+    assert "cannot be an item id" in details[1]
+    assert "looks like seconds" in details[2]
+    before = count(master.db, "messages", "acc-1")
+    wait_until(lambda: count(master.db, "messages", "acc-1") > before + 20, 15, "syncing on")
+    assert query(master.db, "SELECT count(*) FROM messages WHERE id = 'forged'") == [(0,)]
+    assert master.stop() == 0

@@ -17,11 +17,11 @@ from hiscrm.protocol import (
     Encoder,
     WorkerAccountReleased,
     WorkerAccountState,
-    WorkerDataSync,
     WorkerError,
     WorkerHeartbeat,
     WorkerSendResult,
 )
+from hiscrm.sync_wire import SyncView
 
 # Where both wings tell what happened (the event stream, hooks, health): an event's name
 # (``worker.state``, ``account.state``, ...) and its data, as JSON-able values.
@@ -79,7 +79,7 @@ class AccountsPort(Protocol):
     def assign(self, link: WorkerLink, account_id: str) -> None:
         """Hand the account to this process (with the store's digest)."""
 
-    def on_sync(self, link: WorkerLink, message: WorkerDataSync) -> None: ...
+    def on_sync(self, link: WorkerLink, message: SyncView) -> None: ...
 
     def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None: ...
 

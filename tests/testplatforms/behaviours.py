@@ -279,18 +279,46 @@ class SendGarbage:
 
 class ForgeSyncs:
     """Writes syncs whose sequence ranges lie about their changes onto the worker's own
-    pipe (once), then produces messages like a well-behaved platform."""
+    pipe (once), then produces messages like a well-behaved platform. With option
+    ``items``, the forged syncs have honest ranges and items the master must refuse."""
 
     async def run(self, ctx: PlatformContext) -> None:
         done = Path(ctx.options["done_file"])
         if not done.exists():
             fd = _pipe_fd()
             envelope = {"protocol": 1, "id": 1, "sent_at": int(time.time() * 1000)}
-            lies = [
+            lies: list[dict[str, Any]] = [
                 {"base_seq": 0, "last_seq": 2**63 - 1, "changes": []},
                 {"base_seq": 0, "last_seq": 10**12, "changes": []},
                 {"base_seq": 5, "last_seq": 3, "changes": []},
             ]
+            if ctx.options.get("items"):
+                now = int(time.time() * 1000)
+                good = {
+                    "kind": "message",
+                    "id": "forged",
+                    "conversation_id": "c",
+                    "direction": "inbound",
+                    "sender_id": "u",
+                    "text": "forged",
+                    "sent_at": now,
+                }
+                bad_items = [
+                    {**good, "is_read": True},  # a field the master owns
+                    {**good, "id": "a/b"},
+                    {**good, "sent_at": now // 1000},  # seconds
+                ]
+                lies = [
+                    {
+                        "base_seq": 0,
+                        "last_seq": 2,
+                        "changes": [
+                            {"seq": 1, "version": 1, "hash": "00", "item": good},
+                            {"seq": 2, "version": 1, "hash": "00", "item": bad},
+                        ],
+                    }
+                    for bad in bad_items
+                ]
             for lie in lies:
                 body = {"type": "worker:data:sync", "account_id": ctx.account.id, **lie}
                 os.write(fd, frame(json.dumps({**envelope, "body": body}).encode()))

@@ -48,12 +48,12 @@ from hiscrm.protocol import (
     MasterSyncRequest,
     WorkerAccountReleased,
     WorkerAccountState,
-    WorkerDataSync,
     WorkerError,
     WorkerHeartbeat,
     WorkerSendResult,
     chunk_by_size,
 )
+from hiscrm.sync_wire import SyncView
 
 ASSIGN_ATTEMPTS = 3
 SOLO_PREFIX = "solo-"  # the worker of a quarantined account: solo-<account id>
@@ -392,7 +392,7 @@ class AccountManager:
 
     # --- messages from workers -----------------------------------------------------------
 
-    def on_sync(self, link: WorkerLink, message: WorkerDataSync) -> None:
+    def on_sync(self, link: WorkerLink, message: SyncView) -> None:
         owner = self.assigner.owner_of(message.account_id)
         if owner != link.worker_id:
             reason = (

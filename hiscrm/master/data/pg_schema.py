@@ -29,7 +29,7 @@ Functions here take a connection and own no threads: ``pg_writer`` is the one wr
 
 import json
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 import psycopg
@@ -39,7 +39,7 @@ from psycopg.types.json import Jsonb
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
 from hiscrm.master.data import pg_commands, pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
-from hiscrm.protocol import ItemChange
+from hiscrm.sync_wire import ChangeView
 
 SCHEMA_VERSION = 6
 SYNC_COLUMNS = {
@@ -283,7 +283,7 @@ class Upserter:
             conn.execute(statement)
 
     def rows(
-        self, batches: Iterable[tuple[str, list[ItemChange]]], synced_at: int
+        self, batches: Iterable[tuple[str, Sequence[ChangeView]]], synced_at: int
     ) -> dict[str, list[tuple[Any, ...]]]:
         """Rows by kind for ``(account id, changes)`` in commit order: per item, the change
         that would win, with its number among all the changes."""

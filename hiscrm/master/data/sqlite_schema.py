@@ -11,15 +11,16 @@ writer, in its own thread.
 """
 
 import json
+import operator
 import sqlite3
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind
 from hiscrm.master.data.store import AccountRecord, DigestEntry
-from hiscrm.protocol import ItemChange
+from hiscrm.sync_wire import ChangeView
 
 SCHEMA_VERSION = 4
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at", "event_id"]
@@ -239,50 +240,59 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, list[str]]:
 
 
 class Upserter:
-    """Prepared upsert statements, one per kind."""
+    """Prepared upsert statements, one per kind. A row lists the item's own values first
+    (``id``, then the observed fields in the model's order: one ``attrgetter`` reads them
+    all, from a pydantic item or its wire twin alike), then the sync's columns."""
 
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
-        self._fields: dict[str, list[str]] = {}
-        self._json: dict[str, frozenset[str]] = {}
+        self._columns: dict[str, list[str]] = {}
+        self._read: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
+        self._json_at: dict[str, frozenset[int]] = {}  # positions of JSON text in a row
         for name, kind in KINDS.items():
             table = kind.collection
             fields = kind.observed_fields
-            columns = SYNC_COLUMNS + fields
-            updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
+            columns = ["id", *fields, *(c for c in SYNC_COLUMNS if c != "id")]
+            updates = ", ".join(
+                f"{c} = excluded.{c}" for c in columns if c not in ("id", "account_id")
+            )
             placeholders = ", ".join("?" * len(columns))
             self._sql[name] = (
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
                 f"ON CONFLICT (account_id, id) DO UPDATE SET {updates} "
                 f"WHERE excluded.version > {table}.version"
             )
-            self._fields[name] = fields
-            self._json[name] = kind.json_fields
+            self._columns[name] = columns
+            self._read[name] = operator.attrgetter("id", *fields)
+            self._json_at[name] = frozenset(
+                n for n, f in enumerate(fields, 1) if f in kind.json_fields
+            )
+
+    def statement(self, kind: str) -> str:
+        """The upsert of one kind's rows; their columns are ``columns(kind)``."""
+        return self._sql[kind]
+
+    def columns(self, kind: str) -> list[str]:
+        return self._columns[kind]
 
     def rows(
-        self, account_id: str, changes: Iterable[ItemChange], synced_at: int, first_event: int
+        self, account_id: str, changes: Iterable[ChangeView], synced_at: int, first_event: int
     ) -> dict[str, list[tuple[Any, ...]]]:
         """Rows by kind; the changes take event ids from ``first_event`` on, in order."""
         by_kind: dict[str, list[tuple[Any, ...]]] = {}
+        read, json_at = self._read, self._json_at
         for event_id, change in enumerate(changes, first_event):
             item = change.item
             kind = item.kind
-            as_json = self._json[kind]
-            values = [
-                json.dumps(getattr(item, f)) if f in as_json else getattr(item, f)
-                for f in self._fields[kind]
-            ]
-            by_kind.setdefault(kind, []).append(
-                (
-                    account_id,
-                    item.id,
-                    change.version,
-                    change.hash,
-                    change.seq,
-                    synced_at,
-                    event_id,
-                    *values,
-                )
+            values = read[kind](item)
+            if json_at[kind]:
+                at = json_at[kind]
+                values = tuple(json.dumps(v) if n in at else v for n, v in enumerate(values))
+            rows = by_kind.get(kind)
+            if rows is None:
+                rows = by_kind[kind] = []
+            rows.append(
+                (*values, account_id, change.version, change.hash, change.seq, synced_at, event_id)
             )
         return by_kind
 

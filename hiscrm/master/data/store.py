@@ -7,7 +7,7 @@ implements the same methods with the same meaning.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from hiscrm.master.data.event_filter import EventFilter
 from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.ports import WorkerLink
-from hiscrm.protocol import ItemChange
+from hiscrm.sync_wire import ChangeView
 
 Row = dict[str, Any]
 DigestEntry = tuple[str, str, int, str]  # (kind, item id, version, hash)
@@ -40,7 +40,7 @@ class SyncBatch:
     account_id: str
     base_seq: int
     last_seq: int
-    changes: list[ItemChange]
+    changes: Sequence[ChangeView]  # ItemChange, or its wire twin (``sync_wire``)
     received_at: float = field(default_factory=time.monotonic)
 
 

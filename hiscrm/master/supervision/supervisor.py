@@ -66,8 +66,8 @@ from hiscrm.protocol import (
     WorkerHeartbeat,
     WorkerRegister,
     WorkerSendResult,
-    decode,
 )
+from hiscrm.sync_wire import WireSync, decode_from_worker
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
@@ -464,7 +464,7 @@ class Supervisor:
         self, slot: WorkerSlot, process: SlotProcess, data: bytes, now: float
     ) -> None:
         try:
-            message = decode(data).body
+            message = decode_from_worker(data)
         except ProtocolError as exc:
             self._protocol_error(slot, process, exc.kind, exc.detail, exc.head)
             return
@@ -472,7 +472,7 @@ class Supervisor:
             case WorkerHeartbeat():
                 slot.heartbeat(process, message, now)
                 self.accounts.on_heartbeat(process, message, now)
-            case WorkerDataSync():
+            case WireSync() | WorkerDataSync():
                 self.accounts.on_sync(process, message)
             case WorkerSendResult():
                 self.accounts.on_send_result(process, message)
