@@ -6,9 +6,9 @@ the same run (the ratio is the figure), and into SQLite through the master for r
    = growth of the committed sequence numbers over a window after a warm-up (as
    ``bench/sync.py`` does for SQLite).
 2. Raw upsert: the store's own statements (``pg_schema.Upserter``: ``COPY`` into a
-   temporary table, one upsert from it, ``acked_seq`` locked and recorded beside it) in a
-   loop, no master, no workers, the items built beforehand; transactions of
-   ``--raw-batch`` items.
+   temporary table, event ids taken from the counter, one upsert from it, ``acked_seq``
+   locked and recorded beside it) in a loop, no master, no workers, the items built
+   beforehand; transactions of ``--raw-batch`` items.
 3. Raw COPY: ``COPY`` of the same rows into the table, no conflict handling at all (a
    ceiling, not something a merge can do).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg_server import running_server
 
 from hiscrm.items import Message, epoch_ms, item_hash
-from hiscrm.master.data import pg_schema
+from hiscrm.master.data import pg_events, pg_schema
 from hiscrm.protocol import ItemChange
 
 TEXT = "hello, is this still available? " * 2
@@ -116,7 +116,9 @@ def raw_upsert(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -
                 with conn.transaction():
                     now = epoch_ms()
                     pg_schema.committed_seqs(conn, [account_id], lock=True)
-                    upserter.write(conn, upserter.rows([(account_id, chunk)], now))
+                    rows = upserter.rows([(account_id, chunk)], now)
+                    upserter.stage(conn, rows)
+                    upserter.merge(conn, rows, pg_events.reserve(conn, len(chunk)))
                     pg_schema.record_commits(conn, {account_id: chunk[-1].seq}, now)
         return total / (time.perf_counter() - started)
 
@@ -124,9 +126,11 @@ def raw_upsert(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -
 def raw_copy(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -> float:
     upserter = pg_schema.Upserter()
     message_columns = list(pg_schema.column_types(pg_schema.KINDS["message"]))
+    event = message_columns.index("event_id")
     with psycopg.connect(url, autocommit=True) as conn:
         pg_schema.migrate(conn)
         total = sum(len(c) for _, c in work)
+        first_event = 1
         started = time.perf_counter()
         for account_id, items in work:
             for start in range(0, len(items), batch):
@@ -135,8 +139,10 @@ def raw_copy(url: str, work: list[tuple[str, list[ItemChange]]], batch: int) -> 
                 with conn.transaction(), conn.cursor() as cursor:
                     sql = f"COPY messages ({', '.join(message_columns)}) FROM STDIN"
                     with cursor.copy(sql) as copy:  # type: ignore[arg-type]
-                        for row in rows:
-                            copy.write_row(row)
+                        for row in rows:  # event ids going up, as the writer gives them
+                            number = row[event]
+                            copy.write_row((*row[:event], first_event + number, *row[event + 1 :]))
+                first_event += len(chunk)
         return total / (time.perf_counter() - started)
 
 

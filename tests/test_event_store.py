@@ -4,6 +4,7 @@ own table, filters, the window that is kept."""
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import pytest
 from test_datastore import Backend, Store, change, postgres_backend, sqlite_backend
 
 from hiscrm.items import epoch_ms
+from hiscrm.master.data import pg_writer, sqlite_writer
 from hiscrm.master.data.event_filter import EventFilter
-from hiscrm.master.data.store import EventQuery, NewEvent, StoredEvent
+from hiscrm.master.data.store import EventQuery, EventWindow, NewEvent, StoredEvent
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -145,3 +147,40 @@ def test_a_read_mark_is_an_event_once(store: Store) -> None:
     asyncio.run(store.store.mark_read("messages", "acc", "m1", epoch_ms()))
     store.wait_head(head + 1)
     assert read(store, after=head) == []  # already read: nothing changed
+
+
+def test_pruning_deletes_supervisor_events_beyond_the_window(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "PRUNE_EVERY_S", 0.0)  # after every round of work
+    monkeypatch.setattr(pg_writer, "PRUNE_EVERY_S", 0.0)
+    store = Store(backend)
+    try:
+        store.store.set_event_window(3, 86_400)
+        old = epoch_ms() - 3_600_000
+        store.store.append_events([NewEvent("health", old, None, {"n": n}) for n in range(10)])
+        store.wait_head(10)
+        store.store.append_events([NewEvent("health", epoch_ms(), None, {"n": 10})])
+        store.wait_head(11)
+        wait_rows(store, "SELECT id FROM events ORDER BY id", [(9,), (10,), (11,)])
+        assert store.rows("SELECT value FROM event_state WHERE key = 'floor'") == [(8,)]
+        # By age: an hour is too old now; the newest stays.
+        store.store.set_event_window(3, 60)
+        store.store.append_events([NewEvent("health", epoch_ms(), None, {"n": 11})])
+        store.wait_head(12)
+        wait_rows(store, "SELECT id FROM events ORDER BY id", [(11,), (12,)])
+        assert store.store.event_window().floor == 10
+    finally:
+        store.close()
+    again = Store(backend)  # the floor is kept across a restart
+    try:
+        assert again.store.event_window() == EventWindow(10, 12)
+    finally:
+        again.close()
+
+
+def wait_rows(store: Store, sql: str, expected: list[tuple[Any, ...]]) -> None:
+    deadline = time.monotonic() + 10
+    while (rows := store.rows(sql)) != expected:
+        assert time.monotonic() < deadline, f"{sql}: {rows}, not {expected}"
+        time.sleep(0.01)

@@ -2,8 +2,9 @@
 
 The same queries as ``sqlite_queries``: no SQL is built from request strings (table,
 filter and sort names are looked up in the kind's registry entry), every value is a bound
-parameter, and rows come out in the same shape (no ``hash`` or ``seq``, JSON fields as
-lists, ``is_read`` a bool). NULLs sort first going up and last going down, as in SQLite.
+parameter, and rows come out in the same shape (no ``hash``, ``seq`` or ``event_id``, JSON
+fields as lists, ``is_read`` a bool; item events are rendered from the same rows). NULLs
+sort first going up and last going down, as in SQLite.
 """
 
 from typing import Any
@@ -18,9 +19,11 @@ _ORDER = {"asc": "ASC NULLS FIRST", "desc": "DESC NULLS LAST"}
 _ID_ORDER = {"asc": "ASC", "desc": "DESC"}
 
 
-def _row(kind: Kind, row: Row) -> Row:
+def item_row(kind: Kind, row: Row) -> Row:
+    """A stored row as the API serves it."""
     row.pop("hash", None)
     row.pop("seq", None)
+    row.pop("event_id", None)
     for name in kind.json_fields:
         if row[name] is None:
             row[name] = []
@@ -78,7 +81,7 @@ def page_of(conn: Conn, collection: str, query: CollectionQuery) -> list[Row]:
         "LIMIT %s OFFSET %s",
         [*params, query.limit, query.offset],
     )
-    return [_row(kind, row) for row in cursor.fetchall()]
+    return [item_row(kind, row) for row in cursor.fetchall()]
 
 
 def get_item(conn: Conn, collection: str, account_id: str, item_id: str) -> Row | None:
@@ -89,20 +92,25 @@ def get_item(conn: Conn, collection: str, account_id: str, item_id: str) -> Row 
         (account_id, item_id),
     )
     row = cursor.fetchone()
-    return _row(kind, row) if row is not None else None
+    return item_row(kind, row) if row is not None else None
 
 
-def mark_read(conn: Conn, collection: str, account_id: str, item_id: str, at_ms: int) -> Row | None:
-    """Set ``is_read`` (keeping the first ``read_at``); None if there is no such item.
-    Syncs never touch these columns, so the mark survives them."""
+def mark_read(
+    conn: Conn, collection: str, account_id: str, item_id: str, at_ms: int, event_id: int
+) -> Row | None:
+    """Set ``is_read`` (keeping the first ``read_at``); None if there is no such item. An
+    item not read before becomes event ``event_id``. Syncs never touch these columns, so
+    the mark survives them."""
     kind = BY_COLLECTION[collection]
     if not kind.readable:
         raise KeyError(collection)
     cursor = conn.cursor(row_factory=dict_row)
     cursor.execute(
-        f"UPDATE {kind.collection} SET is_read = true, read_at = coalesce(read_at, %s) "
-        "WHERE account_id = %s AND id = %s RETURNING *",
-        (at_ms, account_id, item_id),
+        f"UPDATE {kind.collection} SET is_read = true, read_at = coalesce(read_at, %s), "
+        "event_id = %s WHERE account_id = %s AND id = %s AND NOT is_read RETURNING *",
+        (at_ms, event_id, account_id, item_id),
     )
     row = cursor.fetchone()
-    return _row(kind, row) if row is not None else None
+    if row is None:  # read before, or no such item
+        return get_item(conn, collection, account_id, item_id)
+    return item_row(kind, row)

@@ -15,7 +15,14 @@ Where PostgreSQL differs, the choice keeps SQLite's meaning:
   SQLite, whatever the database's locale, and their indexes stay plain byte compares;
 - indexes with ``NULLS FIRST``: SQLite sorts NULL first going up and last going down
   (PostgreSQL's default is the opposite), and a nullable time field (a conversation
-  without messages) pages the same on both backends, from the index, either way.
+  without messages) pages the same on both backends, from the index, either way;
+- a supervisor event's ``data`` is ``text``, not ``jsonb``: it is served as stored, the
+  same bytes as SQLite's (``jsonb`` would reorder and re-space it); ``data::jsonb``
+  queries into it.
+
+Events (``pg_events``): each item table's ``event_id`` (indexed) is the id of the item's
+latest change, the ``events`` table holds the supervisor's events, and ``event_state``
+the id counter (``next``) and the ``floor`` below which events were pruned.
 
 Functions here take a connection and own no threads: ``pg_writer`` is the one writer.
 """
@@ -33,7 +40,7 @@ from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -41,7 +48,9 @@ SYNC_COLUMNS = {
     "hash": "text",
     "seq": "bigint",
     "synced_at": "bigint",
+    "event_id": "bigint",  # its latest change's event (NULL: stored before events were)
 }
+NULLABLE = frozenset({"event_id"})
 MIGRATION_LOCK = 0x68697363726D  # an advisory lock: masters starting together migrate in turn
 
 Conn = psycopg.Connection[Any]
@@ -92,7 +101,8 @@ def column_types(kind: Kind) -> dict[str, str]:
 def create_table_sql(kind: Kind) -> list[str]:
     table = kind.collection
     columns = [
-        f"{name} {_declared(column_type)}" + (" NOT NULL" if name in SYNC_COLUMNS else "")
+        f"{name} {_declared(column_type)}"
+        + (" NOT NULL" if name in SYNC_COLUMNS and name not in NULLABLE else "")
         for name, column_type in column_types(kind).items()
     ]
     columns += [_master_owned(owned) for owned in kind.master_owned]
@@ -102,7 +112,22 @@ def create_table_sql(kind: Kind) -> list[str]:
         statements.append(
             f"CREATE INDEX {table}_by_{'_'.join(index)} ON {table} (account_id, {ordered})"
         )
+    statements.append(item_event_index_sql(table))
     return statements
+
+
+def item_event_index_sql(collection: str) -> str:
+    return f"CREATE INDEX IF NOT EXISTS {collection}_by_event ON {collection} (event_id)"
+
+
+EVENTS_SQL = [
+    'CREATE TABLE IF NOT EXISTS events (id bigint PRIMARY KEY, name text COLLATE "C" NOT NULL, '
+    'at bigint NOT NULL, account_id text COLLATE "C", data text NOT NULL)',
+    'CREATE TABLE IF NOT EXISTS event_state (key text COLLATE "C" PRIMARY KEY, '
+    "value bigint NOT NULL)",
+    "INSERT INTO event_state (key, value) VALUES ('next', 1), ('floor', 0) "
+    "ON CONFLICT (key) DO NOTHING",
+]
 
 
 def _migration_1(conn: Conn) -> None:
@@ -125,7 +150,24 @@ def _migration_2(conn: Conn) -> None:
     )
 
 
-MIGRATIONS = {1: _migration_1, 2: _migration_2}  # version -> step that brings it there
+def _migration_3(conn: Conn) -> None:
+    """Events: an id counter, the supervisor events' table, and each item's latest
+    change's event id (items stored before have none: they are not replayed)."""
+    for statement in EVENTS_SQL:
+        conn.execute(statement)
+    have = _existing_tables(conn)  # a kind new since is made whole by _add_missing_kinds
+    for kind in KINDS.values():
+        table = kind.collection
+        if table in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS event_id bigint")
+            conn.execute(item_event_index_sql(table))
+
+
+MIGRATIONS = {
+    1: _migration_1,
+    2: _migration_2,
+    3: _migration_3,
+}  # version -> step that brings it there
 
 
 def _existing_tables(conn: Conn) -> set[str]:
@@ -173,7 +215,12 @@ class Upserter:
 
     One statement cannot change a row twice, so each item's changes are first reduced to
     the one a sequence of single upserts would have kept: the first with the highest
-    version (a later change of equal version is not newer, so it changes nothing)."""
+    version (a later change of equal version is not newer, so it changes nothing).
+
+    Each change of the group is numbered in commit order (from 0, whether it wins or
+    not, as SQLite gives each one an id); the merge adds the group's first event id, so
+    the ids can be taken from the counter after the copy, just before the merge: the
+    counter's row stays locked for as short a time as can be."""
 
     def __init__(self) -> None:
         self._prepare: list[str] = []
@@ -186,6 +233,7 @@ class Upserter:
             stage = f"staged_{table}"
             columns = list(column_types(kind))
             listed = ", ".join(columns)
+            selected = ", ".join("event_id + %s" if c == "event_id" else c for c in columns)
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
             self._prepare.append(
                 f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
@@ -193,7 +241,7 @@ class Upserter:
             )
             self._copy[name] = f"COPY {stage} ({listed}) FROM STDIN"
             self._merge[name] = (
-                f"INSERT INTO {table} AS t ({listed}) SELECT {listed} FROM {stage} "
+                f"INSERT INTO {table} AS t ({listed}) SELECT {selected} FROM {stage} "
                 f"ON CONFLICT (account_id, id) DO UPDATE SET {updates} "
                 f"WHERE excluded.version > t.version"
             )
@@ -210,10 +258,12 @@ class Upserter:
         self, batches: Iterable[tuple[str, list[ItemChange]]], synced_at: int
     ) -> dict[str, list[tuple[Any, ...]]]:
         """Rows by kind for ``(account id, changes)`` in commit order: per item, the change
-        that would win."""
+        that would win, with its number among all the changes."""
         by_kind: dict[str, dict[tuple[str, str], tuple[Any, ...]]] = {}
+        number = -1
         for account_id, changes in batches:
             for change in changes:
+                number += 1
                 item = change.item
                 kind = item.kind
                 rows = by_kind.setdefault(kind, {})
@@ -232,14 +282,16 @@ class Upserter:
                     change.hash,
                     change.seq,
                     synced_at,
+                    number,
                     *values,
                 )
         return {kind: list(rows.values()) for kind, rows in by_kind.items()}
 
-    def write(self, conn: Conn, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        """Inside a transaction (at its commit the temporary tables empty themselves)."""
+    def stage(self, conn: Conn, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Copy the rows in; inside a transaction (at its commit the temporary tables
+        empty themselves)."""
         if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
-            raise RuntimeError("Upserter.write needs a transaction")
+            raise RuntimeError("Upserter.stage needs a transaction")
         with conn.cursor() as cursor:
             for kind, kind_rows in rows.items():
                 if not kind_rows:
@@ -247,7 +299,12 @@ class Upserter:
                 with cursor.copy(self._copy[kind]) as copy:
                     for row in kind_rows:
                         copy.write_row(row)
-                cursor.execute(self._merge[kind])
+
+    def merge(self, conn: Conn, rows: dict[str, list[tuple[Any, ...]]], first_event: int) -> None:
+        """Upsert what ``stage`` copied in, the changes numbered from ``first_event``."""
+        for kind, kind_rows in rows.items():
+            if kind_rows:
+                conn.execute(self._merge[kind], (first_event,))
 
 
 def committed_seqs(conn: Conn, account_ids: list[str], *, lock: bool = False) -> dict[str, int]:

@@ -10,6 +10,10 @@ account meanwhile; each account's new ``acked_seq`` is recorded in the same tran
 Outcomes go to the callback after the commit, and the loop acknowledges the worker only
 then.
 
+Every transaction that writes items or supervisor events takes their event ids from the
+store's counter (``pg_events.reserve``) just before it writes them, and reports the new
+head after its commit (``EventHead.rise``).
+
 Any exception inside a transaction rolls it back, is logged with its traceback and
 counted, and the thread goes on: a group that fails is retried sync by sync, so one bad
 sync is refused with its reason while the others are committed. A connection that broke
@@ -29,9 +33,13 @@ from psycopg import pq
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
-from hiscrm.master.data import pg_schema
+from hiscrm.master.data import pg_events, pg_schema
+from hiscrm.master.data.pg_events import EventHead
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.store import (
+    EventWindow,
+    HeadCallback,
+    NewEvent,
     OutcomeCallback,
     StoreError,
     SyncBatch,
@@ -44,17 +52,18 @@ T = TypeVar("T")
 STORE = SyncFailure.STORE_ERROR
 MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
+PRUNE_EVERY_S = 10.0  # supervisor events beyond the window are deleted this often
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "hiscrm-master"
 
 
-def connect(url: str) -> Conn:
+def connect(url: str, application_name: str = APPLICATION_NAME) -> Conn:
     """A connection in autocommit mode (transactions are explicit); the URL's own
     ``connect_timeout`` and ``application_name`` win over these defaults."""
     given = psycopg.conninfo.conninfo_to_dict(url)
     defaults: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_S,
-        "application_name": APPLICATION_NAME,
+        "application_name": application_name,
     }
     options = {k: v for k, v in defaults.items() if k not in given}
     return psycopg.connect(url, autocommit=True, **options)
@@ -65,6 +74,11 @@ class _Call:
     function: Callable[[Conn], Any]
     loop: asyncio.AbstractEventLoop
     future: "asyncio.Future[Any]"
+
+
+@dataclass(slots=True)
+class _Append:
+    events: list[NewEvent]
 
 
 _STOP = object()
@@ -82,10 +96,11 @@ class PgWriter:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._upserter = pg_schema.Upserter()
+        self.events = EventHead(log)
+        self.keep_events, self.keep_events_s = 100_000, 86_400.0
         self.commits = 0
         self.items_written = 0
         self.errors = 0
-        self._said: set[str] = set()
         # Read by the loop for health; written by the writer thread only.
         self.busy_since: float | None = None  # a write (or the wait for the server) began
         self.failing: str | None = None  # the last write failed because of the server
@@ -106,17 +121,33 @@ class PgWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def not_yet(self, what: str) -> None:
-        if what not in self._said:
-            self._said.add(what)
-            self._log.error(what)
-
     def set_retention(self, days: dict[str, float]) -> None:
         """Days to keep per collection from the next pass on (a new configuration)."""
         self._retention = dict(days)
 
     def submit(self, batch: SyncBatch) -> None:
         self._queue.put(batch)
+
+    def watch_events(self, on_head: HeadCallback) -> None:
+        self.events.watch(on_head)
+
+    def append_events(self, events: list[NewEvent]) -> None:
+        self._queue.put(_Append(events))
+
+    def set_event_window(self, keep: int, keep_s: float) -> None:
+        self.keep_events, self.keep_events_s = keep, keep_s
+
+    def event_window(self) -> EventWindow:
+        return self.events.window(self.keep_events)
+
+    def with_events(self, conn: Conn, count: int, function: Callable[[Conn, int], T]) -> T:
+        """In the writer thread: ``function(conn, first_id)`` in a transaction that gives
+        out ``count`` event ids from ``first_id``."""
+        with conn.transaction():
+            first = pg_events.reserve(conn, count)
+            result = function(conn, first)
+        self.events.rise(first + count - 1)
+        return result
 
     async def call(self, function: Callable[[Conn], T], timeout_s: float = 60.0) -> T:
         """Run ``function(connection)`` in the writer thread, after everything queued."""
@@ -143,6 +174,7 @@ class PgWriter:
             conn = connect(self.url)
             found, added = pg_schema.migrate(conn)
             self._upserter.prepare(conn)
+            self.events.head, self.events.floor = pg_events.load(conn)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -164,7 +196,7 @@ class PgWriter:
                 new_tables=added,
             )
         self._ready.set()
-        next_retention = time.monotonic()
+        next_retention = next_prune = time.monotonic()
         try:
             while True:
                 work = [self._queue.get()]
@@ -178,8 +210,14 @@ class PgWriter:
                     syncs = [w for w in work if isinstance(w, SyncBatch)]
                     if syncs:
                         self._on_outcomes(self._commit(conn, syncs))
+                    appended = [e for w in work if isinstance(w, _Append) for e in w.events]
+                    if appended:
+                        self._append(conn, appended)
                     for call in (w for w in work if isinstance(w, _Call)):
                         self._answer(conn, call)
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY_S
+                        self._prune_events(conn)
                     if time.monotonic() >= next_retention:
                         next_retention = time.monotonic() + RETENTION_EVERY_S
                         self._apply_retention(conn)
@@ -311,10 +349,16 @@ class PgWriter:
             if not accepted:
                 return outcomes
             rows = self._upserter.rows(((b.account_id, b.changes) for b, _ in accepted), now_ms)
-            self._upserter.write(conn, rows)
+            written = sum(len(batch.changes) for batch, _ in accepted)
+            self._upserter.stage(conn, rows)
+            # The counter stays locked from here to the commit.
+            first = pg_events.reserve(conn, written) if written else 0
+            self._upserter.merge(conn, rows, first)
             pg_schema.record_commits(conn, moved, now_ms)
+        if written:
+            self.events.rise(first + written - 1)
         self.commits += 1
-        self.items_written += sum(len(batch.changes) for batch, _ in accepted)
+        self.items_written += written
         outcomes += [SyncOutcome(batch, seq) for batch, seq in accepted]
         return outcomes
 
@@ -334,6 +378,35 @@ class PgWriter:
             call.loop.call_soon_threadsafe(_set_result, call.future, result)
         finally:
             self.busy_since = None
+
+    def _append(self, conn: Conn, events: list[NewEvent]) -> None:
+        self.busy_since = time.monotonic()
+        try:
+            self.with_events(conn, len(events), lambda c, first: pg_events.insert(c, first, events))
+            self._note(None)
+        except Exception as exc:
+            self.errors += 1
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
+            names = sorted({e.name for e in events})
+            self._log.error("events not stored", events=len(events), names=names, exc_info=exc)
+        finally:
+            self.busy_since = None
+
+    def _prune_events(self, conn: Conn) -> None:
+        self.busy_since = time.monotonic()
+        try:
+            with conn.transaction():
+                floor = pg_events.prune(conn, self.keep_events, self.keep_events_s, epoch_ms())
+        except Exception as exc:
+            self.errors += 1
+            if isinstance(exc, psycopg.OperationalError):
+                self._note(exc)
+            self._log.error("pruning old events failed", errors=self.errors, exc_info=exc)
+            return
+        finally:
+            self.busy_since = None
+        self.events.floor = max(self.events.floor, floor)
 
     def _apply_retention(self, conn: Conn) -> None:
         if not self._retention:

@@ -2,7 +2,9 @@
 
 The same split as ``SqliteStore``: one writer thread on a connection of its own
 (``PgWriter``) does every write and the reads that must follow them (an account's
-digest); a small pool of connections (``PgReader``) serves the API's reads from threads.
+digest); a small pool of connections (``PgReader``) serves the API's reads from threads;
+a third thread (``EventListener``) hears of events other masters commit to the same
+database.
 """
 
 import time
@@ -13,8 +15,9 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import pg_queries, pg_schema
+from hiscrm.master.data import pg_events, pg_queries, pg_schema
 from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.pg_listener import EventListener
 from hiscrm.master.data.pg_reader import PgReader
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.pg_writer import PgWriter
@@ -44,6 +47,7 @@ class PostgresStore:
     def __init__(self, url: str, retention_days: dict[str, float], log: FilteringBoundLogger):
         self.writer = PgWriter(url, retention_days, log)
         self.reader = PgReader(url)
+        self.listener = EventListener(url, self.writer.events, log)
         self.where = self.writer.where  # the URL without its password
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
@@ -56,8 +60,10 @@ class PostgresStore:
             raise StoreError(
                 f"cannot use the store {self.where}: cannot open connections for reads: {exc}"
             ) from exc
+        self.listener.start()
 
     def stop(self) -> None:
+        self.listener.stop()
         self.writer.stop()
         self.reader.close()
 
@@ -68,7 +74,7 @@ class PostgresStore:
             alive=writer.alive,
             commits=writer.commits,
             items_written=writer.items_written,
-            errors=writer.errors,
+            errors=writer.errors + writer.events.errors + self.listener.errors,
             cannot_commit=writer.cannot_commit(time.monotonic(), STUCK_AFTER_S),
         )
 
@@ -91,7 +97,13 @@ class PostgresStore:
     ) -> Row | None:
         try:
             return await self.writer.call(
-                lambda conn: pg_queries.mark_read(conn, collection, account_id, item_id, at_ms),
+                lambda conn: self.writer.with_events(
+                    conn,
+                    1,
+                    lambda c, event_id: pg_queries.mark_read(
+                        c, collection, account_id, item_id, at_ms, event_id
+                    ),
+                ),
                 WRITE_TIMEOUT_S,
             )
         except TimeoutError:
@@ -123,21 +135,22 @@ class PostgresStore:
     async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
         return await self._write(lambda conn: pg_schema.delete_account(conn, account_id, purge))
 
-    # Events: not kept in PostgreSQL yet (being built); said once in the log.
     def watch_events(self, on_head: HeadCallback) -> None:
-        self._on_head = on_head
+        """Called from the writer thread after its own commits, and from the listener's
+        for other masters' (each head once, in order)."""
+        self.writer.watch_events(on_head)
 
     def append_events(self, events: list[NewEvent]) -> None:
-        self.writer.not_yet("events are not stored in PostgreSQL yet")
+        self.writer.append_events(events)
 
     def set_event_window(self, keep: int, keep_s: float) -> None:
-        return None
+        self.writer.set_event_window(keep, keep_s)
 
     def event_window(self) -> EventWindow:
-        return EventWindow(0, 0)
+        return self.writer.event_window()
 
     async def events(self, query: EventQuery) -> list[StoredEvent]:
-        return []
+        return await self.reader.run(lambda conn: pg_events.read(conn, query))
 
     # The outbox: not in PostgreSQL yet (being built).
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:

@@ -213,7 +213,8 @@ class Store(Protocol):
 
     def watch_events(self, on_head: HeadCallback) -> None:
         """``on_head(head)`` after every commit that gave out event ids, from whatever
-        thread commits. Set before ``start``."""
+        thread commits or hears of it (another master's, on a shared PostgreSQL); heads
+        only go up. Set before ``start``."""
 
     def append_events(self, events: list[NewEvent]) -> None:
         """Store these supervisor events (queued; committed soon, in this order)."""
