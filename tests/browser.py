@@ -41,9 +41,8 @@ def running_browser() -> Iterator[Browser]:
             "as root; or set HISCRM_CHROMIUM)"
         )
     marker = f"browser-{os.getpid()}-{time.monotonic_ns()}"
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
     playwright = sync_playwright().start()
-    drivers = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    drivers = [p for p in psutil.Process().children() if _is_driver(p)]
     try:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -67,6 +66,14 @@ def running_browser() -> Iterator[Browser]:
                 left.append(f"{driver.pid} playwright driver")
                 driver.kill()
         assert not left, f"browser processes left behind: {left}"
+
+
+def _is_driver(process: psutil.Process) -> bool:
+    """Playwright's driver (``node … cli.js run-driver``), a child of this process."""
+    try:
+        return "run-driver" in process.cmdline()
+    except psutil.Error:
+        return False
 
 
 @dataclass

@@ -89,9 +89,9 @@ def test_the_package_ships_every_file_of_the_dashboard_and_it_stays_small() -> N
     assert {"index.html", "app.js", "style.css", "views/conversations.js"} <= set(assets)
     for path in assets:
         shipped = f"master/ui/static/{path}"
-        assert any(fnmatch.fnmatch(shipped, p) and p.count("/") == shipped.count("/") for p in patterns), (
-            f"{shipped} is not in [tool.setuptools.package-data]: an installed master would lack it"
-        )
+        assert any(
+            fnmatch.fnmatch(shipped, p) and p.count("/") == shipped.count("/") for p in patterns
+        ), f"{shipped} is not in [tool.setuptools.package-data]: an installed master would lack it"
     on_disk = {
         str(p.relative_to(REPO / "hiscrm/master/ui/static"))
         for p in (REPO / "hiscrm/master/ui/static").rglob("*")

@@ -147,6 +147,7 @@ const APPLY = {
   },
   "worker.exit": (data) => refresh("workers", data.worker),
   "account.state": (data) => {
+    if (deleted.has(`accounts/${data.account_id}`)) return;
     const account = state.accounts.get(data.account_id);
     if (account) Object.assign(account, { state: data.state, reason: data.reason, worker: data.worker });
     emit("accounts", state.accounts);
@@ -183,9 +184,23 @@ function onItem(kind, item) {
 // Reads one worker or account again; one read at a time each, repeated once if another
 // event came meanwhile (a burst of events costs two reads, not one per event).
 const reading = new Map();
+// What this page deleted: the events that follow its deletion are not read again (a read
+// would be a 404, which the browser reports as an error).
+const deleted = new Set();
+
+export function forget(collection, id) {
+  deleted.add(`${collection}/${id}`);
+  (collection === "workers" ? state.workers : state.accounts).delete(id);
+  emit(collection, collection === "workers" ? state.workers : state.accounts);
+}
+
+export function known(collection, id) {
+  deleted.delete(`${collection}/${id}`);
+}
 
 export function refresh(collection, id) {
   const key = `${collection}/${id}`;
+  if (deleted.has(key)) return;
   const running = reading.get(key);
   if (running) {
     running.again = true;
@@ -194,7 +209,7 @@ export function refresh(collection, id) {
   const run = { again: true };
   reading.set(key, run);
   (async () => {
-    while (run.again) {
+    while (run.again && !deleted.has(key)) {
       run.again = false;
       const map = collection === "workers" ? state.workers : state.accounts;
       try {

@@ -4,7 +4,7 @@
 import * as api from "../api.js";
 import { ask, field, parseOptions } from "../dialog.js";
 import { ago, badge, clock, fill, h, syncRows, text } from "../dom.js";
-import { refresh } from "../live.js";
+import { forget, known, refresh } from "../live.js";
 import { act, notify } from "../notice.js";
 import { on, state } from "../state.js";
 
@@ -43,6 +43,7 @@ export function mount(main) {
     }
     const made = await act(addButton, () => api.post("/accounts", body), (a) => `${a.id} added: ${a.state} (${a.reason})`);
     if (made) {
+      known("accounts", made.id);
       state.accounts.set(made.id, made);
       draw();
       form.reset();
@@ -160,8 +161,5 @@ async function remove(row) {
   if (answer === null) return;
   const deleted = await act(null, () => api.del(`/accounts/${api.seg(a.id)}?purge=${answer.purge}`),
     (d) => `${d.id} deleted; ${d.purged ? `its data removed (${Object.entries(d.deleted).map(([k, n]) => `${n} ${k}`).join(", ")})` : "its data kept"}`);
-  if (deleted) {
-    state.accounts.delete(a.id);
-    refresh("accounts", a.id);
-  }
+  if (deleted) forget("accounts", a.id);
 }

@@ -142,7 +142,7 @@ function workerView(root, id) {
       ["Code", `${w.code_version || "–"}${w.stale_code ? " — stale: reload to run the new code" : ""}`],
     ];
     if (w.stale_files.length) rows.push(["Changed files", w.stale_files.join(", ")]);
-    fill(facts, ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    fill(facts, ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { dataset: { fact: k } }, v)]));
     const last = w.last_exit;
     fill(exit, h("h3", {}, "Last exit"), last
       ? [h("p", {}, badge(last.reason), " ", last.signal ? `signal ${last.signal}` : `code ${last.code}`,
