@@ -17,7 +17,14 @@ from typing import Any
 
 import psutil
 from harness import MARKER, REPO, Master, kill_leftovers, marked_processes
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
 from test_ctl import ctl
 
 REQUIRE_ENV = "HISCRM_REQUIRE_BROWSER"
@@ -27,6 +34,8 @@ SCREENSHOTS = REPO / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 15_000
+# What the page shows may take a while on a busy machine (two cores, a browser, a master).
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 class BrowserUnavailable(Exception):

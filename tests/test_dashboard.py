@@ -33,7 +33,7 @@ WORKERS = ["worker1", "worker2"]
 ACCOUNTS = [
     {"id": "acc-1", "platform": "demo", "options": {"rate": 5.0, "seed": 1, "conversations": 1}},
     *(
-        {"id": f"acc-{n}", "platform": "demo", "options": {"rate": 2.0, "seed": n}}
+        {"id": f"acc-{n}", "platform": "demo", "options": {"rate": 1.0, "seed": n}}
         for n in (2, 3, 4)
     ),
 ]
@@ -42,7 +42,10 @@ THREAD = "#/conversations/acc-1/messages/conv-0"
 
 @pytest.fixture(scope="module")
 def master(start_module_master: MasterFactory) -> Master:
-    started = start_module_master(make_config(ACCOUNTS))
+    # A browser beside the master on a busy machine: no restarts for a slow heartbeat.
+    started = start_module_master(
+        make_config(ACCOUNTS, supervision={"heartbeat_interval_s": 1, "heartbeat_timeout_s": 20})
+    )
     started.wait_all_running(WORKERS)
     return started
 
@@ -130,7 +133,7 @@ def test_a_worker_killed_shows_its_exit_and_its_new_pid_without_a_reload(
     tab.goto_hash("#/workers/worker1")
     pid = page.locator('.worker-detail dd[data-fact="PID"]')
     expect(pid).to_have_text(str(old_pid))
-    expect(page.locator(".worker-detail .log")).to_contain_text("registered")
+    expect(page.get_by_label("worker1 log")).to_contain_text("registered")
     mark_page(tab)
     after = master.mark()
 
@@ -200,11 +203,12 @@ def test_an_inbound_message_appears_live_in_the_conversation(tab: Tab, master: M
     shown = set(messages.evaluate_all("rows => rows.map(r => r.dataset.id)"))
     mark_page(tab)
 
-    new_inbound = page.locator("ol.messages li.msg.inbound[data-id]").last
+    last_inbound = page.locator("ol.messages li.msg.inbound[data-id]").last
     wait_until(
-        lambda: new_inbound.get_attribute("data-id") not in shown, 10, "a new inbound message"
+        lambda: last_inbound.get_attribute("data-id") not in shown, 15, "a new inbound message"
     )
-    message_id = new_inbound.get_attribute("data-id")
+    message_id = last_inbound.get_attribute("data-id")
+    new_inbound = page.locator(f'ol.messages li.msg[data-id="{message_id}"]')
     with master.http() as http:
         stored = http.get(f"/accounts/acc-1/messages/{message_id}").json()
     assert stored["direction"] == "inbound"

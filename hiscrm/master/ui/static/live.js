@@ -184,14 +184,26 @@ function onItem(kind, item) {
 // Reads one worker or account again; one read at a time each, repeated once if another
 // event came meanwhile (a burst of events costs two reads, not one per event).
 const reading = new Map();
-// What this page deleted: the events that follow its deletion are not read again (a read
-// would be a 404, which the browser reports as an error).
+// What this page deletes: from the moment it asks, the events that follow are not read
+// again, and a read under way is dropped (a read would be a 404, which the browser
+// reports as an error). Undone if the deletion fails.
 const deleted = new Set();
 
+export function deleting(collection, id) {
+  const key = `${collection}/${id}`;
+  deleted.add(key);
+  reading.get(key)?.controller.abort();
+}
+
+export function deletionFailed(collection, id) {
+  deleted.delete(`${collection}/${id}`);
+  refresh(collection, id);
+}
+
 export function forget(collection, id) {
-  deleted.add(`${collection}/${id}`);
-  (collection === "workers" ? state.workers : state.accounts).delete(id);
-  emit(collection, collection === "workers" ? state.workers : state.accounts);
+  const map = collection === "workers" ? state.workers : state.accounts;
+  map.delete(id);
+  emit(collection, map);
 }
 
 export function known(collection, id) {
@@ -206,16 +218,17 @@ export function refresh(collection, id) {
     running.again = true;
     return;
   }
-  const run = { again: true };
+  const run = { again: true, controller: new AbortController() };
   reading.set(key, run);
   (async () => {
     while (run.again && !deleted.has(key)) {
       run.again = false;
       const map = collection === "workers" ? state.workers : state.accounts;
       try {
-        map.set(id, await api.get(`/${collection}/${api.seg(id)}`));
+        map.set(id, await api.get(`/${collection}/${api.seg(id)}`, { signal: run.controller.signal }));
         if (collection === "workers") state.workersReadAt = Date.now();
       } catch (error) {
+        if (error.name === "AbortError") break;
         if (error.status === 404) map.delete(id);
         else if (error.status !== 401) setConnection(state.connection, `reading ${key} failed: ${error.message}`);
       }

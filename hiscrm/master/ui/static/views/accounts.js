@@ -4,7 +4,7 @@
 import * as api from "../api.js";
 import { ask, field, parseOptions } from "../dialog.js";
 import { ago, badge, clock, fill, h, syncRows, text } from "../dom.js";
-import { forget, known, refresh } from "../live.js";
+import { deleting, deletionFailed, forget, known, refresh } from "../live.js";
 import { act, notify } from "../notice.js";
 import { on, state } from "../state.js";
 
@@ -159,7 +159,9 @@ async function remove(row) {
     read: () => ({ purge: purge.checked }),
   });
   if (answer === null) return;
+  deleting("accounts", a.id);
   const deleted = await act(null, () => api.del(`/accounts/${api.seg(a.id)}?purge=${answer.purge}`),
     (d) => `${d.id} deleted; ${d.purged ? `its data removed (${Object.entries(d.deleted).map(([k, n]) => `${n} ${k}`).join(", ")})` : "its data kept"}`);
   if (deleted) forget("accounts", a.id);
+  else deletionFailed("accounts", a.id);
 }

@@ -38,6 +38,7 @@ const TABS = {
 };
 const LIST_LIMIT = 200;
 const THREAD_LIMIT = 200;
+const THREAD_KEEP = 500; // rows kept in an open thread
 const OPEN_REPLY = new Set(["posting", "queued", "sending"]);
 
 export function mount(main, params) {
@@ -161,6 +162,8 @@ export function mount(main, params) {
     const byItem = new Map();
     for (const entry of replies.values()) if (entry.item_id) byItem.set(entry.item_id, entry);
     const shown = [...children.values()].sort((a, b) => a[k.time] - b[k.time] || a.id.localeCompare(b.id));
+    // A thread followed for hours keeps its newest rows only (the API has the rest).
+    for (const old of shown.splice(0, Math.max(0, shown.length - THREAD_KEEP))) children.delete(old.id);
     const pending = [...replies.values()]
       .filter((e) => e[k.parentField] === openId && e.kind === k.childKind && !(e.item_id && children.has(e.item_id)))
       .sort((a, b) => a.created_at - b.created_at);
@@ -179,6 +182,11 @@ export function mount(main, params) {
 
   function updateItem(row, { m, entry }) {
     const item = m || null;
+    // Drawn again only when it changed: an event redraws the thread, not every row in it.
+    const drawn = [item?.version, item?.is_read, entry?.state, entry?.updated_at, entry?.error, entry?.item_id,
+      tab === "comments" && item?.parent_id ? children.has(item.parent_id) : null].join("|");
+    if (row.drawn === drawn) return;
+    row.drawn = drawn;
     row.el.className = `msg ${item ? item.direction : "outbound pending"}${item && item.direction === "inbound" && !item.is_read ? " unread" : ""}`;
     if (item) row.el.dataset.id = item.id;
     if (entry) row.el.dataset.requestId = entry.request_id;
