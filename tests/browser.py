@@ -142,6 +142,6 @@ def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
     folder = SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS_ENV) == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    page.screenshot(path=str(path), animations="disabled", caret="hide")
+    page.screenshot(path=str(path), animations="disabled", caret="hide", full_page=True)
     assert path.stat().st_size > 10_000, f"{path} looks empty"
     return path

@@ -171,6 +171,7 @@ def test_an_account_added_in_the_page_shows_its_items_and_is_deleted_after_a_con
     with master.http() as http:
         made = http.get("/accounts/web-1").json()
     assert (made["source"], made["options"]) == ("api", {"rate": 5, "seed": 7})
+    expect(page.get_by_label("enabled")).to_be_checked()  # the form is ready for the next
     screenshot(page, "accounts", tmp_path)
 
     # Its items come in as the page watches: conversations, then messages in them.

@@ -178,6 +178,8 @@ function onItem(kind, item) {
   }
   const account = state.accounts.get(item.account_id);
   if (account && item.synced_at > (account.last_item_at || 0)) account.last_item_at = item.synced_at;
+  // An upsert is progress too (the master's figure is read again with the account).
+  if (account && item.synced_at > (account.progress_at || 0)) account.progress_at = item.synced_at;
   emit("item", { kind, item });
 }
 

@@ -18,6 +18,7 @@ export function mount(main) {
   const platform = h("input", { name: "platform", value: "demo", required: true, autocomplete: "off" });
   const options = h("textarea", { name: "options", rows: 2, spellcheck: "false" }, "{}");
   const enabled = h("input", { type: "checkbox", name: "enabled", checked: true });
+  enabled.defaultChecked = true; // and after the form is reset
   const addButton = h("button", { type: "submit", class: "primary" }, "Add account");
   const form = h("form", { class: "add-account", onsubmit: (event) => add(event) },
     field("Id", id), field("Platform", platform, "a built-in name (demo) or module:Class"),
