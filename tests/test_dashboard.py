@@ -11,6 +11,7 @@ cookies) and leaves the master as the next test expects it (both workers running
 import os
 import re
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ import pytest
 from browser import PHONE, Tab, new_tab, screenshot, sign_in_link, signed_in
 from conftest import MasterFactory, make_config
 from harness import Master, wait_until
+from pg_server import free_port
 from playwright.sync_api import Browser, expect
+from test_ctl import CTL, ctl
 
 from hiscrm.items import epoch_ms
 from hiscrm.master.api.sessions import Sessions
@@ -43,8 +46,13 @@ THREAD = "#/conversations/acc-1/messages/conv-0"
 @pytest.fixture(scope="module")
 def master(start_module_master: MasterFactory) -> Master:
     # A browser beside the master on a busy machine: no restarts for a slow heartbeat.
+    # A fixed port: the page follows the master across a restart on the same address.
     started = start_module_master(
-        make_config(ACCOUNTS, supervision={"heartbeat_interval_s": 1, "heartbeat_timeout_s": 20})
+        make_config(
+            ACCOUNTS,
+            supervision={"heartbeat_interval_s": 1, "heartbeat_timeout_s": 20},
+            api={"port": free_port()},
+        )
     )
     started.wait_all_running(WORKERS)
     return started
@@ -115,6 +123,16 @@ def test_the_one_time_link_signs_in_once_and_the_overview_shows_both_workers_run
     assert not again.context.cookies()
     again.close()
 
+    # Keyboard: the pages are links in the tab order; Enter opens one.
+    signed = signed_in(chromium, master)
+    for _ in range(3):  # the name, Overview, Workers
+        signed.page.keyboard.press("Tab")
+    expect(signed.page.locator(":focus")).to_have_text("Workers")
+    signed.page.keyboard.press("Enter")
+    expect(signed.page.locator("h1")).to_have_text("Workers")
+    signed.close()
+    signed.no_console_errors()
+
     # Phone width: the same overview, one column.
     phone = signed_in(chromium, master, PHONE)
     expect(phone.page.locator("tr[data-worker=worker1] .col-state")).to_have_text("running")
@@ -123,6 +141,35 @@ def test_the_one_time_link_signs_in_once_and_the_overview_shows_both_workers_run
     screenshot(phone.page, "overview-phone", tmp_path)
     phone.close()
     phone.no_console_errors()
+
+
+def test_hiscrmctl_open_prints_a_link_and_opens_it_in_a_browser(
+    chromium: Browser, master: Master, tmp_path: Path
+) -> None:
+    printed = ctl(master, "open")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.splitlines()[0].startswith(root_of(master) + "/ui/sign-in?code=")
+    assert "good once, for 60 s" in printed.stdout
+    # --browser: the browser named by $BROWSER (here a script that writes the link down).
+    opened = tmp_path / "opened"
+    fake = tmp_path / "browser.sh"
+    fake.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    fake.chmod(0o755)
+    made = subprocess.run(
+        [*CTL, "--state-dir", str(master.state_dir), "open", "--browser"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BROWSER": str(fake)},
+    )
+    assert made.returncode == 0, made.stderr
+    url = opened.read_text()
+    assert url == made.stdout.splitlines()[0]
+    tab = new_tab(chromium)
+    tab.page.goto(url)
+    expect(tab.page.locator("#connection")).to_have_text("live")
+    tab.close()
+    tab.no_console_errors()
 
 
 def test_a_worker_killed_shows_its_exit_and_its_new_pid_without_a_reload(
@@ -300,3 +347,29 @@ def test_a_stale_cookie_and_a_write_without_the_csrf_token_are_refused(
     # The bearer token works as before, for scripts.
     with master.http() as http:
         assert http.get("/session").json()["auth"] == "token"
+
+
+def test_the_page_follows_the_master_across_a_restart(tab: Tab, master: Master) -> None:
+    """Last in the module: it restarts the master. The session survives (its cookie is
+    signed with a key from the token); the page reconnects and reads the state again."""
+    page = tab.page
+    before = api_workers(master)
+    expect(page.locator("tr[data-worker=worker1] .col-pid")).to_have_text(
+        str(before["worker1"]["pid"])
+    )
+    mark_page(tab)
+    assert master.stop() == 0
+    expect(page.locator("#connection")).to_contain_text("reconnecting")
+    mark = master.mark()
+    master.start()
+    after = {w: master.wait_running(w, after=mark) for w in WORKERS}
+    expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
+    for worker in WORKERS:
+        expect(page.locator(f"tr[data-worker={worker}] .col-pid")).to_have_text(str(after[worker]))
+    still_same_page(tab)
+    # While the master was away, the browser said so of what it could not reach (the
+    # stream cut at the shutdown, its reconnection refused); nothing else.
+    down = ("net::ERR_CONNECTION_REFUSED", "net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+    assert [e for e in tab.errors if not any(d in e for d in down)] == []
+    assert all("/api/v1/events" in e for e in tab.errors), tab.errors
+    tab.errors.clear()

@@ -51,6 +51,7 @@ async function readState() {
   state.status = status;
   state.health = health;
   state.stopping = status.shutting_down ? "shutting down" : null;
+  emit("connection", state);
   state.workers = new Map(workers.map((w) => [w.id, w]));
   state.workersReadAt = Date.now();
   state.accounts = new Map(accounts.map((a) => [a.id, a]));
@@ -214,7 +215,9 @@ export function known(collection, id) {
 
 export function refresh(collection, id) {
   const key = `${collection}/${id}`;
-  if (deleted.has(key)) return;
+  // A master that is stopping answers no more reads; its events still say what changes, and
+  // the whole state is read again when it is back.
+  if (deleted.has(key) || state.stopping) return;
   const running = reading.get(key);
   if (running) {
     running.again = true;
