@@ -136,9 +136,20 @@ def test_the_one_time_link_signs_in_once_and_the_overview_shows_both_workers_run
     # Phone width: the same overview, one column.
     phone = signed_in(chromium, master, PHONE)
     expect(phone.page.locator("tr[data-worker=worker1] .col-state")).to_have_text("running")
-    width = phone.page.evaluate("() => document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen"
     screenshot(phone.page, "overview-phone", tmp_path)
+    pages = {
+        "#/": "tr[data-worker]",
+        "#/workers/worker1": 'dd[data-fact="PID"]',
+        "#/accounts": "tr[data-account=acc-1]",
+        THREAD: "ol.messages li",
+    }
+    for route, shown in pages.items():
+        phone.goto_hash(route)
+        phone.page.locator(shown).first.wait_for()
+        width = phone.page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], (
+            f"{route} is {width} px wide on a {PHONE['width']} px screen"
+        )
     phone.close()
     phone.no_console_errors()
 

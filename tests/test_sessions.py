@@ -101,3 +101,9 @@ def test_the_package_ships_every_file_of_the_dashboard_and_it_stays_small() -> N
     # One page load fetches every file at most once: under 200 kB before any data.
     assert sum(len(a.body) for a in assets.values()) < 200_000
     assert static_root().joinpath("index.html").is_file()
+    # Every module is named in the page, so the browser fetches them all at once instead of
+    # discovering them import by import.
+    page = assets["index.html"].body.decode()
+    for path in assets:
+        if path.endswith(".js") and path != "app.js":
+            assert f'<link rel="modulepreload" href="/ui/{path}">' in page, path
