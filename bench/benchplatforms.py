@@ -188,3 +188,52 @@ class Chatter:
         elapsed = time.perf_counter() - started
         result.write_text(json.dumps({"lines": total, "seconds": elapsed}))
         await asyncio.Event().wait()
+
+
+def memory_now() -> dict[str, int]:
+    """This process's resident memory, bytes: all of it, anonymous (the heap) and
+    file-backed (mapped files such as the spool's live segment)."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+    found: dict[str, int] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in fields:
+            found[fields[name]] = int(value.split()[0]) * 1024
+    return found
+
+
+class Hold:
+    """Fills the account with ``per_round`` new messages per round, ``rounds`` times;
+    before the first and after each round, once every change is acknowledged, appends
+    this process's memory as a JSON line to ``result_file``. A later run of the account
+    (a restarted worker, which knows the items from the store's digest) only measures."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        per_round = int(ctx.options["per_round"])
+        rounds = int(ctx.options["rounds"])
+        result = Path(ctx.options["result_file"])
+
+        async def measure(stage: str) -> None:
+            while ctx.pending():
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.5)  # the regular flush passes; nothing is in flight
+            gc.collect()
+            line = {"stage": stage, "pid": os.getpid(), "held": ctx.count("message")}
+            with result.open("a") as f:
+                f.write(json.dumps(line | memory_now()) + "\n")
+
+        n = ctx.count("message")
+        if n >= per_round * rounds:
+            await measure("loaded")
+        else:
+            await measure("empty")
+            for round_ in range(1, rounds + 1):
+                for _ in range(per_round):
+                    ctx.upsert_message(_message(n, "h", f"message {n}, held in memory"))
+                    n += 1
+                    if n % 1000 == 0:
+                        while ctx.pending() > 20_000:
+                            await asyncio.sleep(0.005)
+                        await asyncio.sleep(0)
+                await measure(f"round {round_}")
+        await asyncio.Event().wait()

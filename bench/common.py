@@ -53,17 +53,18 @@ def at(event: dict[str, Any]) -> float:
 
 @contextmanager
 def running_master(
-    config_toml: str, prepare: Callable[[Path], None] | None = None
+    config_toml: str, prepare: Callable[[Path], None] | None = None, code: Path = REPO
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Log]]:
     """A master on a throwaway state dir; stopped (SIGTERM) on the way out. ``prepare``
-    gets the state dir before the master starts."""
+    gets the state dir before the master starts; ``code`` is the checkout it runs (another
+    one gives a reference from the same run)."""
     with tempfile.TemporaryDirectory(prefix="hiscrm-bench-") as tmp:
         home = Path(tmp)
         (home / "bench.toml").write_text(config_toml)
         if prepare is not None:
             (home / "var").mkdir()
             prepare(home / "var")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(BENCH)])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(BENCH)])}
         master = subprocess.Popen(
             [sys.executable, "-m", "hiscrm.master", "--config", str(home / "bench.toml")],
             cwd=home,

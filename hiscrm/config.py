@@ -7,6 +7,8 @@ schema accepts is a value the master and its workers can use.
 """
 
 import ipaddress
+import re
+import socket
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -34,6 +36,8 @@ BOM = "\ufeff"
 HOUR_S = 3600.0
 DAY_S = 24 * HOUR_S
 WEEK_S = 7 * DAY_S
+NODE_ID_MAX = 63
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a label of metrics and logs
 MAX_RETENTION_DAYS = 36500  # a hundred years: "keep", without overflowing a timestamp
 
 # Days to keep one collection. The one place this range is set: ``[retention]`` is made of
@@ -199,6 +203,39 @@ class StoreConfig(_Section):
         return None if url is None else check_store_url(url)
 
 
+def default_node_id() -> str:
+    """This host's name, cut to what a node id may hold (the first label of a fully
+    qualified name; other characters become ``-``)."""
+    name = socket.gethostname().split(".")[0] or "node"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:NODE_ID_MAX]
+    return cleaned if cleaned[0].isalnum() else "n" + cleaned[: NODE_ID_MAX - 1]
+
+
+class ClusterConfig(_Section):
+    """Several masters on one PostgreSQL store: each holds leases on at most ``capacity``
+    accounts (default: ``workers * accounts_per_worker``), renews them every
+    ``lease_renew_s``; a master that stops renewing loses them after ``lease_ttl_s``."""
+
+    node_id: str = Field(
+        default_factory=default_node_id, pattern=NODE_ID_PATTERN, max_length=NODE_ID_MAX
+    )
+    lease_ttl_s: float = seconds(15.0, at_least=1.0, at_most=HOUR_S)
+    lease_renew_s: float = seconds(3.0, at_least=0.1, at_most=HOUR_S)
+    capacity: int | None = Field(default=None, ge=0, le=1_000_000)
+    rebalance_step: int = Field(default=4, ge=1, le=10_000)  # leases moved per renewal
+
+    @model_validator(mode="after")
+    def _renewals_fit(self) -> Self:
+        # A master must notice a failed renewal, retry once, and stop its accounts, all
+        # before its leases can expire.
+        if self.lease_renew_s * 3 > self.lease_ttl_s:
+            raise ValueError(
+                f"lease_renew_s ({self.lease_renew_s}) must be at most a third of "
+                f"lease_ttl_s ({self.lease_ttl_s})"
+            )
+        return self
+
+
 class EventsConfig(_Section):
     """The event stream (``GET /events``): what is kept for clients that resume, and
     how much a client may fall behind."""
@@ -264,6 +301,7 @@ class Config(_Section):
     logs: LogsConfig = LogsConfig()
     events: EventsConfig = EventsConfig()
     outbox: OutboxConfig = OutboxConfig()
+    cluster: ClusterConfig = ClusterConfig()
     hooks: list[HookConfig] = Field(default_factory=list)
     # Where workers look for platform modules besides the master's sys.path (after it);
     # relative to the config file, whose own directory comes first (see load_config).
@@ -321,6 +359,12 @@ class Config(_Section):
     @property
     def worker_ids(self) -> list[str]:
         return [f"worker{n}" for n in range(1, self.workers + 1)]
+
+    @property
+    def node_capacity(self) -> int:
+        """How many accounts this master leases at most."""
+        given = self.cluster.capacity
+        return self.workers * self.accounts_per_worker if given is None else given
 
     @property
     def platform_specs(self) -> list[str]:

@@ -8,7 +8,7 @@ master runs. Each changed key is one of:
 * ``workers started from now on``: handed to a worker when it starts (its heartbeat
   interval, log limits, code packages, plugin paths): a reload applies it to all;
 * ``needs a master restart``: the master bound or opened it at start (the API's address
-  and limits, the state directory, the store).
+  and limits, the state directory, the store, the cluster settings).
 
 Accounts are not compared here: the registry reconciles them (``account_registry``).
 """
@@ -22,7 +22,7 @@ NOW = "now"
 NEXT_START = "workers started from now on"
 RESTART = "needs a master restart"
 
-_RESTART_PREFIXES = ("state_dir", "api.", "store.url")
+_RESTART_PREFIXES = ("state_dir", "api.", "store.url", "cluster.")
 _NEXT_START_PREFIXES = (
     "logs.",
     "code.",

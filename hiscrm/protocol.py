@@ -477,3 +477,5 @@ class WorkerBoot(BaseModel):
     code_packages: list[str] = Field(default_factory=list)  # fingerprinted besides hiscrm
     idle_sync_s: float  # an account with nothing new still syncs this often
     ack_timeout_s: float  # a sync not acknowledged in this time is sent again
+    # collection -> days the store keeps it (``[retention]``): older items are forgotten
+    retention_days: dict[str, float] = Field(default_factory=dict)

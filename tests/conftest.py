@@ -74,8 +74,9 @@ def broken_worker_code(tmp_path: Path, only_in: str | None = None) -> Path:
 
 
 @contextmanager
-def masters(directory: Path) -> Iterator[MasterFactory]:
-    """Start real masters; afterwards stop them and fail if anything they started is left."""
+def masters(directory: Path, store_url: str | None = None) -> Iterator[MasterFactory]:
+    """Start real masters; afterwards stop them and fail if anything they started is left.
+    With ``store_url``, a config without ``[store]`` stores there."""
     started: list[Master] = []
 
     def start(
@@ -90,11 +91,15 @@ def masters(directory: Path) -> Iterator[MasterFactory]:
         """``files``: written into the master's directory (beside its config) first."""
         home = directory / f"m{len(started)}"
         home.mkdir()
+        if config is not None and store_url is not None and "store" not in config:
+            config = {**config, "store": {"url": store_url}}
         for name, text in (files or {}).items():
             (home / name).write_text(text)
+        if config is None:
+            config = make_config(**({"store": {"url": store_url}} if store_url else {}))
         master = Master(
             home,
-            config if config is not None else make_config(),
+            config,
             extra_args,
             code_dir,
             env,
@@ -132,6 +137,39 @@ def start_module_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ma
     """For tests that can share one master (they must not change what others rely on)."""
     with masters(tmp_path_factory.mktemp("shared")) as start:
         yield start
+
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORES)
+def start_master_each_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[MasterFactory]:
+    """``start_master``, once on the embedded SQLite and once on a fresh PostgreSQL
+    database: for the suites that must pass the same on both."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    with masters(tmp_path, url) as start:
+        yield start
+
+
+@pytest.fixture(scope="module", params=STORES)
+def start_module_master_each_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MasterFactory]:
+    """``start_module_master`` on each store (PostgreSQL: a database for the module)."""
+    if request.param == "sqlite":
+        with masters(tmp_path_factory.mktemp("shared")) as start:
+            yield start
+        return
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    name = f"module_{next(_databases)}"
+    url = server.create_database(name)
+    try:
+        with masters(tmp_path_factory.mktemp("shared"), url) as start:
+            yield start
+    finally:
+        server.drop_database(name)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

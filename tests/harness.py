@@ -145,6 +145,7 @@ class Master:
         self.state_dir = tmp_path / "var"
         self.config_path = tmp_path / "hiscrm.toml"
         self.config_path.write_text(to_toml(config))
+        self.store_url: str | None = config.get("store", {}).get("url")
         self.marker = uuid.uuid4().hex
         self.log = LogReader(self.state_dir / "logs" / "master.log")
         self.stdout_path = tmp_path / "master.out"
@@ -178,6 +179,16 @@ class Master:
     @property
     def db(self) -> Path:
         return self.state_dir / "hiscrm.db"
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the master's store (SQLite or PostgreSQL) as an outside client would;
+        ``sql`` with ``?`` marks."""
+        if self.store_url is None:
+            return query(self.db, sql, *params)
+        import psycopg
+
+        with psycopg.connect(self.store_url, autocommit=True) as conn:
+            return conn.execute(sql.replace("?", "%s"), params).fetchall()
 
     def api_url(self, timeout: float = 20.0) -> str:
         """The API's URL from master.json, once the master has written it."""

@@ -6,7 +6,9 @@ import pytest
 
 from hiscrm.items import Comment, Message
 from hiscrm.protocol import ItemChange
+from hiscrm.worker import spool
 from hiscrm.worker.account_data import AccountData, InvalidItem
+from hiscrm.worker.known_items import version_of
 from hiscrm.worker.spool import Spool, SpoolBusy
 
 
@@ -38,9 +40,9 @@ def test_upsert_bumps_versions_and_a_repeat_is_a_no_op(tmp_path: Path) -> None:
     assert data.upsert(message(1)) == 1
     assert data.upsert(message(1)) == 0
     assert data.upsert(message(1, "edited")) == 2
-    assert data.items[("message", "m1")].version == 2
+    assert version_of(data.known.get("message", "m1") or 0) == 2
     assert data.seq == 2
-    assert data.counts == {"message": 1}
+    assert (data.count("message"), len(data.known)) == (1, 1)
 
 
 def test_a_re_changed_item_has_one_pending_change_and_costs_what_changed(tmp_path: Path) -> None:
@@ -58,17 +60,30 @@ def test_a_re_changed_item_has_one_pending_change_and_costs_what_changed(tmp_pat
     assert ItemChange.model_validate_json(unsent[0][1]).item.text == "newer text"  # type: ignore[union-attr]
 
 
-def test_acks_drop_pending_changes_and_spool_segments(tmp_path: Path) -> None:
+def test_acks_drop_pending_changes_and_old_spool_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acknowledged changes stay on disk (for a resend from a sequence number) up to
+    ``KEEP_ACKED_BYTES``; older segments are deleted, and the live one is unmapped."""
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 1000)
+    monkeypatch.setattr(spool, "KEEP_ACKED_BYTES", 2000)
     data = fresh(tmp_path)
-    for n in range(10):
+    for n in range(40):
         data.upsert(message(n))
-    assert len(list((tmp_path / "acc").glob("*.jsonl"))) == 1
+    segments = sorted((tmp_path / "acc").glob("*.jsonl"))
+    assert len(segments) > 4
     data.take(10**9)
     data.on_ack(4)
-    assert [s for s, _ in data.in_flight.values()] == [5, 6, 7, 8, 9, 10]
-    data.on_ack(10)
+    assert [s for s, _ in data.in_flight.values()] == list(range(5, 41))
+    assert sorted((tmp_path / "acc").glob("*.jsonl")) == segments  # nothing beyond the keep
+    data.on_ack(40)
     assert data.unacked == 0
-    assert list((tmp_path / "acc").glob("*.jsonl")) == []
+    kept = sorted((tmp_path / "acc").glob("*.jsonl"))
+    assert kept == segments[-len(kept) :]  # the newest ones
+    assert 2000 - 1000 < sum(p.stat().st_size for p in kept) <= 2000
+    assert data._spool._map is None  # nothing waits: its pages leave the worker's memory
+    data.upsert(message(41))  # mapped again, appended after what is there
+    assert [s for s, _ in data.take(10**9)] == [41]
 
 
 def test_resend_goes_back_to_the_last_ack(tmp_path: Path) -> None:
@@ -109,7 +124,7 @@ def test_a_restart_replays_only_what_the_store_lacks(tmp_path: Path) -> None:
     report = again.load(3, digest)
     assert (report.replayed, report.corrupt, report.torn_bytes) == (4, 0, 0)
     assert seqs(again) == [4, 5, 6, 7]
-    assert again.items[("message", "m0")].version == 2
+    assert version_of(again.known.get("message", "m0") or 0) == 2
     assert again.seq == 7
     assert again.upsert(message(9)) == 1
     assert again.seq == 8

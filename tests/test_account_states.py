@@ -116,4 +116,5 @@ def test_every_account_state_is_reached_and_shown(start_master: MasterFactory) -
         wait_until(lambda: http.get("/accounts/slow").json()["state"] == "running", 10, "runs")
     assert master.stop() == 0
 
-    assert reached == {str(s) for s in AccountState}
+    # elsewhere (another master of a cluster holds it) happens only in a cluster (test_cluster).
+    assert reached == {str(s) for s in AccountState} - {AccountState.ELSEWHERE}

@@ -19,7 +19,10 @@ BURST = 120
 
 
 @pytest.fixture(scope="module")
-def shared(start_module_master: MasterFactory, tmp_path_factory: pytest.TempPathFactory) -> Master:
+def shared(
+    start_module_master_each_store: MasterFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Master:
+    """One master for the read-mostly tests, on SQLite and again on PostgreSQL."""
     signals = tmp_path_factory.mktemp("signals")
     accounts = [
         {"id": "burst", "platform": f"{RECORDING}:Burst", "options": {"count": BURST}},
@@ -30,7 +33,7 @@ def shared(start_module_master: MasterFactory, tmp_path_factory: pytest.TempPath
             "options": {"signal_dir": str(signals)},
         },
     ]
-    master = start_module_master(make_config(workers=2, accounts=accounts))
+    master = start_module_master_each_store(make_config(workers=2, accounts=accounts))
     master.signals = signals  # type: ignore[attr-defined]
     master.wait_all_running(["worker1", "worker2"])
     with master.http() as http:

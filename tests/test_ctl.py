@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -128,7 +127,11 @@ def test_logs_follow_shows_new_lines_and_goes_on_across_rotation(
             30,
             "another rotation",
         )
-        time.sleep(0.5)
+        wait_until(
+            lambda: sum(line.startswith("tick") for line in follower.output) > 300,
+            30,
+            "300 ticks followed",
+        )
     finally:
         assert follower.stop() == 0
     ticks = [int(line.split()[1]) for line in follower.output if line.startswith("tick")]

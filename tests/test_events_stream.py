@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from typing import Any
@@ -18,6 +17,12 @@ from sse_reader import SseEvent, SseReader
 from test_ctl import CTL
 
 FAST_EVENTS = {"heartbeat_s": 0.2}
+
+
+@pytest.fixture
+def start_master(start_master_each_store: MasterFactory) -> MasterFactory:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return start_master_each_store
 
 
 def demo(account_id: str = "acc-1", rate: float = 20.0) -> dict[str, Any]:
@@ -34,15 +39,12 @@ def message_events(events: list[SseEvent]) -> list[SseEvent]:
 
 def stored_messages(master: Master, after: int, upto: int) -> list[tuple[str, str]]:
     """(account, id) of the messages whose latest change is an event in (after, upto]."""
-    conn = sqlite3.connect(f"file:{master.db}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT account_id, id FROM messages WHERE event_id > ? AND event_id <= ? "
-            "ORDER BY event_id",
-            (after, upto),
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = master.rows(
+        "SELECT account_id, id FROM messages WHERE event_id > ? AND event_id <= ? "
+        "ORDER BY event_id",
+        after,
+        upto,
+    )
     return [(r[0], r[1]) for r in rows]
 
 
@@ -115,11 +117,7 @@ def test_resume_misses_nothing_and_repeats_nothing_also_across_a_restart(
 
 
 def stored_messages_head(master: Master) -> int:
-    conn = sqlite3.connect(f"file:{master.db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT coalesce(max(event_id), 0) FROM messages").fetchone()[0])
-    finally:
-        conn.close()
+    return int(master.rows("SELECT coalesce(max(event_id), 0) FROM messages")[0][0])
 
 
 @pytest.mark.timeout(60)

@@ -3,18 +3,25 @@ at most once, with a state for every request."""
 
 import os
 import signal
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, query, wait_until
+from harness import Master, to_toml, wait_until
 from sse_reader import SseReader
 from test_ctl import ctl
 from testplatforms.senders import recorded_sends
 
 SENDER = "testplatforms.senders:Sender"
+
+
+@pytest.fixture
+def start_master(start_master_each_store: MasterFactory) -> MasterFactory:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return start_master_each_store
 
 
 def sender(account_id: str, record: Path, **options: Any) -> dict[str, Any]:
@@ -221,14 +228,18 @@ def test_queued_replies_expire_and_survive_a_master_restart(
         expired = wait_state(http, "acc-1", "stale", "expired", timeout=15)
         assert "still queued" in expired["error"]
         assert reply(http, "acc-1", "kept").status_code == 202
-    # A restart with a reply queued: it is sent once by the next master.
+    # A restart with a reply queued: it is sent once by the next master (which keeps
+    # replies queued longer, so that a slow restart cannot expire it first).
     assert master.stop() == 0
+    config = tomllib.loads(master.config_path.read_text())
+    config["outbox"]["expire_after_s"] = 600
+    master.config_path.write_text(to_toml(config))
     master.start()
     master.wait_running("worker1")
     with master.http() as http:
         wait_state(http, "acc-1", "kept", "sent")
     assert [s["request_id"] for s in recorded_sends(record, "acc-1")] == ["kept"]
-    rows = query(master.db, "SELECT state FROM outbox WHERE request_id = 'kept'")
+    rows = master.rows("SELECT state FROM outbox WHERE request_id = 'kept'")
     assert rows == [("sent",)]
 
 

@@ -258,3 +258,12 @@ def test_a_second_signal_kills_every_process_of_the_slot(handle: WorkerSlot) -> 
         StopStage.KILLED,
         AfterStop.STAY_STOPPED,
     )
+
+
+def test_a_worker_is_told_the_store_s_retention_at_boot(tmp_path: Path) -> None:
+    """So it forgets what the store drops (a collection not named: kept forever)."""
+    config = Config.model_validate(
+        {"state_dir": str(tmp_path), "retention": {"messages": 30, "comments": 0.5}}
+    )
+    slot = WorkerSlot("worker1", config, FakeLauncher(), lambda event: None, structlog.get_logger())
+    assert slot.boot().retention_days == {"messages": 30, "comments": 0.5}

@@ -1,5 +1,5 @@
-"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, events, replies, sync,
-shutdown, open (the dashboard).
+"""hiscrmctl: status, stop/start/restart, reload, logs, accounts, cluster, events, replies,
+sync, shutdown, open (the dashboard).
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)"
     )
     commands.add_parser("accounts", help="accounts: state, worker, progress, errors")
+    commands.add_parser(
+        "cluster", help="the masters sharing the store: capacity, leases, renewals, lost ones"
+    )
     account = commands.add_parser("account", help="act on one account")
     account_commands = account.add_subparsers(dest="account_command", required=True)
     show = account_commands.add_parser("show", help="one account in detail")
@@ -486,6 +489,13 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             return ExitCode.OK
         case "outbox":
             return outbox_command(args, client, console)
+        case "cluster":
+            cluster = client.request("GET", "/cluster")
+            if args.json:
+                emit(args, cluster)
+            else:
+                render.cluster(console, cluster)
+            return ExitCode.OK
         case "accounts":
             accounts = client.all_pages("/accounts")
             if args.json:

@@ -171,11 +171,14 @@ def worker(console: Console, w: dict[str, Any]) -> None:
 
 
 def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
+    # A NODE column only when the accounts run on several masters (a cluster).
+    nodes = len({a.get("node") for a in accounts}) > 1
     table = _table(
         "ACCOUNT",
         "PLATFORM",
         "STATE",
         "SINCE",
+        *(["NODE"] if nodes else []),
         "WORKER",
         "PROGRESS",
         "LAST ITEM",
@@ -191,6 +194,7 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
             a["platform"],
             state,
             _age(a["state_since_at"]),
+            *([a.get("node") or "-"] if nodes else []),
             a["worker"] or "-",
             _age(a["progress_at"]),
             _age(a["last_item_at"]),
@@ -199,6 +203,45 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
             (last_error["message"][:60] + f" ({_age(last_error['at'])})") if last_error else "-",
         )
     console.print(table)
+
+
+NODE_STYLES = {"ok": "green", "lagging": "yellow", "lost": "red", "leaving": "dim"}
+
+
+def cluster(console: Console, c: dict[str, Any]) -> None:
+    """The masters sharing the store, and this one's lease keeping."""
+    if not c["clustered"]:
+        console.print(
+            f"{c['node_id']}: one master on SQLite, owning every account ({c['held']} enabled)"
+        )
+        return
+    console.print(
+        f"cluster seen from {c['node_id']}: {c['enabled']} enabled accounts, {c['free']} "
+        f"without a master; leases last {c['lease_ttl_s']:g} s, renewed every "
+        f"{c['lease_renew_s']:g} s"
+    )
+    table = _table("NODE", "STATE", "LEASES", "CAPACITY", "RENEWED", "STARTED", "PID", "API")
+    for n in c["nodes"]:
+        style = NODE_STYLES.get(n["state"], "")
+        table.add_row(
+            n["node_id"] + (" (this)" if n["me"] else ""),
+            f"[{style}]{n['state']}[/]" if style else n["state"],
+            str(n["leases"]),
+            str(n["capacity"]),
+            f"{n['renewed_age_s']:.1f} s ago",
+            _age(n["started_at"]),
+            str(n["pid"] or "-"),
+            n["api_url"] or "-",
+        )
+    console.print(table)
+    line = (
+        f"this master: {c['held']} leases, renewed {_age(c['last_renewal_at'])}, "
+        f"{c['renewals']} renewals ({c['renewal_failures']} failed), claimed {c['claimed']}, "
+        f"handed back {c['handed_back']}, lost {c['lost']}"
+    )
+    console.print(line)
+    if c["last_error"]:
+        console.print(f"[red]renewal failing: {c['last_error']}[/]")
 
 
 def account(console: Console, a: dict[str, Any]) -> None:

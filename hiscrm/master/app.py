@@ -33,7 +33,7 @@ from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
-from hiscrm.master.data.open_store import open_store
+from hiscrm.master.data.open_store import open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
@@ -125,12 +125,16 @@ async def run_master(
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
-    metrics = MasterMetrics()
+    metrics = MasterMetrics(None if config.store.url is None else config.cluster.node_id)
     store = open_store(config, log)
     # What the wings tell of what happens, fanned out to whoever listens (health).
     listeners: list[EventSink] = []
 
+    node = None if config.store.url is None else config.cluster.node_id  # a cluster
+
     def publish(event: str, data: dict[str, Any]) -> None:
+        if node is not None:  # which master of the cluster it happened on
+            data = {**data, "node": node}
         for listener in listeners:
             listener(event, data)
 
@@ -165,12 +169,17 @@ async def run_master(
             metrics.commit_latency.observe,
             errors,
             publish,
+            held=None if config.store.url is None else set(),  # a cluster: leased accounts
         )
         manager.append(accounts)
         await accounts.outbox.load()
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
+        keeper = open_lease_keeper(
+            config, store, accounts, log, errors, lambda: supervisor.shutting_down
+        )
+        leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify.from_environment(log, errors)
         service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
@@ -181,11 +190,14 @@ async def run_master(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
             )
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
+        read.cluster_stats = keeper.stats if keeper is not None else None
         health = HealthMonitor(
             read.health_inputs, log, lambda h: hub.publish("health", h.model_dump())
         )
         listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
+        if keeper is not None:
+            metrics.attach_cluster(keeper.stats)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
@@ -242,6 +254,12 @@ async def run_master(
             api.start()
             host, port = api.address
             log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
+            read.api_url = f"http://{host}:{port}/api/v1"
+            if keeper is not None:
+                nonlocal leasing
+                keeper.api_url = f"http://{host}:{port}/api/v1"
+                leasing = asyncio.create_task(keeper.run(), name="leases")
+                leasing.add_done_callback(lambda task: _task_ended(task, "leases", log, errors))
             if watch:
                 watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
                 watching.add_done_callback(
@@ -264,6 +282,10 @@ async def run_master(
             if monitoring is not None:
                 monitoring.cancel()
             stop_watching.set()
+            if leasing is not None and keeper is not None:  # every worker has stopped
+                leasing.cancel()
+                await asyncio.wait({leasing})
+                await keeper.stop()
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
             await api.stop()

@@ -7,28 +7,54 @@ sent) in ``in_flight`` until the master acknowledges it. Re-upserting an item re
 its waiting change, so a sync costs what changed since the last one, never the size of
 the account; taking the next changes to send costs what is taken.
 
+Memory does not grow with history: an item's full JSON is held only while its change
+waits (``unsent``/``in_flight``); once acknowledged, the worker keeps its version, hash
+and time packed in one integer (``known``, see ``known_items``). A resend from a
+sequence number reads the changes back from the spool, which keeps the most recent
+acknowledged ones on disk. Items older than their collection's retention (``[retention]``,
+plus ``FORGET_MARGIN_MS`` for the store's own pass to have run) are forgotten, as the
+store drops them.
+
 The account starts from what the store already holds (the digest sent with the
 assignment: version and hash per item) plus whatever the spool still has, so versions go
 on where they left off and unchanged items stay no-ops across restarts.
 
 What a reply's target check needs (``reply_send``) is kept here too, and small: which
-items the account holds (the keys of ``items``: kind and id) and, for each comment whose
+items the account holds (the keys of ``known``: kind and id) and, for each comment whose
 fields this worker has seen (upserted or replayed from the spool), its content's id.
 A comment known only from the store's digest has no content here (the digest carries
 kind, id, version and hash).
 """
 
+import json
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import chain
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from hiscrm.items import AnyItem, Comment, item_hash
+from hiscrm.items import KINDS, AnyItem, Comment, epoch_ms
 from hiscrm.protocol import ItemChange, change_json
+from hiscrm.worker.known_items import (
+    KnownItems,
+    content_hash,
+    hash_from_hex,
+    hash_hex,
+    hash_of,
+    pack,
+    version_of,
+)
 from hiscrm.worker.spool import Spool
 
 MAX_ITEM_BYTES = 256 * 1024  # far below the 1 MB message limit
+# The store applies retention about once an hour: an item is forgotten here this long
+# after it went out of its collection's retention, when the store has surely dropped it.
+FORGET_MARGIN_MS = 2 * 3600 * 1000
+FORGET_EVERY_S = 60.0  # how often an account looks for items to forget
+_TIME_FIELD = {name: kind.time_field for name, kind in KINDS.items()}
+_BY_COLLECTION = {kind.collection: name for name, kind in KINDS.items()}
 
 
 def _unserializable(item: BaseModel, exc: Exception) -> str:
@@ -63,14 +89,6 @@ class InvalidItem(ValueError):
 
 
 @dataclass(slots=True)
-class ItemState:
-    version: int
-    hash: str
-    seq: int  # the change that made it so (0: known only from the store's digest)
-    json: bytes | None  # None when known only from the digest
-
-
-@dataclass(slots=True)
 class LoadReport:
     replayed: int  # changes from the spool the store did not have yet
     skipped: int  # spool lines already committed
@@ -82,27 +100,42 @@ Key = tuple[str, str]  # (kind, item id)
 
 
 class AccountData:
-    def __init__(self, account_id: str, spool: Spool) -> None:
+    def __init__(
+        self, account_id: str, spool: Spool, retention_days: dict[str, float] | None = None
+    ) -> None:
         self.account_id = account_id
         self._spool = spool
-        self.items: dict[Key, ItemState] = {}
-        self.counts: dict[str, int] = {}  # items per kind
+        self.known = KnownItems()  # version, hash and time per item: no JSON
         self.comment_content: dict[str, str] = {}  # comment id -> its content's id, if seen
         # (seq, change JSON) by item, oldest first; every unsent seq is after every sent one.
+        # The only place an item's full JSON is held.
         self.unsent: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
         self.in_flight: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
         self.seq = 0  # the last sequence number given out
         self.acked_seq = 0
         self.sent_seq = 0  # the last one sent and not yet known to be lost
+        # kind -> ms to keep, from the config's ``[retention]`` (collections not there: forever)
+        self._keep_ms = {
+            _BY_COLLECTION[collection]: int(days * 86_400_000)
+            for collection, days in (retention_days or {}).items()
+            if collection in _BY_COLLECTION
+        }
+        self._next_forget = 0.0  # monotonic time of the next look for items to forget
+        self._version_floor = 0  # the highest version of a forgotten item
+        self.forgotten = 0
+        self.unreadable = 0  # spool lines a resend could not read
 
     # --- start ---------------------------------------------------------------------------
 
     def load(self, acked_seq: int, digest: list[tuple[str, str, int, str]]) -> LoadReport:
+        """Start from the store's digest and the spool. An item known only from the digest
+        counts as seen now (the digest has no times): it is forgotten one retention period
+        after the load at the latest."""
         self.seq = self.acked_seq = self.sent_seq = acked_seq
+        now = epoch_ms()
         for kind, item_id, version, hash_ in digest:
-            self.items[(kind, item_id)] = ItemState(version, hash_, 0, None)
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-        contents = self._spool.open()
+            self.known.put(kind, item_id, pack(version, hash_from_hex(hash_), now))
+        contents = self._spool.open(acked_seq)
         replayed = skipped = corrupt = 0
         segment_last: list[int] = []
         for lines in contents.segments:
@@ -128,16 +161,14 @@ class AccountData:
 
     def _replay(self, change: ItemChange, line: bytes, acked_seq: int) -> bool:
         """Take a spooled change back into pending unless the store already has it."""
-        key = (change.item.kind, change.item.id)
-        known = self.items.get(key)
-        if change.seq <= acked_seq or (known is not None and known.version >= change.version):
+        item = change.item
+        known = self.known.get(item.kind, item.id)
+        if change.seq <= acked_seq or (known is not None and version_of(known) >= change.version):
             return False
-        item_json = change.item.model_dump_json().encode()
-        if known is None:
-            self.counts[change.item.kind] = self.counts.get(change.item.kind, 0) + 1
-        self.items[key] = ItemState(change.version, change.hash, change.seq, item_json)
-        self._note_target(change.item)
-        self._queue(key, change.seq, line)
+        hash_ = hash_from_hex(change.hash)
+        self.known.put(item.kind, item.id, pack(change.version, hash_, _time_of(item)))
+        self._note_target(item)
+        self._queue((item.kind, item.id), change.seq, line)
         return True
 
     # --- changes -------------------------------------------------------------------------
@@ -153,23 +184,20 @@ class AccountData:
             raise InvalidItem(
                 f"{item.kind} {item.id!r} is {len(data)} bytes (limit {MAX_ITEM_BYTES})"
             )
-        hash_ = item_hash(data)
-        key = (item.kind, item.id)
-        state = self.items.get(key)
-        if state is not None and state.hash == hash_:
+        hash_ = content_hash(data)
+        known = self.known.get(item.kind, item.id)
+        if known is not None and hash_of(known) == hash_:
             return 0
-        version = 1 if state is None else state.version + 1
+        # A new item, or one forgotten (beyond retention) coming back: above any version
+        # the store may still have of it.
+        version = self._version_floor + 1 if known is None else version_of(known) + 1
         seq = self.seq + 1
-        line = change_json(seq, version, hash_, data)
+        line = change_json(seq, version, hash_hex(hash_), data)
         self._spool.append(seq, line + b"\n")  # first: if it fails, nothing has changed
         self.seq = seq
-        if state is None:
-            self.counts[item.kind] = self.counts.get(item.kind, 0) + 1
-            self.items[key] = ItemState(version, hash_, seq, data)
-        else:
-            state.version, state.hash, state.seq, state.json = version, hash_, seq, data
+        self.known.put(item.kind, item.id, pack(version, hash_, _time_of(item)))
         self._note_target(item)
-        self._queue(key, seq, line)
+        self._queue((item.kind, item.id), seq, line)
         return version
 
     def _note_target(self, item: AnyItem) -> None:
@@ -178,7 +206,11 @@ class AccountData:
 
     def holds(self, kind: str, item_id: str) -> bool:
         """Whether the account has this item (in the store, or seen since)."""
-        return (kind, item_id) in self.items
+        return (kind, item_id) in self.known
+
+    def count(self, kind: str) -> int:
+        """How many items of ``kind`` the account has (in the store or seen since)."""
+        return self.known.count(kind)
 
     def _queue(self, key: Key, seq: int, line: bytes) -> None:
         """Wait to be sent; an older waiting change of the same item is superseded."""
@@ -212,6 +244,25 @@ class AccountData:
         while self.in_flight and next(iter(self.in_flight.values()))[0] <= seq:
             self.in_flight.popitem(last=False)
         self._spool.acked(seq)
+        if self._keep_ms and time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_EVERY_S
+            self.forget_expired(epoch_ms())
+
+    def forget_expired(self, now_ms: int) -> int:
+        """Forget the items the store's retention has dropped (older than their
+        collection's retention, plus ``FORGET_MARGIN_MS``), except those whose change
+        still waits; returns how many."""
+        waiting = self.unsent.keys() | self.in_flight.keys()
+        forgotten = 0
+        for kind, keep_ms in self._keep_ms.items():
+            ids, top = self.known.forget_older(kind, now_ms - keep_ms - FORGET_MARGIN_MS, waiting)
+            self._version_floor = max(self._version_floor, top)
+            if kind == "comment":
+                for item_id in ids:
+                    self.comment_content.pop(item_id, None)
+            forgotten += len(ids)
+        self.forgotten += forgotten
+        return forgotten
 
     def resend_unacked(self) -> None:
         """Everything not acknowledged goes again, from the last acknowledgement."""
@@ -227,13 +278,37 @@ class AccountData:
         self.sent_seq = self.seq
 
     def changed_after(self, seq: int) -> list[tuple[int, bytes]]:
-        """Every item this worker holds that changed after ``seq``, as it is now."""
-        chosen = sorted((s for s in self.items.values() if s.seq > seq), key=lambda s: s.seq)
-        return [
-            (s.seq, change_json(s.seq, s.version, s.hash, s.json))
-            for s in chosen
-            if s.json is not None
-        ]
+        """Every item changed after ``seq``, as it is now: its waiting change, or its last
+        change read back from the spool (as far back as the spool keeps them; see
+        ``resend_floor``). Items forgotten since are not sent."""
+        waiting = dict(chain(self.in_flight.items(), self.unsent.items()))
+        found: dict[Key, tuple[int, bytes]] = {}
+        for line in self._spool.lines_after(seq):
+            try:
+                change = json.loads(line)
+                item = change["item"]
+                key = (item["kind"], item["id"])
+            except (ValueError, KeyError, TypeError):  # damaged on disk since it was written
+                self.unreadable += 1
+                continue
+            if key in waiting:
+                continue  # its newest change waits in memory
+            known = self.known.get(*key)
+            if known is not None and version_of(known) == change["version"]:
+                found[key] = (change["seq"], line)  # older lines of it have older versions
+        found.update((key, change) for key, change in waiting.items() if change[0] > seq)
+        return sorted(found.values())
+
+    @property
+    def resend_floor(self) -> int:
+        """The first sequence number a resend can read back (changes before it are gone
+        from the spool); 0 if it has none."""
+        return self._spool.first_seq
+
+    @property
+    def held_json(self) -> int:
+        """How many items' full JSON this account holds in memory (the waiting changes)."""
+        return len(self.unsent) + len(self.in_flight)
 
     @property
     def unacked(self) -> int:
@@ -241,3 +316,10 @@ class AccountData:
 
     def close(self) -> None:
         self._spool.close()
+
+
+def _time_of(item: AnyItem) -> int:
+    """What the store's retention goes by: the kind's time field, or (not set) now, as
+    the store then goes by when it synced the item."""
+    value = getattr(item, _TIME_FIELD[item.kind])
+    return epoch_ms() if value is None else int(value)

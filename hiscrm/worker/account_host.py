@@ -117,7 +117,8 @@ class AccountHost:
             return  # revoked while it waited, or the digest is not complete yet
         loading.retry = None
         account = loading.account
-        data = AccountData(account_id, Spool(Path(self._boot.spool_dir) / account_id))
+        spool = Spool(Path(self._boot.spool_dir) / account_id)
+        data = AccountData(account_id, spool, self._boot.retention_days)
         try:
             report = data.load(loading.acked_seq, loading.digest)
         except SpoolBusy as exc:  # its previous owner has not let go yet: expected, brief
@@ -144,7 +145,7 @@ class AccountHost:
             "account loaded",
             account_id=account_id,
             acked_seq=loading.acked_seq,
-            items=len(data.items),
+            items=len(data.known),
             replayed=report.replayed,
         )
         self.syncer.add(data)

@@ -96,7 +96,7 @@ class AccountContext:
 
     def count(self, kind: str) -> int:
         """How many items of ``kind`` this account has (in the store or seen since)."""
-        return self._data.counts.get(kind, 0)
+        return self._data.count(kind)
 
     # --- writing what the platform found -------------------------------------------------
 

@@ -145,7 +145,17 @@ class Syncer:
         if data is None:
             return 0
         from_seq = min(from_seq, data.acked_seq)
+        unreadable = data.unreadable
         changes = data.changed_after(from_seq)
+        floor = data.resend_floor
+        if floor > from_seq + 1 or data.unreadable > unreadable:
+            self._log.warning(
+                "resend: changes before the spool's oldest are not sent again",
+                account_id=account_id,
+                from_seq=from_seq,
+                spool_from_seq=floor,
+                unreadable_lines=data.unreadable - unreadable,
+            )
         self._send_batches(data, changes, min(from_seq, data.sent_seq), now)
         data.mark_all_sent()
         return len(changes)

@@ -21,6 +21,7 @@ from hiscrm import __version__
 from hiscrm.config import EventsConfig
 from hiscrm.master.api.account_admin import AccountAdmin
 from hiscrm.master.api.account_routes import account_routes
+from hiscrm.master.api.cluster_routes import cluster_routes
 from hiscrm.master.api.collection_routes import collection_routes
 from hiscrm.master.api.config_update import ConfigUpdater
 from hiscrm.master.api.control import Control
@@ -131,6 +132,7 @@ def create_app(
     collection_routes(routes, read, control, max_page_bytes)
     event_routes(routes, hub, events_config, log)
     reply_routes(routes, replies)
+    cluster_routes(routes, read.cluster)
     # The dashboard: its sign-in and session, then its files (the catch-all /ui/… last).
     sessions = Sessions(token, session_ttl_s) if token is not None else None
     if sessions is not None:

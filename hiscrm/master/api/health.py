@@ -82,10 +82,14 @@ def _disk(inputs: HealthInputs) -> Check:
     return Check(status="ok", detail=f"{mb} MB free")
 
 
+# Accounts no worker of this master is meant to run.
+NOT_HERE = frozenset({AccountState.DISABLED, AccountState.ELSEWHERE})
+
+
 def _workers(inputs: HealthInputs) -> Check:
     running = [w for w, s in inputs.workers.items() if s == "running"]
     solo = [w for w, s in inputs.solo_workers.items() if s == "running"]
-    enabled = [a for a, s in inputs.accounts.items() if s is not AccountState.DISABLED]
+    enabled = [a for a, s in inputs.accounts.items() if s not in NOT_HERE]
     summary = f"{len(running)}/{len(inputs.workers)} running"
     starting = [w for w, s in (inputs.workers | inputs.solo_workers).items() if s == "starting"]
     if enabled and not running and not solo:

@@ -5,6 +5,7 @@ status and the API serve, so they can never drift from what status reports. Only
 commit-latency histogram records observations as they happen.
 """
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -13,12 +14,14 @@ from prometheus_client.registry import Collector
 
 from hiscrm.event_names import EVENT_NAMES, ITEM_PREFIX
 from hiscrm.log_config import log_lines_suppressed_total
+from hiscrm.master.api.cluster_info import node_state
 from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import Health, WorkerInfo
 from hiscrm.master.api.sessions import CookieRefusal, Sessions
 from hiscrm.master.data.account_status import AccountState
+from hiscrm.master.data.lease_view import LeaseStats
 from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.store import Store, SyncFailure
 from hiscrm.master.events.hooks import Hooks
@@ -34,7 +37,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class MasterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
+        """``node``: in a cluster, every sample carries ``node="<node_id>"``."""
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.commit_latency = Histogram(
             "hiscrm_sync_commit_latency_seconds",
@@ -55,8 +60,68 @@ class MasterMetrics:
     def attach_sessions(self, sessions: Sessions) -> None:
         self.registry.register(_Sessions(sessions))
 
+    def attach_cluster(self, stats: LeaseStats) -> None:
+        self.registry.register(_Cluster(stats))
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.node is None:
+            return generate_latest(self.registry)
+        return generate_latest(_NodeLabelled(self.registry, self.node))
+
+
+class _NodeLabelled:
+    """The registry's metrics, each sample labelled with this master's node."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self._registry = registry
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [
+                s._replace(labels={**s.labels, "node": self._node}) for s in metric.samples
+            ]
+            yield metric
+
+
+class _Cluster(Collector):
+    """This master's leases in the cluster (PostgreSQL store)."""
+
+    def __init__(self, stats: LeaseStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield GaugeMetricFamily(
+            "hiscrm_cluster_leases_held", "Account leases this master holds", value=stats.held
+        )
+        yield GaugeMetricFamily(
+            "hiscrm_cluster_capacity", "Accounts this master leases at most", value=stats.capacity
+        )
+        for name, help_text, value in (
+            ("renewals", "Lease renewals done", stats.renewals),
+            (
+                "renewal_failures",
+                "Lease rounds that failed (store unreachable)",
+                stats.renewal_failures,
+            ),
+            ("leases_claimed", "Leases claimed", stats.claimed),
+            ("leases_handed_back", "Leases let go to even out the cluster", stats.handed_back),
+            (
+                "leases_lost",
+                "Leases lost (taken, refused by the fence, not renewed in time)",
+                stats.lost,
+            ),
+        ):
+            yield CounterMetricFamily(f"hiscrm_cluster_{name}_total", help_text, value=value)
+        nodes = GaugeMetricFamily(
+            "hiscrm_cluster_nodes", "Masters of the cluster by state", labels=["state"]
+        )
+        view = stats.view
+        counts = Counter(node_state(n) for n in (view.nodes if view is not None else []))
+        for state in ("ok", "lagging", "lost", "leaving"):
+            nodes.add_metric([state], counts[state])
+        yield nodes
 
 
 class _LiveState(Collector):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from hiscrm import __version__
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
+from hiscrm.master.api.cluster_info import ClusterInfo, cluster_info, one_host
 from hiscrm.master.api.health import HealthInputs, assess
 from hiscrm.master.api.schemas import (
     AccountInfo,
@@ -30,6 +31,7 @@ from hiscrm.master.api.schemas import (
 )
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.accounts import AccountManager
+from hiscrm.master.data.lease_view import LeaseStats
 from hiscrm.master.data.store import CollectionQuery, Row, Store, StoreStats
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.rolling_reload import RollingReload
@@ -63,6 +65,9 @@ class ReadModel:
         self._store = store
         self._processes = processes
         self._missing_platforms = missing_platforms or {}
+        self.node_id = supervisor.config.cluster.node_id
+        self.cluster_stats: LeaseStats | None = None  # a cluster: the lease keeper's
+        self.api_url: str | None = None
 
     # --- workers -------------------------------------------------------------------------
 
@@ -141,15 +146,25 @@ class ReadModel:
         if slot is None or status is None:
             raise NotFound(f"no account {account_id!r}")
         error = status.last_error
+        spec = manager.specs.get(account_id, slot.account)  # as placed: not if not leased
+        state, reason = status.state.value, status.reason
+        node: str | None = self.node_id
+        if manager.held is not None:
+            node, reported = manager.owners.get(account_id, (None, None))
+            if status.state is AccountState.ELSEWHERE and node is not None:
+                state, reason = reported or state, f"runs on {node} (its state as it reported it)"
+            elif manager.running_here(account_id):
+                node = self.node_id
         return AccountInfo(
             id=account_id,
             platform=slot.account.platform,
             source=status.source,
-            enabled=slot.account.enabled,
+            enabled=spec.enabled,
             options=dict(slot.account.options),
-            state=status.state.value,
+            state=state,
             state_since_at=status.state_since_at,
-            reason=status.reason,
+            reason=reason,
+            node=node,
             worker=slot.owner,
             home=slot.home,
             quarantined=manager.quarantine.is_quarantined(account_id),
@@ -168,6 +183,15 @@ class ReadModel:
             items_synced=manager.items_synced.get(account_id, 0),
             sync_errors=dict(manager.sync_errors.get(account_id, {})),
         )
+
+    def cluster(self) -> ClusterInfo:
+        if self.cluster_stats is not None:
+            return cluster_info(self.cluster_stats)
+        enabled = sum(spec.enabled for spec in self._accounts.specs.values())
+        config = self._supervisor.config
+        capacity = config.node_capacity
+        started = self._supervisor.started_at_ms
+        return one_host(self.node_id, capacity, enabled, started, epoch_ms(), self.api_url)
 
     def account_ids(self) -> list[str]:
         return list(self._accounts.status)

@@ -138,9 +138,11 @@ class AccountInfo(BaseModel):
     source: str  # config: declared in the config file (change it there); api: made through the API
     enabled: bool
     options: dict[str, Any]
-    state: str  # disabled, unassigned, starting, running, backoff, down, failed, quarantined
+    state: str  # disabled, unassigned, starting, running, backoff, down, failed, quarantined,
+    # elsewhere (a cluster: another master holds it; its owner's last reported state is shown)
     state_since_at: int  # ms
     reason: str  # why it is in this state
+    node: str | None = None  # the master (cluster node) running it; None: no lease holder
     worker: str | None  # the worker running it now
     home: str | None  # the worker it belongs to when that one is healthy
     quarantined: bool

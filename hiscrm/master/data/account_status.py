@@ -25,6 +25,7 @@ class AccountState(StrEnum):
     DOWN = "down"  # its worker is not running
     FAILED = "failed"  # its platform does not import or does not construct
     QUARANTINED = "quarantined"  # suspected of killing its workers: it runs alone
+    ELSEWHERE = "elsewhere"  # a cluster: enabled, not leased to this master
 
 
 class TaskState(StrEnum):

@@ -73,6 +73,16 @@ def digest_chunks(
     )
 
 
+def _done(loop: asyncio.AbstractEventLoop) -> "asyncio.Future[None]":
+    done: asyncio.Future[None] = loop.create_future()
+    done.set_result(None)
+    return done
+
+
+async def _nothing_after(gathered: "asyncio.Future[list[None]]") -> None:
+    await gathered
+
+
 def _loop_now() -> float:
     """The supervisor's clock (the loop's), for deadlines."""
     return asyncio.get_running_loop().time()
@@ -89,14 +99,24 @@ class AccountManager:
         observe_commit_latency: Callable[[float], None] = lambda seconds: None,
         count_error: Callable[[], int] | None = None,
         publish: EventSink = lambda event, data: None,
+        held: set[str] | None = None,
     ) -> None:
         self._count_error = count_error or (lambda: 0)
+        # In a cluster, the accounts this master holds leases on (the lease keeper says
+        # which); the others stay in the registry but are placed nowhere here. None: one
+        # host, every account is this master's.
+        self.held = held
+        self.specs: dict[str, AccountSpec] = {r.id: spec_of(r) for r in registry}
+        self._letting_go: dict[str, asyncio.Future[None]] = {}  # leases being given up
+        # In a cluster: each account's lease holder and the state it last reported.
+        self.owners: dict[str, tuple[str | None, str | None]] = {}
+        self._wake: Callable[[], None] = lambda: None
         self._observe_commit_latency = observe_commit_latency
         self._store = store
         self._log = log
         self._publish = publish
         sup = config.supervision
-        accounts = [spec_of(r) for r in registry]
+        accounts = [self._placed(spec) for spec in self.specs.values()]
         self.assigner = Assigner(
             accounts,
             config.worker_ids,
@@ -221,6 +241,10 @@ class AccountManager:
     # --- accounts and workers that change -------------------------------------------
 
     def add(self, account: AccountSpec, source: str, now: float) -> None:
+        if self.specs.get(account.id) == account and account.id in self.status:
+            return  # known already (a cluster's lease keeper saw it in the registry first)
+        self.specs[account.id] = account
+        account = self._placed(account)
         self.status[account.id] = AccountStatus(account.id, source)
         self.syncs[account.id] = self.items_synced[account.id] = 0
         self.sync_errors[account.id] = {}
@@ -235,6 +259,8 @@ class AccountManager:
             account_id=account.id,
             enabled=account.enabled,
         )
+        self.specs[account.id] = account
+        account = self._placed(account)
         if not account.enabled:
             self.staleness.unwatch(account.id)
         self._execute(self.assigner.change(account, now), now)
@@ -267,12 +293,73 @@ class AccountManager:
             if not self.assigner.gone(account_id):
                 continue
             del self._leaving[account_id]
+            self.specs.pop(account_id, None)
             self.status.pop(account_id, None)
             self.syncs.pop(account_id, None)
             self.items_synced.pop(account_id, None)
             self.sync_errors.pop(account_id, None)
             if not done.done():
                 done.set_result(None)
+        for account_id, done in list(self._letting_go.items()):
+            slot = self.assigner.slots.get(account_id)
+            if slot is None or (slot.owner is None and not slot.releasing):
+                del self._letting_go[account_id]
+                if not done.done():
+                    done.set_result(None)
+
+    # --- leases (a cluster) --------------------------------------------------------------
+
+    def _placed(self, spec: AccountSpec) -> AccountSpec:
+        """The account as the assigner places it: not at all (as if disabled) unless this
+        master holds its lease."""
+        if self.held is None or spec.id in self.held or not spec.enabled:
+            return spec
+        return spec.model_copy(update={"enabled": False})
+
+    def lease_gained(self, account_ids: list[str], now: float) -> None:
+        """This master now holds these accounts' leases: place them on its workers."""
+        assert self.held is not None, "leases are for a cluster"
+        for account_id in account_ids:
+            self.held.add(account_id)
+            spec = self.specs.get(account_id)
+            if spec is None:
+                continue  # not in the registry yet: placed when it is added
+            self._log.info("lease gained; placing the account", account_id=account_id)
+            self._execute(self.assigner.change(spec, now), now)
+            self._refresh(account_id, "lease gained")
+        self._wake()
+
+    def lease_lost(self, account_ids: list[str], now: float, why: str) -> "asyncio.Future[None]":
+        """Stop these accounts' tasks (their workers let them go); done once no worker of
+        this master holds any of them."""
+        assert self.held is not None, "leases are for a cluster"
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[None]] = []
+        for account_id in account_ids:
+            self.held.discard(account_id)
+            spec = self.specs.get(account_id)
+            slot = self.assigner.slots.get(account_id)
+            if spec is None or slot is None:
+                continue
+            self._log.info("lease given up; stopping the account", account_id=account_id, why=why)
+            self.staleness.unwatch(account_id)
+            self.outbox.account_left(account_id, why)
+            self._execute(self.assigner.change(self._placed(spec), now), now)
+            self._refresh(account_id, why)
+            done = self._letting_go.get(account_id) or loop.create_future()
+            self._letting_go[account_id] = done
+            waits.append(done)
+        self._settle_leaving()
+        self._wake()
+        if not waits:
+            return _done(loop)
+        gathered = asyncio.gather(*waits)
+        return asyncio.ensure_future(_nothing_after(gathered))
+
+    def running_here(self, account_id: str) -> bool:
+        """Some worker of this master holds the account (or is letting it go)."""
+        slot = self.assigner.slots.get(account_id)
+        return slot is not None and slot.owner is not None
 
     # --- operator actions ----------------------------------------------------------------
 
@@ -371,6 +458,7 @@ class AccountManager:
 
     def wake_with(self, wake: Callable[[], None]) -> None:
         self.outbox.wake = wake
+        self._wake = wake
 
     def platforms_reported(self, idempotent: list[str]) -> None:
         self.idempotent_platforms.update(idempotent)
@@ -459,6 +547,13 @@ class AccountManager:
             home_down=slot.home in self._down,
             task=status.task,
         )
+        if (
+            state is AccountState.DISABLED
+            and self.held is not None
+            and account_id not in self.held
+            and self.specs[account_id].enabled
+        ):
+            state = AccountState.ELSEWHERE
         if state is AccountState.FAILED and status.failed:
             reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
         if status.move(state, reason, self._log, worker=owner):

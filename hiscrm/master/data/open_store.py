@@ -1,11 +1,18 @@
 """Which store the configuration names: SQLite in the state directory (the default), or
 PostgreSQL at ``[store] url``."""
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
+from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.sqlite_store import SqliteStore
 from hiscrm.master.data.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from hiscrm.master.data.lease_keeper import LeaseKeeper
 
 SQLITE_FILE = "hiscrm.db"
 
@@ -23,3 +30,27 @@ def open_store(config: Config, log: FilteringBoundLogger) -> Store:
             "install hiscrm with the postgres extra: pip install 'hiscrm[postgres]'"
         ) from exc
     return PostgresStore(config.store.url, retention, log)
+
+
+def open_lease_keeper(
+    config: Config,
+    store: Store,
+    manager: AccountManager,
+    log: FilteringBoundLogger,
+    count_error: Callable[[], int],
+    shutting_down: Callable[[], bool],
+) -> "LeaseKeeper | None":
+    """On PostgreSQL, this master's part in the cluster: the lease keeper, whose fence
+    every write of the store checks. On SQLite (one host): None, the master owns every
+    account."""
+    if config.store.url is None:
+        return None
+    from hiscrm.master.data.lease_fence import Fence
+    from hiscrm.master.data.lease_keeper import LeaseKeeper
+    from hiscrm.master.data.postgres_store import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        raise StoreError(f"a cluster needs the PostgreSQL store, not {type(store).__name__}")
+    fence = Fence(config.cluster.node_id)
+    store.writer.fence = fence
+    return LeaseKeeper(config, config.store.url, manager, fence, log, count_error, shutting_down)

@@ -37,10 +37,11 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
+from hiscrm.master.data import pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -163,10 +164,31 @@ def _migration_3(conn: Conn) -> None:
             conn.execute(item_event_index_sql(table))
 
 
+def _migration_4(conn: Conn) -> None:
+    """The outbox: replies waiting, being sent, and what became of them (``outbox_sql``;
+    ``action`` as text, the same bytes SQLite keeps)."""
+    conn.execute(
+        'CREATE TABLE outbox (account_id text COLLATE "C" NOT NULL, '
+        'request_id text COLLATE "C" NOT NULL, seq bigint NOT NULL, body_hash text NOT NULL, '
+        "action text NOT NULL, target text NOT NULL, state text NOT NULL, error text, "
+        "item_id text, attempts bigint NOT NULL, created_at bigint NOT NULL, "
+        "updated_at bigint NOT NULL, sent_at bigint, PRIMARY KEY (account_id, request_id))"
+    )
+    conn.execute("CREATE INDEX outbox_by_account ON outbox (account_id, seq)")
+    conn.execute("CREATE INDEX outbox_by_state ON outbox (state, seq)")
+
+
+def _migration_leases(conn: Conn) -> None:
+    """The cluster: the nodes (masters) and the accounts' leases (``pg_leases``)."""
+    pg_leases.migrate(conn)
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
+    4: _migration_4,
+    5: _migration_leases,
 }  # version -> step that brings it there
 
 
@@ -398,4 +420,7 @@ def delete_account(conn: Conn, account_id: str, purge: bool) -> dict[str, int]:
         cursor = conn.execute(f"DELETE FROM {kind.collection} WHERE account_id = %s", (account_id,))
         deleted[kind.collection] = cursor.rowcount
     conn.execute("DELETE FROM account_sync WHERE id = %s", (account_id,))
+    deleted["outbox"] = conn.execute(
+        "DELETE FROM outbox WHERE account_id = %s", (account_id,)
+    ).rowcount
     return deleted

@@ -34,6 +34,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
 from hiscrm.master.data import pg_events, pg_schema
+from hiscrm.master.data.lease_fence import Fence
 from hiscrm.master.data.pg_events import EventHead
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.store import (
@@ -97,6 +98,7 @@ class PgWriter:
         self._startup_error: BaseException | None = None
         self._upserter = pg_schema.Upserter()
         self.events = EventHead(log)
+        self.fence: Fence | None = None  # in a cluster: every account's write checks its lease
         self.keep_events, self.keep_events_s = 100_000, 86_400.0
         self.commits = 0
         self.items_written = 0
@@ -334,9 +336,14 @@ class PgWriter:
         account_ids = list(dict.fromkeys(batch.account_id for batch in syncs))
         with conn.transaction():
             planned = pg_schema.committed_seqs(conn, account_ids, lock=True)
+            fenced = self.fence.check(conn, account_ids) if self.fence is not None else {}
             moved: dict[str, int] = {}
             for batch in syncs:
                 done = planned[batch.account_id]
+                if batch.account_id in fenced:
+                    why = f"lease lost: {fenced[batch.account_id]}"
+                    outcomes.append(SyncOutcome(batch, done, why, SyncFailure.STALE_LEASE))
+                    continue
                 if batch.base_seq > done:
                     gap = (
                         f"gap: the store has up to {done}, "

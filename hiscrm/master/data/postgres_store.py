@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import pg_events, pg_queries, pg_schema
+from hiscrm.master.data import outbox_sql, pg_events, pg_queries, pg_schema
 from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.data.pg_listener import EventListener
 from hiscrm.master.data.pg_reader import PgReader
@@ -39,6 +39,7 @@ from hiscrm.master.data.store import (
 )
 
 T = TypeVar("T")
+OUTBOX = outbox_sql.Dialect("%s", pg_events.insert)
 WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
 STUCK_AFTER_S = 10.0  # a write waiting or running this long means the store is stuck
 
@@ -95,24 +96,11 @@ class PostgresStore:
     async def mark_read(
         self, collection: str, account_id: str, item_id: str, at_ms: int
     ) -> Row | None:
-        try:
-            return await self.writer.call(
-                lambda conn: self.writer.with_events(
-                    conn,
-                    1,
-                    lambda c, event_id: pg_queries.mark_read(
-                        c, collection, account_id, item_id, at_ms, event_id
-                    ),
-                ),
-                WRITE_TIMEOUT_S,
-            )
-        except TimeoutError:
-            why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
-            raise StoreUnavailable(
-                f"the store did not take the write within {WRITE_TIMEOUT_S:.0f} s: {why}"
-            ) from None
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"the store cannot write: {exc}") from exc
+        def mark(conn: Conn, event_id: int) -> Row | None:
+            self._fenced(conn, account_id)
+            return pg_queries.mark_read(conn, collection, account_id, item_id, at_ms, event_id)
+
+        return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, mark))
 
     async def page(self, collection: str, query: CollectionQuery) -> tuple[list[Row], int]:
         return await self.reader.page(collection, query)
@@ -152,34 +140,59 @@ class PostgresStore:
     async def events(self, query: EventQuery) -> list[StoredEvent]:
         return await self.reader.run(lambda conn: pg_events.read(conn, query))
 
-    # The outbox: not in PostgreSQL yet (being built).
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
-        raise StoreUnavailable("replies are not stored in PostgreSQL yet")
+        return await self._call_writing(
+            lambda conn: self.writer.with_events(
+                conn, 1, lambda c, first: outbox_sql.create(OUTBOX, c, first, entry)
+            )
+        )
 
     async def outbox_save(self, entry: OutboxEntry) -> None:
-        raise StoreUnavailable("replies are not stored in PostgreSQL yet")
+        def save(conn: Conn, first: int) -> None:
+            self._fenced(conn, entry.account_id)  # the owner's word on a reply: fenced
+            outbox_sql.save(OUTBOX, conn, first, entry)
+
+        await self._call_writing(lambda conn: self.writer.with_events(conn, 1, save))
 
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None:
-        return None
+        return await self.reader.run(
+            lambda conn: outbox_sql.get(OUTBOX, conn, account_id, request_id)
+        )
 
     async def outbox_page(
         self, account_id: str, state: str | None, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
-        return [], 0
+        return await self.reader.run(
+            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
+        )
 
     async def outbox_open(self) -> list[OutboxEntry]:
-        return []
+        return await self.writer.call(lambda conn: outbox_sql.open_entries(OUTBOX, conn))
+
+    def _fenced(self, conn: Conn, account_id: str) -> None:
+        """In a cluster, inside the write's transaction: refuse (StoreUnavailable) if this
+        master believes it holds the account's lease and the store says it does not."""
+        fence = self.writer.fence
+        if fence is None:
+            return
+        refused = fence.check(conn, [account_id], held_only=True)
+        if refused:
+            raise StoreUnavailable(f"lease lost: {refused[account_id]}")
 
     async def _write(self, function: Callable[[Conn], T]) -> T:
-        """One write of the API in its own transaction, in the writer thread; 503 (as
-        StoreUnavailable) if the store cannot take it in time."""
+        """One write of the API in its own transaction, in the writer thread."""
 
         def in_transaction(conn: Conn) -> T:
             with conn.transaction():
                 return function(conn)
 
+        return await self._call_writing(in_transaction)
+
+    async def _call_writing(self, function: Callable[[Conn], T]) -> T:
+        """A write that makes its own transaction, in the writer thread; 503 (as
+        StoreUnavailable) if the store cannot take it in time."""
         try:
-            return await self.writer.call(in_transaction, WRITE_TIMEOUT_S)
+            return await self.writer.call(function, WRITE_TIMEOUT_S)
         except TimeoutError:
             why = self.writer.cannot_commit(time.monotonic(), 0.0) or "it is busy"
             raise StoreUnavailable(

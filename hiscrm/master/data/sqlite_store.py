@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import sqlite_events, sqlite_outbox, sqlite_queries, sqlite_schema
+from hiscrm.master.data import outbox_sql, sqlite_events, sqlite_queries, sqlite_schema
 from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.data.sqlite_reader import SqliteReader
 from hiscrm.master.data.sqlite_writer import SqliteWriter, transaction
@@ -34,6 +34,7 @@ from hiscrm.master.data.store import (
 )
 
 T = TypeVar("T")
+OUTBOX = outbox_sql.Dialect("?", sqlite_events.insert)
 WRITE_TIMEOUT_S = 10.0  # an API write waits this long for the writer, then answers 503
 STUCK_AFTER_S = 2.0  # a write waiting or running this long means the store is stuck
 
@@ -131,29 +132,31 @@ class SqliteStore:
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
         return await self._call_writing(
             lambda conn: self.writer.with_events(
-                conn, 1, lambda c, first: sqlite_outbox.create(c, first, entry)
+                conn, 1, lambda c, first: outbox_sql.create(OUTBOX, c, first, entry)
             )
         )
 
     async def outbox_save(self, entry: OutboxEntry) -> None:
         await self._call_writing(
             lambda conn: self.writer.with_events(
-                conn, 1, lambda c, first: sqlite_outbox.save(c, first, entry)
+                conn, 1, lambda c, first: outbox_sql.save(OUTBOX, c, first, entry)
             )
         )
 
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None:
-        return await self.reader.run(lambda conn: sqlite_outbox.get(conn, account_id, request_id))
+        return await self.reader.run(
+            lambda conn: outbox_sql.get(OUTBOX, conn, account_id, request_id)
+        )
 
     async def outbox_page(
         self, account_id: str, state: str | None, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
         return await self.reader.run(
-            lambda conn: sqlite_outbox.page(conn, account_id, state, limit, offset)
+            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
         )
 
     async def outbox_open(self) -> list[OutboxEntry]:
-        return await self.writer.call(sqlite_outbox.open_entries)
+        return await self.writer.call(lambda conn: outbox_sql.open_entries(OUTBOX, conn))
 
     async def _call_writing(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """A write that makes its own transaction, in the writer thread; 503 (as

@@ -50,6 +50,7 @@ class SyncFailure(StrEnum):
     GAP = "gap"  # the store lacks changes before the sync's base_seq
     STORE_ERROR = "store_error"  # the store could not write it
     NOT_ASSIGNED = "not_assigned"  # it came from a worker the account is not assigned to
+    STALE_LEASE = "stale_lease"  # in a cluster: this master no longer holds the account
 
 
 @dataclass(slots=True)

@@ -210,6 +210,7 @@ class WorkerSlot:
             idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
             ack_timeout_s=sup.heartbeat_timeout_s,
             code_packages=self._config.code.packages,
+            retention_days=self._config.retention.days(),
         )
 
     async def _launch(self) -> SlotProcess:

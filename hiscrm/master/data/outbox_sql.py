@@ -1,12 +1,16 @@
-"""The outbox in SQLite: one row per reply, keyed by ``(account_id, request_id)``; each
-change of an entry and its ``reply.state`` event are written in one transaction (the
-event's id also orders the entries: ``seq`` is the id of the event that made it)."""
+"""The outbox's statements, the same on SQLite and PostgreSQL: one row per reply, keyed
+by ``(account_id, request_id)``; each change of an entry and its ``reply.state`` event
+are written in one transaction (the event's id also orders the entries: ``seq`` is the
+id of the event that made it).
 
-import sqlite3
-from typing import Any
+The SQL is written once with ``?`` marks; a backend's ``Dialect`` says its mark and how
+it stores supervisor events."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from hiscrm.items import BY_COLLECTION
-from hiscrm.master.data import sqlite_events
 from hiscrm.master.data.outbox_entry import (
     ACTION,
     OPEN,
@@ -17,6 +21,28 @@ from hiscrm.master.data.outbox_entry import (
 )
 from hiscrm.master.data.store import NewEvent
 from hiscrm.replies import CommentReply, MessageReply
+
+
+class _Rows(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What sqlite3's and psycopg's connections both offer."""
+
+    def execute(self, sql: Any, params: Any = ..., /) -> _Rows: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    mark: str  # a parameter's placeholder: "?" (sqlite3) or "%s" (psycopg)
+    insert_events: Callable[[Any, int, list[NewEvent]], None]
+
+    def run(self, conn: Connection, sql: str, params: Any = ()) -> _Rows:
+        return conn.execute(sql if self.mark == "?" else sql.replace("?", self.mark), params)
+
 
 COLUMNS = (
     "account_id, request_id, seq, body_hash, action, target, state, error, item_id, "
@@ -39,27 +65,28 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     )
 
 
-def _exists(conn: sqlite3.Connection, collection: str, account_id: str, item_id: str) -> bool:
+def _exists(db: Dialect, conn: Connection, collection: str, account_id: str, item_id: str) -> bool:
     assert collection in BY_COLLECTION
-    row = conn.execute(
-        f"SELECT 1 FROM {collection} WHERE account_id = ? AND id = ?", (account_id, item_id)
+    row = db.run(
+        conn, f"SELECT 1 FROM {collection} WHERE account_id = ? AND id = ?", (account_id, item_id)
     ).fetchone()
     return row is not None
 
 
-def check_target(conn: sqlite3.Connection, entry: OutboxEntry) -> None:
+def check_target(db: Dialect, conn: Connection, entry: OutboxEntry) -> None:
     """ReplyRefused (422) unless the store knows the reply's target for the account."""
     action, account = entry.action, entry.account_id
     if isinstance(action, MessageReply):
-        if not _exists(conn, "conversations", account, action.conversation_id):
+        if not _exists(db, conn, "conversations", account, action.conversation_id):
             raise ReplyRefused(
                 422, f"conversation {action.conversation_id!r} is not one of {account!r}'s"
             )
     elif isinstance(action, CommentReply):
-        if not _exists(conn, "contents", account, action.content_id):
+        if not _exists(db, conn, "contents", account, action.content_id):
             raise ReplyRefused(422, f"content {action.content_id!r} is not one of {account!r}'s")
         if action.parent_id is not None:
-            row = conn.execute(
+            row = db.run(
+                conn,
                 "SELECT content_id FROM comments WHERE account_id = ? AND id = ?",
                 (account, action.parent_id),
             ).fetchone()
@@ -71,8 +98,9 @@ def check_target(conn: sqlite3.Connection, entry: OutboxEntry) -> None:
                 )
 
 
-def get(conn: sqlite3.Connection, account_id: str, request_id: str) -> OutboxEntry | None:
-    row = conn.execute(
+def get(db: Dialect, conn: Connection, account_id: str, request_id: str) -> OutboxEntry | None:
+    row = db.run(
+        conn,
         f"SELECT {COLUMNS} FROM outbox WHERE account_id = ? AND request_id = ?",
         (account_id, request_id),
     ).fetchone()
@@ -83,10 +111,12 @@ def _event(entry: OutboxEntry) -> NewEvent:
     return NewEvent("reply.state", entry.updated_at, entry.account_id, entry.as_json())
 
 
-def create(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
+def create(
+    db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry
+) -> tuple[OutboxEntry, bool]:
     """Inside a transaction with one event id: the entry made (True), or the one already
     under its request id (False) if its body is the same; ReplyRefused otherwise."""
-    old = get(conn, entry.account_id, entry.request_id)
+    old = get(db, conn, entry.account_id, entry.request_id)
     if old is not None:
         if body_hash(old.action) != body_hash(entry.action):
             raise ReplyRefused(
@@ -95,8 +125,9 @@ def create(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> tuple
                 f"{entry.account_id!r}: send a new request_id for a new reply",
             )
         return old, False
-    check_target(conn, entry)
-    conn.execute(
+    check_target(db, conn, entry)
+    db.run(
+        conn,
         f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 13)})",
         (
             entry.account_id,
@@ -114,13 +145,14 @@ def create(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> tuple
             entry.sent_at,
         ),
     )
-    sqlite_events.insert(conn, first_id, [_event(entry)])
+    db.insert_events(conn, first_id, [_event(entry)])
     return entry, True
 
 
-def save(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> None:
+def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> None:
     """Inside a transaction with one event id: the entry's new state, and its event."""
-    conn.execute(
+    db.run(
+        conn,
         "UPDATE outbox SET state = ?, error = ?, item_id = ?, attempts = ?, updated_at = ?, "
         "sent_at = ? WHERE account_id = ? AND request_id = ?",
         (
@@ -134,28 +166,30 @@ def save(conn: sqlite3.Connection, first_id: int, entry: OutboxEntry) -> None:
             entry.request_id,
         ),
     )
-    sqlite_events.insert(conn, first_id, [_event(entry)])
+    db.insert_events(conn, first_id, [_event(entry)])
 
 
 def page(
-    conn: sqlite3.Connection, account_id: str, state: str | None, limit: int, offset: int
+    db: Dialect, conn: Connection, account_id: str, state: str | None, limit: int, offset: int
 ) -> tuple[list[OutboxEntry], int]:
     where, params = "account_id = ?", [account_id]
     if state is not None:
         where += " AND state = ?"
         params.append(state)
-    rows = conn.execute(
+    rows = db.run(
+        conn,
         f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
         [*params, limit, offset],
     ).fetchall()
-    total = conn.execute(f"SELECT count(*) FROM outbox WHERE {where}", params).fetchone()[0]
+    total = db.run(conn, f"SELECT count(*) FROM outbox WHERE {where}", params).fetchone()[0]
     return [_entry(r) for r in rows], int(total)
 
 
-def open_entries(conn: sqlite3.Connection) -> list[OutboxEntry]:
+def open_entries(db: Dialect, conn: Connection) -> list[OutboxEntry]:
     """Entries the master still acts on, oldest first."""
     marks = ", ".join("?" * len(OPEN))
-    rows = conn.execute(
+    rows = db.run(
+        conn,
         f"SELECT {COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY seq",
         [str(s) for s in OPEN],
     ).fetchall()

@@ -1,0 +1,45 @@
+"""A platform for cluster tests: each running task writes down, in
+``<record_dir>/<account>.runs``, which master's worker runs it (``HISCRM_TEST_NODE``, set
+in each master's environment) and until when, so a test can tell whether an account ever
+ran on two masters at once. It upserts one inbound message every ``every_s``, numbered on
+from what the store has of the account."""
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from hiscrm.platforms.base import PlatformContext
+
+NODE_ENV = "HISCRM_TEST_NODE"
+
+
+class Served:
+    async def run(self, ctx: PlatformContext) -> None:
+        path = Path(ctx.options["record_dir"]) / f"{ctx.account.id}.runs"
+        every_s = float(ctx.options.get("every_s", 0.1))
+        run = {"node": os.environ.get(NODE_ENV, "?"), "pid": os.getpid()}
+        n = ctx.count("message")
+        with path.open("a") as f:
+            f.write(json.dumps({**run, "at": time.time(), "what": "start", "n": n}) + "\n")
+            f.flush()
+            try:
+                while True:
+                    ctx.upsert_message(
+                        {
+                            "id": f"m{n:07d}",
+                            "conversation_id": "c1",
+                            "direction": "inbound",
+                            "sender_id": "u1",
+                            "text": f"message number {n}",
+                            "sent_at": 1_763_848_020_000 + n,
+                        }
+                    )
+                    n += 1
+                    f.write(json.dumps({**run, "at": time.time(), "what": "tick", "n": n}) + "\n")
+                    f.flush()
+                    await asyncio.sleep(every_s)
+            finally:
+                f.write(json.dumps({**run, "at": time.time(), "what": "stop", "n": n}) + "\n")
+                f.flush()
