@@ -19,6 +19,7 @@ let lastEventId = null;
 let broken = false; // the stream was lost since the state was last read
 let retries = 0;
 let loading = null;
+let missed = []; // state events heard while the state was being read: applied again after
 
 export async function start() {
   setInterval(tick, 1000); // rolls the per-second figures; reads nothing
@@ -34,6 +35,7 @@ function tick() {
 
 // The whole state, read again (at start, after a reconnect, on `reset`).
 export function reload() {
+  if (!loading) missed = [];
   loading ??= readState().finally(() => {
     loading = null;
   });
@@ -41,20 +43,22 @@ export function reload() {
 }
 
 async function readState() {
-  const [status, health, workers, accounts, past] = await Promise.all([
+  const [status, workers, accounts, past] = await Promise.all([
     api.get("/status"),
-    readHealth(),
     api.all("/workers"),
     api.all("/accounts"),
     api.pastEvents({ types: NOTABLE_TYPES, last: 100 }).catch(() => []),
   ]);
   state.status = status;
-  state.health = health;
+  state.health = await readHealth(status, past);
   state.stopping = status.shutting_down ? "shutting down" : null;
   emit("connection", state);
   state.workers = new Map(workers.map((w) => [w.id, w]));
   state.workersReadAt = Date.now();
   state.accounts = new Map(accounts.map((a) => [a.id, a]));
+  // What changed while the state was read may be older in the answers than in the events:
+  // the events are applied again (and what they concern read again).
+  for (const [name, data] of missed.splice(0)) APPLY[name]?.(data);
   for (const event of past) notice(event.name, event.data, event.id);
   emit("workers", state.workers);
   emit("accounts", state.accounts);
@@ -62,13 +66,21 @@ async function readState() {
   emit("reload", state);
 }
 
-async function readHealth() {
-  try {
-    return await api.get("/healthz");
-  } catch (error) {
-    if (error.status === 503 && error.body) return error.body; // failing: still the answer
-    throw error;
+// The health with its checks, from /healthz; but a failing master answers it with a 503,
+// which the browser reports as an error: then from the last `health` event (the status
+// says it is failing).
+async function readHealth(status, past) {
+  if (status.health !== "failing") {
+    try {
+      return await api.get("/healthz");
+    } catch (error) {
+      if (error.status === 503 && error.body) return error.body; // failing since
+      throw error;
+    }
   }
+  const last = past.filter((event) => event.name === "health").pop()?.data;
+  if (last && last.status === "failing") return last;
+  return { status: "failing", checks: { health: { status: "failing", detail: "details at /healthz" } } };
 }
 
 // --- the stream ------------------------------------------------------------------------
@@ -103,6 +115,7 @@ function openStream() {
     "account.quarantined", "account.released", "health", "reply.state", "reload.started",
     "reload.ended", "master.stopping"]) {
     listen(name, (data, id) => {
+      if (loading) missed.push([name, data]);
       APPLY[name]?.(data);
       notice(name, data, id);
       emit(name, data);
