@@ -8,12 +8,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_datastore import Store, change, postgres_backend
+from test_datastore import Store, change, conversation, postgres_backend
 
 from hiscrm.master.data import pg_leases
 from hiscrm.master.data.lease_fence import Fence
+from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState
 from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.store import StoreUnavailable, SyncFailure
+from hiscrm.replies import MessageReply
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -111,3 +113,47 @@ def test_a_late_commit_with_a_stale_epoch_is_refused(
     assert expired.failure is SyncFailure.STALE_LEASE
     assert expired.error is not None
     assert "has expired" in expired.error
+
+
+def test_an_outbox_save_at_a_stale_epoch_is_refused(
+    stores: tuple[Store, Store], pg_url: str
+) -> None:
+    """A master whose lease was taken cannot write a reply's state it still believes it
+    sends (a late 'sent', or 'unknown' after its worker died): refused in the save's own
+    transaction, and the entry stays as the new holder left it."""
+    a, b = stores
+    declare(pg_url, "acc")
+    fence_a, refused_a = fence_of(a, "node-a")
+    fence_b, _ = fence_of(b, "node-b")
+    assert asyncio.run(claim(pg_url, "node-a", 1)) == {"acc": 1}
+    fence_a.set({"acc": 1})
+    assert a.sync(0, 1, conversation(1, "c1", None)).ok
+    queued = OutboxEntry(
+        account_id="acc",
+        request_id="r1",
+        action=MessageReply(conversation_id="c1", text="hello"),
+        state=OutboxState.QUEUED,
+        created_at=1,
+        updated_at=1,
+    )
+    assert asyncio.run(a.store.outbox_create(queued))[1]
+    sending = queued.move(OutboxState.SENDING, 2)
+    asyncio.run(a.store.outbox_save(sending))  # node-a holds the lease: taken
+
+    # node-a is cut off; node-b takes the account (epoch 2) and calls the reply unknown.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE account_leases SET expires_at = now() - interval '1 second'")
+    assert asyncio.run(claim(pg_url, "node-b", 1)) == {"acc": 2}
+    fence_b.set({"acc": 2})
+    unknown = sending.move(OutboxState.UNKNOWN, 3, error="its previous master lost it")
+    asyncio.run(b.store.outbox_save(unknown))
+
+    # node-a's late word on it ('sent') is refused; the entry stays unknown.
+    late = sending.move(OutboxState.SENT, 4, item_id="x1")
+    with pytest.raises(StoreUnavailable, match="lease lost: lease epoch 1 of node-a is stale"):
+        asyncio.run(a.store.outbox_save(late))
+    assert refused_a
+    assert refused_a[-1][0] == "acc"
+    stored = asyncio.run(b.store.outbox_get("acc", "r1"))
+    assert stored is not None
+    assert (stored.state, stored.updated_at, stored.item_id) == (OutboxState.UNKNOWN, 3, None)

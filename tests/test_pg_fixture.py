@@ -29,6 +29,8 @@ def run_without_postgres(tmp_path: Path, require: bool) -> subprocess.CompletedP
             "-rs",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",
             f"--basetemp={tmp_path / 'inner'}",
             str(TESTS_DIR / A_POSTGRES_TEST),
         ],
@@ -36,12 +38,12 @@ def run_without_postgres(tmp_path: Path, require: bool) -> subprocess.CompletedP
         env=env,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=100,
         check=False,
     )
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_missing_postgres_skips_with_the_reason(tmp_path: Path) -> None:
     result = run_without_postgres(tmp_path, require=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -50,7 +52,7 @@ def test_missing_postgres_skips_with_the_reason(tmp_path: Path) -> None:
     assert f"set {REQUIRE_ENV}=1 to make this a failure" in result.stdout
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_missing_postgres_fails_when_required(tmp_path: Path) -> None:
     result = run_without_postgres(tmp_path, require=True)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -273,7 +273,9 @@ def test_hiscrmctl_send_and_an_idempotent_platform(
         # Sent again after the kill (and again if the options' change caught it mid-send).
         assert done["attempts"] >= 2
     calls = [s["request_id"] for s in recorded_sends(record, "idem")]
-    assert calls == ["c-1"] * done["attempts"]
+    # Every call to the platform was an attempt; an attempt handed over while the
+    # account's task restarted for its new options may never have reached the platform.
+    assert set(calls) == {"c-1"} and 2 <= len(calls) <= done["attempts"]
     listing = ctl(master, "outbox", "idem", "--state", "sent")
     assert listing.returncode == 0, listing.stderr
     assert "c-1" in listing.stdout

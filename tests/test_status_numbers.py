@@ -16,7 +16,7 @@ def test_cpu_percent_holds_when_polled_often(start_master: MasterFactory) -> Non
     master.wait_running("worker1")
     with master.http() as http:
         wait_until(
-            lambda: (http.get("/workers/worker1").json()["cpu_percent"] or 0) > 20,
+            lambda: (http.get("/workers/worker1").json()["cpu_percent"] or 0) > 5,
             10,
             "a first CPU figure",
         )
@@ -26,7 +26,9 @@ def test_cpu_percent_holds_when_polled_often(start_master: MasterFactory) -> Non
             readings.append(http.get("/workers/worker1").json()["cpu_percent"])
             time.sleep(0.02)
     assert len(readings) > 20
-    assert all(r is not None and r > 20 for r in readings), readings
+    # Polled every 20 ms, a busy worker still shows its CPU (a reading over an interval
+    # too short would be 0 or None); over 5 %, not 100 %: the machine may be shared.
+    assert all(r is not None and r > 5 for r in readings), readings
     assert master.stop() == 0
 
 

@@ -29,11 +29,12 @@ from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.replies import Replies
+from hiscrm.master.api.routed_commands import executors
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
-from hiscrm.master.data.open_store import open_lease_keeper, open_store
+from hiscrm.master.data.open_store import open_command_router, open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
@@ -203,6 +204,10 @@ async def run_master(
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         hooks = Hooks(hub, config.state_dir / "logs", log)
         replies = Replies(read, store, accounts.outbox)
+        if keeper is not None:  # actions on other masters' accounts go to them
+            router = open_command_router(config, store, accounts, keeper, log, errors)
+            router.executors.update(executors(control, replies))
+            control.router = replies.router = router
         updater = ConfigUpdater(
             config_path,
             overrides or {},

@@ -29,7 +29,12 @@ def record_send(ctx: PlatformContext, action: ReplyAction) -> None:
     record_dir = ctx.options.get("record_dir")
     if record_dir is None:
         return
-    line = {"request_id": ctx.request_id, "action": action.model_dump(), "pid": os.getpid()}
+    line = {
+        "request_id": ctx.request_id,
+        "action": action.model_dump(),
+        "pid": os.getpid(),
+        "node": os.environ.get("HISCRM_TEST_NODE"),  # which master's worker (clusters)
+    }
     with (Path(record_dir) / f"{ctx.account.id}.sends").open("a") as f:
         f.write(json.dumps(line) + "\n")
 

@@ -10,9 +10,11 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
+from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.read_model import NotFound, ReadModel, reload_result
 from hiscrm.master.api.schemas import (
     AccountInfo,
@@ -21,6 +23,7 @@ from hiscrm.master.api.schemas import (
     SyncRequested,
     WorkerAction,
 )
+from hiscrm.master.data.routed import RoutingFailed
 from hiscrm.master.data.store import Row, Store
 from hiscrm.master.state_dir import StateDir
 from hiscrm.master.supervision.commands import (
@@ -36,6 +39,9 @@ from hiscrm.master.supervision.commands import (
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.supervisor import Supervisor
 
+if TYPE_CHECKING:
+    from hiscrm.master.data.command_router import CommandRouter
+
 WORKER_COMMANDS: dict[str, type[WorkerCommand]] = {
     "start": StartWorker,
     "stop": StopWorker,
@@ -50,6 +56,7 @@ class Control:
         self._store = store
         self._config: Config = supervisor.config
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.router: CommandRouter | None = None  # a cluster: to the account's master
 
     @property
     def master_log(self) -> Path:
@@ -90,9 +97,21 @@ class Control:
         return ShutdownStarted(pid=os.getpid(), workers=len(self._supervisor.slots), reason=reason)
 
     async def request_sync(self, account_id: str, from_seq: int | None) -> SyncRequested:
+        """Asked of the master that holds the account (in a cluster, maybe another)."""
         self._read.account(account_id)  # NotFound first
+        router = self.router
+        if router is None or router.holds(account_id):
+            return await self.sync_here(account_id, from_seq)
+        try:
+            node, result = await router.request(account_id, "sync", {"from_seq": from_seq})
+        except RoutingFailed as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        return SyncRequested.model_validate({**result, "node": node})
+
+    async def sync_here(self, account_id: str, from_seq: int | None) -> SyncRequested:
         worker: str = await self._supervisor.command(SyncAccount(account_id, from_seq))
-        return SyncRequested(account_id=account_id, worker=worker, from_seq=from_seq)
+        node = None if self.router is None else self.router.node_id
+        return SyncRequested(account_id=account_id, worker=worker, from_seq=from_seq, node=node)
 
     async def release(self, account_id: str) -> AccountInfo:
         self._read.account(account_id)  # NotFound first

@@ -4,6 +4,8 @@
   commit (its writer stopped, a write failed because of the store itself, or a write has
   waited or run too long, e.g. on a lock another process holds); the disk of the state
   directory is nearly full; no worker runs while accounts are enabled.
+  In a cluster, also: the leases cannot be renewed (cut off from PostgreSQL): the
+  accounts held are stopped before their leases can expire, and the check says so.
 * ``degraded`` (200): a configured worker is not running; an account is not doing its
   job (unassigned, in backoff, down, failed, quarantined, stale); a platform module
   cannot be found.
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.items import epoch_ms
 from hiscrm.master.api.schemas import Check, Health
 from hiscrm.master.data.account_status import TROUBLE, AccountState
+from hiscrm.master.data.lease_view import LeaseStats
 from hiscrm.master.data.store import StoreStats
 
 ORDER = {"ok": 0, "degraded": 1, "failing": 2}
@@ -40,6 +44,7 @@ class HealthInputs:
     stale: frozenset[str]
     failed_reasons: dict[str, str]  # account -> why its platform cannot run
     missing_platforms: dict[str, list[str]]  # platform spec -> its accounts
+    leases: LeaseStats | None = None  # a cluster: this master's lease keeping
 
 
 def assess(inputs: HealthInputs) -> Health:
@@ -51,6 +56,8 @@ def assess(inputs: HealthInputs) -> Health:
         "accounts": _accounts(inputs),
         "platforms": _platforms(inputs),
     }
+    if inputs.leases is not None:
+        checks["leases"] = _leases(inputs.leases)
     status = max((c.status for c in checks.values()), key=ORDER.__getitem__)
     return Health(status=status, checks=checks)
 
@@ -128,6 +135,25 @@ def _platforms(inputs: HealthInputs) -> Check:
         for spec, accounts in sorted(inputs.missing_platforms.items())
     ]
     return Check(status="degraded", detail=f"platform module not found: {_names(missing)}")
+
+
+def _leases(stats: LeaseStats) -> Check:
+    """A cluster's leases: renewed, or not (cut off from the store, the accounts stop)."""
+    if stats.last_error is not None:
+        since = stats.failing_since or epoch_ms()
+        held = (
+            f"{stats.held} leases still held, stopped before they can expire"
+            if stats.held
+            else f"{stats.stopped_cut_off} accounts stopped before their leases could expire"
+        )
+        return Check(
+            status="failing",
+            detail=f"cannot renew the leases for {(epoch_ms() - since) / 1000:.1f} s "
+            f"({held}): {stats.last_error}",
+        )
+    if stats.renewals == 0:
+        return Check(status="ok", detail="joining the cluster")
+    return Check(status="ok", detail=f"{stats.held} leases held of {stats.capacity}, renewed")
 
 
 def _names(items: list[str]) -> str:

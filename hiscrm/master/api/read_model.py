@@ -299,6 +299,7 @@ class ReadModel:
                 if s.failed
             },
             missing_platforms=self._missing_platforms,
+            leases=self.cluster_stats,
         )
 
     def health(self) -> Health:

@@ -3,6 +3,7 @@ routes): an entry is stored first (idempotent by ``request_id``), then handed to
 outbox, which sends it when its account runs (``data/outbox.py``)."""
 
 import uuid
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +12,7 @@ from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState, ReplyRefused
+from hiscrm.master.data.routed import RoutingFailed
 from hiscrm.master.data.store import Store
 from hiscrm.replies import (
     MAX_TEXT_CHARS,
@@ -20,6 +22,9 @@ from hiscrm.replies import (
     MessageReply,
     ReplyAction,
 )
+
+if TYPE_CHECKING:
+    from hiscrm.master.data.command_router import CommandRouter
 
 RequestId = Field(
     default=None,
@@ -79,6 +84,7 @@ class Replies:
         self._read = read
         self._store = store
         self._outbox = outbox
+        self.router: CommandRouter | None = None  # a cluster: to the account's master
 
     async def send(
         self, account_id: str, body: MessageRequest | CommentRequest
@@ -143,13 +149,36 @@ class Replies:
         )
 
     async def cancel(self, account_id: str, request_id: str) -> OutboxEntryInfo:
+        """Done by the master that sends the account's replies (maybe another)."""
+        return await self._routed("reply.cancel", account_id, request_id) or (
+            await self.cancel_here(account_id, request_id)
+        )
+
+    async def retry(self, account_id: str, request_id: str) -> OutboxEntryInfo:
+        return await self._routed("reply.retry", account_id, request_id) or (
+            await self.retry_here(account_id, request_id)
+        )
+
+    async def _routed(self, kind: str, account_id: str, request_id: str) -> OutboxEntryInfo | None:
+        """In a cluster, for an account another master holds: its answer; else None."""
+        router = self.router
+        if router is None or router.holds(account_id):
+            return None
+        await self.entry(account_id, request_id)  # 404s first
+        try:
+            _, result = await router.request(account_id, kind, {"request_id": request_id})
+        except RoutingFailed as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        return OutboxEntryInfo.model_validate(result)
+
+    async def cancel_here(self, account_id: str, request_id: str) -> OutboxEntryInfo:
         entry = await self.entry(account_id, request_id)
         try:
             return info(self._outbox.cancel(entry))
         except ReplyRefused as exc:
             raise ApiError(exc.status, str(exc)) from None
 
-    async def retry(self, account_id: str, request_id: str) -> OutboxEntryInfo:
+    async def retry_here(self, account_id: str, request_id: str) -> OutboxEntryInfo:
         entry = await self.entry(account_id, request_id)
         try:
             return info(self._outbox.retry(entry))

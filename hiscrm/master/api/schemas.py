@@ -165,6 +165,7 @@ class SyncRequested(BaseModel):
     account_id: str
     worker: str
     from_seq: int | None
+    node: str | None = None  # in a cluster: the master whose worker was asked
 
 
 class StoreTotals(BaseModel):

@@ -150,6 +150,7 @@ class AccountManager:
             config.outbox.expire_after_s,
             self._running_on,
             self._sends_idempotent,
+            lambda account_id: self.held is None or account_id in self.held,
         )
         for account_id in self.status:
             self._refresh(account_id, "master started")
@@ -254,6 +255,8 @@ class AccountManager:
 
     def change(self, account: AccountSpec, now: float) -> None:
         """New options, platform or enabled: its task restarts with them."""
+        if self.specs.get(account.id) == account:
+            return  # applied already (in a cluster, the registry's change may come first)
         self._log.info(
             "account changed; its task restarts with the change",
             account_id=account.id,
@@ -327,6 +330,7 @@ class AccountManager:
             self._log.info("lease gained; placing the account", account_id=account_id)
             self._execute(self.assigner.change(spec, now), now)
             self._refresh(account_id, "lease gained")
+        self.outbox.take_in(account_ids, "lease gained")
         self._wake()
 
     def lease_lost(self, account_ids: list[str], now: float, why: str) -> "asyncio.Future[None]":
@@ -344,6 +348,7 @@ class AccountManager:
             self._log.info("lease given up; stopping the account", account_id=account_id, why=why)
             self.staleness.unwatch(account_id)
             self.outbox.account_left(account_id, why)
+            self.outbox.forget([account_id])
             self._execute(self.assigner.change(self._placed(spec), now), now)
             self._refresh(account_id, why)
             done = self._letting_go.get(account_id) or loop.create_future()

@@ -172,6 +172,8 @@ class LeaseKeeper:
         self.stats.renewals += 1
         self.stats.last_renewal_at = int(time.time() * 1000)
         self.stats.last_error = None
+        self.stats.failing_since = None
+        self.stats.stopped_cut_off = 0
         gone = [a for a in self.held if a not in kept]
         if gone:
             self._drop(gone, "its lease is gone: another master took it")
@@ -205,8 +207,9 @@ class LeaseKeeper:
             if account_id not in present:
                 manager.remove(account_id, now)
         disabled = [r.id for r in records if not r.enabled and r.id in self.held]
-        if disabled:  # let go in the store; the manager stopped them when disabled
-            self._stopped.update(disabled)
+        removed = [a for a in self.held if a not in present]
+        if disabled or removed:  # let go in the store; the manager stopped them
+            self._stopped.update(disabled + removed)
 
     async def _rebalance(self, conn: AConn, view: ClusterView) -> None:
         nodes = [
@@ -258,6 +261,7 @@ class LeaseKeeper:
         self._stopped.difference_update(account_ids)
         self._fence.set(self.held)
         self.stats.lost += len(account_ids)
+        self.stats.held = len(self.held)
         self._count_error()
         self._log.error("leases lost; stopping the accounts", accounts=sorted(account_ids), why=why)
         self._manager.lease_lost(account_ids, asyncio.get_running_loop().time(), why)
@@ -270,6 +274,8 @@ class LeaseKeeper:
 
     async def _round_failed(self, exc: BaseException) -> None:
         self.stats.renewal_failures += 1
+        if self.stats.failing_since is None:
+            self.stats.failing_since = int(time.time() * 1000)
         self.stats.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
         self._count_error()
         left = None
@@ -288,6 +294,7 @@ class LeaseKeeper:
     def _check_validity(self) -> None:
         now = asyncio.get_running_loop().time()
         if self.held and self._valid_until is not None and now >= self._valid_until:
+            self.stats.stopped_cut_off += len(self.held)
             self._drop(
                 list(self.held),
                 f"leases not renewed for {self.ttl_s - self.margin_s:.1f} s: "

@@ -57,5 +57,7 @@ class LeaseStats:
     lost: int = 0  # leases found gone, refused by the fence, or dropped when cut off
     last_renewal_at: int | None = None  # ms, this master's clock
     last_error: str | None = None
+    failing_since: int | None = None  # ms: the first failed round since the last success
+    stopped_cut_off: int = 0  # accounts stopped since then, before their leases expired
     view: ClusterView | None = None
     leases: dict[str, LeaseRow] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from hiscrm.master.data.sqlite_store import SqliteStore
 from hiscrm.master.data.store import Store, StoreError
 
 if TYPE_CHECKING:
+    from hiscrm.master.data.command_router import CommandRouter
     from hiscrm.master.data.lease_keeper import LeaseKeeper
 
 SQLITE_FILE = "hiscrm.db"
@@ -54,3 +55,40 @@ def open_lease_keeper(
     fence = Fence(config.cluster.node_id)
     store.writer.fence = fence
     return LeaseKeeper(config, config.store.url, manager, fence, log, count_error, shutting_down)
+
+
+def open_command_router(
+    config: Config,
+    store: Store,
+    manager: AccountManager,
+    keeper: "LeaseKeeper",
+    log: FilteringBoundLogger,
+    count_error: Callable[[], int],
+) -> "CommandRouter":
+    """In a cluster, on the loop: this master's end of the commands routed through the
+    store, heard by the store's listener; a reply stored through any master reaches the
+    account's holder, and a change of the registry is followed at once."""
+    import asyncio
+
+    from hiscrm.master.data.command_router import CommandRouter
+    from hiscrm.master.data.postgres_store import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    assert config.store.url is not None
+    held = manager.held
+    assert held is not None, "a cluster's manager holds leases"
+    router = CommandRouter(
+        config.store.url,
+        config.cluster.node_id,
+        lambda account_id: account_id in held,
+        lambda account_id: manager.owners.get(account_id, (None, None))[0],
+        log,
+        count_error,
+    )
+    router.on_outbox = lambda account_id: manager.outbox.take_in(
+        [account_id], "stored through another master"
+    )
+    router.on_accounts = keeper.poke
+    store.commands_heard, store.commands_connected = router.listen_with(asyncio.get_running_loop())
+    router.connected()  # what was sent before it listened
+    return router

@@ -11,6 +11,12 @@ and expire after ``[outbox] expire_after_s``.
 
 Which entries may go now is a pure decision (``ready``); every store write of an entry
 also stores its ``reply.state`` event (see ``Store.outbox_save``).
+
+In a cluster, a master keeps the entries of the accounts it holds only (``mine``): a
+reply stored through another master is taken in when the store tells of it
+(``take_in``), and so are the open entries of an account whose lease this master gains
+(those the previous holder was sending become ``unknown``); an account it loses is
+forgotten here (its queued entries wait in the store for the next holder).
 """
 
 import asyncio
@@ -61,8 +67,10 @@ class Outbox:
         expire_after_s: float,
         link_of: Callable[[str], WorkerLink | None],
         idempotent: Callable[[str], bool],
+        mine: Callable[[str], bool] = lambda account_id: True,
     ) -> None:
         self._store = store
+        self._mine = mine  # in a cluster: this master holds the account's lease
         self._log = log
         self._count_error = count_error
         self.expire_after_s = expire_after_s
@@ -80,18 +88,56 @@ class Outbox:
     async def load(self) -> None:
         """The entries a previous master left open: queued ones wait again; those it was
         sending are ``unknown`` (its workers went with it)."""
-        for entry in await self._store.outbox_open():
-            key = (entry.account_id, entry.request_id)
-            self.open[key] = entry
-            if entry.state is OutboxState.SENDING:
-                self._move(entry, OutboxState.UNKNOWN, error="the master stopped while it was sent")
+        self._adopt(await self._store.outbox_open(), "the master stopped while it was sent")
         if self.open:
             self._log.info("outbox loaded", open=len(self.open))
+
+    def take_in(self, account_ids: list[str], why: str) -> None:
+        """In a cluster: the open entries of these accounts, stored through any master,
+        now this master's to send (in the background)."""
+
+        async def read() -> None:
+            try:
+                entries = await self._store.outbox_open(account_ids)
+            except Exception as exc:
+                self._count_error()
+                self._log.error("cannot read the accounts' replies", accounts=account_ids,
+                                exc_info=exc)  # fmt: skip
+                return
+            adopted = self._adopt(entries, "its previous master lost the account while it was sent")
+            if adopted:
+                self._log.info("replies taken in", accounts=account_ids, replies=adopted, why=why)
+            for account_id in account_ids:
+                self.kick(account_id)
+
+        self._spawn(read())
+
+    def forget(self, account_ids: list[str]) -> None:
+        """In a cluster: these accounts went to another master (after ``account_left``)."""
+        gone = set(account_ids)
+        for key in [k for k in self.open if k[0] in gone and k not in self._busy]:
+            del self.open[key]
+
+    def _adopt(self, entries: list[OutboxEntry], sending_why: str) -> int:
+        """Open entries read from the store, of accounts this master holds, that it does
+        not have yet: a queued one waits; one left ``sending`` is ``unknown``."""
+        adopted = 0
+        for entry in entries:
+            key = (entry.account_id, entry.request_id)
+            if not self._mine(entry.account_id) or key in self.open or key in self._busy:
+                continue
+            adopted += 1
+            self.open[key] = entry
+            if entry.state is OutboxState.SENDING:
+                self._move(entry, OutboxState.UNKNOWN, error=sending_why)
+        return adopted
 
     # --- in ---------------------------------------------------------------------------------
 
     def add(self, entry: OutboxEntry) -> None:
         """A new entry (already stored as queued)."""
+        if not self._mine(entry.account_id):
+            return  # another master's to send: it takes it in when the store tells it
         self.open[(entry.account_id, entry.request_id)] = entry
         self.counts[str(entry.state)] += 1
         self.wake()

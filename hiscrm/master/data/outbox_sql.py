@@ -185,12 +185,17 @@ def page(
     return [_entry(r) for r in rows], int(total)
 
 
-def open_entries(db: Dialect, conn: Connection) -> list[OutboxEntry]:
-    """Entries the master still acts on, oldest first."""
+def open_entries(
+    db: Dialect, conn: Connection, account_ids: list[str] | None = None
+) -> list[OutboxEntry]:
+    """Entries the master still acts on (of these accounts, or all), oldest first."""
     marks = ", ".join("?" * len(OPEN))
+    params: list[str] = [str(s) for s in OPEN]
+    where = f"state IN ({marks})"
+    if account_ids is not None:
+        where += f" AND account_id IN ({', '.join('?' * len(account_ids)) or 'NULL'})"
+        params += account_ids
     rows = db.run(
-        conn,
-        f"SELECT {COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY seq",
-        [str(s) for s in OPEN],
+        conn, f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq", params
     ).fetchall()
     return [_entry(r) for r in rows]

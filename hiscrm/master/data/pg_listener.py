@@ -6,11 +6,17 @@ This master's own commits are heard too; ``EventHead.rise`` reports each head on
 the connection is (re)made, the head is read from the counter after LISTEN, so nothing
 committed while it was down goes unseen. A lost connection is logged, counted, and made
 again after a delay that grows to ``MAX_RETRY_S``.
+
+Other channels can be heard on the same connection (``hear``: the commands routed
+between masters, ``pg_commands``): their payloads go to a callback, in this thread, and
+``on_connect`` is told each time LISTEN is in force again (what was missed meanwhile is
+for the callback's owner to look up).
 """
 
 import os
 import selectors
 import threading
+from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
@@ -33,6 +39,19 @@ class EventListener:
         self._thread = threading.Thread(target=self._run, name="store-listen", daemon=True)
         self.errors = 0
         self.listening = threading.Event()  # set while LISTEN is in force (for tests)
+        self._others: dict[str, Callable[[str], None]] = {}  # channel -> its callback
+        self._on_connect: list[Callable[[], None]] = []
+
+    def hear(
+        self,
+        channel: str,
+        callback: Callable[[str], None],
+        on_connect: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Before ``start``: also LISTEN on ``channel``; its payloads go to ``callback``
+        (in the listener's thread, so it hands them on and returns)."""
+        self._others[channel] = callback
+        self._on_connect.append(on_connect)
 
     def start(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -62,8 +81,12 @@ class EventListener:
             try:
                 conn = connect(self._url, f"{APPLICATION_NAME}-listen")
                 conn.execute(f"LISTEN {pg_events.CHANNEL}")
+                for channel in self._others:
+                    conn.execute(f"LISTEN {channel}")
                 self._head.rise(pg_events.stored_head(conn))
                 self.listening.set()
+                for connected in self._on_connect:
+                    connected()
                 delay = FIRST_RETRY_S
                 self._listen(conn)
             except Exception as exc:  # the server, or a bug: said, counted, and tried again
@@ -88,7 +111,11 @@ class EventListener:
             selector.register(self._wake_r, selectors.EVENT_READ)
             while not self._stopping.is_set():
                 for notify in conn.notifies(timeout=0):  # what has come in (or was held)
-                    self._heard(notify.payload)
+                    other = self._others.get(notify.channel)
+                    if other is not None:
+                        other(notify.payload)
+                    else:
+                        self._heard(notify.payload)
                 selector.select()
 
     def _heard(self, payload: str) -> None:

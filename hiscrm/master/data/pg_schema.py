@@ -37,11 +37,11 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from hiscrm.items import BY_COLLECTION, KINDS, Kind, MasterField
-from hiscrm.master.data import pg_leases
+from hiscrm.master.data import pg_commands, pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.protocol import ItemChange
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -183,12 +183,18 @@ def _migration_leases(conn: Conn) -> None:
     pg_leases.migrate(conn)
 
 
+def _migration_commands(conn: Conn) -> None:
+    """The cluster: actions routed to the master holding an account (``pg_commands``)."""
+    pg_commands.migrate(conn)
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
     4: _migration_4,
     5: _migration_leases,
+    6: _migration_commands,
 }  # version -> step that brings it there
 
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm.master.data import outbox_sql, pg_events, pg_queries, pg_schema
+from hiscrm.master.data import outbox_sql, pg_commands, pg_events, pg_queries, pg_schema
 from hiscrm.master.data.outbox_entry import OutboxEntry
 from hiscrm.master.data.pg_listener import EventListener
 from hiscrm.master.data.pg_reader import PgReader
@@ -50,6 +50,15 @@ class PostgresStore:
         self.reader = PgReader(url)
         self.listener = EventListener(url, self.writer.events, log)
         self.where = self.writer.where  # the URL without its password
+        # A cluster's routed commands (``command_router``), told from the listener's
+        # thread; nothing listens to them until the router is attached.
+        self.commands_heard: Callable[[str], None] = lambda payload: None
+        self.commands_connected: Callable[[], None] = lambda: None
+        self.listener.hear(
+            pg_commands.CHANNEL,
+            lambda payload: self.commands_heard(payload),
+            lambda: self.commands_connected(),
+        )
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
         self.writer.start(on_outcomes)
@@ -118,10 +127,19 @@ class PostgresStore:
         return await self.writer.call(pg_schema.list_accounts)
 
     async def put_account(self, record: AccountRecord) -> None:
-        await self._write(lambda conn: pg_schema.put_account(conn, record))
+        def put(conn: Conn) -> None:
+            pg_schema.put_account(conn, record)
+            pg_commands.notify(conn, "accounts")  # every master follows the registry now
+
+        await self._write(put)
 
     async def delete_account(self, account_id: str, purge: bool) -> dict[str, int]:
-        return await self._write(lambda conn: pg_schema.delete_account(conn, account_id, purge))
+        def delete(conn: Conn) -> dict[str, int]:
+            deleted = pg_schema.delete_account(conn, account_id, purge)
+            pg_commands.notify(conn, "accounts")
+            return deleted
+
+        return await self._write(delete)
 
     def watch_events(self, on_head: HeadCallback) -> None:
         """Called from the writer thread after its own commits, and from the listener's
@@ -141,11 +159,13 @@ class PostgresStore:
         return await self.reader.run(lambda conn: pg_events.read(conn, query))
 
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
-        return await self._call_writing(
-            lambda conn: self.writer.with_events(
-                conn, 1, lambda c, first: outbox_sql.create(OUTBOX, c, first, entry)
-            )
-        )
+        def create(conn: Conn, first: int) -> tuple[OutboxEntry, bool]:
+            stored, made = outbox_sql.create(OUTBOX, conn, first, entry)
+            if made:  # the account's master (whichever it is) takes it in at the commit
+                pg_commands.notify(conn, f"outbox:{entry.account_id}")
+            return stored, made
+
+        return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, create))
 
     async def outbox_save(self, entry: OutboxEntry) -> None:
         def save(conn: Conn, first: int) -> None:
@@ -166,8 +186,10 @@ class PostgresStore:
             lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
         )
 
-    async def outbox_open(self) -> list[OutboxEntry]:
-        return await self.writer.call(lambda conn: outbox_sql.open_entries(OUTBOX, conn))
+    async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
+        return await self.writer.call(
+            lambda conn: outbox_sql.open_entries(OUTBOX, conn, account_ids)
+        )
 
     def _fenced(self, conn: Conn, account_id: str) -> None:
         """In a cluster, inside the write's transaction: refuse (StoreUnavailable) if this

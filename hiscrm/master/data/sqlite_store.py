@@ -155,8 +155,10 @@ class SqliteStore:
             lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
         )
 
-    async def outbox_open(self) -> list[OutboxEntry]:
-        return await self.writer.call(lambda conn: outbox_sql.open_entries(OUTBOX, conn))
+    async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
+        return await self.writer.call(
+            lambda conn: outbox_sql.open_entries(OUTBOX, conn, account_ids)
+        )
 
     async def _call_writing(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """A write that makes its own transaction, in the writer thread; 503 (as

@@ -245,5 +245,6 @@ class Store(Protocol):
     ) -> tuple[list[OutboxEntry], int]:
         """Newest first, and how many match."""
 
-    async def outbox_open(self) -> list[OutboxEntry]:
-        """Entries queued or being sent, oldest first (read at start)."""
+    async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
+        """Entries queued or being sent (of these accounts, or all), oldest first (read
+        at start, and in a cluster when this master takes accounts or replies in)."""

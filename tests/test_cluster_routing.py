@@ -1,0 +1,140 @@
+"""Two masters on one PostgreSQL: an action asked of one master for an account the other
+holds is carried out once, by the holder, and its answer says which node did it: a sync
+now, a reply (stored by any master, sent by the holder), a reply's cancel, and account
+changes (the holder follows the registry as soon as it changes)."""
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import MasterFactory, make_config
+from harness import Master, wait_until
+from test_cluster import leases
+from testplatforms.senders import recorded_sends
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
+
+NODES = ("n1", "n2")
+ACCOUNTS = [f"acc-{i}" for i in range(1, 5)]
+
+
+def start_node(start: MasterFactory, url: str, node: str) -> Master:
+    config = make_config(
+        [],  # the accounts are made through the API (the config file's cannot be changed)
+        workers=1,
+        accounts_per_worker=2,
+        store={"url": url},
+        cluster={"node_id": node, "lease_ttl_s": 6.0, "lease_renew_s": 2.0},
+    )
+    return start(config, env={"HISCRM_TEST_NODE": node})
+
+
+def sender(account_id: str, seed: int, record: Path) -> dict[str, Any]:
+    options = {"rate": 2.0, "seed": seed, "record_dir": str(record), "send_delay_s": 0.3}
+    return {"id": account_id, "platform": "testplatforms.senders:Sender", "options": options}
+
+
+def reply(http: httpx.Client, account: str, request_id: str) -> httpx.Response:
+    body = {"conversation_id": "conv-1", "text": "hello", "request_id": request_id}
+    return http.post(f"/accounts/{account}/messages", json=body)
+
+
+def commands(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT account_id, kind, requested_by, state, node, error FROM commands ORDER BY id"
+        ).fetchall()
+
+
+def test_actions_on_another_masters_account_are_carried_out_once_by_its_holder(
+    start_master: MasterFactory, pg_url: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "sends"
+    record.mkdir()
+    masters = {node: start_node(start_master, pg_url, node) for node in NODES}
+    for master in masters.values():
+        master.api_url(30)  # listening
+    with masters["n1"].http() as http:  # made through n1: n2 follows the registry
+        for seed, account in enumerate(ACCOUNTS):
+            made = http.post("/accounts", json=sender(account, seed, record))
+            assert made.status_code == 201, made.text
+    wait_until(
+        lambda: Counter(leases(pg_url).values()) == {"n1": 2, "n2": 2}, 60, "two accounts each"
+    )
+    theirs = sorted(a for a, n in leases(pg_url).items() if n == "n2")
+    mine = sorted(a for a, n in leases(pg_url).items() if n == "n1")
+    n1, n2 = masters["n1"], masters["n2"]
+    with n1.http() as http:
+        for account in ACCOUNTS:
+            wait_until(
+                lambda a=account: http.get(f"/accounts/{a}/conversations/conv-1").is_success,
+                30,
+                f"{account}'s conversations stored",
+            )
+
+        # Sync now, asked of n1, for n2's account: n2's worker does it, and says so.
+        synced = http.post(f"/accounts/{theirs[0]}/sync")
+        assert synced.status_code == 202, synced.text
+        assert synced.json() == {
+            "account_id": theirs[0],
+            "worker": "worker1",
+            "from_seq": None,
+            "node": "n2",
+        }
+        asked = n2.log.wait_for(event="routed command carried out", account_id=theirs[0])
+        assert asked["kind"] == "sync"
+        assert n1.log.find(event="routed command carried out") == []
+        # One of its own: done here, without the store's round trip.
+        own = http.post(f"/accounts/{mine[0]}/sync")
+        assert own.json()["node"] == "n1"
+        assert commands(pg_url) == [(theirs[0], "sync", "n1", "done", "n2", None)]
+
+        # A reply stored through n1 for n2's account: sent once, by n2's worker.
+        made = reply(http, theirs[0], "r-1")
+        assert made.status_code == 202, made.text
+        wait_until(
+            lambda: http.get(f"/accounts/{theirs[0]}/outbox/r-1").json()["state"] == "sent",
+            20,
+            "the reply sent",
+        )
+        sends = recorded_sends(record, theirs[0])
+        assert [(s["request_id"], s["node"]) for s in sends] == [("r-1", "n2")]
+        assert n1.log.find(event="reply state", account_id=theirs[0]) == []
+        assert [e["new"] for e in n2.log.find(event="reply state", account_id=theirs[0])] == [
+            "sending",
+            "sent",
+        ]
+
+    # An account change made through n1 is applied by n2, which runs the account.
+    with n2.http() as http2:
+        assert http2.get(f"/accounts/{theirs[1]}").json()["state"] == "running"
+    with n1.http() as http:
+        options = {**sender(theirs[1], 9, record)["options"], "rate": 3.0}
+        changed = http.patch(f"/accounts/{theirs[1]}", json={"options": options})
+        assert changed.status_code == 200, changed.text
+        n2.log.wait_for(
+            event="account changed; its task restarts with the change",
+            account_id=theirs[1],
+            enabled=True,
+        )
+        # A reply's cancel, asked of n1, is answered by n2 (here: too late, it was sent).
+        assert reply(http, theirs[0], "r-2").status_code == 202
+        wait_until(
+            lambda: http.get(f"/accounts/{theirs[0]}/outbox/r-2").json()["state"] == "sent",
+            20,
+            "the second reply sent",
+        )
+        late = http.delete(f"/accounts/{theirs[0]}/outbox/r-2")
+        assert late.status_code == 409, late.text
+        assert late.json()["error"].startswith("n2: the reply is sent")
+    assert [s["request_id"] for s in recorded_sends(record, theirs[0])] == ["r-1", "r-2"]
+    states = Counter(c[3] for c in commands(pg_url))
+    assert states == {"done": 1, "failed": 1}
+    for master in masters.values():
+        assert master.stop(30) == 0
+    rows = commands(pg_url)
+    assert all(r[4] == "n2" for r in rows), json.dumps(rows)
