@@ -21,7 +21,7 @@ import httpx
 import pytest
 from browser import PHONE, Tab, new_tab, screenshot, sign_in_link, signed_in
 from conftest import MasterFactory, make_config
-from harness import Master, wait_until
+from harness import Master, metric, wait_until
 from pg_server import free_port
 from playwright.sync_api import Browser, expect
 from test_ctl import CTL, ctl
@@ -355,9 +355,15 @@ def test_a_stale_cookie_and_a_write_without_the_csrf_token_are_refused(
     assert results["right"] == 202, results
     # The browser reports each refused request in its console: those two, nothing else.
     assert [("403" in e) for e in tab.errors] == [True, True], tab.errors
-    # The bearer token works as before, for scripts.
+    # The bearer token works as before, for scripts; the refusals are counted.
     with master.http() as http:
         assert http.get("/session").json()["auth"] == "token"
+        metrics = http.get("/metrics").text
+    refusals = "hiscrm_ui_session_refusals_total"
+    assert metric(metrics, f'{refusals}{{reason="expired"}}') >= 3
+    assert metric(metrics, f'{refusals}{{reason="bad_signature"}}') >= 3
+    assert metric(metrics, f'{refusals}{{reason="csrf"}}') >= 2
+    assert metric(metrics, 'hiscrm_ui_sign_ins_total{result="refused"}') >= 1  # the used link
 
 
 def test_the_page_follows_the_master_across_a_restart(tab: Tab, master: Master) -> None:
