@@ -63,6 +63,32 @@ class Pinger:
             n += 1
 
 
+class Customer:
+    """One customer writing into one conversation (``conv-0``): a new inbound message
+    every ``interval_s``, its text the wall-clock time of the upsert (as Pinger's), its
+    ``sent_at`` the real time, as a chat the agent has open would see."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        interval = float(ctx.options.get("interval_s", 0.1))
+        ctx.upsert_conversation({"id": "conv-0", "title": "a customer", "participants": []})
+        n = ctx.count("message")
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            ctx.upsert_message(
+                {
+                    "id": f"c{n:08d}",
+                    "conversation_id": "conv-0",
+                    "direction": "inbound",
+                    "sender_id": "customer-0",
+                    "sender_name": "A Customer",
+                    "text": repr(now),
+                    "sent_at": int(now * 1000),
+                }
+            )
+            n += 1
+
+
 def _syncer() -> Syncer:
     found = [o for o in gc.get_objects() if isinstance(o, Syncer)]
     assert len(found) == 1, f"expected one Syncer in this worker, found {len(found)}"

@@ -81,6 +81,8 @@ class ApiConfig(_Section):
     request_read_timeout_s: float = Field(default=5.0, gt=0, le=300)
     max_log_followers: int = Field(default=16, ge=1, le=1000)  # logs?follow=true at once
     max_page_bytes: int = Field(default=4 * 2**20, ge=64 * 1024, le=256 * 2**20)  # per answer
+    # A dashboard session (hiscrmctl open) lasts this long; then the page asks to sign in.
+    session_ttl_s: float = seconds(12 * HOUR_S, at_least=1.0, at_most=30 * DAY_S)
 
     @field_validator("host")
     @classmethod

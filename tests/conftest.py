@@ -5,11 +5,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from harness import FAST_SUPERVISION, REPO, Master, kill_leftovers, marked_processes
 from pg_server import REQUIRE_ENV, PostgresServer, PostgresUnavailable, running_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 MasterFactory = Callable[..., Master]
 
@@ -197,7 +200,29 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
     pg_server.drop_database(name)
 
 
+# --- a browser -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator["Browser"]:
+    """A headless Chromium for the module (Debian's; see tests/browser.py). Not installed:
+    the tests that need it fail when HISCRM_REQUIRE_BROWSER=1 (as in CI), and are skipped
+    otherwise."""
+    from browser import REQUIRE_ENV as BROWSER_REQUIRED
+    from browser import BrowserUnavailable, running_browser
+
+    try:
+        with running_browser() as browser:
+            yield browser
+    except BrowserUnavailable as exc:
+        if os.environ.get(BROWSER_REQUIRED) == "1":
+            pytest.fail(f"{BROWSER_REQUIRED}=1, but {exc}", pytrace=False)
+        pytest.skip(f"{exc}; set {BROWSER_REQUIRED}=1 to make this a failure")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "pg_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

@@ -27,6 +27,7 @@ class MasterClient:
         master = find_master(state_dir)
         self.pid = master.pid
         self.url = master.url
+        self.auth = master.auth  # whether the API wants the token
         self._token_path = master.token_path
         token = read_token(master.token_path, master.auth)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}

@@ -1,5 +1,5 @@
 """hiscrmctl: status, stop/start/restart, reload, logs, accounts, cluster, events, replies,
-sync, shutdown.
+sync, shutdown, open (the dashboard).
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
 its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import webbrowser
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -137,6 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser(
         "update", help="read the config file again and apply it (accounts, workers, settings)"
     )
+    open_ = commands.add_parser(
+        "open", help="print a one-time sign-in link to the dashboard (good once, for 60 s)"
+    )
+    open_.add_argument("--browser", action="store_true", help="and open it in a web browser")
     events = commands.add_parser("events", help="the master's events (with -f: follow them)")
     events.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C to stop)"
@@ -365,6 +370,27 @@ def shutdown(args: argparse.Namespace, client: MasterClient, console: Console) -
     return ExitCode.OK
 
 
+def open_dashboard(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
+    """A one-time sign-in link to the dashboard (the master's root with a code that buys a
+    session cookie); with ``--browser``, opened there too."""
+    root = client.url.removesuffix("/api/v1")
+    if client.auth is not False:
+        made = client.request("POST", "/session/codes")
+        url, expires_at = root + made["path"], made["expires_at"]
+    else:  # the API takes no token: nothing to sign in to
+        url, expires_at = root + "/", None
+    opened = bool(args.browser) and webbrowser.open(url)
+    if args.json:
+        emit(args, {"url": url, "expires_at": expires_at, "opened": opened})
+    else:
+        print(url)
+        if expires_at is not None:
+            console.print("[dim]good once, for 60 s: it signs one browser in[/]")
+    if args.browser and not opened:
+        raise CtlError(f"no web browser could be started; open {url} yourself", url=url)
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int:
     match args.command:
         case "status" if args.worker is not None:
@@ -523,6 +549,8 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
             else:
                 render.update(console, result)
             return ExitCode.OK
+        case "open":
+            return open_dashboard(args, client, console)
         case "sync":
             result = client.request(
                 "POST", f"/accounts/{quote(args.account, safe='')}/sync", from_seq=args.from_seq

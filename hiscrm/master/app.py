@@ -244,6 +244,7 @@ async def run_master(
             hub,
             lambda: supervisor.config.events,
             replies,
+            config.api.session_ttl_s,
         )
         api = ApiServer(app, api_socket, config, log)
         metrics.attach_front_door(api.limits, followers)

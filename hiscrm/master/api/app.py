@@ -1,8 +1,10 @@
-"""The HTTP API (``/api/v1``): the FastAPI application, its authentication and routes.
+"""The HTTP API (``/api/v1``): the FastAPI application, its authentication and routes;
+the dashboard at ``/``.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (``/metrics`` too,
-unless ``api.metrics_public``). Reads go to the read model, actions to ``Control``; the
-routes themselves live in ``*_routes.py``, one file per resource.
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` or the dashboard's
+session cookie (``/metrics`` too, unless ``api.metrics_public``). Reads go to the read
+model, actions to ``Control``; the routes themselves live in ``*_routes.py``, one file per
+resource.
 """
 
 from collections.abc import Callable
@@ -33,7 +35,11 @@ from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.replies import Replies
 from hiscrm.master.api.reply_routes import reply_routes
 from hiscrm.master.api.schemas import ErrorBody, Health, StatusInfo
+from hiscrm.master.api.session_routes import SIGN_IN_PATH, SIGN_IN_STYLE, session_routes
+from hiscrm.master.api.sessions import Sessions
 from hiscrm.master.api.token_gate import TokenGate
+from hiscrm.master.api.ui_assets import load_assets
+from hiscrm.master.api.ui_routes import ui_routes
 from hiscrm.master.api.worker_routes import worker_routes
 from hiscrm.master.events.hub import EventHub
 
@@ -53,6 +59,7 @@ def create_app(
     hub: EventHub,
     events_config: Callable[[], EventsConfig],
     replies: Replies,
+    session_ttl_s: float = 12 * 3600.0,
 ) -> FastAPI:
     app = FastAPI(
         title="hiscrm",
@@ -126,11 +133,17 @@ def create_app(
     event_routes(routes, hub, events_config, log)
     reply_routes(routes, replies)
     cluster_routes(routes, read.cluster)
+    # The dashboard: its sign-in and session, then its files (the catch-all /ui/… last).
+    sessions = Sessions(token, session_ttl_s) if token is not None else None
+    if sessions is not None:
+        metrics.attach_sessions(sessions)
+    session_routes(routes, root, sessions, log)
+    ui_routes(root, load_assets())
     app.include_router(open_routes)
     app.include_router(routes)
     app.include_router(root)
-    open_paths = {f"{PREFIX}/healthz", "/healthz"}
+    open_paths = {f"{PREFIX}/healthz", "/healthz", SIGN_IN_PATH, SIGN_IN_STYLE}
     if metrics_public:
         open_paths |= {f"{PREFIX}/metrics", "/metrics"}
-    app.add_middleware(TokenGate, token=token, open_paths=frozenset(open_paths))
+    app.add_middleware(TokenGate, token=token, open_paths=frozenset(open_paths), sessions=sessions)
     return app

@@ -19,6 +19,7 @@ from hiscrm.master.api.connections import ConnectionLimits
 from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import Health, WorkerInfo
+from hiscrm.master.api.sessions import CookieRefusal, Sessions
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.lease_view import LeaseStats
 from hiscrm.master.data.outbox import Outbox
@@ -55,6 +56,9 @@ class MasterMetrics:
 
     def attach_events(self, hub: EventHub, hooks: Hooks, store: Store, outbox: Outbox) -> None:
         self.registry.register(_Events(hub, hooks, store, outbox))
+
+    def attach_sessions(self, sessions: Sessions) -> None:
+        self.registry.register(_Sessions(sessions))
 
     def attach_cluster(self, stats: LeaseStats) -> None:
         self.registry.register(_Cluster(stats))
@@ -491,3 +495,29 @@ class _Events(Collector):
             "Replies queued or being sent now",
             value=len(self._outbox.open),
         )
+
+
+class _Sessions(Collector):
+    """The dashboard's sign-ins, and requests refused for their session."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        sign_ins = CounterMetricFamily(
+            "hiscrm_ui_sign_ins_total",
+            "Dashboard sign-ins with a one-time code: ok, or refused (unknown, used, expired)",
+            labels=["result"],
+        )
+        for result in ("ok", "refused"):
+            sign_ins.add_metric([result], self._sessions.sign_ins[result])
+        yield sign_ins
+        refused = CounterMetricFamily(
+            "hiscrm_ui_session_refusals_total",
+            "Requests refused for their session cookie (malformed, bad_signature, expired) "
+            "or for a missing or wrong CSRF token (csrf)",
+            labels=["reason"],
+        )
+        for reason in [*(r.value for r in CookieRefusal), "csrf"]:
+            refused.add_metric([reason], self._sessions.refusals[reason])
+        yield refused
