@@ -29,6 +29,7 @@ kind, id, version and hash).
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 
@@ -37,6 +38,7 @@ from pydantic_core import PydanticSerializationError
 
 from hiscrm.items import KINDS, AnyItem, Comment, epoch_ms
 from hiscrm.protocol import ItemChange, change_json
+from hiscrm.worker import spool_replay
 from hiscrm.worker.known_items import (
     KnownItems,
     content_hash,
@@ -46,7 +48,8 @@ from hiscrm.worker.known_items import (
     pack,
     version_of,
 )
-from hiscrm.worker.spool import Spool
+from hiscrm.worker.spool import Spool, line_seq
+from hiscrm.worker.spool_replay import Spooled
 
 MAX_ITEM_BYTES = 256 * 1024  # far below the 1 MB message limit
 # The store applies retention about once an hour: an item is forgotten here this long
@@ -91,12 +94,37 @@ class InvalidItem(ValueError):
 @dataclass(slots=True)
 class LoadReport:
     replayed: int  # changes from the spool the store did not have yet
-    skipped: int  # spool lines already committed
+    skipped: int  # spool lines acknowledged, in the store, or superseded in the spool
     corrupt: int  # spool lines that could not be read
     torn_bytes: int
+    renumbered: int = 0  # of those replayed: numbered anew (another host went past them)
+    store_won: int = 0  # dropped: the store has a newer version of their item
 
 
 Key = tuple[str, str]  # (kind, item id)
+
+
+class _Scan:
+    """A spool's lines read once: their changes, how many could not be read, and the last
+    number in each segment."""
+
+    def __init__(self) -> None:
+        self.corrupt = 0
+        self.segment_last: list[int] = []
+
+    def changes(self, segments: list[list[bytes]]) -> Iterator[Spooled]:
+        for lines in segments:
+            last = 0
+            for line in lines:
+                try:
+                    change = ItemChange.model_validate_json(line)
+                except ValidationError:
+                    self.corrupt += 1
+                    continue
+                last = max(last, change.seq)
+                key = (change.item.kind, change.item.id)
+                yield Spooled(change.seq, key, change.version, hash_from_hex(change.hash))
+            self.segment_last.append(last)
 
 
 class AccountData:
@@ -128,48 +156,71 @@ class AccountData:
     # --- start ---------------------------------------------------------------------------
 
     def load(self, acked_seq: int, digest: list[tuple[str, str, int, str]]) -> LoadReport:
-        """Start from the store's digest and the spool. An item known only from the digest
-        counts as seen now (the digest has no times): it is forgotten one retention period
-        after the load at the latest."""
+        """Start from the store's digest and the spool (``spool_replay`` decides what of
+        the spool goes again, and under which numbers). An item known only from the
+        digest counts as seen now (the digest has no times): it is forgotten one
+        retention period after the load at the latest."""
         self.seq = self.acked_seq = self.sent_seq = acked_seq
         now = epoch_ms()
         for kind, item_id, version, hash_ in digest:
             self.known.put(kind, item_id, pack(version, hash_from_hex(hash_), now))
         contents = self._spool.open(acked_seq)
-        replayed = skipped = corrupt = 0
-        segment_last: list[int] = []
-        for lines in contents.segments:
-            last = 0
-            for line in lines:
-                try:
-                    change = ItemChange.model_validate_json(line)
-                except ValidationError:
-                    corrupt += 1
-                    continue
-                last = max(last, change.seq)
-                if self._replay(change, line, acked_seq):
-                    replayed += 1
-                else:
-                    skipped += 1
-            segment_last.append(last)
-            self.seq = max(self.seq, last)
+        scan = _Scan()
+        decided = spool_replay.plan(
+            scan.changes(contents.segments), contents.floor, acked_seq, self._stored
+        )
+        self.seq = max([self.seq, *scan.segment_last])
         # Never below a segment's first number, even if its lines were unreadable: the next
         # segment must get a new name.
         self.seq = max(self.seq, contents.first_seq)
-        self._spool.note_loaded(segment_last)
-        return LoadReport(replayed, skipped, corrupt, contents.torn_bytes)
+        self._spool.note_loaded(scan.segment_last)
+        wanted = {change.seq for change in decided.keep + decided.renumber}
+        lines_by_seq = self._spool_lines(contents.segments, wanted)
+        for change in decided.keep:
+            self._replay(change.seq, lines_by_seq[change.seq])
+        for change in decided.renumber:  # another host numbered past it: a new number
+            seq = self.seq + 1
+            line = renumbered(lines_by_seq[change.seq], seq)
+            self._spool.append(seq, line + b"\n")
+            self.seq = seq
+            self._replay(seq, line)
+        # Everything before the first change sent again is in the store or given up.
+        waiting = [seq for seq, _ in self.unsent.values()]
+        self._spool.acked(min(waiting) - 1 if waiting else self.seq)
+        skipped = decided.acknowledged + decided.in_store + decided.superseded
+        return LoadReport(
+            decided.replayed,
+            skipped,
+            scan.corrupt,
+            contents.torn_bytes,
+            renumbered=len(decided.renumber),
+            store_won=decided.store_wins,
+        )
 
-    def _replay(self, change: ItemChange, line: bytes, acked_seq: int) -> bool:
-        """Take a spooled change back into pending unless the store already has it."""
+    def _stored(self, key: Key) -> tuple[int, int] | None:
+        """What the store has of an item (version and hash), as the digest said."""
+        known = self.known.get(*key)
+        return None if known is None else (version_of(known), hash_of(known))
+
+    @staticmethod
+    def _spool_lines(segments: list[list[bytes]], wanted: set[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        if wanted:
+            for lines in segments:
+                for line in lines:
+                    seq = line_seq(line)
+                    if seq in wanted:
+                        found[seq] = line
+        return found
+
+    def _replay(self, seq: int, line: bytes) -> None:
+        """Take a spooled change back into pending (the store lacks it)."""
+        change = ItemChange.model_validate_json(line)
         item = change.item
-        known = self.known.get(item.kind, item.id)
-        if change.seq <= acked_seq or (known is not None and version_of(known) >= change.version):
-            return False
         hash_ = hash_from_hex(change.hash)
         self.known.put(item.kind, item.id, pack(change.version, hash_, _time_of(item)))
         self._note_target(item)
-        self._queue((item.kind, item.id), change.seq, line)
-        return True
+        self._queue((item.kind, item.id), seq, line)
 
     # --- changes -------------------------------------------------------------------------
 
@@ -316,6 +367,13 @@ class AccountData:
 
     def close(self) -> None:
         self._spool.close()
+
+
+def renumbered(line: bytes, seq: int) -> bytes:
+    """A change line (as ``change_json`` makes it) under another sequence number."""
+    if line_seq(line) < 0:
+        raise ValueError(f"not a change line: {line[:40]!r}")
+    return b'{"seq":%d' % seq + line[line.index(b",", 7) :]
 
 
 def _time_of(item: AnyItem) -> int:

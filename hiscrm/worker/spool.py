@@ -14,6 +14,13 @@ worker keeps an item's full JSON in memory only while its change is unacknowledg
 A segment whose successor starts at or before the store's acknowledged sequence number
 holds nothing the store lacks, so a restart does not read it.
 
+The spool's head (``hiscrm/spool_head.py``, the file ``head``) keeps the last sequence
+number acknowledged to this host, and marks that changes were appended since. It is what
+a load reads from, whatever the store's ``acked_seq`` is now: in a cluster another
+host may have carried the account past the numbers of this host's unacknowledged
+changes while this one was away (``open`` reads from the lower of the two), and what a
+starting master reads to claim first the accounts whose spools hold such changes.
+
 Segments are memory-mapped (shared): an append is a memory copy into the page cache,
 with no system call, and like a ``write(2)`` it survives the death of the process (not
 a power cut). Unused space at the end of a segment reads as NUL bytes. Once everything
@@ -27,6 +34,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hiscrm import spool_head
+from hiscrm.spool_head import Head
 
 SEGMENT_BYTES = 4 * 1024 * 1024
 KEEP_ACKED_BYTES = 16 * 1024 * 1024  # per account: what a resend from a seq can read back
@@ -54,6 +64,7 @@ class SpoolContents:
     torn_bytes: int  # incomplete last lines (the writer died mid-write), discarded
     first_seq: int  # the highest first sequence number of any segment kept (0: none)
     unread: int  # segments kept but not read: everything in them is acknowledged
+    floor: int  # what was read is after it: the lower of the store's ack and this host's
 
 
 def _complete(data: bytes) -> tuple[bytes, int]:
@@ -82,9 +93,12 @@ class Spool:
         self._map: mmap.mmap | None = None  # the segment being appended to, if mapped
         self._used = 0  # bytes written in the last segment
         self._acked_seq = 0
+        self._head_fd: int | None = None
+        self._head = Head(0, 0)  # as last written
 
     def open(self, acked_seq: int = 0) -> SpoolContents:
-        """Take ownership and read back what may hold changes after ``acked_seq``."""
+        """Take ownership and read back what may hold changes after ``acked_seq`` (the
+        store's), or after the last one acknowledged to this host if that is lower."""
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -94,7 +108,13 @@ class Spool:
             raise SpoolBusy(f"{self.directory} is held by another process") from None
         self._lock_fd = fd
         try:
-            return self._read(acked_seq)
+            head = spool_head.read(self.directory)
+            self._head_fd = os.open(
+                self.directory / spool_head.HEAD_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            floor = acked_seq if head is None else min(head.acked, acked_seq)
+            self._head = head or Head(0, floor)
+            return self._read(floor)
         except BaseException:
             self.close()  # as if never opened: the caller may try again
             raise
@@ -124,7 +144,7 @@ class Spool:
             self._segments.append(_Segment(path, firsts[n], firsts[n], len(complete)))
         self._used = self._segments[-1].size if self._segments else 0
         first = self._segments[-1].first_seq if self._segments else 0
-        return SpoolContents(segments, torn, first, unread)
+        return SpoolContents(segments, torn, first, unread, acked_seq)
 
     def note_loaded(self, last_seqs: list[int]) -> None:
         """The reader tells the last sequence number in each segment ``open`` returned
@@ -140,6 +160,8 @@ class Spool:
         end = self._used + len(line)
         if self._map is None and self._segments and self._reopenable(end):
             self._map_segment(self._segments[-1].path, create=False)
+        if self._head.appended <= self._head.acked:  # the first of a run not acknowledged
+            self._write_head(Head(seq, self._head.acked))
         if self._map is None or end > len(self._map):
             self._start_segment(seq, len(line))
             end = len(line)
@@ -193,9 +215,17 @@ class Spool:
         """Everything up to ``seq`` is in the store: keep only the most recent
         acknowledged segments, and unmap the live one if nothing in it waits."""
         self._acked_seq = max(self._acked_seq, seq)
-        if self._segments and self._segments[-1].last_seq <= self._acked_seq:
+        last = self._segments[-1].last_seq if self._segments else 0
+        if self._head.acked < self._acked_seq and self._lock_fd is not None:
+            self._write_head(Head(max(last, self._acked_seq), self._acked_seq))
+        if self._segments and last <= self._acked_seq:
             self._finish_segment()
         self._trim()
+
+    def _write_head(self, head: Head) -> None:
+        assert self._head_fd is not None
+        spool_head.write(self._head_fd, head)
+        self._head = head
 
     def _trim(self) -> None:
         """Delete the oldest acknowledged segments beyond ``KEEP_ACKED_BYTES`` (never
@@ -239,6 +269,9 @@ class Spool:
 
     def close(self) -> None:
         self._finish_segment()
+        if self._head_fd is not None:
+            os.close(self._head_fd)
+            self._head_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
