@@ -147,6 +147,9 @@ class AccountHost:
             acked_seq=loading.acked_seq,
             items=len(data.known),
             replayed=report.replayed,
+            renumbered=report.renumbered,
+            skipped=report.skipped,
+            store_won=report.store_won,
         )
         self.syncer.add(data)
         if report.replayed:

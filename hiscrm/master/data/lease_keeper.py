@@ -11,6 +11,16 @@ store. A task on the master's loop, with a connection of its own, that every
    never runs on two masters);
 4. reports the state of each account it holds, for the other masters to show.
 
+Spools left with changes never acknowledged (``spool_head``: this master was killed or
+cut off while its workers held them, and another master took the accounts on) are
+looked for when it joins (at its start, and again after it was cut off). Until it holds
+those accounts again it wants them (``pg_leases.want``): it claims them first, beyond
+its fair share if need be (up to its capacity, ``rebalance_step`` a round), and the
+master holding one hands it over at its next round; its workers then replay what the
+store lacks. It does this once per join; an account taken back for its spool is not
+handed back to even out before its spool's head says the store has everything
+(afterwards the fair shares even out as usual).
+
 If the store cannot be reached, every account is stopped before any lease can expire:
 a lease is acted on only until ``valid_until`` (its last renewal *sent* + ttl - margin),
 by this process's clock; expiry itself is the database's clock. The writer's fence
@@ -29,6 +39,7 @@ from typing import Any
 import psycopg
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm import spool_head
 from hiscrm.config import Config
 from hiscrm.master.data import lease_plan, pg_leases
 from hiscrm.master.data.account_registry import spec_of
@@ -74,6 +85,9 @@ class LeaseKeeper:
         self._stopped: set[str] = set()  # stopped here, to be let go in the store
         self._valid_until: float | None = None
         self._joined = False
+        self._spool_root = config.state_dir / "spool"
+        self._spooled: set[str] = set()  # accounts whose spools here hold unacked changes
+        self._from_spool: set[str] = set()  # held: taken back for their spools
         self._wake = asyncio.Event()
         self.stats = LeaseStats(self.node_id, self.capacity, self.ttl_s, self.renew_s)
 
@@ -157,12 +171,14 @@ class LeaseKeeper:
             )
             self._joined = True
             self._log.info("joined the cluster", capacity=self.capacity, lease_ttl_s=self.ttl_s)
+            self._look_for_spools()
         leaving = self._shutting_down()
         if self._stopped:
             let_go = {a: self.held[a] for a in self._stopped if a in self.held}
             released = await pg_leases.release(conn, self.node_id, let_go)
             for account_id in let_go:
                 self.held.pop(account_id, None)
+                self._from_spool.discard(account_id)
             self._stopped -= set(let_go)
             self.stats.handed_back += len(released)
             self._log.info("leases handed back", accounts=sorted(let_go))
@@ -183,6 +199,8 @@ class LeaseKeeper:
         self.stats.leases = {row.account_id: row for row in await pg_leases.leases(conn)}
         self._manager.owners = {a: (row.node_id, row.state) for a, row in self.stats.leases.items()}
         if not leaving:
+            await self._take_back_spooled(conn)
+            await self._hand_over_wanted(conn)
             await self._rebalance(conn, view)
         await pg_leases.report_states(conn, self.node_id, self._states())
         self.stats.held = len(self.held)
@@ -227,11 +245,71 @@ class LeaseKeeper:
                 self.stats.claimed += len(gained)
                 self._log.info("leases claimed", accounts=sorted(gained), held=len(self.held))
                 self._manager.lease_gained(sorted(gained), asyncio.get_running_loop().time())
-        releasable = [a for a in sorted(self.held, reverse=True) if a not in self._giving_up]
+        replaying = self._replaying()
+        releasable = [
+            a for a in sorted(self.held, reverse=True) if a not in self._giving_up | replaying
+        ]
         hand_back = releasable[: moves.release - len(self._giving_up)]
         if hand_back:
             self._log.info("handing leases back to even out the cluster", accounts=hand_back)
             self._give_up(hand_back, "handed back to even out the cluster")
+
+    # --- spools holding what the store may lack ------------------------------------------
+
+    def _look_for_spools(self) -> None:
+        found = set(spool_head.pending_accounts(self._spool_root)) - set(self.held)
+        self._spooled = found
+        if found:
+            self._log.info(
+                "spools here hold changes never acknowledged; claiming their accounts first",
+                accounts=sorted(found),
+            )
+
+    async def _take_back_spooled(self, conn: AConn) -> None:
+        """Claim the free accounts this node's spools hold changes of; mark the others
+        wanted, for their holders to hand them over."""
+        self._spooled &= set(self._manager.specs)  # an account removed meanwhile: never
+        self._spooled -= set(self.held)
+        if not self._spooled:
+            return
+        room = min(self.step, self.capacity - len(self.held))
+        gained = await pg_leases.claim(
+            conn, self.node_id, room, self.ttl_s, only=sorted(self._spooled)
+        )
+        if gained:
+            self.held.update(gained)
+            self._fence.set(self.held)
+            self.stats.claimed += len(gained)
+            self._spooled -= set(gained)
+            self._from_spool |= set(gained)
+            self._log.info(
+                "leases claimed for changes only this host's spools have",
+                accounts=sorted(gained),
+                held=len(self.held),
+            )
+            self._manager.lease_gained(sorted(gained), asyncio.get_running_loop().time())
+        await pg_leases.want(conn, self.node_id, sorted(self._spooled))
+
+    def _replaying(self) -> set[str]:
+        """The accounts taken back for their spools whose spools still hold changes never
+        acknowledged: not handed back to even out before the store has them."""
+        for account_id in list(self._from_spool):
+            head = spool_head.read(self._spool_root / account_id)
+            if head is None or not head.pending:
+                self._from_spool.discard(account_id)
+        return set(self._from_spool)
+
+    async def _hand_over_wanted(self, conn: AConn) -> None:
+        """Hand over the accounts another live node wants for its spools (a few a round)."""
+        wanted = await pg_leases.wanted_from(conn, self.node_id)
+        hand_over = [a for a in wanted if a in self.held and a not in self._giving_up]
+        hand_over = hand_over[: self.step]
+        if hand_over:
+            self._log.info(
+                "handing leases over to masters whose spools hold their changes",
+                accounts={a: wanted[a] for a in hand_over},
+            )
+            self._give_up(hand_over, "handed over: another master's spool holds its changes")
 
     def _states(self) -> dict[str, tuple[str, int]]:
         status = self._manager.status
@@ -257,6 +335,7 @@ class LeaseKeeper:
         """This node may no longer act on these leases: stop the accounts at once."""
         for account_id in account_ids:
             self.held.pop(account_id, None)
+            self._from_spool.discard(account_id)
         self._giving_up.difference_update(account_ids)
         self._stopped.difference_update(account_ids)
         self._fence.set(self.held)

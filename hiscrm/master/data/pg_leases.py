@@ -9,6 +9,13 @@ has one row per account that was ever leased: its owner node (NULL: free), the
 the one that holds it now) and ``expires_at``. Every time is the database's ``now()``:
 the masters' clocks are never compared with each other.
 
+A node whose host's spools hold changes of an account that were never acknowledged (it
+was killed or cut off while another node took the account on) marks the account
+``wanted_by`` itself: the holder hands it over at its next round, other nodes do not
+claim it while the wanting node is alive, and the wanting node claims it first (its
+workers replay the spool, ``worker/spool_replay.py``); the claim clears the mark, and a
+node that left or died wants nothing.
+
 Rows are locked in account order everywhere (renewal, release, the writer's check), so
 two of these never wait for each other in a cycle; claims skip rows locked by others
 (``FOR UPDATE SKIP LOCKED``), so several masters claim at once without waiting.
@@ -37,9 +44,22 @@ LEASES_SQL = [
 ]
 
 
+WANTED_SQL = 'ALTER TABLE account_leases ADD COLUMN wanted_by text COLLATE "C"'
+
+# The node that wants the lease row ``l`` is alive and not leaving (by the database's clock).
+_WANTER_ALIVE = (
+    "EXISTS (SELECT 1 FROM nodes w WHERE w.node_id = l.wanted_by AND NOT w.leaving "
+    "AND w.renewed_at > now() - make_interval(secs => w.lease_ttl_s))"
+)
+
+
 def migrate(conn: Conn) -> None:
     for statement in LEASES_SQL:
         conn.execute(statement)
+
+
+def migrate_wanted(conn: Conn) -> None:
+    conn.execute(WANTED_SQL)
 
 
 # --- the lease keeper (async) ------------------------------------------------------------
@@ -84,10 +104,13 @@ async def renew(
         return {r[0] for r in await cursor.fetchall()}
 
 
-async def claim(conn: AConn, node_id: str, count: int, ttl_s: float) -> dict[str, int]:
+async def claim(
+    conn: AConn, node_id: str, count: int, ttl_s: float, only: list[str] | None = None
+) -> dict[str, int]:
     """Up to ``count`` enabled accounts that nobody holds (free, or their lease expired),
-    skipping those another node is claiming right now; their new epochs."""
-    if count <= 0:
+    skipping those another node is claiming right now and those another live node wants;
+    their new epochs. ``only``: of these accounts alone."""
+    if count <= 0 or (only is not None and not only):
         return {}
     async with conn.transaction():
         await conn.execute(
@@ -98,14 +121,42 @@ async def claim(conn: AConn, node_id: str, count: int, ttl_s: float) -> dict[str
             "WITH free AS (SELECT l.account_id FROM account_leases l "
             "JOIN accounts a ON a.id = l.account_id "
             "WHERE a.enabled AND (l.node_id IS NULL OR l.expires_at <= now()) "
-            "ORDER BY l.account_id LIMIT %s FOR UPDATE OF l SKIP LOCKED) "
-            "UPDATE account_leases SET node_id = %s, epoch = account_leases.epoch + 1, "
-            "expires_at = now() + make_interval(secs => %s) "
+            "AND (l.wanted_by IS NULL OR l.wanted_by = %(me)s OR NOT " + _WANTER_ALIVE + ") "
+            "AND (%(only)s::text[] IS NULL OR l.account_id = ANY(%(only)s)) "
+            "ORDER BY l.account_id LIMIT %(count)s FOR UPDATE OF l SKIP LOCKED) "
+            "UPDATE account_leases SET node_id = %(me)s, epoch = account_leases.epoch + 1, "
+            "expires_at = now() + make_interval(secs => %(ttl)s), wanted_by = NULL "
             "FROM free WHERE account_leases.account_id = free.account_id "
             "RETURNING account_leases.account_id, account_leases.epoch",
-            (count, node_id, ttl_s),
+            {"count": count, "me": node_id, "ttl": ttl_s, "only": only},
         )
         return {r[0]: int(r[1]) for r in await cursor.fetchall()}
+
+
+async def want(conn: AConn, node_id: str, account_ids: list[str]) -> None:
+    """This node's spools hold changes of these accounts the store may lack: mark them
+    wanted by it (their holders hand them over; nobody else claims them meanwhile)."""
+    if not account_ids:
+        return
+    await conn.execute(
+        "INSERT INTO account_leases (account_id, wanted_by) "
+        "SELECT id, %(me)s FROM accounts WHERE id = ANY(%(ids)s) AND enabled ORDER BY id "
+        "ON CONFLICT (account_id) DO UPDATE SET wanted_by = %(me)s "
+        "WHERE account_leases.node_id IS DISTINCT FROM %(me)s "
+        "AND account_leases.wanted_by IS DISTINCT FROM %(me)s",
+        {"me": node_id, "ids": sorted(account_ids)},
+    )
+
+
+async def wanted_from(conn: AConn, node_id: str) -> dict[str, str]:
+    """The accounts this node holds that another live node wants, and which node."""
+    cursor = await conn.execute(
+        "SELECT l.account_id, l.wanted_by FROM account_leases l "
+        "WHERE l.node_id = %s AND l.wanted_by IS NOT NULL AND l.wanted_by <> l.node_id "
+        "AND " + _WANTER_ALIVE + " ORDER BY l.account_id",
+        (node_id,),
+    )
+    return {r[0]: r[1] for r in await cursor.fetchall()}
 
 
 async def release(conn: AConn, node_id: str, held: dict[str, int]) -> set[str]:

@@ -41,7 +41,7 @@ from hiscrm.master.data import pg_commands, pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.sync_wire import ChangeView
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -188,6 +188,12 @@ def _migration_commands(conn: Conn) -> None:
     pg_commands.migrate(conn)
 
 
+def _migration_wanted(conn: Conn) -> None:
+    """The cluster: an account wanted by the node whose spool holds its unacknowledged
+    changes (``pg_leases.want``)."""
+    pg_leases.migrate_wanted(conn)
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
@@ -195,6 +201,7 @@ MIGRATIONS = {
     4: _migration_4,
     5: _migration_leases,
     6: _migration_commands,
+    7: _migration_wanted,
 }  # version -> step that brings it there
 
 
