@@ -5,6 +5,7 @@ what only its spools had arrives in the store. Nothing acknowledged is lost, not
 stored twice, no item's version goes back."""
 
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -144,6 +145,10 @@ def test_a_killed_masters_spooled_changes_arrive_when_it_returns(
     assert b.log.find(event="handing leases over to masters whose spools hold their changes")
     for account_id in ACCOUNTS:
         assert any(r["node"] == "a" and r["from"] > back_at for r in runs(record_dir)[account_id])
+    worker_log = a.worker_log("worker1").read_text()
+    replays = re.findall(r"spool replayed after another host .* renumbered=(\d+)", worker_log)
+    assert replays, "a's worker replayed nothing under new numbers"
+    assert all(int(n) > 0 for n in replays), replays
 
     for master in (a, b):
         assert master.stop(30) == 0

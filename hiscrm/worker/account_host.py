@@ -147,10 +147,15 @@ class AccountHost:
             acked_seq=loading.acked_seq,
             items=len(data.known),
             replayed=report.replayed,
-            renumbered=report.renumbered,
-            skipped=report.skipped,
-            store_won=report.store_won,
         )
+        if report.renumbered or report.store_won:  # another host ran the account meanwhile
+            self._log.info(
+                "spool replayed after another host",
+                account_id=account_id,
+                renumbered=report.renumbered,
+                store_won=report.store_won,
+                skipped=report.skipped,
+            )
         self.syncer.add(data)
         if report.replayed:
             self.syncer.changed(account_id, urgent=True)
