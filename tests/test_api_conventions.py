@@ -29,7 +29,11 @@ def test_healthz_and_metrics_at_the_root_follow_the_same_rules(master: Master) -
     assert httpx.get(f"{base}/metrics").status_code == 401  # not public by default
     with httpx.Client(headers={"Authorization": f"Bearer {master.token}"}) as http:
         assert "hiscrm_worker_up" in http.get(f"{base}/metrics").text
-        assert http.get(f"{base}/healthz").json() == http.get(f"{master.api_url()}/healthz").json()
+        at_root = http.get(f"{base}/healthz").json()
+        under_api = http.get(f"{master.api_url()}/healthz").json()
+        for health in (at_root, under_api):
+            del health["checks"]["disk"]["detail"]  # free space moves between two reads
+        assert at_root == under_api
 
 
 @pytest.mark.timeout(30)

@@ -37,6 +37,13 @@ def test_failing_run_is_reported_restarted_and_does_not_stop_siblings(
     assert "behaviours.py" in third["traceback"]
     assert not master.log.find(event="worker exited"), "the worker itself must keep running"
 
+    pattern = r"account_id=bad new=backoff old=running reason='[^']*restart in ([\d.]+)s"
+    # The worker logs the third backoff as it reports the error: wait for the line.
+    wait_until(
+        lambda: len(re.findall(pattern, master.worker_log("worker1").read_text())) >= 3,
+        10,
+        "three backoffs in the worker's log",
+    )
     text = master.worker_log("worker1").read_text()
     error_lines = [
         line for line in text.splitlines() if "[error]" in line and "account_id=bad" in line
@@ -44,9 +51,7 @@ def test_failing_run_is_reported_restarted_and_does_not_stop_siblings(
     assert len(error_lines) >= 3
     assert "errors_total=3" in text
     # Restarted with backoff: at once, then 0.2 s, then 0.4 s.
-    backoffs = re.findall(
-        r"account_id=bad new=backoff old=running reason='[^']*restart in ([\d.]+)s", text
-    )
+    backoffs = re.findall(pattern, text)
     assert backoffs[:3] == ["0.00", "0.20", "0.40"]
     # The sibling account kept working all along: its data keeps reaching the store.
     first = count(master.db, "messages", "good")
