@@ -35,7 +35,7 @@ from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_command_router, open_lease_keeper, open_store
-from hiscrm.master.data.store import AccountRecord, Store, SyncOutcome
+from hiscrm.master.data.store import AccountRecord, Store, StoreUnavailable, SyncOutcome
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.ports import EventSink
@@ -160,7 +160,14 @@ async def run_master(
     hubs.append(hub)
     listeners.append(hub.publish)
     try:
-        registry = await reconcile_registry(store, config, log)
+        try:
+            registry = await reconcile_registry(store, config, log)
+            late: list[AccountRecord] | None = None
+        except StoreUnavailable as exc:  # PostgreSQL out of reach: once the keeper reaches it
+            if config.store.url is None:
+                raise
+            log.warning("the accounts are declared once the store is reached", reason=str(exc))
+            registry = late = []
         accounts = AccountManager(
             config,
             registry,
@@ -173,13 +180,21 @@ async def run_master(
             held=None if config.store.url is None else set(),  # a cluster: leased accounts
         )
         manager.append(accounts)
-        await accounts.outbox.load()
+        if late is None:
+            await accounts.outbox.load()
         launcher = make_launcher(config, log)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
         keeper = open_lease_keeper(
             config, store, accounts, log, errors, lambda: supervisor.shutting_down
         )
+        if keeper is not None and late is not None:
+
+            async def when_reached() -> None:
+                await reconcile_registry(store, config, log)  # the keeper follows it
+                await accounts.outbox.load()
+
+            keeper.when_reached = when_reached
         leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify.from_environment(log, errors)

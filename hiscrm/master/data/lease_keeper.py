@@ -33,7 +33,7 @@ A graceful stop (after every worker stopped) lets every lease go at once.
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -49,7 +49,7 @@ from hiscrm.master.data.lease_plan import NodeView
 from hiscrm.master.data.lease_view import ClusterView, LeaseStats
 from hiscrm.master.data.pg_leases import AConn
 from hiscrm.master.data.pg_writer import APPLICATION_NAME, CONNECT_TIMEOUT_S
-from hiscrm.master.data.store import AccountRecord
+from hiscrm.master.data.store import AccountRecord, StoreError
 
 LEAVE_TIMEOUT_S = 10.0
 
@@ -89,6 +89,10 @@ class LeaseKeeper:
         self._spooled: set[str] = set()  # accounts whose spools here hold unacked changes
         self._from_spool: set[str] = set()  # held: taken back for their spools
         self._wake = asyncio.Event()
+        self._failures_before = 0  # renewal failures before this episode of them
+        # Awaited before a round until it succeeds once: what the master could not do at
+        # its start because the store was out of reach (declare its accounts, …).
+        self.when_reached: Callable[[], Awaitable[None]] | None = None
         self.stats = LeaseStats(self.node_id, self.capacity, self.ttl_s, self.renew_s)
 
     # --- running -------------------------------------------------------------------------
@@ -105,7 +109,7 @@ class LeaseKeeper:
             try:
                 async with asyncio.timeout(self.renew_s * 2):
                     await self._round()
-            except (psycopg.Error, TimeoutError, OSError) as exc:
+            except (psycopg.Error, StoreError, TimeoutError, OSError) as exc:
                 await self._round_failed(exc)
             self._check_validity()
             wake_at = loop.time() + self.renew_s
@@ -165,6 +169,10 @@ class LeaseKeeper:
     async def _round(self) -> None:
         loop = asyncio.get_running_loop()
         conn = await self._connection()
+        if self.when_reached is not None:
+            await self.when_reached()
+            self.when_reached = None
+            self._log.info("the store was reached: the start is completed")
         if not self._joined:
             await pg_leases.join(
                 conn, self.node_id, self.capacity, self.ttl_s, self.api_url, os.getpid()
@@ -187,6 +195,10 @@ class LeaseKeeper:
         self._valid_until = lease_plan.valid_until(sent_at, self.ttl_s, self.margin_s)
         self.stats.renewals += 1
         self.stats.last_renewal_at = int(time.time() * 1000)
+        failed = self.stats.renewal_failures - self._failures_before
+        if failed:
+            self._log.warning("leases renewed again", failed_rounds=failed)
+            self._failures_before = self.stats.renewal_failures
         self.stats.last_error = None
         self.stats.failing_since = None
         self.stats.stopped_cut_off = 0
@@ -360,9 +372,10 @@ class LeaseKeeper:
         left = None
         if self._valid_until is not None:
             left = round(self._valid_until - asyncio.get_running_loop().time(), 3)
-        self._log.error(
-            "cannot renew the leases", held=len(self.held), valid_for_s=left, exc_info=exc
-        )
+        if self.stats.renewal_failures - self._failures_before == 1:  # once per episode
+            self._log.error(
+                "cannot renew the leases", held=len(self.held), valid_for_s=left, exc_info=exc
+            )
         await self._disconnect()  # in an unknown state (a statement timed out): not reused
 
     async def _disconnect(self) -> None:

@@ -90,5 +90,6 @@ def open_command_router(
     )
     router.on_accounts = keeper.poke
     store.commands_heard, store.commands_connected = router.listen_with(asyncio.get_running_loop())
-    router.connected()  # what was sent before it listened
+    if store.writer.opened:  # else the listener tells it once the store is reached
+        router.connected()  # what was sent before it listened
     return router

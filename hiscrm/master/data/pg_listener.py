@@ -4,8 +4,8 @@ notifies its head, and raises this master's ``EventHead`` with it.
 
 This master's own commits are heard too; ``EventHead.rise`` reports each head once. When
 the connection is (re)made, the head is read from the counter after LISTEN, so nothing
-committed while it was down goes unseen. A lost connection is logged, counted, and made
-again after a delay that grows to ``MAX_RETRY_S``.
+committed while it was down goes unseen. A lost connection is logged (once, however many
+tries fail after it), counted, and made again after a delay that grows to ``MAX_RETRY_S``.
 
 Other channels can be heard on the same connection (``hear``: the commands routed
 between masters, ``pg_commands``): their payloads go to a callback, in this thread, and
@@ -75,7 +75,7 @@ class EventListener:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        delay = FIRST_RETRY_S
+        delay, failures = FIRST_RETRY_S, 0  # failures: tries in a row that failed
         while not self._stopping.is_set():
             conn: Conn | None = None
             try:
@@ -87,16 +87,20 @@ class EventListener:
                 self.listening.set()
                 for connected in self._on_connect:
                     connected()
-                delay = FIRST_RETRY_S
+                if failures:
+                    self._log.warning("store listener connected again", failed_tries=failures)
+                delay, failures = FIRST_RETRY_S, 0
                 self._listen(conn)
             except Exception as exc:  # the server, or a bug: said, counted, and tried again
                 self.errors += 1
-                self._log.error(
-                    "store listener failed; connecting again",
-                    retry_in_s=delay,
-                    errors=self.errors,
-                    exc_info=exc,
-                )
+                failures += 1
+                if failures == 1:  # once per episode; the tries that follow are counted
+                    self._log.error(
+                        "store listener failed; connecting again",
+                        retry_in_s=delay,
+                        errors=self.errors,
+                        exc_info=exc,
+                    )
                 self._stopping.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
             finally:

@@ -41,10 +41,17 @@ class PgReader:
         self._totals: tuple[float, dict[str, int]] | None = None
         self._totals_lock = asyncio.Lock()
         self._counts: dict[tuple[Any, ...], tuple[float, int]] = {}
+        # Why the server is out of reach since the start (the writer's outage), or None.
+        self.unreachable: Callable[[], str | None] = lambda: None
 
     def open(self) -> None:
         """Raises psycopg_pool.PoolTimeout if no connection can be made in time."""
         self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+
+    def open_later(self) -> None:
+        """Open without waiting: the pool connects in the background (the server was out
+        of reach at the start and has just been reached)."""
+        self._pool.open(wait=False)
 
     def close(self) -> None:
         self._pool.close()
@@ -52,6 +59,9 @@ class PgReader:
     def _with_connection(self, function: Callable[[Conn], T]) -> T:
         """``function`` on a pooled connection; StoreUnavailable (the API's 503) if the
         server cannot be reached or fails us (a broken connection leaves the pool)."""
+        unreachable = self.unreachable()
+        if unreachable is not None:
+            raise StoreUnavailable(unreachable)
         try:
             with self._pool.connection() as conn:
                 return function(conn)

@@ -36,6 +36,8 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.data import pg_events, pg_schema
 from hiscrm.master.data.lease_fence import Fence
 from hiscrm.master.data.pg_events import EventHead
+from hiscrm.master.data.pg_outage import Outage
+from hiscrm.master.data.pg_reach import Reach, classify
 from hiscrm.master.data.pg_schema import Conn
 from hiscrm.master.data.store import (
     EventWindow,
@@ -43,6 +45,7 @@ from hiscrm.master.data.store import (
     NewEvent,
     OutcomeCallback,
     StoreError,
+    StoreUnavailable,
     SyncBatch,
     SyncFailure,
     SyncOutcome,
@@ -55,6 +58,7 @@ MAX_GROUP = 512  # syncs per transaction at most
 RETENTION_EVERY_S = 3600.0
 PRUNE_EVERY_S = 10.0  # supervisor events beyond the window are deleted this often
 CONNECT_TIMEOUT_S = 10
+MAX_HELD_EVENTS = 10_000  # supervisor events held while the server is out of reach
 APPLICATION_NAME = "hiscrm-master"
 
 
@@ -107,9 +111,17 @@ class PgWriter:
         self.busy_since: float | None = None  # a write (or the wait for the server) began
         self.failing: str | None = None  # the last write failed because of the server
         self.failing_since: float | None = None
+        self.on_opened: Callable[[bool], None] = lambda at_start: None  # in this thread
+        self.opened = False  # connected and migrated once (False: out of reach so far)
+        self.opened_at_start = False  # before ``start`` returned
+        self.outage = Outage(self.where, log)  # the server out of reach since the start
+        self._held_events: list[NewEvent] = []  # supervisor events told meanwhile
+        self.events_dropped = 0  # beyond MAX_HELD_EVENTS while out of reach
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
-        """Connect and migrate in the writer thread; raise StoreError here if that fails."""
+        """Connect and migrate in the writer thread; raise StoreError here if the store
+        cannot be used as configured. A server out of reach for now (``pg_reach``) does
+        not fail this: the writer keeps trying (``connected`` tells)."""
         self._on_outcomes = on_outcomes
         self._thread.start()
         self._ready.wait()
@@ -171,33 +183,25 @@ class PgWriter:
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        conn: Conn | None = None
         try:
-            conn = connect(self.url)
-            found, added = pg_schema.migrate(conn)
-            self._upserter.prepare(conn)
-            self.events.head, self.events.floor = pg_events.load(conn)
-        except BaseException as exc:
-            if conn is not None:
-                conn.close()
-            self._startup_error = exc
-            self._ready.set()
+            conn = self._open_with_retries()
+        except BaseException as exc:  # a bug: ``start`` must not wait for ever
+            self.errors += 1
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+            self._log.critical("store thread died before it opened the store", exc_info=exc)
+            raise
+        if conn is None:  # stopped while the server was out of reach, or cannot be used
             return
-        self._log.info(
-            "store opened",
-            url=self.where,
-            server_version=conn.info.server_version,
-            schema_version=pg_schema.SCHEMA_VERSION,
-        )
-        if found != pg_schema.SCHEMA_VERSION or added:
-            self._log.info(
-                "store migrated",
-                url=self.where,
-                old=found,
-                new=pg_schema.SCHEMA_VERSION,
-                new_tables=added,
-            )
+        at_start = not self._ready.is_set()
+        self.opened, self.opened_at_start = True, at_start
         self._ready.set()
+        try:
+            self.on_opened(at_start)
+        except Exception as exc:  # a bug: the writer goes on; reads will say they fail
+            self.errors += 1
+            self._log.error("store opened, but what follows failed", exc_info=exc)
         next_retention = next_prune = time.monotonic()
         try:
             while True:
@@ -235,8 +239,90 @@ class PgWriter:
         finally:
             conn.close()
 
+    def _open(self) -> Conn:
+        """Connect, migrate, and load what the writer keeps of the store; said in the log."""
+        conn = connect(self.url)
+        try:
+            found, added = pg_schema.migrate(conn)
+            self._upserter.prepare(conn)
+            head, self.events.floor = pg_events.load(conn)
+            self.events.rise(head)  # a master that started without it: the hub hears
+        except BaseException:
+            conn.close()
+            raise
+        self._log.info(
+            "store opened",
+            url=self.where,
+            server_version=conn.info.server_version,
+            schema_version=pg_schema.SCHEMA_VERSION,
+        )
+        if found != pg_schema.SCHEMA_VERSION or added:
+            self._log.info(
+                "store migrated",
+                url=self.where,
+                old=found,
+                new=pg_schema.SCHEMA_VERSION,
+                new_tables=added,
+            )
+        return conn
+
+    def _open_with_retries(self) -> Conn | None:
+        """The first connection. A server out of reach for now (``pg_reach``) is tried
+        again with backoff while ``start`` has returned and the master runs: meanwhile
+        syncs and calls are refused (workers keep their changes in their spools) and
+        supervisor events are held. A store that can never be used as configured fails
+        ``start``; found only later (the server came back with a newer schema), it is
+        tried again too, and health says why. None: stopped meanwhile, or failed start."""
+        while True:
+            try:
+                conn = self._open()
+            except Exception as exc:
+                if not self._ready.is_set() and classify(exc) is Reach.PERMANENT:
+                    self._startup_error = exc
+                    self._ready.set()
+                    return None
+                self.errors += 1
+                delay = self.outage.failed(exc)
+                self._ready.set()  # ``start`` returns: the master starts without it
+                if self._refuse_while_down(delay):
+                    return None
+                continue
+            self.outage.reached()
+            held, self._held_events = self._held_events, []
+            if held:
+                self._append(conn, held)
+            return conn
+
+    def _refuse_while_down(self, delay_s: float) -> bool:
+        """For ``delay_s``: what comes in is refused (syncs, calls) or held (events) with
+        the outage's reason. True if asked to stop."""
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                work = self._queue.get(timeout=left)
+            except queue.Empty:
+                return False
+            if work is _STOP:
+                return True
+            reason = self.outage.reason() or "the store is out of reach"
+            if isinstance(work, SyncBatch):
+                self._on_outcomes([SyncOutcome(work, -1, f"store error: {reason}", STORE)])
+            elif isinstance(work, _Call):
+                error = StoreUnavailable(reason)
+                work.loop.call_soon_threadsafe(_set_exception, work.future, error)
+            elif isinstance(work, _Append):
+                self._held_events += work.events
+                dropped = len(self._held_events) - MAX_HELD_EVENTS
+                if dropped > 0:
+                    del self._held_events[:dropped]
+                    self.events_dropped += dropped
+        return False
+
     def cannot_commit(self, now: float, stuck_after_s: float) -> str | None:
         """Why the store cannot commit now (for health), or None."""
+        out_of_reach = self.outage.reason()
+        if out_of_reach is not None:
+            return out_of_reach
         busy_since = self.busy_since
         if busy_since is not None and now - busy_since > stuck_after_s:
             return f"a write has been waiting or running for {now - busy_since:.1f} s"

@@ -7,6 +7,7 @@ a third thread (``EventListener``) hears of events other masters commit to the s
 database.
 """
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -50,6 +51,8 @@ class PostgresStore:
         self.reader = PgReader(url)
         self.listener = EventListener(url, self.writer.events, log)
         self.where = self.writer.where  # the URL without its password
+        self._lifecycle = threading.Lock()
+        self._stopped = False
         # A cluster's routed commands (``command_router``), told from the listener's
         # thread; nothing listens to them until the router is attached.
         self.commands_heard: Callable[[str], None] = lambda payload: None
@@ -61,7 +64,14 @@ class PostgresStore:
         )
 
     def start(self, on_outcomes: OutcomeCallback) -> None:
+        """Open the store; StoreError if it cannot be used as configured. A server out
+        of reach for now does not stop the master: the writer keeps trying, health says
+        so, reads answer 503, and the reads' pool and the listener start once it opened."""
+        self.reader.unreachable = self.writer.outage.reason
+        self.writer.on_opened = self._opened
         self.writer.start(on_outcomes)
+        if not self.writer.opened_at_start:
+            return
         try:
             self.reader.open()
         except (PoolTimeout, psycopg.Error) as exc:
@@ -72,7 +82,20 @@ class PostgresStore:
             ) from exc
         self.listener.start()
 
+    def _opened(self, at_start: bool) -> None:
+        """In the writer's thread: the store is open, after it was out of reach at the
+        start; the reads' pool fills in the background, the listener starts."""
+        if at_start:
+            return  # ``start`` opens them, and fails if they cannot be opened
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self.reader.open_later()
+            self.listener.start()
+
     def stop(self) -> None:
+        with self._lifecycle:
+            self._stopped = True
         self.listener.stop()
         self.writer.stop()
         self.reader.close()
