@@ -1,5 +1,6 @@
 """What only the PostgreSQL store has to show: its column types, a database shared with
-another writer, a lost connection, and a URL whose password never shows."""
+another writer, a lost connection, a server out of reach at the start (waited for) or
+that can never be used (fatal at once), and a URL whose password never shows."""
 
 import asyncio
 import time
@@ -9,8 +10,10 @@ import psycopg
 import pytest
 import structlog
 from pg_server import PASSWORD, PostgresServer, free_port
+from tcp_proxy import TcpProxy
 from test_datastore import LINK, Store, change, postgres_backend
 
+from hiscrm.master.data import pg_schema
 from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.store import (
     CollectionQuery,
@@ -18,6 +21,7 @@ from hiscrm.master.data.store import (
     StoreUnavailable,
     SyncBatch,
     SyncFailure,
+    SyncOutcome,
 )
 
 pytestmark = pytest.mark.postgres
@@ -105,11 +109,87 @@ def test_a_wrong_password_fails_at_start_without_showing_it(pg_server: PostgresS
     assert not store.writer.alive
 
 
-def test_no_server_fails_at_start() -> None:
-    url = f"postgresql://hiscrm:{PASSWORD}@127.0.0.1:{free_port()}/postgres?connect_timeout=2"
+def test_a_server_out_of_reach_at_the_start_is_waited_for(
+    pg_url: str, pg_server: PostgresServer
+) -> None:
+    port = free_port()  # nothing listens there yet: connections are refused
+    url = pg_url.replace(f":{pg_server.port}/", f":{port}/")
     store = PostgresStore(url, {}, structlog.get_logger())
-    with pytest.raises(StoreError, match="Connection refused"):
+    outcomes: list[SyncOutcome] = []
+    store.start(outcomes.extend)  # returns: the writer keeps trying
+    proxy: TcpProxy | None = None
+    try:
+        cannot = store.stats().cannot_commit
+        assert cannot is not None
+        assert cannot.startswith(f"cannot reach postgresql://hiscrm:***@127.0.0.1:{port}/")
+        assert "Connection refused" in cannot
+        assert "; retrying every 2 s" in cannot
+        assert PASSWORD not in cannot
+        store.submit(SyncBatch(LINK, "acc", 0, 1, [change(1, 1)]))
+        deadline = time.monotonic() + 10
+        while not outcomes:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert outcomes[0].failure == SyncFailure.STORE_ERROR  # the worker keeps it
+        assert outcomes[0].error is not None and "cannot reach" in outcomes[0].error
+        with pytest.raises(StoreUnavailable, match="cannot reach"):
+            asyncio.run(store.page("messages", CollectionQuery("acc")))
+        with pytest.raises(StoreUnavailable, match="cannot reach"):
+            asyncio.run(store.accounts())
+        assert store.writer.alive and not store.writer.opened
+
+        proxy = TcpProxy(pg_server.port, port=port)  # the server is there now
+        deadline = time.monotonic() + 10
+        while store.stats().cannot_commit is not None:
+            assert time.monotonic() < deadline, store.stats().cannot_commit
+            time.sleep(0.02)
+        store.submit(SyncBatch(LINK, "acc", 0, 1, [change(1, 1)]))  # the worker's resend
+        while len(outcomes) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert outcomes[1].ok, outcomes[1].error
+        while True:  # the reads' pool opens in the background
+            try:
+                _rows, total = asyncio.run(store.page("messages", CollectionQuery("acc")))
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert total == 1
+        assert store.listener.listening.wait(10)
+        assert store.writer.outage.episodes == 1
+        assert store.writer.outage.failures >= 1
+    finally:
+        store.stop()
+        if proxy is not None:
+            proxy.close()
+
+
+def test_stopping_while_the_server_is_out_of_reach_is_prompt() -> None:
+    url = f"postgresql://hiscrm:{PASSWORD}@127.0.0.1:{free_port()}/postgres"
+    store = PostgresStore(url, {}, structlog.get_logger())
+    store.start(lambda outcomes: None)
+    began = time.monotonic()
+    store.stop()
+    assert time.monotonic() - began < 5
+    assert not store.writer.alive
+
+
+def test_a_schema_newer_than_the_program_fails_at_start(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (%s)", (pg_schema.SCHEMA_VERSION + 1,))
+    store = PostgresStore(pg_url, {}, structlog.get_logger())
+    with pytest.raises(StoreError, match="this program knows up to"):
         store.start(lambda outcomes: None)
+    assert not store.writer.alive
+
+
+def test_an_invalid_connection_option_fails_at_start(pg_url: str) -> None:
+    store = PostgresStore(pg_url + "?colour=blue", {}, structlog.get_logger())
+    with pytest.raises(StoreError, match="invalid URI query parameter"):
+        store.start(lambda outcomes: None)
+    assert not store.writer.alive
 
 
 def test_stats_name_the_store_without_the_password(store: Store) -> None:
@@ -137,7 +217,11 @@ def test_a_server_that_refuses_us_is_reported_and_caught_up_with(
         assert refused.failure == SyncFailure.STORE_ERROR
         cannot = store.store.stats().cannot_commit
         assert cannot is not None
-        assert cannot.startswith("AdminShutdown: terminating connection")
+        # Which error the writer meets first is a race: the server's notice that it
+        # terminated the connection, or libpq finding the socket closed before reading it.
+        assert cannot.startswith("AdminShutdown: terminating connection") or (
+            "connection is lost" in cannot
+        ), cannot
         with pytest.raises(StoreUnavailable):
             asyncio.run(store.store.mark_read("messages", "acc", "m1", 1))
         with pytest.raises(StoreUnavailable):

@@ -62,6 +62,7 @@ _TRANSIENT_PHRASES = (
     "the database system is in recovery mode",
     "the database system is not yet accepting connections",
     "the database system is not accepting connections",
+    "is not currently accepting connections",  # ALLOW_CONNECTIONS false, for a while
     "too many clients already",
     "too many connections",
     "remaining connection slots are reserved",
