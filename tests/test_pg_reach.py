@@ -68,7 +68,9 @@ def test_classify(error: BaseException, expected: Reach) -> None:
 
 
 def test_one_line_joins_libpq_lines() -> None:
-    error = psycopg.OperationalError(AT + "Connection refused\n\tIs the server running on that host?")
+    error = psycopg.OperationalError(
+        AT + "Connection refused\n\tIs the server running on that host?"
+    )
     assert one_line(error) == (
         f"OperationalError: {AT}Connection refused Is the server running on that host?"
     )

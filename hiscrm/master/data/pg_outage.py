@@ -88,5 +88,6 @@ class Outage:
         verb = "cannot reach" if episode.reach is Reach.TRANSIENT else "cannot use"
         return (
             f"{verb} {self._where} since {since}: {episode.error}; "
-            f"retrying every {RETRY_MAX_S:g} s ({episode.tries} tries)"
+            f"retrying every {RETRY_MAX_S:g} s ({episode.tries} "
+            f"{'try' if episode.tries == 1 else 'tries'})"
         )
