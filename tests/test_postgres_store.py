@@ -131,12 +131,14 @@ def test_a_server_out_of_reach_at_the_start_is_waited_for(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert outcomes[0].failure == SyncFailure.STORE_ERROR  # the worker keeps it
-        assert outcomes[0].error is not None and "cannot reach" in outcomes[0].error
+        assert outcomes[0].error is not None
+        assert "cannot reach" in outcomes[0].error
         with pytest.raises(StoreUnavailable, match="cannot reach"):
             asyncio.run(store.page("messages", CollectionQuery("acc")))
         with pytest.raises(StoreUnavailable, match="cannot reach"):
             asyncio.run(store.accounts())
-        assert store.writer.alive and not store.writer.opened
+        assert store.writer.alive
+        assert not store.writer.opened
 
         proxy = TcpProxy(pg_server.port, port=port)  # the server is there now
         deadline = time.monotonic() + 10
