@@ -182,7 +182,10 @@ async def run_master(
             )
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
         health = HealthMonitor(
-            read.health_inputs, log, lambda h: hub.publish("health", h.model_dump())
+            read.health_inputs,
+            log,
+            lambda h: hub.publish("health", h.model_dump()),
+            probe=read.health_probe,
         )
         listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
