@@ -393,10 +393,9 @@ class Supervisor:
         return {worker_id: self.memory_limit_bytes(worker_id) for worker_id in self.slots}
 
     def _begin_memory_pass(self, now: float) -> None:
-        serving = self._serving()
         limited = self.config.supervision.max_memory_mb is not None
-        if not self.shutting_down and self.memory.due(now, serving, limited):
-            self.memory.begin(serving, self._memory_limits(), now, self.post)
+        if not self.shutting_down and self.memory.due(now, limited):
+            self.memory.begin(self._serving(), self._memory_limits(), now, self.post)
 
     async def _on_memory_measured(self, event: MemoryMeasured, now: float) -> None:
         """A pass has measured the workers' trees: restart those over their limit."""
@@ -520,6 +519,7 @@ class Supervisor:
                 # A reload's incoming process gets its accounts by hand-over.
                 if slot.register(process, message, now) and slot.role(process) is Role.CURRENT:
                     self.accounts.worker_up(process, now)
+                self.memory.new_worker(now)
             case WorkerError():
                 slot.worker_errors += 1
                 self.accounts.on_worker_error(process, message)
