@@ -72,12 +72,6 @@ from hiscrm.protocol import (
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ORPHAN_SCAN_DELAY_S = 0.1  # SIGCHLD -> reaping adopted orphans
 STALL_S = 0.5  # the loop ran this much later than it should have: the master was stalled
-# The workers' heartbeats come on a shared beat (``hiscrm.worker.beat``): after the first
-# of a beat, the loop waits this long before reading on, so it reads the rest in a few
-# wake-ups rather than one per worker (each wake-up costs far more than the reading).
-# At most once per BEAT_LINGER_EVERY_S, so nothing else waits longer than this, rarely.
-BEAT_LINGER_S = 0.003
-BEAT_LINGER_EVERY_S = 1.0
 FRAMING, INVALID = ProtocolErrorKind.FRAMING, ProtocolErrorKind.INVALID
 WAITING = (WorkerState.STOPPED, WorkerState.BACKOFF, WorkerState.BOOT_FAILED)  # no process
 
@@ -123,7 +117,6 @@ class Supervisor:
         # after one it still holds (waking at it early is harmless: all are looked at then).
         self._wake_at: float | None = None
         self._wake_known = False
-        self._lingered_at = float("-inf")
 
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
@@ -296,7 +289,6 @@ class Supervisor:
             later_only = event is not None and await self._handle(event, loop.time())
             now = loop.time()
             if later_only and self._nothing_due(now):
-                self._linger_for_the_beat(now)
                 return  # a heartbeat: no deadline came nearer, none is due
             self._wake_known = False
             for slot in list(self.slots.values()):
@@ -316,12 +308,6 @@ class Supervisor:
                 internal_errors_total=self.count_internal_error(),
                 exc_info=exc,
             )
-
-    def _linger_for_the_beat(self, now: float) -> None:
-        """After the first heartbeat of a beat, let the others arrive (see BEAT_LINGER_S)."""
-        if self._events.empty() and now - self._lingered_at >= BEAT_LINGER_EVERY_S:
-            self._lingered_at = now
-            time.sleep(BEAT_LINGER_S)
 
     def _nothing_due(self, now: float) -> bool:
         """After an event that only moved deadlines later: whether the whole pass over
