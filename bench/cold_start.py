@@ -68,6 +68,7 @@ if __name__ == "__main__":
         context.Process(target=spawn_child.child, args=(sys.argv[2],))
         for _ in range(int(sys.argv[3]))
     ]
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # sigwait takes it
     for child in children:
         child.start()
     signal.sigwait([signal.SIGTERM])
