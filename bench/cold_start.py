@@ -68,9 +68,10 @@ if __name__ == "__main__":
         context.Process(target=spawn_child.child, args=(sys.argv[2],))
         for _ in range(int(sys.argv[3]))
     ]
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # sigwait takes it
     for child in children:
         child.start()
+    # Blocked only now: starting the resource tracker unblocks it. sigwait takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
     signal.sigwait([signal.SIGTERM])
     for child in children:
         child.kill()
