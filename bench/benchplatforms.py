@@ -128,6 +128,21 @@ class OneChange:
         await asyncio.Event().wait()
 
 
+class Ready:
+    """Appends ``ready <pid> <time_ns>`` to ``options["ready_file"]`` (one ``write(2)``)
+    when its account starts running, then waits forever: what the cold-start bench
+    counts, as the peer comparison's worker does."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        line = f"ready {os.getpid()} {time.time_ns()}\n".encode()
+        fd = os.open(str(ctx.options["ready_file"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        await asyncio.Event().wait()
+
+
 class Quiet:
     """An account with nothing happening: the platform waits forever."""
 

@@ -4,8 +4,15 @@ status and what it names."""
 from dataclasses import replace
 
 import pytest
+import structlog
 
-from hiscrm.master.api.health import HealthInputs, assess
+from hiscrm.master.api.health import (
+    FULL_EVERY_S,
+    HealthInputs,
+    HealthMonitor,
+    assess,
+    unannounced,
+)
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.store import StoreStats
 
@@ -110,3 +117,33 @@ def test_a_missing_platform_module_is_degraded_and_named() -> None:
     assert health.checks["platforms"].detail == (
         "platform module not found: nowhere:Thing (accounts acc-1, acc-2)"
     )
+
+
+def test_the_monitor_assesses_again_only_when_the_probe_differs_or_it_is_time() -> None:
+    """Between announcements the monitor probes only what no event announces (the store,
+    the disk); a whole assessment follows when that differs from the last one, or every
+    ``FULL_EVERY_S``."""
+    inputs = [HEALTHY]
+    gathered: list[HealthInputs] = []
+
+    def gather() -> HealthInputs:
+        gathered.append(inputs[0])
+        return inputs[0]
+
+    def probe() -> tuple[str, ...]:
+        now = inputs[0]
+        return unannounced(now.store, now.disk_free_bytes, now.min_free_bytes)
+
+    monitor = HealthMonitor(gather, structlog.get_logger(), probe=probe)
+    assert monitor.assess_now().status == "ok"
+    assert not monitor._due(1.0)  # nothing changed: no assessment
+    assert monitor._due(FULL_EVERY_S)  # ... but one every FULL_EVERY_S
+    stuck = replace(HEALTHY.store, cannot_commit="a write has been waiting for 2.1 s")
+    inputs[0] = replace(HEALTHY, store=stuck)
+    assert monitor._due(0.5)
+    assert monitor.assess_now().status == "failing"
+    assert not monitor._due(0.5)
+    inputs[0] = replace(HEALTHY, disk_free_bytes=100 * MiB)
+    assert monitor._due(0.5)
+    assert len(gathered) == 2  # probes gather nothing
+    assert HealthMonitor(gather, structlog.get_logger())._due(0.5)  # no probe: every look

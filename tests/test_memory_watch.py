@@ -1,5 +1,7 @@
 """The memory watch's decisions (pure), and one pass over real process trees."""
 
+import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -7,12 +9,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+import structlog
 
 from hiscrm.config import ConfigError, load_config
 from hiscrm.master.supervision.exit_record import describe_exit
 from hiscrm.master.supervision.memory_watch import (
+    CHECK_INTERVAL_S,
     PSS_REFRESH_S,
+    SHOWN_ONLY_INTERVAL_S,
     MemoryKind,
+    MemoryMeasured,
+    MemoryWatch,
     PssReading,
     Target,
     TreeFigures,
@@ -163,3 +170,47 @@ def test_where_pss_cannot_be_read_rss_stands_in_and_says_so(
     assert figures.pss.bytes == figures.rss_bytes
     assert {pid for pid, _ in result.pss_unreadable} == {parent, child}
     assert over_limit(result.figures, {"w1": 10 * MiB})[0].fields()["kind"] == "rss"
+
+
+def test_without_a_limit_passes_are_rarer_but_a_new_worker_or_a_limit_brings_one_soon() -> None:
+    watch = MemoryWatch(structlog.get_logger(), lambda: 0)
+    watch.start(0.0)
+    assert watch.due(CHECK_INTERVAL_S)  # the first pass
+    watch.begin({}, {"worker1": None}, CHECK_INTERVAL_S, lambda event: None)  # nothing serves
+    last = CHECK_INTERVAL_S
+    assert watch.deadline == last + SHOWN_ONLY_INTERVAL_S  # no limit: figures only shown
+    assert not watch.due(last + CHECK_INTERVAL_S)
+    watch.new_worker(last + 1.0)  # a worker registered: measure it soon
+    assert watch.due(last + CHECK_INTERVAL_S)
+
+    limited = MemoryWatch(structlog.get_logger(), lambda: 0)
+    limited.start(0.0)
+    limited.begin({}, {"worker1": 100 * MiB}, 2.0, lambda event: None)
+    assert limited.deadline == 2.0 + CHECK_INTERVAL_S  # a limit: every CHECK_INTERVAL_S
+    unlimited = MemoryWatch(structlog.get_logger(), lambda: 0)
+    unlimited.start(0.0)
+    unlimited.begin({}, {"worker1": None}, 2.0, lambda event: None)
+    assert not unlimited.due(2.0 + CHECK_INTERVAL_S)
+    assert unlimited.due(2.0 + CHECK_INTERVAL_S, limited=True)  # a limit set since
+
+
+def test_a_pass_that_measured_the_new_worker_lets_the_watch_slow_down_again() -> None:
+    async def passes() -> list[float | None]:
+        loop = asyncio.get_running_loop()
+        watch = MemoryWatch(structlog.get_logger(), lambda: 0)
+        watch.start(loop.time())
+        serving = {"worker1": os.getpid()}
+        deadlines = []
+        for _ in range(2):
+            watch.new_worker(loop.time())
+            done: asyncio.Future[MemoryMeasured] = loop.create_future()
+            watch.begin(serving, {"worker1": None}, loop.time(), done.set_result)
+            event = await done
+            await asyncio.wrap_future(asyncio.ensure_future(event.outcome))
+            began = loop.time()
+            watch.on_measured(event, began, serving, {"worker1": None})
+            deadlines.append((watch.deadline or 0.0) - began)
+        return deadlines
+
+    # The worker registered before each pass began, so each pass measured it.
+    assert asyncio.run(passes()) == [SHOWN_ONLY_INTERVAL_S, SHOWN_ONLY_INTERVAL_S]

@@ -167,3 +167,40 @@ def test_a_sigterm_to_the_template_too_is_a_clean_shutdown(start_master: MasterF
     assert master.proc.wait(20) == 0
     assert not master.log.find(event="fork template died; starting a new one")
     assert not [e for e in master.log.events if e.get("level") in ("error", "critical")]
+
+
+@pytest.mark.timeout(90)
+def test_a_template_started_early_for_other_platforms_is_replaced_before_any_fork(
+    start_master: MasterFactory,
+) -> None:
+    """The template is started before the master has read its store, with the platforms
+    the config file declares; an account added through the API on another platform makes
+    the workers need more, so that template is let go and the workers fork from one that
+    loads them all."""
+    master = start_master(make_config(workers=1, accounts=accounts_of("demo", 1)))
+    master.wait_running("worker1")
+    with master.http() as http:
+        added = {"id": "api-1", "platform": "testplatforms.behaviours:Idle"}
+        assert http.post("/accounts", json=added).status_code == 201
+    assert master.stop() == 0
+
+    mark = master.mark()
+    master.start()
+    replaced = master.log.wait_for(
+        event="the template started early loads other platforms than the workers need; "
+        "starting another",
+        timeout=30,
+        after=mark,
+    )
+    ready = master.log.wait_for(event="fork template ready", timeout=30, after=mark)
+    assert ready["pid"] != replaced["pid"]
+    assert gone(replaced["pid"])
+    pid = master.wait_running("worker1", after=mark)
+    assert forked(master, "worker1", pid)
+    with master.http() as http:
+        metrics = http.get("/metrics").text
+        assert metric(metrics, "hiscrm_fork_templates_started_total") == 1
+        assert metric(metrics, 'hiscrm_worker_starts_total{how="spawn"}') == 0
+        states = {a["id"]: a["state"] for a in http.get("/accounts").json()["items"]}
+    assert states.keys() == {"acc-1", "api-1"}
+    assert master.stop() == 0

@@ -46,7 +46,7 @@ from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.master.supervision.template_launcher import TemplateLauncher
+from hiscrm.master.supervision.template_launcher import StartedTemplate, TemplateLauncher
 from hiscrm.master.supervision.worker_slot import WorkerState
 
 WATCH_STOP_S = 2.0
@@ -68,9 +68,12 @@ def workers_summary(supervisor: Supervisor) -> str:
     return f"{running}/{len(slots)} workers running"
 
 
-def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
+def make_launcher(
+    config: Config, log: FilteringBoundLogger, early: StartedTemplate | None = None
+) -> Launcher:
     """Forking from a warm template needs the master to adopt orphans (Linux); without
-    that, or when turned off, every worker is a fresh spawn."""
+    that, or when turned off, every worker is a fresh spawn. ``early``: a template
+    started before the master had loaded the rest of itself."""
     spawn = SpawnLauncher()
     if not config.supervision.fork_template:
         return spawn
@@ -79,7 +82,7 @@ def make_launcher(config: Config, log: FilteringBoundLogger) -> Launcher:
     except OSError as exc:
         log.warning("workers start by spawn: cannot become a child subreaper", error=str(exc))
         return spawn
-    return TemplateLauncher(config, spawn, log)
+    return TemplateLauncher(config, spawn, log, early)
 
 
 async def reconcile_registry(
@@ -123,6 +126,7 @@ async def run_master(
     watch: bool = False,
     config_path: Path | None = None,
     overrides: dict[str, object] | None = None,
+    early_template: StartedTemplate | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
@@ -182,7 +186,7 @@ async def run_master(
         manager.append(accounts)
         if late is None:
             await accounts.outbox.load()
-        launcher = make_launcher(config, log)
+        launcher = make_launcher(config, log, early_template)
         plugin_paths = use_plugin_paths(config.plugin_paths)  # before anything looks for code
         supervisor = Supervisor(config, launcher, accounts, log, errors, publish)
         keeper = open_lease_keeper(
@@ -208,7 +212,10 @@ async def run_master(
         read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
         read.cluster_stats = keeper.stats if keeper is not None else None
         health = HealthMonitor(
-            read.health_inputs, log, lambda h: hub.publish("health", h.model_dump())
+            read.health_inputs,
+            log,
+            lambda h: hub.publish("health", h.model_dump()),
+            probe=read.health_probe,
         )
         listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)

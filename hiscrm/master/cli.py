@@ -23,10 +23,11 @@ from hiscrm.exit_codes import ExitCode
 from hiscrm.log_config import configure_master_logging, get_logger
 from hiscrm.logfile import RotatingLogFile
 from hiscrm.master.api.auth import Token, TokenError, TokenOrigin, load_or_create_token
-from hiscrm.master.api.server import bind
-from hiscrm.master.app import run_master
+from hiscrm.master.api.listen import bind
 from hiscrm.master.data.store import StoreError
 from hiscrm.master.state_dir import StateDir, StateDirError
+from hiscrm.master.supervision.early_template import start_early_template
+from hiscrm.master.supervision.template_launcher import StartedTemplate
 
 
 class StartupError(Exception):
@@ -156,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CRASHED
     configure_master_logging(master_log)
     log = get_logger()
+    early: StartedTemplate | None = None
     try:
+        # The fork template loads the worker code while the master imports the rest of
+        # itself (the API's framework above all), which is why that import comes after.
+        early = start_early_template(config, log)
+        from hiscrm.master.app import run_master
+
         if token is not None:
             _log_token(token, log)
         return asyncio.run(
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 watch=args.watch,
                 config_path=args.config,
                 overrides={"workers": args.workers, "state_dir": args.state_dir},
+                early_template=early,
             )
         )
     except StoreError as exc:  # before any worker started: one line, like the others
@@ -179,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("master failed", exc_info=exc)
         raise
     finally:
+        if early is not None and not early.adopted:
+            early.abandon()
         api_socket.close()
         state.release()
         master_log.close()

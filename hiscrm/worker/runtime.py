@@ -61,6 +61,7 @@ from hiscrm.protocol import (
 from hiscrm.worker import teardown
 from hiscrm.worker.account_host import AccountHost
 from hiscrm.worker.adopted import AdoptedZombies
+from hiscrm.worker.beat import on_the_beat
 from hiscrm.worker.error_reporter import ErrorReporter
 from hiscrm.worker.exception_text import unicode_safe_data
 from hiscrm.worker.platform_set import PlatformSet, add_plugin_paths, load_platforms
@@ -327,16 +328,18 @@ class WorkerRuntime:
     # --- heartbeats ----------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        """Every ``heartbeat_interval_s``, on the beat every worker of the host keeps (see
+        ``beat``): the master reads the workers' heartbeats in a few wake-ups."""
         loop = asyncio.get_running_loop()
         interval = self.boot.heartbeat_interval_s
         seq = 0
-        due = loop.time()
+        due = on_the_beat(loop.time(), interval)
         while True:
             due += interval
             await asyncio.sleep(max(0.0, due - loop.time()))
             lag = loop.time() - due
             if lag > interval:  # the loop was blocked; do not send a burst to catch up
-                due = loop.time()
+                due = on_the_beat(loop.time(), interval)
             seq += 1
             self.send(
                 WorkerHeartbeat(

@@ -3,8 +3,10 @@ by ``master:data:ack`` once the store has committed it.
 
 * A new inbound message or comment is flushed at once (after a few ms, so a burst goes
   out together); other changes go with the next regular flush, once a second.
-* An account with nothing new sends an empty sync every ``idle_sync_s``, so the master
-  can tell a quiet account from one whose sync path is broken.
+* An account with nothing new sends an empty sync about every ``idle_sync_s`` (see
+  ``beat.idle_due``), so the master can tell a quiet account from one whose sync path is
+  broken. Ticks and idle syncs fall on the host's beat (``beat``): every worker's go out
+  together, and the master commits them together.
 * At most ``WINDOW_BYTES`` per account are in flight (sent, not yet acknowledged); each
   acknowledgement lets the next changes go. So the master's queue stays bounded however
   fast platforms produce, and a worker that outruns the store sees its backlog grow
@@ -22,6 +24,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.protocol import Encoder, sync_batches
 from hiscrm.worker.account_data import AccountData
+from hiscrm.worker.beat import idle_due, next_beat
 
 URGENT_DEBOUNCE_S = 0.005
 FLUSH_INTERVAL_S = 1.0
@@ -86,7 +89,7 @@ class Syncer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_tick = loop.time() + FLUSH_INTERVAL_S
+        next_tick = next_beat(loop.time(), FLUSH_INTERVAL_S)
         while True:
             wait = next_tick - loop.time()
             if wait > 0 and not self._wake.is_set():
@@ -103,7 +106,7 @@ class Syncer:
                     self.flush(account_id, loop.time())
             now = loop.time()
             if now >= next_tick:
-                next_tick = now + FLUSH_INTERVAL_S
+                next_tick = next_beat(now, FLUSH_INTERVAL_S)
                 self.tick(now)
 
     def tick(self, now: float) -> None:
@@ -120,7 +123,7 @@ class Syncer:
                 )
                 self._go_back(data)
             self.flush(account_id, now)
-            if now - self._last_sent.get(account_id, float("-inf")) >= self._idle_sync_s:
+            if idle_due(now, self._last_sent.get(account_id), self._idle_sync_s):
                 self._send_batches(data, [], data.sent_seq, now)
 
     # --- sending -------------------------------------------------------------------------

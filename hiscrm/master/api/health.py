@@ -12,7 +12,10 @@
 * ``ok`` otherwise.
 
 ``assess`` is a pure function of what the read model gathers; ``HealthMonitor`` runs it
-twice a second (and whenever asked), logs every change once and tells the listeners.
+whenever something changed (it is poked), logs every change once and tells the listeners.
+What no event announces (a store that stops committing, the disk filling up) is probed
+cheaply twice a second, and the whole assessment runs again when the probe differs from
+it, and at least every ``FULL_EVERY_S`` besides.
 """
 
 import asyncio
@@ -30,6 +33,8 @@ from hiscrm.master.data.store import StoreStats
 ORDER = {"ok": 0, "degraded": 1, "failing": 2}
 NAMED = 5  # at most this many ids named per line
 CHECK_EVERY_S = 0.5  # what no event announces (a stuck store, the disk) is logged within this
+FULL_EVERY_S = 10.0  # the whole assessment, even when nothing was announced
+UNANNOUNCED = ("store", "disk")  # the checks the probe looks at
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +73,18 @@ def _master(inputs: HealthInputs) -> Check:
     return Check(status="ok", detail="running")
 
 
+def unannounced(
+    store: StoreStats, disk_free_bytes: int | None, min_free_bytes: int
+) -> tuple[str, ...]:
+    """The status of each check in ``UNANNOUNCED``: what no event announces, cheaply."""
+    return _store_check(store).status, _disk_check(disk_free_bytes, min_free_bytes).status
+
+
 def _store(inputs: HealthInputs) -> Check:
-    store = inputs.store
+    return _store_check(inputs.store)
+
+
+def _store_check(store: StoreStats) -> Check:
     if not store.alive:
         return Check(status="failing", detail="the store's writer has stopped: nothing commits")
     if store.cannot_commit is not None:
@@ -78,13 +93,16 @@ def _store(inputs: HealthInputs) -> Check:
 
 
 def _disk(inputs: HealthInputs) -> Check:
-    free = inputs.disk_free_bytes
+    return _disk_check(inputs.disk_free_bytes, inputs.min_free_bytes)
+
+
+def _disk_check(free: int | None, min_free_bytes: int) -> Check:
     if free is None:
         return Check(status="degraded", detail="cannot read the free space of the state dir")
-    mb, limit = free // 2**20, inputs.min_free_bytes // 2**20
-    if free < inputs.min_free_bytes:
+    mb, limit = free // 2**20, min_free_bytes // 2**20
+    if free < min_free_bytes:
         return Check(status="failing", detail=f"disk nearly full: {mb} MB free (min {limit} MB)")
-    if free < 2 * inputs.min_free_bytes:
+    if free < 2 * min_free_bytes:
         return Check(status="degraded", detail=f"disk filling up: {mb} MB free (min {limit} MB)")
     return Check(status="ok", detail=f"{mb} MB free")
 
@@ -162,16 +180,20 @@ def _names(items: list[str]) -> str:
 
 
 class HealthMonitor:
-    """Assesses health twice a second, logs each change once (with what changed) and
-    tells ``on_change``; ``current`` is the last assessment."""
+    """Assesses health when poked, when the probe of what no event announces differs
+    from the last assessment (looked at twice a second), and every ``FULL_EVERY_S``;
+    logs each change once (with what changed) and tells ``on_change``; ``current`` is
+    the last assessment. Without a ``probe``, every look is a whole assessment."""
 
     def __init__(
         self,
         gather: Callable[[], HealthInputs],
         log: FilteringBoundLogger,
         on_change: Callable[[Health], None] = lambda health: None,
+        probe: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self._gather = gather
+        self._probe = probe
         self._log = log
         self._on_change = on_change
         self.current: Health | None = None
@@ -204,14 +226,25 @@ class HealthMonitor:
         self._poke.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.assess_now()
+        assessed_at = loop.time()
         while True:
-            self.assess_now()
             try:
-                await asyncio.wait_for(self._poke.wait(), CHECK_EVERY_S)
+                async with asyncio.timeout(CHECK_EVERY_S):
+                    await self._poke.wait()
             except TimeoutError:
-                continue
-            finally:
-                self._poke.clear()
+                if not self._due(loop.time() - assessed_at):
+                    continue
+            self._poke.clear()
+            self.assess_now()
+            assessed_at = loop.time()
+
+    def _due(self, since_s: float) -> bool:
+        """Nothing was announced: whether to assess anyway."""
+        if self._probe is None or self.current is None or since_s >= FULL_EVERY_S:
+            return True
+        return self._probe() != tuple(self.current.checks[name].status for name in UNANNOUNCED)
 
 
 def _summary(health: Health) -> tuple[str, tuple[tuple[str, str], ...]]:

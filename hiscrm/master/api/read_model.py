@@ -17,7 +17,7 @@ from hiscrm import __version__
 from hiscrm.items import epoch_ms
 from hiscrm.logfile import tail_lines
 from hiscrm.master.api.cluster_info import ClusterInfo, cluster_info, one_host
-from hiscrm.master.api.health import HealthInputs, assess
+from hiscrm.master.api.health import HealthInputs, assess, unannounced
 from hiscrm.master.api.schemas import (
     AccountInfo,
     Health,
@@ -274,18 +274,25 @@ class ReadModel:
             last_reload=reload_result(supervisor.last_reload) if supervisor.last_reload else None,
         )
 
+    def _disk_free(self) -> int | None:
+        try:
+            return shutil.disk_usage(self._supervisor.config.state_dir).free
+        except OSError:
+            return None
+
+    def health_probe(self) -> tuple[str, ...]:
+        """What no event announces (the store, the disk), cheaply: see ``unannounced``."""
+        min_free = self._supervisor.config.store.min_free_mb * 2**20
+        return unannounced(self._store.stats(), self._disk_free(), min_free)
+
     def health_inputs(self) -> HealthInputs:
         supervisor = self._supervisor
         manager = self._accounts
         configured = set(supervisor.config.worker_ids)
-        try:
-            free: int | None = shutil.disk_usage(supervisor.config.state_dir).free
-        except OSError:
-            free = None
         return HealthInputs(
             shutting_down=supervisor.shutting_down,
             store=self._store.stats(),
-            disk_free_bytes=free,
+            disk_free_bytes=self._disk_free(),
             min_free_bytes=supervisor.config.store.min_free_mb * 2**20,
             workers={w: s.state.value for w, s in supervisor.slots.items() if w in configured},
             solo_workers={

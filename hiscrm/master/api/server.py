@@ -23,10 +23,10 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.master.api.connections import ConnectionLimits, GuardedConfig
+from hiscrm.master.api.listen import LISTEN_BACKLOG
 
 DATE_REFRESH_S = 1.0
 ACCEPT_BATCH = 32  # the most connections the loop accepts per wake-up (asyncio's backlog)
-LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted
 # File descriptors kept for everything but API connections: the store and its readers,
 # logs, the template, stdio, the loop's own (BASE); connections accepted but not yet
 # counted, or closed to make room but not yet gone (a few accept batches: ACCEPTING); each
@@ -38,24 +38,6 @@ FD_RESERVE_PER_WORKER = 8
 FD_RESERVE_PER_FOLLOWER = 2
 FD_LIMIT_CEILING = 1 << 20  # when the hard limit is "unlimited"
 MIN_CONNECTIONS = 8
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``; OSError says why not."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted sockets only when
-    # the socket says it is TCP; without it, Nagle and delayed ACKs add ~40 ms to every
-    # request on a kept-alive connection.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-        sock.set_inheritable(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class _Server(uvicorn.Server):

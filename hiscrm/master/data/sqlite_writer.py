@@ -17,6 +17,7 @@ on a connection of its own, in SQLite's passive mode, so they never hold up a co
 """
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -243,7 +244,12 @@ class SqliteWriter:
             self._log.error("cannot open the store for checkpoints", exc_info=exc)
             return
         try:
+            checkpointed: tuple[int, int] | None = None
             while not self._stopping.wait(CHECKPOINT_EVERY_S):
+                wal = _file_state(f"{self.path}-wal")
+                if wal is not None and wal == checkpointed:
+                    continue  # nothing written since the last one: nothing to copy back
+                checkpointed = wal
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
@@ -434,6 +440,16 @@ def _set_result(future: "asyncio.Future[Any]", result: Any) -> None:
 def _set_exception(future: "asyncio.Future[Any]", exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    """Size and modification time of a file (None if it cannot be read): a write to it
+    changes them."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 @contextmanager

@@ -1,7 +1,9 @@
 """The memory limit (``[supervision] max_memory_mb``): every ``CHECK_INTERVAL_S`` one pass
 measures the whole process tree of every running worker (the worker and all its
 descendants: workers are child subreapers, so what their children leave stays in their
-tree); a worker over its limit is restarted gracefully, reason ``memory_limit``.
+tree); a worker over its limit is restarted gracefully, reason ``memory_limit``. Without
+a limit the figures are only shown, so a pass runs every ``SHOWN_ONLY_INTERVAL_S``, or
+``CHECK_INTERVAL_S`` after the last one once a new worker process has registered.
 
 The figure judged is the tree's PSS (proportional set size: a page shared by n processes
 counts 1/n in each, so the pages a forked worker shares with the template are not
@@ -31,7 +33,8 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.master.supervision.process_stats import read_tree_memory
 
 CHECK_INTERVAL_S = 2.0
-PSS_REFRESH_S = 60.0  # the PSS shown is at most this old
+SHOWN_ONLY_INTERVAL_S = 30.0  # no limit is set: the figures are only shown
+PSS_REFRESH_S = 300.0  # the PSS shown is at most this old
 PSS_DRIFT_RATIO = 0.1  # ... or read again once the RSS moved by this much of it
 PSS_DRIFT_MIN_BYTES = 8 * 2**20  # (but not for less than this)
 MB = 2**20
@@ -185,18 +188,34 @@ class MemoryWatch:
         self.cpu_seconds = 0.0  # spent measuring, in the passes' thread
         self.wall_seconds = 0.0
         self._next: float | None = None  # when the next pass is due; None while one runs
+        self._last = 0.0  # when the last pass ended (or the watch started)
+        self._began = 0.0  # when the last pass began
+        self._new_since: float | None = None  # a worker registered since; not measured yet
         self._said_rss = False
         self._processes: dict[int, psutil.Process] = {}  # of the last pass (only it reads them)
 
     def start(self, now: float) -> None:
+        self._last = now
         self._next = now + CHECK_INTERVAL_S
 
     @property
     def deadline(self) -> float | None:
         return self._next
 
-    def due(self, now: float) -> bool:
-        return self._next is not None and self._next <= now
+    def due(self, now: float, limited: bool = False) -> bool:
+        """Whether a pass is due. It comes nearer (``CHECK_INTERVAL_S`` after the last)
+        when a limit is set (``limited``: one may have been set since the last pass) or
+        a new worker process has not been measured yet."""
+        if self._next is None:
+            return False  # one is running
+        if limited or self._new_since is not None:
+            self._next = min(self._next, self._last + CHECK_INTERVAL_S)
+        return self._next <= now
+
+    def new_worker(self, now: float) -> None:
+        """A worker process registered: measure it soon."""
+        if self._new_since is None:
+            self._new_since = now
 
     def begin(
         self,
@@ -212,12 +231,21 @@ class MemoryWatch:
             for worker_id, pid in serving.items()
         ]
         if not targets:
-            self._next = now + CHECK_INTERVAL_S
+            self._schedule(now, limits)
             return
         self._next = None
+        self._began = now
         known = self._processes
         outcome = asyncio.get_running_loop().run_in_executor(None, measure, targets, now, known)
         outcome.add_done_callback(lambda done: post(MemoryMeasured(done)))
+
+    def _schedule(self, now: float, limits: Mapping[str, int | None]) -> None:
+        limited = any(limit is not None for limit in limits.values())
+        if self._new_since is not None and self._new_since <= self._began:
+            self._new_since = None  # the pass just ended has measured it
+        self._last = now
+        soon = limited or self._new_since is not None
+        self._next = now + (CHECK_INTERVAL_S if soon else SHOWN_ONLY_INTERVAL_S)
 
     def _last_pss(self, worker_id: str, pid: int) -> PssReading | None:
         figures = self.figures.get(worker_id)
@@ -232,7 +260,7 @@ class MemoryWatch:
     ) -> list[Over]:
         """Take a finished pass's figures (of processes still serving: ``serving`` is
         worker id -> pid now) and say which workers are over their limit."""
-        self._next = now + CHECK_INTERVAL_S
+        self._schedule(now, limits)
         if event.outcome.cancelled():
             return []
         try:

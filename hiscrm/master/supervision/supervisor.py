@@ -113,6 +113,10 @@ class Supervisor:
         self.last_reload: RollingReload | None = None
         self._orphan_scan: asyncio.TimerHandle | None = None
         self._waiting: dict[str, list[CommandRequest]] = {}  # slot id -> commands to answer
+        # The nearest deadline as last computed; a heartbeat only moves deadlines later, so
+        # after one it still holds (waking at it early is harmless: all are looked at then).
+        self._wake_at: float | None = None
+        self._wake_known = False
 
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
@@ -244,10 +248,12 @@ class Supervisor:
     async def _next_event(self) -> Event | None:
         if not self._events.empty():
             return self._events.get_nowait()
-        deadlines = self._deadlines()
-        if not deadlines:
+        if not self._wake_known:
+            self._wake_at = min(self._deadlines(), default=None)
+            self._wake_known = True
+        wake_at = self._wake_at
+        if wake_at is None:
             return await self._events.get()
-        wake_at = min(deadlines)
         try:
             async with asyncio.timeout_at(wake_at):
                 return await self._events.get()
@@ -271,6 +277,7 @@ class Supervisor:
             stalls_total=self.stalls,
         )
         now = asyncio.get_running_loop().time()
+        self._wake_known = False
         for slot in self.slots.values():
             slot.allow_for_stall(now, stall_s)
 
@@ -279,9 +286,11 @@ class Supervisor:
         counted; it never takes the master down."""
         loop = asyncio.get_running_loop()
         try:
-            if event is not None:
-                await self._handle(event, loop.time())
+            later_only = event is not None and await self._handle(event, loop.time())
             now = loop.time()
+            if later_only and self._nothing_due(now):
+                return  # a heartbeat: no deadline came nearer, none is due
+            self._wake_known = False
             for slot in list(self.slots.values()):
                 if slot.deadline is not None and slot.deadline <= now:
                     await slot.on_deadline(now)
@@ -299,6 +308,18 @@ class Supervisor:
                 internal_errors_total=self.count_internal_error(),
                 exc_info=exc,
             )
+
+    def _nothing_due(self, now: float) -> bool:
+        """After an event that only moved deadlines later: whether the whole pass over
+        the deadlines can be skipped (none was due at the last look, none is due now, and
+        no stepped operation waits to be advanced)."""
+        return (
+            self._wake_known
+            and self._wake_at is not None
+            and now < self._wake_at
+            and self._shutdown_reason is None
+            and (self._reload is None or self._reload.done)
+        )
 
     async def _reconcile_slots(self, now: float) -> None:
         """The slots that should exist: the configured workers and one solo worker per
@@ -372,7 +393,8 @@ class Supervisor:
         return {worker_id: self.memory_limit_bytes(worker_id) for worker_id in self.slots}
 
     def _begin_memory_pass(self, now: float) -> None:
-        if not self.shutting_down and self.memory.due(now):
+        limited = self.config.supervision.max_memory_mb is not None
+        if not self.shutting_down and self.memory.due(now, limited):
             self.memory.begin(self._serving(), self._memory_limits(), now, self.post)
 
     async def _on_memory_measured(self, event: MemoryMeasured, now: float) -> None:
@@ -420,11 +442,12 @@ class Supervisor:
         process = slot.process(pid) if slot is not None else None
         return None if slot is None or process is None else (slot, process)
 
-    async def _handle(self, event: Event, now: float) -> None:
+    async def _handle(self, event: Event, now: float) -> bool:
+        """Handle one event; True if it can only have moved deadlines later (a heartbeat)."""
         match event:
             case FrameReceived(worker_id, pid, data):
                 if (found := self._find(worker_id, pid)) is not None:
-                    await self._on_frame(*found, data, now)
+                    return await self._on_frame(*found, data, now)
             case ProcessExited(worker_id, pid):
                 if (found := self._find(worker_id, pid)) is not None:
                     await self._on_exit(*found, now)
@@ -446,6 +469,7 @@ class Supervisor:
                 await self._on_memory_measured(event, now)
             case DeadlinesChanged():
                 pass  # the loop looks at every deadline again after each event
+        return False
 
     async def _on_exit(self, slot: WorkerSlot, process: SlotProcess, now: float) -> None:
         role = slot.role(process)
@@ -462,16 +486,18 @@ class Supervisor:
 
     async def _on_frame(
         self, slot: WorkerSlot, process: SlotProcess, data: bytes, now: float
-    ) -> None:
+    ) -> bool:
+        """Handle one message; True for a heartbeat (it only moves deadlines later)."""
         try:
             message = decode_from_worker(data)
         except ProtocolError as exc:
             self._protocol_error(slot, process, exc.kind, exc.detail, exc.head)
-            return
+            return False
         match message:
             case WorkerHeartbeat():
                 slot.heartbeat(process, message, now)
                 self.accounts.on_heartbeat(process, message, now)
+                return True
             case WireSync() | WorkerDataSync():
                 self.accounts.on_sync(process, message)
             case WorkerSendResult():
@@ -488,11 +514,12 @@ class Supervisor:
                 if process.registered is not None or message.worker_id != slot.id:
                     detail = f"unexpected registration as {message.worker_id!r}"
                     self._protocol_error(slot, process, INVALID, detail, data[:80])
-                    return
+                    return False
                 self.accounts.platforms_reported(message.idempotent_platforms)
                 # A reload's incoming process gets its accounts by hand-over.
                 if slot.register(process, message, now) and slot.role(process) is Role.CURRENT:
                     self.accounts.worker_up(process, now)
+                self.memory.new_worker(now)
             case WorkerError():
                 slot.worker_errors += 1
                 self.accounts.on_worker_error(process, message)
@@ -517,6 +544,7 @@ class Supervisor:
             case _:
                 detail = f"{message.type} is not for the master"
                 self._protocol_error(slot, process, INVALID, detail, data[:80])
+        return False
 
     def _protocol_error(
         self,

@@ -19,6 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -54,12 +56,60 @@ class Spare:
     sock: socket.socket
 
 
+@dataclass
+class StartedTemplate:
+    """A template process just started (it needs no event loop yet): the process, the
+    master's end of its control socket, the sample boot it was given, and when."""
+
+    process: BaseProcess
+    control: socket.socket
+    sample: WorkerBoot
+    began: float
+    adopted: bool = False  # a launcher made it its own
+
+    def abandon(self) -> None:
+        """Not used after all: it goes (it holds nothing yet), and is reaped."""
+        self.control.close()
+        self.process.kill()
+        self.process.join(timeout=1.0)  # a killed process is gone in milliseconds
+
+
+def start_template(log_path: Path, sample: WorkerBoot) -> StartedTemplate:
+    """Spawn a template process loading the code ``sample`` names (no event loop needed,
+    so the master can start it before it has imported the rest of itself)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(
+        target=TEMPLATE_ENTRYPOINT,
+        args=(str(log_path), sample.model_dump_json(), theirs),
+        name="hiscrm-template",
+    )
+    try:
+        process.start()
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return StartedTemplate(process, ours, sample, time.monotonic())
+
+
+def same_code(early: WorkerBoot, sample: WorkerBoot) -> bool:
+    """Whether a template started with ``early`` loads what one started with ``sample``
+    would (the same settings and platforms, in whatever order)."""
+
+    def key(boot: WorkerBoot) -> WorkerBoot:
+        return boot.model_copy(update={"platforms": sorted(boot.platforms)})
+
+    return key(early) == key(sample)
+
+
 class _Template:
     """One template process and the control socket to it."""
 
     def __init__(
         self,
-        args: tuple[str, str],
+        started: StartedTemplate,
         log: FilteringBoundLogger,
         error: ErrorLogger,
         trouble: ErrorLogger,
@@ -70,21 +120,11 @@ class _Template:
         self._trouble = trouble  # the template failing: counted as such
         self._on_exit_callback = on_exit
         self._loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        context = multiprocessing.get_context("spawn")
-        self.process = context.Process(
-            target=TEMPLATE_ENTRYPOINT, args=(*args, theirs), name="hiscrm-template"
-        )
-        try:
-            self.process.start()
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        self.process = started.process
         assert self.process.pid is not None
         self.pid: int = self.process.pid
-        self.began = time.monotonic()
+        self.began = started.began
+        ours = started.control
         ours.setblocking(False)
         self._control = ours
         self.ready: asyncio.Future[bool] = self._loop.create_future()
@@ -251,8 +291,17 @@ def _resolve(future: "asyncio.Future[Any]", value: Any) -> None:
 
 
 class TemplateLauncher:
-    def __init__(self, config: Config, spawn: SpawnLauncher, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spawn: SpawnLauncher,
+        log: FilteringBoundLogger,
+        early: StartedTemplate | None = None,
+    ) -> None:
+        """``early``: a template the master started before it had loaded the rest of
+        itself; used if it loads what the first workers need (see ``prepare``)."""
         self._config = config
+        self._early = early
         self._spawn = spawn
         self._log = log
         self._disk = DiskCheck()
@@ -301,9 +350,27 @@ class TemplateLauncher:
         """Before the first workers start: a template, if one gets ready in time."""
         self._sample = sample
         self._count_error = count_error
+        self._adopt_early(sample)
         template = self._begin_template()
         if template is not None:
             await asyncio.wait({template.ready}, timeout=self._config.supervision.start_timeout_s)
+
+    def _adopt_early(self, sample: WorkerBoot) -> None:
+        """Make the early template this launcher's own if it loads what ``sample`` needs;
+        otherwise let it go."""
+        early, self._early = self._early, None
+        if early is None:
+            return
+        if not same_code(early.sample, sample):
+            self._log.info(
+                "the template started early loads other platforms than the workers need; "
+                "starting another",
+                pid=early.process.pid,
+            )
+            early.abandon()
+            return
+        early.adopted = True
+        self._template = self._new_template(early)
 
     async def start(self, boot: WorkerBoot, post: Callable[[Event], None]) -> WorkerProcess:
         self._sample = self._sample or boot
@@ -394,13 +461,11 @@ class TemplateLauncher:
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(delay, self._retry_template)
             return None
-        template = self._template = _Template(
-            (str(self._log_path), self._sample.model_dump_json()),
-            self._log,
-            self._error,
-            self._trouble,
-            self._on_template_exit,
-        )
+        template = self._template = self._new_template(start_template(self._log_path, self._sample))
+        return template
+
+    def _new_template(self, started: StartedTemplate) -> _Template:
+        template = _Template(started, self._log, self._error, self._trouble, self._on_template_exit)
         self.templates_started += 1
         template.ready.add_done_callback(lambda _: self._on_template_settled(template))
         timeout = self._config.supervision.start_timeout_s

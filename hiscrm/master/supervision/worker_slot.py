@@ -154,10 +154,11 @@ class WorkerSlot:
     @property
     def deadline(self) -> float | None:
         """When ``on_deadline`` must run: the nearest of the slot's and its processes'."""
-        due = [p.deadline for p in self.processes() if p.deadline is not None]
-        if self._retry_at is not None:
-            due.append(self._retry_at)
-        return min(due, default=None)
+        due = self._retry_at
+        for process in (self.current, self.incoming, self.outgoing):
+            if process is not None and (at := process.deadline) is not None:
+                due = at if due is None or at < due else due
+        return due
 
     @property
     def idle(self) -> bool:
@@ -192,26 +193,7 @@ class WorkerSlot:
 
     def boot(self) -> WorkerBoot:
         """What this worker's process is told when it starts."""
-        sup, logs = self._sup, self._config.logs
-        return WorkerBoot(
-            worker_id=self.id,
-            master_pid=os.getpid(),
-            log_path=str(self.log_path),
-            log_max_bytes=logs.max_bytes,
-            log_backups=logs.backups,
-            heartbeat_interval_s=sup.heartbeat_interval_s,
-            stop_timeout_s=sup.stop_timeout_s,
-            backoff_initial_s=sup.backoff_initial_s,
-            backoff_max_s=sup.backoff_max_s,
-            backoff_reset_after_s=sup.backoff_reset_after_s,
-            platforms=self._platforms(),
-            plugin_paths=[str(path) for path in self._config.plugin_paths],
-            spool_dir=str(self._config.state_dir / "spool"),
-            idle_sync_s=max(0.1, self._config.sync.stale_after_s / 4),
-            ack_timeout_s=sup.heartbeat_timeout_s,
-            code_packages=self._config.code.packages,
-            retention_days=self._config.retention.days(),
-        )
+        return worker_boot(self._config, self.id, self._platforms())
 
     async def _launch(self) -> SlotProcess:
         process = await self._launcher.start(self.boot(), self._post)
@@ -443,4 +425,29 @@ def _launch_failure(exc: Exception) -> ExitRecord:
         uptime_s=0.0,
         at_ms=epoch_ms(),
         log_tail=[f"cannot start process: {exc}"],
+    )
+
+
+def worker_boot(config: Config, worker_id: str, platforms: list[str]) -> WorkerBoot:
+    """What worker ``worker_id``'s process is told when it starts, ``platforms`` being the
+    specs of every account's platform."""
+    sup, logs = config.supervision, config.logs
+    return WorkerBoot(
+        worker_id=worker_id,
+        master_pid=os.getpid(),
+        log_path=str(config.state_dir / "logs" / f"{worker_id}.log"),
+        log_max_bytes=logs.max_bytes,
+        log_backups=logs.backups,
+        heartbeat_interval_s=sup.heartbeat_interval_s,
+        stop_timeout_s=sup.stop_timeout_s,
+        backoff_initial_s=sup.backoff_initial_s,
+        backoff_max_s=sup.backoff_max_s,
+        backoff_reset_after_s=sup.backoff_reset_after_s,
+        platforms=platforms,
+        plugin_paths=[str(path) for path in config.plugin_paths],
+        spool_dir=str(config.state_dir / "spool"),
+        idle_sync_s=max(0.1, config.sync.stale_after_s / 4),
+        ack_timeout_s=sup.heartbeat_timeout_s,
+        code_packages=config.code.packages,
+        retention_days=config.retention.days(),
     )
