@@ -127,6 +127,7 @@ async def run_master(
     config_path: Path | None = None,
     overrides: dict[str, object] | None = None,
     early_template: StartedTemplate | None = None,
+    notify_socket: str | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
@@ -201,7 +202,7 @@ async def run_master(
             keeper.when_reached = when_reached
         leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
-        notify = SdNotify.from_environment(log, errors)
+        notify = SdNotify(notify_socket, log, errors)
         service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
         listeners.append(service)
         missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)

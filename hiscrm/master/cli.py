@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The fork template loads the worker code while the master imports the rest of
         # itself (the API's framework above all), which is why that import comes after.
+        # The service manager's socket is the master's alone: it leaves the environment
+        # before the template (and so every worker forked from it) starts.
+        notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
         early = start_early_template(config, log)
         from hiscrm.master.app import run_master
 
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_path=args.config,
                 overrides={"workers": args.workers, "state_dir": args.state_dir},
                 early_template=early,
+                notify_socket=notify_socket,
             )
         )
     except StoreError as exc:  # before any worker started: one line, like the others
