@@ -103,3 +103,14 @@ def machine() -> str:
     cpu = models[0] if models else platform.processor() or "unknown CPU"
     system = f"{platform.system()} {platform.release()}"
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
+
+
+def api_of(state: Path, timeout_s: float = 60.0) -> tuple[str, str]:
+    """The API URL and token of the master on ``state``, once it has written them."""
+    deadline = time.monotonic() + timeout_s
+    while not (state / "master.json").exists() or not (state / "token").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no master.json and token in {state}")
+        time.sleep(0.01)
+    url = json.loads((state / "master.json").read_text())["api_url"]
+    return url, (state / "token").read_text().strip()

@@ -18,23 +18,12 @@ import json
 import socket
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import psutil
-from common import machine, running_master, summary
+from common import api_of, machine, running_master, summary
 from sync import BASE, accounts_toml, committed, throughput, wait_for_db
 from sync import latency as readable_latency
-
-
-def api(state: Path) -> tuple[str, str]:
-    deadline = time.monotonic() + 60
-    while not (state / "master.json").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("master.json")
-        time.sleep(0.01)
-    url = json.loads((state / "master.json").read_text())["api_url"]
-    return url, (state / "token").read_text().strip()
 
 
 def sse_events(url: str, token: str, params: dict[str, str]) -> "httpx.Response":
@@ -57,7 +46,7 @@ def latency(samples: int, load_rate: float | None) -> tuple[list[float], list[fl
         ]
     with running_master(BASE.format(workers=workers) + accounts_toml(accounts)) as (_, state, log):
         log.wait(event="account assigned", account_id="ping")
-        url, token = api(state)
+        url, token = api_of(state)
         time.sleep(2.0 if load_rate else 0.5)
         from_upsert: list[float] = []
         from_commit: list[float] = []
@@ -83,7 +72,7 @@ def follow_rate(seconds: float) -> tuple[float, float]:
     with running_master(BASE.format(workers=2) + accounts_toml(flood)) as (_, state, log):
         for w in (1, 2):
             log.wait(event="worker state", worker=f"worker{w}", new="running")
-        url, token = api(state)
+        url, token = api_of(state)
         db = state / "hiscrm.db"
         wait_for_db(db)
         time.sleep(3.0)
@@ -107,7 +96,7 @@ def idle_cpu(clients: int, seconds: float) -> float:
     accounts = [("quiet", "benchplatforms:Quiet", {})]
     with running_master(BASE.format(workers=1) + accounts_toml(accounts)) as (master, state, log):
         log.wait(event="account assigned", account_id="quiet")
-        url, token = api(state)
+        url, token = api_of(state)
         host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
         sockets = []
         for _ in range(clients):

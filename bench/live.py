@@ -13,13 +13,12 @@
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import httpx
-from common import machine, running_master, summary
+from common import api_of, machine, running_master, summary
 
 ADD_CONFIG = """
 workers = 2
@@ -46,13 +45,7 @@ platform = "benchplatforms:Quiet"
 
 
 def client_for(state: Path) -> httpx.Client:
-    deadline = time.monotonic() + 60
-    while not (state / "master.json").exists() or not (state / "token").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the master did not start")
-        time.sleep(0.01)
-    url = json.loads((state / "master.json").read_text())["api_url"]
-    token = (state / "token").read_text().strip()
+    url, token = api_of(state)
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 

@@ -18,23 +18,10 @@ import argparse
 import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
-from common import machine, running_master, summary
+from common import api_of, machine, running_master, summary
 from sync import BASE, accounts_toml, throughput
-
-
-def api(state: Path) -> tuple[str, str]:
-    deadline = time.monotonic() + 60
-    while not (state / "master.json").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("master.json")
-        time.sleep(0.01)
-    return (
-        json.loads((state / "master.json").read_text())["api_url"],
-        (state / "token").read_text().strip(),
-    )
 
 
 class SentWatcher:
@@ -85,7 +72,7 @@ def latency(samples: int, load_rate: float | None) -> tuple[list[float], list[fl
         ]
     with running_master(BASE.format(workers=workers) + accounts_toml(accounts)) as (_, state, log):
         log.wait(event="account assigned", account_id="demo-0")
-        url, token = api(state)
+        url, token = api_of(state)
         watcher = SentWatcher(url, token)
         took, round_trips = [], []
         try:
@@ -127,7 +114,7 @@ def burst(count: int) -> tuple[float, float]:
     with running_master(BASE.format(workers=2) + accounts_toml(accounts)) as (_, state, log):
         for n in range(8):
             log.wait(event="account assigned", account_id=f"demo-{n}")
-        url, token = api(state)
+        url, token = api_of(state)
         watcher = SentWatcher(url, token)
         try:
             watcher.ready.wait(10)

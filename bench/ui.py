@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import machine, running_master, summary
-from events import api, sse_events
+from common import api_of, machine, running_master, summary
+from events import sse_events
 from playwright.sync_api import Page, sync_playwright
 from sync import BASE, accounts_toml
 
@@ -142,7 +142,7 @@ def measure(samples: int, interval: float) -> None:
     accounts = [(ACCOUNT, "benchplatforms:Customer", {"interval_s": interval})]
     with running_master(BASE.format(workers=1) + accounts_toml(accounts)) as (_, state, log):
         log.wait(event="account assigned", account_id=ACCOUNT)
-        url, token = api(state)
+        url, token = api_of(state)
         root = url.removesuffix("/api/v1")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
