@@ -86,7 +86,7 @@ def open_command_router(
         count_error,
     )
     router.on_outbox = lambda account_id: manager.outbox.take_in(
-        [account_id], "stored through another master"
+        [account_id], "stored through another master", new_only=True
     )
     router.on_accounts = keeper.poke
     store.commands_heard, store.commands_connected = router.listen_with(asyncio.get_running_loop())

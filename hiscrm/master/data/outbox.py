@@ -92,13 +92,18 @@ class Outbox:
         if self.open:
             self._log.info("outbox loaded", open=len(self.open))
 
-    def take_in(self, account_ids: list[str], why: str) -> None:
+    def take_in(self, account_ids: list[str], why: str, *, new_only: bool = False) -> None:
         """In a cluster: the open entries of these accounts, stored through any master,
-        now this master's to send (in the background)."""
+        now this master's to send (in the background). ``new_only`` (a reply was just
+        stored): only ``queued`` ones. One read as ``sending`` is this master's own, whose
+        outcome may be stored since; only an account newly held has sends of another
+        master's to make ``unknown``."""
 
         async def read() -> None:
             try:
                 entries = await self._store.outbox_open(account_ids)
+                if new_only:
+                    entries = [e for e in entries if e.state is OutboxState.QUEUED]
             except Exception as exc:
                 self._count_error()
                 self._log.error("cannot read the accounts' replies", accounts=account_ids,
