@@ -76,7 +76,13 @@ def test_actions_on_another_masters_account_are_carried_out_once_by_its_holder(
                 f"{account}'s conversations stored",
             )
 
-        # Sync now, asked of n1, for n2's account: n2's worker does it, and says so.
+        # n1 knows the owner from its own lease rounds: once it shows n2 as the holder,
+        # sync now, asked of n1, for n2's account: n2's worker does it, and says so.
+        wait_until(
+            lambda: http.get(f"/accounts/{theirs[0]}").json().get("node") == "n2",
+            10,
+            "n1 sees n2 holding the account",
+        )
         synced = http.post(f"/accounts/{theirs[0]}/sync")
         assert synced.status_code == 202, synced.text
         assert synced.json() == {
