@@ -78,9 +78,12 @@ class CommandRouter:
             event = self._waiting.get(int(rest))
             if event is not None:
                 event.set()
-        elif what == "outbox" and rest:
-            if self.holds(rest):
-                self.on_outbox(rest)
+        elif what == "outbox" and "/" in rest:
+            by, _, account_id = rest.partition("/")
+            # Stored through this master: its API gave it to the outbox already (taking
+            # it in again could read a state older than the outbox's own, and act on it).
+            if by != self.node_id and self.holds(account_id):
+                self.on_outbox(account_id)
         elif what == "accounts":
             self.on_accounts()
         else:

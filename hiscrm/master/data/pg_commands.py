@@ -11,7 +11,8 @@ whichever masters hear it. The taker writes the outcome (``done`` with its resul
 command nobody took in time is ``expired`` by its requester, in a statement that takes
 it from ``pending`` too: it is either carried out or expired, never both.
 
-The same channel carries ``outbox:<account>`` (a reply was stored: its owner takes it in)
+The same channel carries ``outbox:<node>/<account>`` (a reply was stored through ``node``:
+the account's holder, if another master, takes it in)
 and ``accounts`` (the registry changed: every master follows it now rather than at its
 next renewal).
 """

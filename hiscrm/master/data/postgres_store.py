@@ -184,8 +184,9 @@ class PostgresStore:
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
         def create(conn: Conn, first: int) -> tuple[OutboxEntry, bool]:
             stored, made = outbox_sql.create(OUTBOX, conn, first, entry)
-            if made:  # the account's master (whichever it is) takes it in at the commit
-                pg_commands.notify(conn, f"outbox:{entry.account_id}")
+            if made:  # the account's master, if another one, takes it in at the commit
+                by = "" if self.writer.fence is None else self.writer.fence.node_id
+                pg_commands.notify(conn, f"outbox:{by}/{entry.account_id}")
             return stored, made
 
         return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, create))
