@@ -1,9 +1,9 @@
-"""The beat the workers of a host keep (``hiscrm.worker.beat``): pure functions of the
+"""The beat the workers of a host keep (``hiscrm.beat``): pure functions of the
 monotonic clock."""
 
 import pytest
 
-from hiscrm.worker.beat import idle_due, next_beat, on_the_beat
+from hiscrm.beat import idle_due, next_beat, on_the_beat
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from hiscrm.config import ConfigError, load_config
 from hiscrm.master.supervision.exit_record import describe_exit
 from hiscrm.master.supervision.memory_watch import (
     CHECK_INTERVAL_S,
+    PSS_MIN_READS_PER_PASS,
     PSS_REFRESH_S,
     SHOWN_ONLY_INTERVAL_S,
     MemoryKind,
@@ -25,6 +26,7 @@ from hiscrm.master.supervision.memory_watch import (
     TreeFigures,
     measure,
     over_limit,
+    pss_budget,
     pss_needed,
 )
 from hiscrm.master.supervision.stop_plan import StopReason
@@ -152,6 +154,36 @@ def test_a_pass_sums_the_whole_tree_and_reads_pss_only_when_needed(
     again = measure([Target("w1", parent, 1024 * MiB, figures.pss)], now=6.0)
     assert again.figures["w1"].pss == figures.pss
     assert again.figures["w1"].judged_bytes == again.figures["w1"].rss_bytes
+
+
+def test_freshness_reads_are_spread_over_passes_and_every_tree_is_read_in_time() -> None:
+    assert pss_budget(1, SHOWN_ONLY_INTERVAL_S) == PSS_MIN_READS_PER_PASS
+    for trees, interval in [(50, SHOWN_ONLY_INTERVAL_S), (50, CHECK_INTERVAL_S), (500, 2.0)]:
+        budget = pss_budget(trees, interval)
+        assert budget < trees  # not a burst of every tree at once
+        passes_to_read_all = -(-trees // budget)
+        assert passes_to_read_all * interval <= PSS_REFRESH_S  # each read once per refresh
+
+
+def test_a_pass_reads_pss_within_its_budget_new_trees_first_and_always_for_the_limit(
+    parent_with_child: tuple[int, int],
+) -> None:
+    parent, _ = parent_with_child
+    old = PssReading(50 * MiB, 0.0, 50 * MiB, MemoryKind.PSS)  # due for a refresh at 400.0
+    targets = [
+        Target("old", parent, None, old),
+        Target("new1", parent, None, None),
+        Target("new2", parent, None, None),
+        Target("over", parent, 10 * MiB, old),  # its RSS is over its limit
+    ]
+    result = measure(targets, now=400.0, budget=2)
+    read = {w for w, figures in result.figures.items() if figures.pss and figures.pss.at == 400.0}
+    assert read == {"new1", "new2", "over"}  # the never-read first; the limit is not held back
+    assert result.figures["old"].pss == old  # its turn comes in a later pass
+    assert result.figures["over"].judged_bytes == result.figures["over"].pss.bytes  # type: ignore[union-attr]
+
+    nothing = measure(targets, now=400.0, budget=0)
+    assert {w for w, f in nothing.figures.items() if f.pss and f.pss.at == 400.0} == {"over"}
 
 
 def test_where_pss_cannot_be_read_rss_stands_in_and_says_so(

@@ -140,6 +140,8 @@ def worker(console: Console, w: dict[str, Any]) -> None:
     )
     limit = w["max_memory_bytes"]
     tree = "not measured yet"
+    if w["tree_rss_bytes"] is not None:
+        tree = f"rss {_mib(w['tree_rss_bytes'])}, PSS not read yet"
     if w["tree_memory_bytes"] is not None:
         tree = (
             f"{_mib(w['tree_memory_bytes'])} {w['tree_memory_kind']} in "

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.beat import on_the_beat
 from hiscrm.channel import Channel, open_channel
 from hiscrm.code_fingerprint import CodeFile, files_at, loaded_files, source_version
 from hiscrm.exit_codes import ExitCode
@@ -61,7 +62,6 @@ from hiscrm.protocol import (
 from hiscrm.worker import teardown
 from hiscrm.worker.account_host import AccountHost
 from hiscrm.worker.adopted import AdoptedZombies
-from hiscrm.worker.beat import on_the_beat
 from hiscrm.worker.error_reporter import ErrorReporter
 from hiscrm.worker.exception_text import unicode_safe_data
 from hiscrm.worker.platform_set import PlatformSet, add_plugin_paths, load_platforms

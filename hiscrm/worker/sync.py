@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.beat import idle_due, next_beat
 from hiscrm.protocol import Encoder, sync_batches
 from hiscrm.worker.account_data import AccountData
-from hiscrm.worker.beat import idle_due, next_beat
 
 URGENT_DEBOUNCE_S = 0.005
 FLUSH_INTERVAL_S = 1.0

@@ -14,8 +14,9 @@
 ``assess`` is a pure function of what the read model gathers; ``HealthMonitor`` runs it
 whenever something changed (it is poked), logs every change once and tells the listeners.
 What no event announces (a store that stops committing, the disk filling up) is probed
-cheaply twice a second, and the whole assessment runs again when the probe differs from
-it, and at least every ``FULL_EVERY_S`` besides.
+cheaply once a second (on the beat, with the master's other timers), and the whole
+assessment runs again when the probe differs from it, and at least every
+``FULL_EVERY_S`` besides.
 """
 
 import asyncio
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
+from hiscrm.master.api.beat_wakeup import BeatWakeup
 from hiscrm.master.api.schemas import Check, Health
 from hiscrm.master.data.account_status import TROUBLE, AccountState
 from hiscrm.master.data.lease_view import LeaseStats
@@ -32,7 +34,7 @@ from hiscrm.master.data.store import StoreStats
 
 ORDER = {"ok": 0, "degraded": 1, "failing": 2}
 NAMED = 5  # at most this many ids named per line
-CHECK_EVERY_S = 0.5  # what no event announces (a stuck store, the disk) is logged within this
+CHECK_EVERY_S = 1.0  # what no event announces (a stuck store, the disk) is logged within this
 FULL_EVERY_S = 10.0  # the whole assessment, even when nothing was announced
 UNANNOUNCED = ("store", "disk")  # the checks the probe looks at
 
@@ -181,7 +183,7 @@ def _names(items: list[str]) -> str:
 
 class HealthMonitor:
     """Assesses health when poked, when the probe of what no event announces differs
-    from the last assessment (looked at twice a second), and every ``FULL_EVERY_S``;
+    from the last assessment (looked at once a second), and every ``FULL_EVERY_S``;
     logs each change once (with what changed) and tells ``on_change``; ``current`` is
     the last assessment. Without a ``probe``, every look is a whole assessment."""
 
@@ -197,7 +199,7 @@ class HealthMonitor:
         self._log = log
         self._on_change = on_change
         self.current: Health | None = None
-        self._poke = asyncio.Event()
+        self._poke = BeatWakeup()
 
     def assess_now(self) -> Health:
         health = assess(self._gather())
@@ -223,20 +225,16 @@ class HealthMonitor:
 
     def poke(self) -> None:
         """Something changed: assess soon rather than at the next second."""
-        self._poke.set()
+        self._poke.wake()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.assess_now()
         assessed_at = loop.time()
         while True:
-            try:
-                async with asyncio.timeout(CHECK_EVERY_S):
-                    await self._poke.wait()
-            except TimeoutError:
-                if not self._due(loop.time() - assessed_at):
-                    continue
-            self._poke.clear()
+            poked = await self._poke.wait(CHECK_EVERY_S)
+            if not poked and not self._due(loop.time() - assessed_at):
+                continue
             self.assess_now()
             assessed_at = loop.time()
 

@@ -62,8 +62,9 @@ class WorkerInfo(BaseModel):
         description="memory of the worker and all its descendants as the memory limit "
         "judges it: proportional set size (PSS; pages shared with the fork template or "
         "between the processes count once in all), RSS standing in for a process whose "
-        "PSS cannot be read (see tree_memory_kind); measured by the master every 2 s, "
-        "PSS at tree_memory_at; null until measured"
+        "PSS cannot be read (see tree_memory_kind); read at tree_memory_at, at least "
+        "every 5 minutes; null until first read (the readings are spread over the "
+        "memory watch's passes)"
     )
     tree_memory_kind: Literal["pss", "rss"] | None = Field(
         description="pss: PSS of every process of the tree; rss: RSS for at least one"
@@ -71,7 +72,7 @@ class WorkerInfo(BaseModel):
     tree_memory_at: int | None = Field(description="ms, when tree_memory_bytes was read")
     tree_rss_bytes: int | None = Field(
         description="resident memory of the whole tree summed (pages shared count once per "
-        "process), at the last measurement (at most ~2 s old)"
+        "process), at the last measurement (every 2 s with a limit, 30 s without)"
     )
     tree_processes: int | None = Field(description="processes in the tree, the worker's included")
     max_memory_bytes: int | None = Field(

@@ -4,7 +4,7 @@ The master binds the listening socket itself before any worker starts (a port in
 an error at start, and port 0 gives the real address for ``master.json``). The server
 runs as a task of the master's loop and leaves signal handling to the master; instead
 of uvicorn's 0.1 s polling main loop it sleeps until told to stop, waking once a second
-to refresh the Date header.
+on the beat (with the master's other timers) to refresh the Date header.
 
 Connections are limited (:mod:`.connections`): at most ``[api] max_connections`` open,
 fewer if the file-descriptor limit leaves less room once workers, pipes, logs, the store
@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
+from hiscrm.master.api.beat_wakeup import BeatWakeup
 from hiscrm.master.api.connections import ConnectionLimits, GuardedConfig
 from hiscrm.master.api.listen import LISTEN_BACKLOG
 
@@ -43,7 +44,7 @@ MIN_CONNECTIONS = 8
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
-        self._stop = asyncio.Event()
+        self._stop = BeatWakeup()
 
     @contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -58,15 +59,12 @@ class _Server(uvicorn.Server):
         counter = 0
         while not await self.on_tick(counter):
             counter += 10  # on_tick refreshes the Date header on multiples of 10
-            try:
-                await asyncio.wait_for(self._stop.wait(), DATE_REFRESH_S)
-            except TimeoutError:
-                continue
-            self.should_exit = True
+            if await self._stop.wait(DATE_REFRESH_S):
+                self.should_exit = True
 
     def stop(self) -> None:
         self.should_exit = True
-        self._stop.set()
+        self._stop.wake()
 
 
 def raise_fd_limit(log: FilteringBoundLogger) -> int:

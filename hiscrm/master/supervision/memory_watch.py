@@ -13,13 +13,16 @@ Cheaply: reading PSS makes the kernel walk every mapping of a process (~0.5 ms f
 small Python process), reading RSS is one small read. PSS is never more than RSS, so a
 tree whose RSS is within its limit is within it for sure: PSS is read when the RSS is
 over the limit, and otherwise only to keep the figure shown fresh (``PSS_REFRESH_S``, or
-sooner when the RSS moved by more than ``PSS_DRIFT_RATIO``). The pass runs in a thread,
+sooner when the RSS moved by more than ``PSS_DRIFT_RATIO``). Those freshness reads are
+spread over passes (``pss_budget``, the trees not read yet first): fifty workers started
+together cost the master a few readings a pass, not fifty in one. The pass runs in a thread,
 off the master's loop; its result comes back to the loop as an event, where the decision
 (``over_limit``, pure) is taken and acted on. Without a limit the figures are still
 measured and shown (to choose a limit by).
 """
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ SHOWN_ONLY_INTERVAL_S = 30.0  # no limit is set: the figures are only shown
 PSS_REFRESH_S = 300.0  # the PSS shown is at most this old
 PSS_DRIFT_RATIO = 0.1  # ... or read again once the RSS moved by this much of it
 PSS_DRIFT_MIN_BYTES = 8 * 2**20  # (but not for less than this)
+PSS_MIN_READS_PER_PASS = 2  # freshness reads a pass may make, at least
 MB = 2**20
 
 
@@ -119,16 +123,37 @@ class Over:
 # --- the decisions (pure) ------------------------------------------------------------------
 
 
+def pss_for_limit(rss_bytes: int, limit_bytes: int | None) -> bool:
+    """Whether only the PSS can tell if a tree is over its limit (its RSS is over it)."""
+    return limit_bytes is not None and rss_bytes > limit_bytes
+
+
 def pss_needed(
     rss_bytes: int, limit_bytes: int | None, last: PssReading | None, now: float
 ) -> bool:
-    """Whether to read a tree's PSS in this pass, given its RSS now."""
-    if limit_bytes is not None and rss_bytes > limit_bytes:
-        return True  # only PSS can tell whether it is over
+    """Whether to read a tree's PSS in this pass, given its RSS now: for the limit, or
+    to keep the figure shown fresh."""
+    if pss_for_limit(rss_bytes, limit_bytes):
+        return True
     if last is None or now - last.at >= PSS_REFRESH_S:
         return True
     drift = max(PSS_DRIFT_MIN_BYTES, int(last.rss_bytes * PSS_DRIFT_RATIO))
     return abs(rss_bytes - last.rss_bytes) >= drift
+
+
+def pss_budget(trees: int, interval_s: float) -> int:
+    """How many trees one pass may read the PSS of only to keep the figure shown fresh:
+    enough for every tree to be read once per ``PSS_REFRESH_S`` at passes ``interval_s``
+    apart, and at least ``PSS_MIN_READS_PER_PASS``. Reads for the limit are never held
+    back."""
+    return max(PSS_MIN_READS_PER_PASS, math.ceil(trees * interval_s / PSS_REFRESH_S))
+
+
+def refresh_order(target: Target) -> tuple[bool, float]:
+    """Which trees get the freshness reads of a pass first: those never read, then the
+    oldest reading."""
+    last = target.last_pss
+    return (last is not None, last.at if last is not None else 0.0)
 
 
 def over_limit(figures: Mapping[str, TreeFigures], limits: Mapping[str, int | None]) -> list[Over]:
@@ -145,16 +170,21 @@ def over_limit(figures: Mapping[str, TreeFigures], limits: Mapping[str, int | No
 
 
 def measure(
-    targets: Sequence[Target], now: float, known: Mapping[int, psutil.Process] | None = None
+    targets: Sequence[Target],
+    now: float,
+    known: Mapping[int, psutil.Process] | None = None,
+    budget: int | None = None,
 ) -> PassResult:
     """Measure every target's tree; ``now`` is the loop time the pass counts as, ``known``
-    the previous pass's ``processes``."""
+    the previous pass's ``processes``, ``budget`` how many PSS reads this pass may make
+    only to keep figures fresh (None: as many as needed)."""
     began, began_cpu = time.perf_counter(), time.thread_time()
     found: dict[int, psutil.Process] = {}
     figures: dict[str, TreeFigures] = {}
     unreadable: list[tuple[int, str]] = []
-    for target in targets:
-        want = partial(_want_pss, limit=target.limit_bytes, last=target.last_pss, now=now)
+    left = [len(targets) if budget is None else budget]
+    for target in sorted(targets, key=refresh_order):
+        want = partial(_want_pss, target=target, now=now, left=left)
         tree = read_tree_memory(target.pid, want, known, found)
         if tree is None:
             continue  # it exited meanwhile
@@ -170,8 +200,13 @@ def measure(
     return PassResult(figures, unreadable, cpu_s, wall_s, found)
 
 
-def _want_pss(rss_bytes: int, *, limit: int | None, last: PssReading | None, now: float) -> bool:
-    return pss_needed(rss_bytes, limit, last, now)
+def _want_pss(rss_bytes: int, *, target: Target, now: float, left: list[int]) -> bool:
+    if pss_for_limit(rss_bytes, target.limit_bytes):
+        return True
+    if left[0] > 0 and pss_needed(rss_bytes, target.limit_bytes, target.last_pss, now):
+        left[0] -= 1
+        return True
+    return False
 
 
 # --- the watch (on the loop) ------------------------------------------------------------------
@@ -236,16 +271,24 @@ class MemoryWatch:
         self._next = None
         self._began = now
         known = self._processes
-        outcome = asyncio.get_running_loop().run_in_executor(None, measure, targets, now, known)
+        budget = pss_budget(len(targets), self._interval(limits))
+        outcome = asyncio.get_running_loop().run_in_executor(
+            None, measure, targets, now, known, budget
+        )
         outcome.add_done_callback(lambda done: post(MemoryMeasured(done)))
 
-    def _schedule(self, now: float, limits: Mapping[str, int | None]) -> None:
+    @staticmethod
+    def _interval(limits: Mapping[str, int | None]) -> float:
+        """Between passes, when no new worker waits: short only when a limit is set."""
         limited = any(limit is not None for limit in limits.values())
+        return CHECK_INTERVAL_S if limited else SHOWN_ONLY_INTERVAL_S
+
+    def _schedule(self, now: float, limits: Mapping[str, int | None]) -> None:
         if self._new_since is not None and self._new_since <= self._began:
             self._new_since = None  # the pass just ended has measured it
         self._last = now
-        soon = limited or self._new_since is not None
-        self._next = now + (CHECK_INTERVAL_S if soon else SHOWN_ONLY_INTERVAL_S)
+        soon = self._new_since is not None
+        self._next = now + (CHECK_INTERVAL_S if soon else self._interval(limits))
 
     def _last_pss(self, worker_id: str, pid: int) -> PssReading | None:
         figures = self.figures.get(worker_id)

@@ -1,9 +1,12 @@
-"""The beat every worker of a host keeps: moments that are whole multiples of a period on
-the monotonic clock, which is the host's and the same in every process.
+"""The beat every process of a host keeps: moments that are whole multiples of a period on
+the monotonic clock, which is the host's and the same in every process (asyncio's
+``loop.time()`` reads it).
 
-Heartbeats, sync ticks and idle syncs fall on it, so what the workers send on their own
-reaches the master together, and the master reads it (and the store commits the idle
-syncs) in a few wake-ups rather than one per worker and account.
+The workers' heartbeats, sync ticks and idle syncs fall on it, so what they send on
+their own reaches the master together, and the master reads it (and the store commits
+the idle syncs) in a few wake-ups rather than one per worker and account. The master's
+own periodic timers (the health check, the API's Date header) fall on it too: an idle
+master wakes once a second for all of them, not once for each.
 """
 
 import math
