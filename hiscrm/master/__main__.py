@@ -13,6 +13,6 @@ import sys
 if not sys.flags.safe_path and sys.executable:
     os.execv(sys.executable, [sys.executable, "-P", *sys.orig_argv[1:]])
 
-from hiscrm.master.cli import main
+from hiscrm.master.launch import main
 
 raise SystemExit(main())

@@ -1,16 +1,19 @@
-"""The running master, put together: store, accounts, supervisor, read model, metrics,
-HTTP API.
+"""The running master, put together: the store, accounts, event hub, hooks, metrics and
+supervisor first, then, once the first workers have registered, its front (``front``:
+read model, health, control, the HTTP API).
 
 ``cli`` checks everything that can be checked before any process starts (configuration,
-state directory, the API's port) and hands over here.
+state directory, the API's port) and hands over here. The API's socket listens from the
+start, so a client that connects before the front is up waits (a second at most) rather
+than being refused; the web framework's import and the app's construction (a few hundred
+milliseconds) are thus off the path of a cold start.
 """
 
 import asyncio
 import os
 import socket
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -19,20 +22,10 @@ from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
 from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
-from hiscrm.master.api.account_admin import AccountAdmin
-from hiscrm.master.api.app import create_app
-from hiscrm.master.api.config_update import ConfigUpdater
-from hiscrm.master.api.control import Control
-from hiscrm.master.api.errors import ApiError
-from hiscrm.master.api.health import HealthMonitor
-from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.metrics import MasterMetrics
-from hiscrm.master.api.read_model import ReadModel
-from hiscrm.master.api.replies import Replies
-from hiscrm.master.api.routed_commands import executors
-from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
+from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_command_router, open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, StoreUnavailable, SyncOutcome
@@ -40,16 +33,20 @@ from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.ports import EventSink
 from hiscrm.master.service_notify import SdNotify, ServiceStatus
-from hiscrm.master.supervision.code_watch import CodeWatcher
-from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
-from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.master.supervision.template_launcher import StartedTemplate, TemplateLauncher
+from hiscrm.master.supervision.template_launcher import TemplateLauncher
+from hiscrm.master.supervision.template_spawn import StartedTemplate
 from hiscrm.master.supervision.worker_slot import WorkerState
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hiscrm.master.front import Front
+
 WATCH_STOP_S = 2.0
+FRONT_AFTER_S = 1.0  # the front is built once the first workers registered, or after this
 
 
 def _task_ended(
@@ -112,19 +109,13 @@ async def reconcile_registry(
     return account_registry.apply(changes, registry)
 
 
-async def apply_events_config(config: Config, store: Store, hooks: Hooks) -> None:
-    """What ``update`` changes of the events: the window kept, and the hooks."""
-    store.set_event_window(config.events.keep, config.events.keep_s)
-    await hooks.apply(config.hooks)
-
-
 async def run_master(
     config: Config,
     api_socket: socket.socket,
     token: str | None,
     log: FilteringBoundLogger,
     watch: bool = False,
-    config_path: Path | None = None,
+    config_path: "Path | None" = None,
     overrides: dict[str, object] | None = None,
     early_template: StartedTemplate | None = None,
     notify_socket: str | None = None,
@@ -200,6 +191,10 @@ async def run_master(
                 await accounts.outbox.load()
 
             keeper.when_reached = when_reached
+        router = None
+        if keeper is not None:  # actions on other masters' accounts go to them
+            router = open_command_router(config, store, accounts, keeper, log, errors)
+            metrics.attach_cluster(keeper.stats)
         leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify(notify_socket, log, errors)
@@ -210,85 +205,53 @@ async def run_master(
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
             )
-        read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
-        read.cluster_stats = keeper.stats if keeper is not None else None
-        health = HealthMonitor(
-            read.health_inputs,
-            log,
-            lambda h: hub.publish("health", h.model_dump()),
-            probe=read.health_probe,
-        )
-        listeners.append(lambda event, data: health.poke())
-        metrics.attach(read, supervisor)
-        if keeper is not None:
-            metrics.attach_cluster(keeper.stats)
-        control = Control(supervisor, read, store)
-        followers = LogFollowers(config.api.max_log_followers, log, errors)
-        admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         hooks = Hooks(hub, config.state_dir / "logs", log)
-        replies = Replies(read, store, accounts.outbox)
-        if keeper is not None:  # actions on other masters' accounts go to them
-            router = open_command_router(config, store, accounts, keeper, log, errors)
-            router.executors.update(executors(control, replies))
-            control.router = replies.router = router
-        updater = ConfigUpdater(
-            config_path,
-            overrides or {},
-            supervisor,
-            store,
-            log,
-            lambda new: apply_events_config(new, store, hooks),
-        )
+        host, port = api_socket.getsockname()[:2]
+        api_url = f"http://{host}:{port}/api/v1"
 
-        async def on_hangup() -> None:
-            """SIGHUP: the config file read again and applied, then a rolling reload."""
-            try:
-                await updater.update()
-            except ApiError as exc:  # logged by the updater; the reload still runs
-                log.error("SIGHUP: update refused; reloading the workers anyway", error=exc.error)
-            try:
-                await supervisor.command(ReloadWorkers("SIGHUP"))
-            except CommandRefused as exc:
-                log.warning("SIGHUP: reload refused", reason=str(exc))
+        # The first workers and accounts have started (or did not in time): time to
+        # build the front.
+        settled = loop.create_future()
 
-        supervisor.on_hangup = on_hangup
-        app = create_app(
-            read,
-            control,
-            admin,
-            updater,
-            metrics,
-            token,
-            config.api.metrics_public,
-            config.api.max_page_bytes,
-            log,
-            errors,
-            followers,
-            hub,
-            lambda: supervisor.config.events,
-            replies,
-            config.api.session_ttl_s,
-        )
-        api = ApiServer(app, api_socket, config, log)
-        metrics.attach_front_door(api.limits, followers)
-        metrics.attach_events(hub, hooks, store, accounts.outbox)
+        def on_start_event(event: str, data: dict[str, Any]) -> None:
+            if settled.done() or event not in ("worker.state", "account.state"):
+                return
+            if any(s.state is WorkerState.STARTING for s in supervisor.slots.values()):
+                return
+            if AccountState.STARTING not in (s.state for s in accounts.status.values()):
+                settled.set_result(None)
+
+        listeners.append(on_start_event)
+        fronts: list[Front] = []
+
+        async def open_front() -> None:
+            await asyncio.wait({settled}, timeout=FRONT_AFTER_S)
+            listeners.remove(on_start_event)
+            from hiscrm.master.front import Front
+
+            front = Front(
+                config, api_socket, token, log, errors, metrics, store, accounts, supervisor
+            )
+            front.build(
+                hub, hooks, keeper, router, missing, plugin_paths, listeners, config_path, overrides
+            )
+            fronts.append(front)
+            front.start(api_url)
+            service.started(list(supervisor.slots))
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
-        monitoring: asyncio.Task[None] | None = None
+        opening: asyncio.Task[None] | None = None
 
         async def on_ready() -> None:
-            nonlocal watching
-            api.start()
-            host, port = api.address
-            log.info("API listening", url=f"http://{host}:{port}/api/v1", auth=token is not None)
-            read.api_url = f"http://{host}:{port}/api/v1"
+            nonlocal watching, leasing
             if keeper is not None:
-                nonlocal leasing
-                keeper.api_url = f"http://{host}:{port}/api/v1"
+                keeper.api_url = api_url
                 leasing = asyncio.create_task(keeper.run(), name="leases")
                 leasing.add_done_callback(lambda task: _task_ended(task, "leases", log, errors))
             if watch:
+                from hiscrm.master.supervision.code_watch import CodeWatcher  # watchfiles
+
                 watching = asyncio.create_task(CodeWatcher(supervisor, log).run(stop_watching))
                 watching.add_done_callback(
                     lambda task: _task_ended(
@@ -301,14 +264,14 @@ async def run_master(
         await hooks.apply(config.hooks)
 
         async def on_started() -> None:
-            nonlocal monitoring
-            service.started(list(supervisor.slots))
-            monitoring = asyncio.create_task(health.run(), name="health")
-            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
+            nonlocal opening
+            opening = asyncio.create_task(open_front(), name="front")
+            opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
 
         async def on_stopped() -> None:
-            if monitoring is not None:
-                monitoring.cancel()
+            if opening is not None and not opening.done():
+                opening.cancel()
+                await asyncio.wait({opening})
             stop_watching.set()
             if leasing is not None and keeper is not None:  # every worker has stopped
                 leasing.cancel()
@@ -316,7 +279,8 @@ async def run_master(
                 await keeper.stop()
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
-            await api.stop()
+            for front in fronts:
+                await front.stop()
             await hooks.stop()
             fanning.cancel()
             notify.close()

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import io
 import ipaddress
-import os
 import socket
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ from hiscrm.master.api.auth import Token, TokenError, TokenOrigin, load_or_creat
 from hiscrm.master.api.listen import bind
 from hiscrm.master.data.store import StoreError
 from hiscrm.master.state_dir import StateDir, StateDirError
-from hiscrm.master.supervision.early_template import start_early_template
-from hiscrm.master.supervision.template_launcher import StartedTemplate
+from hiscrm.master.supervision.early_template import boot_early_template
+from hiscrm.master.supervision.template_spawn import StartedTemplate
 
 
 class StartupError(Exception):
@@ -117,7 +116,22 @@ def _open_master_log(state: StateDir, max_bytes: int, backups: int) -> RotatingL
     return master_log
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    early: StartedTemplate | None = None,
+    notify_socket: str | None = None,
+) -> int:
+    """``early``: a fork template ``launch`` started before this was imported;
+    ``notify_socket``: the service manager's, which ``launch`` took out of the
+    environment."""
+    try:
+        return _main(argv, early, notify_socket)
+    finally:
+        if early is not None and not early.adopted:
+            early.abandon()
+
+
+def _main(argv: list[str] | None, early: StartedTemplate | None, notify_socket: str | None) -> int:
     args = parse_args(argv)
     process_title.set_title(process_title.MASTER)
     try:
@@ -158,14 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CRASHED
     configure_master_logging(master_log)
     log = get_logger()
-    early: StartedTemplate | None = None
     try:
-        # The fork template loads the worker code while the master imports the rest of
-        # itself (the API's framework above all), which is why that import comes after.
-        # The service manager's socket is the master's alone: it leaves the environment
-        # before the template (and so every worker forked from it) starts.
-        notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
-        early = start_early_template(config, log)
+        if early is not None:  # told what to load now, while the master imports the rest
+            early = boot_early_template(early, config, log)
         from hiscrm.master.app import run_master
 
         if token is not None:
@@ -192,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("master failed", exc_info=exc)
         raise
     finally:
-        if early is not None and not early.adopted:
-            early.abandon()
         api_socket.close()
         state.release()
         master_log.close()

@@ -7,7 +7,11 @@ import went through, which count in its fingerprint, so a fix brings a new templ
 handed to the workers it forks, which try that platform again and fail its accounts
 only. It fails (``failed``) only when the worker runtime itself cannot be loaded.
 
-It is spawned by the master (so it loads the code on disk now) and reports its code
+It is started by the master as a fresh interpreter (so it loads the code on disk now;
+``hiscrm/master/supervision/template_spawn.py``), loads the worker runtime at once, and
+then waits for its boot data (the settings every worker shares, the platforms, its log
+file): the master sends it once it has read its configuration, so the first template
+loads while the master does. It then loads the platforms and reports its code
 fingerprint; the master checks that against the disk before every fork and starts a new
 template when the code has changed, so a fork never runs stale code. It holds no account
 state and no event loop, threads or open files a worker would inherit.
@@ -19,8 +23,9 @@ parent-death signal refers to the master. A template can therefore be replaced a
 time without touching the workers it forked.
 
 Messages on the control socket (SOCK_SEQPACKET, one JSON object per message):
-master → template ``{"type": "fork", "boot": ...}`` with the worker's channel socket
-attached (SCM_RIGHTS), ``{"type": "exit"}``; template → master ``ready`` (pid, code
+master → template ``{"type": "boot", "log_path": ..., "sample": ...}`` (first),
+``{"type": "fork", "boot": ...}`` with the worker's channel socket attached
+(SCM_RIGHTS), ``{"type": "exit"}``; template → master ``ready`` (pid, code
 version, files), ``failed`` (error, traceback), ``forked`` (pid).
 """
 
@@ -46,24 +51,34 @@ MAX_MESSAGE = 1 << 20
 FILES_PER_MESSAGE = 200
 
 
-def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
-    """``sample_boot``: a worker's boot data (the settings every worker shares, and what
-    the spares rehearse with); the template itself logs to ``log_path``."""
-    boot = {**json.loads(sample_boot), "log_path": log_path}
+def main(control_fd: int, master_pid: int) -> None:
+    """``control_fd``: the control socket; ``master_pid``: the process that started it
+    (it goes when that one does)."""
+    control = socket.socket(fileno=control_fd)
     os.setsid()
     process_title.set_title(process_title.TEMPLATE)
     if sys.platform.startswith("linux"):
         prctl.set_parent_death_signal(signal.SIGKILL)  # it holds nothing worth saving
+        if os.getppid() != master_pid:  # the master went before the signal was asked for
+            os._exit(ExitCode.ORPHANED)
     # A signal to the whole group or service (Ctrl-C, systemd's stop) is the master's to
     # handle: the template goes when the master retires it, or with the master.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    bootstrap.capture_output(boot)
-    try:
+    runtime_failed: BaseException | None = None
+    runtime_traceback = ""
+    try:  # while the master reads its configuration
         from hiscrm.protocol import WorkerBoot, schema_hash
         from hiscrm.worker.platform_set import add_plugin_paths, load_platforms
         from hiscrm.worker.runtime import Preloaded, code_fingerprint
-
+    except BaseException as exc:  # said once the log is open, as any other failure
+        runtime_failed, runtime_traceback = exc, traceback.format_exc()
+    sample_boot, log_path = _receive_boot(control)
+    boot = {**json.loads(sample_boot), "log_path": log_path}
+    bootstrap.capture_output(boot)
+    try:
+        if runtime_failed is not None:
+            raise runtime_failed
         sample = WorkerBoot.model_validate(boot)
         add_plugin_paths(sample.plugin_paths)
         platforms = load_platforms(sample.platforms)  # one that fails fails its accounts only
@@ -72,7 +87,7 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
         schema_hash()  # computed once here, not in every worker
         files, version = code_fingerprint(sample, platforms)
     except BaseException as exc:
-        text = traceback.format_exc()
+        text = runtime_traceback or traceback.format_exc()
         print(f"template: cannot load the worker code\n{text}", file=sys.stderr)
         _send(
             control, {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": text}
@@ -87,6 +102,21 @@ def main(log_path: str, sample_boot: str, control: socket.socket) -> None:
         _send(control, {"type": "files", "files": dumped[start : start + FILES_PER_MESSAGE]})
     _send(control, {"type": "ready", "pid": os.getpid(), "code_version": version})
     _serve(control, preloaded, int(boot["master_pid"]), sample_boot)
+
+
+def _receive_boot(control: socket.socket) -> tuple[str, str]:
+    """The first message: the sample boot (JSON) and the log path. The master gone, or
+    telling it to exit before that: it exits."""
+    try:
+        data = control.recv(MAX_MESSAGE)
+    except ConnectionError:
+        data = b""
+    if not data:
+        os._exit(ExitCode.ORPHANED)
+    message = json.loads(data)
+    if message.get("type") != "boot":
+        os._exit(ExitCode.OK)  # "exit": not needed after all
+    return str(message["sample"]), str(message["log_path"])
 
 
 def _send(control: socket.socket, message: dict[str, Any]) -> None:

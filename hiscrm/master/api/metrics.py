@@ -7,6 +7,7 @@ commit-latency histogram records observations as they happen.
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,8 +16,6 @@ from prometheus_client.registry import Collector
 from hiscrm.event_names import EVENT_NAMES, ITEM_PREFIX
 from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.cluster_info import node_state
-from hiscrm.master.api.connections import ConnectionLimits
-from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.api.schemas import Health, WorkerInfo
 from hiscrm.master.api.sessions import CookieRefusal, Sessions
@@ -29,6 +28,10 @@ from hiscrm.master.events.hub import EventHub
 from hiscrm.master.supervision.exit_record import EXIT_REASONS
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
+
+if TYPE_CHECKING:  # the API's server and log followers: imported once the workers run
+    from hiscrm.master.api.connections import ConnectionLimits
+    from hiscrm.master.api.log_follow import LogFollowers
 from hiscrm.protocol import ProtocolErrorKind
 
 ACCOUNT_STATES = tuple(s.value for s in AccountState)
@@ -51,7 +54,7 @@ class MasterMetrics:
     def attach(self, read: ReadModel, supervisor: Supervisor) -> None:
         self.registry.register(_LiveState(read, supervisor))
 
-    def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
+    def attach_front_door(self, limits: "ConnectionLimits", followers: "LogFollowers") -> None:
         self.registry.register(_FrontDoor(limits, followers))
 
     def attach_events(self, hub: EventHub, hooks: Hooks, store: Store, outbox: Outbox) -> None:
@@ -391,7 +394,7 @@ class _TreeMemoryMetrics:
 class _FrontDoor(Collector):
     """What the API's connection limits and the log limiter cut, and what is open."""
 
-    def __init__(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
+    def __init__(self, limits: "ConnectionLimits", followers: "LogFollowers") -> None:
         self._limits = limits
         self._followers = followers
 

@@ -16,8 +16,8 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import HookConfig
@@ -26,6 +26,9 @@ from hiscrm.master.data.event_filter import EventFilter
 from hiscrm.master.data.store import StoredEvent
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.events.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    import httpx
 
 OUTPUT_LIMIT = 64 * 1024  # bytes of a command's output kept in hooks.log per event
 MAX_DELAY_S = 300.0
@@ -90,6 +93,8 @@ class Hook:
     def start(self) -> None:
         self._hub.subscribe(self.queue)
         if self.config.url is not None:
+            import httpx  # only a webhook needs it (the master imports it late otherwise)
+
             self._client = httpx.AsyncClient(timeout=self.config.timeout_s)
         self._task = asyncio.create_task(self._run(), name=f"hook {self.name}")
 
@@ -150,7 +155,9 @@ class Hook:
         assert self.config.command is not None
         return await self._run_command(self.config.command, event, body)
 
-    async def _post(self, client: httpx.AsyncClient, url: str, body: bytes) -> str | None:
+    async def _post(self, client: "httpx.AsyncClient", url: str, body: bytes) -> str | None:
+        import httpx
+
         try:
             answer = await client.post(
                 url, content=body, headers={"content-type": "application/json"}

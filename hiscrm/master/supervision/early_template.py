@@ -1,34 +1,32 @@
-"""The fork template started as early as the master can: once the configuration and the
-state directory have been checked, before the master imports the rest of itself. It
-loads the worker code meanwhile (the two use both cores of a small machine), so the
-first workers are forked from it as soon as the master is ready to supervise them, and
-every later start still forks from a warm template.
+"""The fork template started before the master imported the rest of itself
+(``hiscrm.master.launch``): once the configuration and the state directory have been
+checked, it is told what to load (the settings and platforms the configured workers
+need) and where to log, or let go when the configuration wants no template.
 
-Its sample boot names the platforms the config file declares; the launcher adopts it
-only if the workers need the same (``TemplateLauncher.prepare``), else starts another.
+The launcher adopts it only if the workers still need the same once the master is ready
+(``TemplateLauncher.prepare``), else starts another.
 """
 
 from structlog.typing import FilteringBoundLogger
 
-from hiscrm import prctl
 from hiscrm.config import Config
-from hiscrm.master.supervision.template_launcher import StartedTemplate, start_template
+from hiscrm.master.supervision.template_spawn import StartedTemplate
 from hiscrm.master.supervision.worker_slot import worker_boot
 
 
-def start_early_template(config: Config, log: FilteringBoundLogger) -> StartedTemplate | None:
-    """A template loading what the configured workers need; None when workers do not
-    start from a template (turned off, no worker, or the master cannot adopt orphans:
-    ``make_launcher`` says so) or it cannot be started (the launcher tries again)."""
+def boot_early_template(
+    early: StartedTemplate, config: Config, log: FilteringBoundLogger
+) -> StartedTemplate | None:
+    """``early`` told what to load; None (and it is let go) when workers do not start
+    from a template (turned off, or no worker) or it is gone."""
     if not config.supervision.fork_template or not config.worker_ids:
-        return None
-    try:
-        prctl.set_child_subreaper()  # before it can fork: its workers are the master's
-    except OSError:
+        early.abandon()
         return None
     sample = worker_boot(config, config.worker_ids[0], config.platform_specs)
     try:
-        return start_template(config.state_dir / "logs" / "template.log", sample)
+        early.boot(sample, config.state_dir / "logs" / "template.log")
     except OSError as exc:
-        log.warning("cannot start the fork template early; starting it later", error=str(exc))
+        log.warning("the template started early is gone; starting another", error=str(exc))
+        early.abandon()
         return None
+    return early

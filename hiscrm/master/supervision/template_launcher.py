@@ -12,14 +12,12 @@ traceback in their own logs, as without a template.
 
 import asyncio
 import json
-import multiprocessing
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +27,13 @@ from hiscrm.backoff import RestartBackoff
 from hiscrm.channel import open_channel
 from hiscrm.code_fingerprint import CodeFile, DiskCheck
 from hiscrm.config import Config
-from hiscrm.entrypoint import Entrypoint
 from hiscrm.logfile import tail_lines
 from hiscrm.master.supervision.events import Event
 from hiscrm.master.supervision.launcher import SpawnLauncher
+from hiscrm.master.supervision.template_spawn import StartedTemplate, spawn_template
 from hiscrm.master.supervision.worker_process import WorkerProcess
 from hiscrm.protocol import WorkerBoot
 
-TEMPLATE_ENTRYPOINT = Entrypoint("hiscrm.worker.template:main")
 FORK_TIMEOUT_S = 2.0  # a healthy template forks in milliseconds
 MAX_MESSAGE = 1 << 20
 SPARE_AFTER_S = 0.05  # after a spare is used, when to ask for the next one
@@ -56,42 +53,16 @@ class Spare:
     sock: socket.socket
 
 
-@dataclass
-class StartedTemplate:
-    """A template process just started (it needs no event loop yet): the process, the
-    master's end of its control socket, the sample boot it was given, and when."""
-
-    process: BaseProcess
-    control: socket.socket
-    sample: WorkerBoot
-    began: float
-    adopted: bool = False  # a launcher made it its own
-
-    def abandon(self) -> None:
-        """Not used after all: it goes (it holds nothing yet), and is reaped."""
-        self.control.close()
-        self.process.kill()
-        self.process.join(timeout=1.0)  # a killed process is gone in milliseconds
-
-
 def start_template(log_path: Path, sample: WorkerBoot) -> StartedTemplate:
-    """Spawn a template process loading the code ``sample`` names (no event loop needed,
-    so the master can start it before it has imported the rest of itself)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    context = multiprocessing.get_context("spawn")
-    process = context.Process(
-        target=TEMPLATE_ENTRYPOINT,
-        args=(str(log_path), sample.model_dump_json(), theirs),
-        name="hiscrm-template",
-    )
+    """Start a template process loading the code ``sample`` names, logging to
+    ``log_path``."""
+    started = spawn_template()
     try:
-        process.start()
-    except BaseException:
-        ours.close()
+        started.boot(sample, log_path)
+    except OSError:
+        started.abandon()
         raise
-    finally:
-        theirs.close()
-    return StartedTemplate(process, ours, sample, time.monotonic())
+    return started
 
 
 def same_code(early: WorkerBoot, sample: WorkerBoot) -> bool:
@@ -216,7 +187,7 @@ class _Template:
         os.close(self._exit_fd)
         self._loop.remove_reader(self._control.fileno())
         self._control.close()
-        self.process.join(timeout=0)
+        self.process.poll()  # reaped: it has exited
         self.alive = False
         _resolve(self.ready, False)
         while self._forks:
@@ -361,7 +332,7 @@ class TemplateLauncher:
         early, self._early = self._early, None
         if early is None:
             return
-        if not same_code(early.sample, sample):
+        if early.sample is None or not same_code(early.sample, sample):
             self._log.info(
                 "the template started early loads other platforms than the workers need; "
                 "starting another",
@@ -509,7 +480,7 @@ class TemplateLauncher:
         self._trouble(
             "fork template died; starting a new one",
             pid=template.pid,
-            exitcode=template.process.exitcode,
+            exitcode=template.process.returncode,
         )
         self._discard(template)
         self._begin_template()
