@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
@@ -124,6 +125,8 @@ def main(
     """``early``: a fork template ``launch`` started before this was imported;
     ``notify_socket``: the service manager's, which ``launch`` took out of the
     environment."""
+    if notify_socket is None:  # not started by ``launch``: taken out of the environment here
+        notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
     try:
         return _main(argv, early, notify_socket)
     finally:
