@@ -1,6 +1,6 @@
-"""The running master, put together: the store, accounts, event hub, hooks, metrics and
+"""The running master, put together: the store, accounts, event hub, hooks and
 supervisor first, then, once the first workers have registered, its front (``front``:
-read model, health, control, the HTTP API).
+metrics, read model, health, control, the HTTP API).
 
 ``cli`` checks everything that can be checked before any process starts (configuration,
 state directory, the API's port) and hands over here. The API's socket listens from the
@@ -20,9 +20,9 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import prctl
 from hiscrm.config import Config
 from hiscrm.error_counter import ErrorCounter
+from hiscrm.exit_codes import ExitCode
 from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
-from hiscrm.master.api.metrics import MasterMetrics
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.account_status import AccountState
@@ -33,6 +33,7 @@ from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.ports import EventSink
 from hiscrm.master.service_notify import SdNotify, ServiceStatus
+from hiscrm.master.supervision.commands import ShutDown
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
 from hiscrm.master.supervision.supervisor import Supervisor
@@ -122,7 +123,9 @@ async def run_master(
 ) -> int:
     loop = asyncio.get_running_loop()
     errors = ErrorCounter()
-    metrics = MasterMetrics(None if config.store.url is None else config.cluster.node_id)
+    # Commit latencies observed before the front (and the metrics) are built: kept for it.
+    early_latencies: list[float] = []
+    observe_latency: list[Callable[[float], None]] = [early_latencies.append]
     store = open_store(config, log)
     # What the wings tell of what happens, fanned out to whoever listens (health).
     listeners: list[EventSink] = []
@@ -170,7 +173,7 @@ async def run_master(
             store,
             log,
             loop.time(),
-            metrics.commit_latency.observe,
+            lambda seconds: observe_latency[0](seconds),
             errors,
             publish,
             held=None if config.store.url is None else set(),  # a cluster: leased accounts
@@ -194,7 +197,6 @@ async def run_master(
         router = None
         if keeper is not None:  # actions on other masters' accounts go to them
             router = open_command_router(config, store, accounts, keeper, log, errors)
-            metrics.attach_cluster(keeper.stats)
         leasing: asyncio.Task[None] | None = None
         # systemd (Type=notify) hears of readiness, reloads and the shutdown.
         notify = SdNotify(notify_socket, log, errors)
@@ -224,20 +226,43 @@ async def run_master(
         listeners.append(on_start_event)
         fronts: list[Front] = []
 
+        front_failed: list[BaseException] = []
+
         async def open_front() -> None:
             await asyncio.wait({settled}, timeout=FRONT_AFTER_S)
             listeners.remove(on_start_event)
+            try:
+                front = build_front()
+            except Exception as exc:  # a master without its API is no master: it stops
+                front_failed.append(exc)
+                log.critical(
+                    "the API cannot be built; stopping",
+                    internal_errors_total=errors(),
+                    exc_info=exc,
+                )
+                await supervisor.command(ShutDown("the API cannot be built"))
+                return
+            fronts.append(front)
+            front.start(api_url)
+            service.started(list(supervisor.slots))
+
+        def build_front() -> "Front":
+            from hiscrm.master.api.metrics import MasterMetrics
             from hiscrm.master.front import Front
 
+            metrics = MasterMetrics(node)
+            for seconds in early_latencies:
+                metrics.commit_latency.observe(seconds)
+            observe_latency[0] = metrics.commit_latency.observe
+            if keeper is not None:
+                metrics.attach_cluster(keeper.stats)
             front = Front(
                 config, api_socket, token, log, errors, metrics, store, accounts, supervisor
             )
             front.build(
                 hub, hooks, keeper, router, missing, plugin_paths, listeners, config_path, overrides
             )
-            fronts.append(front)
-            front.start(api_url)
-            service.started(list(supervisor.slots))
+            return front
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
@@ -286,6 +311,7 @@ async def run_master(
             notify.close()
             flush_suppressed_counts()
 
-        return await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
+        code = await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
+        return ExitCode.CRASHED if front_failed else code
     finally:
         store.stop()

@@ -73,7 +73,7 @@ def main(control_fd: int, master_pid: int) -> None:
         from hiscrm.worker.runtime import Preloaded, code_fingerprint
     except BaseException as exc:  # said once the log is open, as any other failure
         runtime_failed, runtime_traceback = exc, traceback.format_exc()
-    sample_boot, log_path = _receive_boot(control)
+    sample_boot, log_path, spares = _receive_boot(control)
     boot = {**json.loads(sample_boot), "log_path": log_path}
     bootstrap.capture_output(boot)
     try:
@@ -100,13 +100,18 @@ def main(control_fd: int, master_pid: int) -> None:
     dumped = [f.model_dump() for f in files]
     for start in range(0, len(dumped), FILES_PER_MESSAGE):  # a message holds ~200 KB
         _send(control, {"type": "files", "files": dumped[start : start + FILES_PER_MESSAGE]})
+    master_pid = int(boot["master_pid"])
+    # The spares first, so that a master waiting for this template starts its first
+    # workers from spares (one each) the moment it hears "ready".
+    for _ in range(max(1, spares)):
+        _offer_spare(control, preloaded, master_pid, sample_boot)
     _send(control, {"type": "ready", "pid": os.getpid(), "code_version": version})
-    _serve(control, preloaded, int(boot["master_pid"]), sample_boot)
+    _serve(control, preloaded, master_pid, sample_boot)
 
 
-def _receive_boot(control: socket.socket) -> tuple[str, str]:
-    """The first message: the sample boot (JSON) and the log path. The master gone, or
-    telling it to exit before that: it exits."""
+def _receive_boot(control: socket.socket) -> tuple[str, str, int]:
+    """The first message: the sample boot (JSON), the log path, and how many spares to
+    fork once ready. The master gone, or telling it to exit before that: it exits."""
     try:
         data = control.recv(MAX_MESSAGE)
     except ConnectionError:
@@ -116,7 +121,7 @@ def _receive_boot(control: socket.socket) -> tuple[str, str]:
     message = json.loads(data)
     if message.get("type") != "boot":
         os._exit(ExitCode.OK)  # "exit": not needed after all
-    return str(message["sample"]), str(message["log_path"])
+    return str(message["sample"]), str(message["log_path"]), int(message.get("spares", 1))
 
 
 def _send(control: socket.socket, message: dict[str, Any]) -> None:
@@ -124,7 +129,6 @@ def _send(control: socket.socket, message: dict[str, Any]) -> None:
 
 
 def _serve(control: socket.socket, preloaded: Any, master_pid: int, sample_boot: str) -> None:
-    _offer_spare(control, preloaded, master_pid, sample_boot)
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 4)

@@ -5,6 +5,8 @@ status and the API serve, so they can never drift from what status reports. Only
 commit-latency histogram records observations as they happen.
 """
 
+from __future__ import annotations
+
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -16,8 +18,6 @@ from prometheus_client.registry import Collector
 from hiscrm.event_names import EVENT_NAMES, ITEM_PREFIX
 from hiscrm.log_config import log_lines_suppressed_total
 from hiscrm.master.api.cluster_info import node_state
-from hiscrm.master.api.read_model import ReadModel
-from hiscrm.master.api.schemas import Health, WorkerInfo
 from hiscrm.master.api.sessions import CookieRefusal, Sessions
 from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.lease_view import LeaseStats
@@ -29,9 +29,11 @@ from hiscrm.master.supervision.exit_record import EXIT_REASONS
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
 
-if TYPE_CHECKING:  # the API's server and log followers: imported once the workers run
+if TYPE_CHECKING:  # the API's server, log followers and views: imported once workers run
     from hiscrm.master.api.connections import ConnectionLimits
     from hiscrm.master.api.log_follow import LogFollowers
+    from hiscrm.master.api.read_model import ReadModel
+    from hiscrm.master.api.schemas import Health, WorkerInfo
 from hiscrm.protocol import ProtocolErrorKind
 
 ACCOUNT_STATES = tuple(s.value for s in AccountState)
@@ -54,7 +56,7 @@ class MasterMetrics:
     def attach(self, read: ReadModel, supervisor: Supervisor) -> None:
         self.registry.register(_LiveState(read, supervisor))
 
-    def attach_front_door(self, limits: "ConnectionLimits", followers: "LogFollowers") -> None:
+    def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
         self.registry.register(_FrontDoor(limits, followers))
 
     def attach_events(self, hub: EventHub, hooks: Hooks, store: Store, outbox: Outbox) -> None:
@@ -394,7 +396,7 @@ class _TreeMemoryMetrics:
 class _FrontDoor(Collector):
     """What the API's connection limits and the log limiter cut, and what is open."""
 
-    def __init__(self, limits: "ConnectionLimits", followers: "LogFollowers") -> None:
+    def __init__(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
         self._limits = limits
         self._followers = followers
 

@@ -13,6 +13,8 @@ from hiscrm.config import Config
 from hiscrm.master.supervision.template_spawn import StartedTemplate
 from hiscrm.master.supervision.worker_slot import worker_boot
 
+FIRST_SPARES_MAX = 16  # workers forked ahead while the master gets ready, at most
+
 
 def boot_early_template(
     early: StartedTemplate, config: Config, log: FilteringBoundLogger
@@ -24,7 +26,8 @@ def boot_early_template(
         return None
     sample = worker_boot(config, config.worker_ids[0], config.platform_specs)
     try:
-        early.boot(sample, config.state_dir / "logs" / "template.log")
+        spares = min(len(config.worker_ids), FIRST_SPARES_MAX)  # one for each first worker
+        early.boot(sample, config.state_dir / "logs" / "template.log", spares)
     except OSError as exc:
         log.warning("the template started early is gone; starting another", error=str(exc))
         early.abandon()

@@ -173,8 +173,9 @@ class Supervisor:
             if self.slots:
                 sample = next(iter(self.slots.values())).boot()
                 await self._launcher.prepare(sample, self.count_internal_error)
-            for slot in self.slots.values():
-                await slot.start(loop.time(), "master started")
+            # All at once: the template forks them back to back, no round trip between.
+            now = loop.time()
+            await asyncio.gather(*(s.start(now, "master started") for s in self.slots.values()))
             self.memory.start(loop.time())
             if on_started is not None:
                 await on_started()

@@ -105,7 +105,9 @@ class _Template:
         self.alive = True
         self.retired = False
         self._forks: deque[asyncio.Future[int]] = deque()
-        self.spare: Spare | None = None  # a worker forked ahead, waiting to be told who
+        # Workers forked ahead, waiting to be told who they are: one usually, as many as
+        # the first workers when the master starts (``StartedTemplate.boot``).
+        self.spares: deque[Spare] = deque()
         self._exit_fd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._control.fileno(), self._on_message)
         self._loop.add_reader(self._exit_fd, self._on_exit)
@@ -146,8 +148,7 @@ class _Template:
                 self.error = f"{message['error']}\n{message['traceback']}"
                 _resolve(self.ready, False)
             case "spare" if len(fds) == 1:
-                self._drop_spare()
-                self.spare = Spare(int(message["pid"]), socket.socket(fileno=fds.pop()))
+                self.spares.append(Spare(int(message["pid"]), socket.socket(fileno=fds.pop())))
             case "forked":
                 pid = int(message["pid"])
                 waiting = self._forks.popleft() if self._forks else None
@@ -159,9 +160,12 @@ class _Template:
                 raise ValueError(f"unknown message type {other!r}")
 
     def take_spare(self) -> "Spare | None":
-        """The waiting spare, if any; the template is asked for the next one."""
-        spare, self.spare = self.spare, None
-        if spare is not None:  # not at once: forking it would compete with this start
+        """A waiting spare, if any; when the last is taken, the template is asked for the
+        next one."""
+        if not self.spares:
+            return None
+        spare = self.spares.popleft()
+        if not self.spares:  # not at once: forking it would compete with this start
             self._loop.call_later(SPARE_AFTER_S, self._request_spare)
         return spare
 
@@ -169,12 +173,12 @@ class _Template:
         if self.alive and not self.retired:
             self._request({"type": "spare"})
 
-    def _drop_spare(self) -> None:
-        """Close the spare's socket (so it exits) and reap it when it has."""
-        if self.spare is not None:
-            self.spare.sock.close()
-            reap_when_gone(self._loop, self.spare.pid, self._error)
-            self.spare = None
+    def _drop_spares(self) -> None:
+        """Close the spares' sockets (so they exit) and reap them when they have."""
+        while self.spares:
+            spare = self.spares.popleft()
+            spare.sock.close()
+            reap_when_gone(self._loop, spare.pid, self._error)
 
     def _request(self, request: dict[str, Any]) -> None:
         try:
@@ -192,7 +196,7 @@ class _Template:
         _resolve(self.ready, False)
         while self._forks:
             _resolve(self._forks.popleft(), 0)
-        self._drop_spare()
+        self._drop_spares()
         self._on_exit_callback(self)
 
     async def fork(self, boot: WorkerBoot) -> tuple[int, socket.socket]:
@@ -224,7 +228,7 @@ class _Template:
     def retire(self) -> None:
         """Tell it to exit (the workers it forked are the master's, they stay)."""
         self.retired = True
-        self._drop_spare()
+        self._drop_spares()
         if self.alive:
             try:
                 self._control.send(b'{"type": "exit"}')
@@ -308,13 +312,13 @@ class TemplateLauncher:
     def spare_ready(self) -> bool:
         """A spare waits: the next start takes milliseconds."""
         template = self._template
-        return template is not None and template.alive and template.spare is not None
+        return template is not None and template.alive and bool(template.spares)
 
     def known_pids(self) -> set[int]:
         """Children of the master that the template launcher reaps itself."""
         self._retired = [t for t in self._retired if t.alive]
         templates = [t for t in (self._template, *self._retired) if t is not None]
-        spares = {t.spare.pid for t in templates if t.spare}
+        spares = {spare.pid for t in templates for spare in t.spares}
         return {t.pid for t in templates} | spares | self._starting
 
     async def prepare(self, sample: WorkerBoot, count_error: Callable[[], object]) -> None:

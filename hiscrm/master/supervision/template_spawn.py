@@ -45,9 +45,15 @@ class StartedTemplate:
     sample: "WorkerBoot | None" = None
     adopted: bool = False  # a launcher made it its own
 
-    def boot(self, sample: "WorkerBoot", log_path: Path) -> None:
-        """Send it what to load and where to log (OSError if it is gone)."""
-        message = {"type": "boot", "log_path": str(log_path), "sample": sample.model_dump_json()}
+    def boot(self, sample: "WorkerBoot", log_path: Path, spares: int = 1) -> None:
+        """Send it what to load, where to log, and how many workers to fork ahead once
+        ready (the first workers of a master that starts); OSError if it is gone."""
+        message = {
+            "type": "boot",
+            "log_path": str(log_path),
+            "sample": sample.model_dump_json(),
+            "spares": spares,
+        }
         self.control.send(json.dumps(message).encode())
         self.sample = sample
 
