@@ -7,6 +7,7 @@ the master imports, used to be imported instead.)"""
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import MasterFactory, make_config
 from harness import TESTS_DIR, Master, wait_until
@@ -73,3 +74,32 @@ def test_the_hiscrm_master_script_runs_anywhere(
     cwd = fill(tmp_path / "elsewhere", {**CHECKOUT, **DEPENDENCY})
     master = start_master(make_config(workers=2), env=INSTALLED, cwd=cwd, command=[str(script)])
     assert_serves(master)
+
+
+# What a spawned worker's interpreter imports before it is given the master's path.
+SPAWN_MACHINERY = {
+    "multiprocessing/__init__.py": "raise ImportError('multiprocessing from the working dir')\n"
+}
+
+
+@pytest.mark.timeout(90)
+def test_a_spawned_worker_ignores_the_working_directory_and_its_children_see_the_plain_env(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """Without a template every worker is a fresh interpreter started by multiprocessing:
+    the working directory stays off its path from its first import, and what its platform
+    starts does not inherit the variable that kept it off."""
+    pid_file = tmp_path / "children"
+    hog = {
+        "id": "with-a-child",
+        "platform": "testplatforms.behaviours:ChildHog",
+        "options": {"step_mb": 1, "every_s": 5, "max_mb": 1, "pid_file": str(pid_file)},
+    }
+    config = make_config(workers=1, accounts=[hog], supervision={"fork_template": False})
+    cwd = fill(tmp_path / "elsewhere", {**SPAWN_MACHINERY, **DEPENDENCY})
+    master = start_master(config, env=INSTALLED, cwd=cwd)
+    master.wait_all_running(["worker1"])
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the child")
+    child = psutil.Process(int(pid_file.read_text().split()[0]))
+    assert "PYTHONSAFEPATH" not in child.environ()
+    assert master.stop() == 0, master.output()[-2000:]

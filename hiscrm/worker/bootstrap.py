@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from hiscrm import prctl
+from hiscrm import prctl, safe_path
 from hiscrm.exit_codes import ExitCode
 from hiscrm.logfile import LineStream, RotatingLogFile, boot_error_path
 from hiscrm.worker import teardown
@@ -108,6 +108,7 @@ def run_forked(boot_json: str, channel_fd: int, started: float, preloaded: Any) 
 
 
 def _become_worker(master_pid: int) -> None:
+    safe_path.forget()
     os.setsid()
     _install_signal_handlers()
     if sys.platform.startswith("linux"):  # elsewhere the pipe's end-of-file is the only notice

@@ -8,6 +8,7 @@ import multiprocessing
 from collections.abc import Callable
 from typing import Protocol
 
+from hiscrm import safe_path
 from hiscrm.channel import open_channel
 from hiscrm.entrypoint import Entrypoint
 from hiscrm.master.supervision.events import Event
@@ -56,7 +57,8 @@ class SpawnLauncher:
             name=f"hiscrm-{boot.worker_id}",
         )
         try:
-            process.start()
+            with safe_path.for_spawned_interpreter():
+                process.start()
         except BaseException:
             parent_end.close()
             raise
