@@ -15,12 +15,15 @@ import sys
 
 
 def _loaded_from(directory: str) -> bool:
-    """Whether a module imported so far came from ``directory``."""
+    """Whether a module or package imported so far came from ``directory``, even in
+    part (a namespace package, a directory without ``__init__.py``, has no file: its
+    path says where it was found)."""
     prefix = os.path.join(os.path.abspath(directory), "")
     for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and os.path.abspath(path).startswith(prefix):
-            return True
+        places = [getattr(module, "__file__", None), *getattr(module, "__path__", ())]
+        for place in places:
+            if isinstance(place, str) and os.path.abspath(place).startswith(prefix):
+                return True
     return False
 
 
