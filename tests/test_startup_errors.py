@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
-from harness import REPO, TESTS_DIR, LogReader
+from harness import REPO, TESTS_DIR, LogReader, wait_until
 
 from hiscrm.master.api.auth import TokenError, TokenOrigin, load_or_create_token
 
@@ -270,3 +271,49 @@ def test_an_unusable_store_stops_the_start_in_one_line(tmp_path: Path, problem: 
     logged = LogReader(state / "logs" / "master.log").find(event="master cannot start")
     assert [e["level"] for e in logged] == ["error"]
     assert not LogReader(state / "logs" / "master.log").find(event="worker state")
+
+
+def _with_marker(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("HISCRM_TEST_EARLY") == marker:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("problem", ["config", "state dir"])
+def test_a_master_that_gives_up_takes_its_early_template_along(
+    tmp_path: Path, problem: str
+) -> None:
+    """The fork template starts before the configuration is read (it loads the worker
+    code meanwhile); a master that then gives up leaves nothing running."""
+    config = tmp_path / "hiscrm.toml"
+    if problem == "config":
+        config.write_text("workers = 1\nno_such_key = 1\n")
+    else:
+        (tmp_path / "st").write_text("a file where the state dir should be")
+        config.write_text("state_dir = 'st'\nworkers = 1\n[api]\nport = 0\n")
+    marker = f"{os.getpid()}-{problem}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS_DIR)]),
+        "HISCRM_TEST_EARLY": marker,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "hiscrm.master", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == (2 if problem == "config" else 1), result.stderr[-1500:]
+    try:
+        wait_until(lambda: not _with_marker(marker), 10, "no process of that master left")
+    finally:
+        for process in _with_marker(marker):
+            process.kill()

@@ -1,17 +1,18 @@
 """The running master, put together: the store, accounts, event hub, hooks and
-supervisor first, then, once the first workers have registered, its front (``front``:
-metrics, read model, health, control, the HTTP API).
+supervisor first; its front (``front``: metrics, read model, health, control, the HTTP
+API) is built in a thread while the first workers start.
 
 ``cli`` checks everything that can be checked before any process starts (configuration,
 state directory, the API's port) and hands over here. The API's socket listens from the
-start, so a client that connects before the front is up waits (a second at most) rather
-than being refused; the web framework's import and the app's construction (a few hundred
-milliseconds) are thus off the path of a cold start.
+start, so a client that connects before the front is up waits (well under a second)
+rather than being refused; the web framework's import and the app's construction (a few
+hundred milliseconds of CPU) are thus off the path of a cold start.
 """
 
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,6 @@ from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
-from hiscrm.master.data.account_status import AccountState
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_command_router, open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, StoreUnavailable, SyncOutcome
@@ -44,10 +44,11 @@ from hiscrm.master.supervision.worker_slot import WorkerState
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from hiscrm.master.api.metrics import MasterMetrics
     from hiscrm.master.front import Front
 
 WATCH_STOP_S = 2.0
-FRONT_AFTER_S = 1.0  # the front is built once the first workers registered, or after this
+FRONT_SWITCH_S = 0.0005  # the GIL's switch interval while the front is built in a thread
 
 
 def _task_ended(
@@ -211,28 +212,16 @@ async def run_master(
         host, port = api_socket.getsockname()[:2]
         api_url = f"http://{host}:{port}/api/v1"
 
-        # The first workers and accounts have started (or did not in time): time to
-        # build the front.
-        settled = loop.create_future()
-
-        def on_start_event(event: str, data: dict[str, Any]) -> None:
-            if settled.done() or event not in ("worker.state", "account.state"):
-                return
-            if any(s.state is WorkerState.STARTING for s in supervisor.slots.values()):
-                return
-            if AccountState.STARTING not in (s.state for s in accounts.status.values()):
-                settled.set_result(None)
-
-        listeners.append(on_start_event)
         fronts: list[Front] = []
-
         front_failed: list[BaseException] = []
 
         async def open_front() -> None:
-            await asyncio.wait({settled}, timeout=FRONT_AFTER_S)
-            listeners.remove(on_start_event)
+            # Built in a thread while the first workers start; the loop gets the GIL back
+            # within FRONT_SWITCH_S whenever a worker has something to say.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(FRONT_SWITCH_S)
             try:
-                front = build_front()
+                front, metrics = await asyncio.to_thread(build_front)
             except Exception as exc:  # a master without its API is no master: it stops
                 front_failed.append(exc)
                 log.critical(
@@ -242,34 +231,37 @@ async def run_master(
                 )
                 await supervisor.command(ShutDown("the API cannot be built"))
                 return
+            finally:
+                sys.setswitchinterval(interval)
+            for seconds in early_latencies:
+                metrics.commit_latency.observe(seconds)
+            observe_latency[0] = metrics.commit_latency.observe
+            front.attach(listeners, router)
             fronts.append(front)
             front.start(api_url)
             service.started(list(supervisor.slots))
 
-        def build_front() -> "Front":
+        def build_front() -> "tuple[Front, MasterMetrics]":  # in a thread
             from hiscrm.master.api.metrics import MasterMetrics
             from hiscrm.master.front import Front
 
             metrics = MasterMetrics(node)
-            for seconds in early_latencies:
-                metrics.commit_latency.observe(seconds)
-            observe_latency[0] = metrics.commit_latency.observe
             if keeper is not None:
                 metrics.attach_cluster(keeper.stats)
             front = Front(
                 config, api_socket, token, log, errors, metrics, store, accounts, supervisor
             )
-            front.build(
-                hub, hooks, keeper, router, missing, plugin_paths, listeners, config_path, overrides
-            )
-            return front
+            front.build(hub, hooks, keeper, router, missing, plugin_paths, config_path, overrides)
+            return front, metrics
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
         opening: asyncio.Task[None] | None = None
 
-        async def on_ready() -> None:
-            nonlocal watching, leasing
+        async def on_ready() -> None:  # before the workers start
+            nonlocal watching, leasing, opening
+            opening = asyncio.create_task(open_front(), name="front")
+            opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
             if keeper is not None:
                 keeper.api_url = api_url
                 leasing = asyncio.create_task(keeper.run(), name="leases")
@@ -287,11 +279,6 @@ async def run_master(
         fanning = asyncio.create_task(hub.run(), name="events")
         fanning.add_done_callback(lambda task: _task_ended(task, "events", log, errors))
         await hooks.apply(config.hooks)
-
-        async def on_started() -> None:
-            nonlocal opening
-            opening = asyncio.create_task(open_front(), name="front")
-            opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
 
         async def on_stopped() -> None:
             if opening is not None and not opening.done():
@@ -311,7 +298,7 @@ async def run_master(
             notify.close()
             flush_suppressed_counts()
 
-        code = await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
+        code = await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
         return ExitCode.CRASHED if front_failed else code
     finally:
         store.stop()

@@ -1,12 +1,16 @@
 """The master's front: the read model, health, control, account administration, replies,
 the configuration update and the HTTP API with its server, built on the running core
-(``app``) once the first workers have registered. Importing this module imports the web
-framework.
+(``app``) while its first workers start. Importing this module imports the web
+framework: ``app`` imports it and runs ``build`` in a thread, off the loop, then
+``attach`` and ``start`` on the loop.
 """
+
+from __future__ import annotations
 
 import asyncio
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
@@ -25,8 +29,6 @@ from hiscrm.master.api.replies import Replies
 from hiscrm.master.api.routed_commands import executors
 from hiscrm.master.api.server import ApiServer
 from hiscrm.master.data.accounts import AccountManager
-from hiscrm.master.data.command_router import CommandRouter
-from hiscrm.master.data.lease_keeper import LeaseKeeper
 from hiscrm.master.data.store import Store
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
@@ -34,6 +36,10 @@ from hiscrm.master.ports import EventSink
 from hiscrm.master.supervision.commands import CommandRefused, ReloadWorkers
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
+
+if TYPE_CHECKING:  # a cluster's (PostgreSQL): not imported on one host
+    from hiscrm.master.data.command_router import CommandRouter
+    from hiscrm.master.data.lease_keeper import LeaseKeeper
 
 
 async def apply_events_config(config: Config, store: Store, hooks: Hooks) -> None:
@@ -76,28 +82,27 @@ class Front:
         router: CommandRouter | None,
         missing: dict[str, list[str]],
         plugin_paths: list[str],
-        listeners: list[EventSink],
         config_path: Path | None,
         overrides: dict[str, object] | None,
     ) -> None:
+        """Make the front's objects; touches nothing the loop owns (safe in a thread)."""
         config, log, errors, metrics = self._config, self._log, self._errors, self._metrics
         store, accounts, supervisor = self._store, self._accounts, self._supervisor
         read = self.read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
         read.cluster_stats = keeper.stats if keeper is not None else None
-        health = self._health = HealthMonitor(
+        self._health = HealthMonitor(
             read.health_inputs,
             log,
             lambda h: hub.publish("health", h.model_dump()),
             probe=read.health_probe,
         )
-        listeners.append(lambda event, data: health.poke())
         metrics.attach(read, supervisor)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)
         replies = Replies(read, store, accounts.outbox)
+        self._executors = executors(control, replies)
         if router is not None:  # actions on other masters' accounts go to them
-            router.executors.update(executors(control, replies))
             control.router = replies.router = router
         updater = ConfigUpdater(
             config_path,
@@ -119,7 +124,7 @@ class Front:
             except CommandRefused as exc:
                 log.warning("SIGHUP: reload refused", reason=str(exc))
 
-        supervisor.on_hangup = on_hangup
+        self._on_hangup = on_hangup
         app = create_app(
             read,
             control,
@@ -141,6 +146,15 @@ class Front:
         metrics.attach_front_door(api.limits, followers)
         metrics.attach_events(hub, hooks, store, accounts.outbox)
 
+    def attach(self, listeners: list[EventSink], router: CommandRouter | None) -> None:
+        """On the loop: the front hears what happens, takes SIGHUP and routed commands."""
+        health = self._health
+        assert health is not None
+        listeners.append(lambda event, data: health.poke())
+        self._supervisor.on_hangup = self._on_hangup
+        if router is not None:
+            router.executors.update(self._executors)
+
     def start(self, api_url: str) -> None:
         """The server accepts what waited on the socket; health is assessed from now on."""
         assert self._api is not None
@@ -151,7 +165,7 @@ class Front:
         self._monitoring = asyncio.create_task(self._health.run(), name="health")
         self._monitoring.add_done_callback(self._health_ended)
 
-    def _health_ended(self, task: "asyncio.Task[None]") -> None:
+    def _health_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._errors()
             self._log.error("health failed and stopped", exc_info=exc)
