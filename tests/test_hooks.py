@@ -124,7 +124,14 @@ def test_hooks_receive_events_and_failing_ones_change_nothing(
         text = http.get("/metrics").text
         assert hook_metric(text, "hiscrm_hook_deliveries_total", "pager") >= 1
         assert hook_metric(text, "hiscrm_hook_failures_total", "pager") == 0
-        assert hook_metric(text, "hiscrm_hook_deliveries_total", "script") >= 1
+        wait_until(  # counted once the command has exited, a moment after it wrote
+            lambda: (
+                hook_metric(http.get("/metrics").text, "hiscrm_hook_deliveries_total", "script")
+                >= 1
+            ),
+            10,
+            "script delivered",
+        )
         # The master answers at once meanwhile, and says nothing is wrong with it.
         assert http.get("/healthz").json()["status"] == "ok"
     master.log.wait_for(event="hook delivery failed", hook="broken")

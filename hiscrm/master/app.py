@@ -1,6 +1,7 @@
-"""The running master, put together: the store, accounts, event hub, hooks and
-supervisor first; its front (``front``: metrics, read model, health, control, the HTTP
-API) is built in a thread while the first workers start.
+"""The running master, put together: the store, accounts, event hub, hooks, the read model
+with health, and the supervisor first; its front (``front``: metrics, control, account
+admin, replies, the configuration update, the HTTP API) is built in a thread while the
+first workers start.
 
 ``cli`` checks everything that can be checked before any process starts (configuration,
 state directory, the API's port) and hands over here. The API's socket listens from the
@@ -24,6 +25,8 @@ from hiscrm.error_counter import ErrorCounter
 from hiscrm.exit_codes import ExitCode
 from hiscrm.items import epoch_ms
 from hiscrm.log_config import flush_suppressed_counts
+from hiscrm.master.api.health import HealthMonitor
+from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data import account_registry
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
@@ -36,6 +39,7 @@ from hiscrm.master.service_notify import SdNotify, ServiceStatus
 from hiscrm.master.supervision.commands import ShutDown
 from hiscrm.master.supervision.launcher import Launcher, SpawnLauncher
 from hiscrm.master.supervision.platform_check import missing_platforms, use_plugin_paths
+from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.supervisor import Supervisor
 from hiscrm.master.supervision.template_launcher import TemplateLauncher
 from hiscrm.master.supervision.template_spawn import StartedTemplate
@@ -209,6 +213,24 @@ async def run_master(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids
             )
         hooks = Hooks(hub, config.state_dir / "logs", log)
+        # Health from the start: what happens before the front is up is judged too.
+        read = ReadModel(supervisor, accounts, store, ProcessStats(), missing)
+        read.cluster_stats = keeper.stats if keeper is not None else None
+        health = HealthMonitor(
+            read.health_inputs,
+            log,
+            lambda h: hub.publish("health", h.model_dump()),
+            probe=read.health_probe,
+        )
+        listeners.append(lambda event, data: health.poke())
+        # SIGHUP before the front is up waits for it (it reads the config file again).
+        front_ready: asyncio.Future[Front] = loop.create_future()
+
+        async def on_hangup() -> None:
+            front = await front_ready
+            await front.on_hangup()
+
+        supervisor.on_hangup = on_hangup
         host, port = api_socket.getsockname()[:2]
         api_url = f"http://{host}:{port}/api/v1"
 
@@ -224,6 +246,7 @@ async def run_master(
                 front, metrics = await asyncio.to_thread(build_front)
             except Exception as exc:  # a master without its API is no master: it stops
                 front_failed.append(exc)
+                front_ready.cancel()  # a SIGHUP waiting for it: the master is stopping
                 log.critical(
                     "the API cannot be built; stopping",
                     internal_errors_total=errors(),
@@ -236,9 +259,10 @@ async def run_master(
             for seconds in early_latencies:
                 metrics.commit_latency.observe(seconds)
             observe_latency[0] = metrics.commit_latency.observe
-            front.attach(listeners, router)
+            front.attach(router)
             fronts.append(front)
             front.start(api_url)
+            front_ready.set_result(front)
             service.started(list(supervisor.slots))
 
         def build_front() -> "tuple[Front, MasterMetrics]":  # in a thread
@@ -249,17 +273,20 @@ async def run_master(
             if keeper is not None:
                 metrics.attach_cluster(keeper.stats)
             front = Front(
-                config, api_socket, token, log, errors, metrics, store, accounts, supervisor
+                config, api_socket, token, log, errors, metrics, read, store, accounts, supervisor
             )
-            front.build(hub, hooks, keeper, router, missing, plugin_paths, config_path, overrides)
+            front.build(hub, hooks, router, plugin_paths, config_path, overrides)
             return front, metrics
 
         stop_watching = asyncio.Event()
         watching: asyncio.Task[None] | None = None
         opening: asyncio.Task[None] | None = None
+        monitoring: asyncio.Task[None] | None = None
 
         async def on_ready() -> None:  # before the workers start
-            nonlocal watching, leasing, opening
+            nonlocal watching, leasing, opening, monitoring
+            monitoring = asyncio.create_task(health.run(), name="health")
+            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
             opening = asyncio.create_task(open_front(), name="front")
             opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
             if keeper is not None:
@@ -284,6 +311,9 @@ async def run_master(
             if opening is not None and not opening.done():
                 opening.cancel()
                 await asyncio.wait({opening})
+            front_ready.cancel()  # nothing waits for it any more (done: no effect)
+            if monitoring is not None:
+                monitoring.cancel()
             stop_watching.set()
             if leasing is not None and keeper is not None:  # every worker has stopped
                 leasing.cancel()

@@ -188,6 +188,10 @@ class Hook:
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
             return f"still running after {self.config.timeout_s:g} s: killed"
+        except asyncio.CancelledError:  # the hook stops (the master does): what it ran goes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
         self._write_output(event, output)
         if process.returncode != 0:
             return f"exited with status {process.returncode}"
