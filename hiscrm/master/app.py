@@ -284,9 +284,7 @@ async def run_master(
         monitoring: asyncio.Task[None] | None = None
 
         async def on_ready() -> None:  # before the workers start
-            nonlocal watching, leasing, opening, monitoring
-            monitoring = asyncio.create_task(health.run(), name="health")
-            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
+            nonlocal watching, leasing, opening
             opening = asyncio.create_task(open_front(), name="front")
             opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
             if keeper is not None:
@@ -306,6 +304,11 @@ async def run_master(
         fanning = asyncio.create_task(hub.run(), name="events")
         fanning.add_done_callback(lambda task: _task_ended(task, "events", log, errors))
         await hooks.apply(config.hooks)
+
+        async def on_started() -> None:  # the workers are starting: health is judged now
+            nonlocal monitoring
+            monitoring = asyncio.create_task(health.run(), name="health")
+            monitoring.add_done_callback(lambda task: _task_ended(task, "health", log, errors))
 
         async def on_stopped() -> None:
             if opening is not None and not opening.done():
@@ -328,7 +331,7 @@ async def run_master(
             notify.close()
             flush_suppressed_counts()
 
-        code = await supervisor.run(on_ready=on_ready, on_stopped=on_stopped)
+        code = await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
         return ExitCode.CRASHED if front_failed else code
     finally:
         store.stop()
