@@ -103,3 +103,22 @@ def test_a_spawned_worker_ignores_the_working_directory_and_its_children_see_the
     child = psutil.Process(int(pid_file.read_text().split()[0]))
     assert "PYTHONSAFEPATH" not in child.environ()
     assert master.stop() == 0, master.output()[-2000:]
+
+
+@pytest.mark.timeout(60)
+def test_a_hook_command_gets_the_environment_the_master_was_given(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """What keeps the working directory off the paths of the master's own interpreters
+    is not passed on to what it runs for the user."""
+    seen = tmp_path / "seen"
+    hook = {
+        "name": "env",
+        "on": ["worker.state"],
+        "command": ["sh", "-c", f'echo "${{PYTHONSAFEPATH-unset}}" >> {seen}'],
+    }
+    master = start_master(make_config(workers=1, hooks=[hook]), env=INSTALLED)
+    master.wait_all_running(["worker1"])
+    wait_until(lambda: seen.exists() and seen.read_text().strip(), 20, "the hook ran")
+    assert set(seen.read_text().split()) == {"unset"}
+    assert master.stop() == 0, master.output()[-2000:]

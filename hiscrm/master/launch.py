@@ -10,7 +10,7 @@ Not for ``--help`` or ``--version``: nothing is started for those.
 import os
 import sys
 
-from hiscrm import prctl
+from hiscrm import prctl, safe_path
 from hiscrm.master.supervision.template_spawn import StartedTemplate, spawn_template
 
 NOTHING_TO_RUN = frozenset({"-h", "--help", "--version"})
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     # The service manager's socket is the master's alone: it leaves the environment
     # before the template (and so every worker forked from it) starts.
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+    safe_path.keep_off_started_interpreters()
     early = start_template_early(args)
     from hiscrm.master.cli import main as run
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm import safe_path
 from hiscrm.config import HookConfig
 from hiscrm.logfile import RotatingLogFile
 from hiscrm.master.data.event_filter import EventFilter
@@ -178,6 +179,7 @@ class Hook:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own group: a time limit ends all it started
+                env=safe_path.plain_environment(),
             )
         except OSError as exc:
             return f"cannot run {command[0]!r}: {exc}"

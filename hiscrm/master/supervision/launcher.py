@@ -8,7 +8,6 @@ import multiprocessing
 from collections.abc import Callable
 from typing import Protocol
 
-from hiscrm import safe_path
 from hiscrm.channel import open_channel
 from hiscrm.entrypoint import Entrypoint
 from hiscrm.master.supervision.events import Event
@@ -57,8 +56,7 @@ class SpawnLauncher:
             name=f"hiscrm-{boot.worker_id}",
         )
         try:
-            with safe_path.for_spawned_interpreter():
-                process.start()
+            process.start()
         except BaseException:
             parent_end.close()
             raise
