@@ -283,10 +283,13 @@ async def run_master(
         opening: asyncio.Task[None] | None = None
         monitoring: asyncio.Task[None] | None = None
 
-        async def on_ready() -> None:  # before the workers start
-            nonlocal watching, leasing, opening
+        async def on_prepared() -> None:  # the template is ready: the workers start now
+            nonlocal opening
             opening = asyncio.create_task(open_front(), name="front")
             opening.add_done_callback(lambda task: _task_ended(task, "the API", log, errors))
+
+        async def on_ready() -> None:  # before the workers start
+            nonlocal watching, leasing
             if keeper is not None:
                 keeper.api_url = api_url
                 leasing = asyncio.create_task(keeper.run(), name="leases")
@@ -331,7 +334,9 @@ async def run_master(
             notify.close()
             flush_suppressed_counts()
 
-        code = await supervisor.run(on_ready=on_ready, on_started=on_started, on_stopped=on_stopped)
+        code = await supervisor.run(
+            on_ready=on_ready, on_prepared=on_prepared, on_started=on_started, on_stopped=on_stopped
+        )
         return ExitCode.CRASHED if front_failed else code
     finally:
         store.stop()

@@ -151,9 +151,11 @@ class Supervisor:
         on_ready: Callable[[], Awaitable[None]] | None = None,
         on_stopped: Callable[[], Awaitable[None]] | None = None,
         on_started: Callable[[], Awaitable[None]] | None = None,
+        on_prepared: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
-        """Run until shut down. ``on_ready`` runs before workers start, ``on_started``
-        once they have been started, ``on_stopped`` once every worker has stopped."""
+        """Run until shut down. ``on_ready`` runs before workers start, ``on_prepared``
+        once the launcher is ready to start them (the template is), ``on_started`` once
+        they have been started, ``on_stopped`` once every worker has stopped."""
         loop = self._loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._on_loop_exception)
         self._log.info(
@@ -173,6 +175,8 @@ class Supervisor:
             if self.slots:
                 sample = next(iter(self.slots.values())).boot()
                 await self._launcher.prepare(sample, self.count_internal_error)
+            if on_prepared is not None:
+                await on_prepared()
             # All at once: the template forks them back to back, no round trip between.
             now = loop.time()
             await asyncio.gather(*(s.start(now, "master started") for s in self.slots.values()))
