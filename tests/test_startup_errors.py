@@ -4,6 +4,7 @@ before any worker starts; never a traceback, never a master that starts half-wor
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import MasterFactory, make_config
 from harness import REPO, TESTS_DIR, LogReader, wait_until
 
 from hiscrm.master.api.auth import TokenError, TokenOrigin, load_or_create_token
@@ -317,3 +319,24 @@ def test_a_master_that_gives_up_takes_its_early_template_along(
     finally:
         for process in _with_marker(marker):
             process.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_master_whose_api_cannot_be_built_stops_its_workers_and_exits_1(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """The API is built beside the first workers; if it cannot be (here its module raises
+    at import), the master does not run on without it: it says so, stops its workers
+    and exits 1."""
+    code = tmp_path / "code"
+    shutil.copytree(REPO / "hiscrm", code / "hiscrm")
+    front = code / "hiscrm" / "master" / "front.py"
+    with front.open("a") as source:
+        source.write('\nraise ImportError("the front cannot be imported (test)")\n')
+    master = start_master(make_config(workers=2), code_dir=code)
+    assert master.proc is not None
+    assert master.proc.wait(30) == 1, master.output()[-2000:]
+    failed = master.log.wait_for(event="the API cannot be built; stopping")
+    assert failed["level"] == "critical"
+    assert "the front cannot be imported (test)" in failed["exception"]
+    master.log.wait_for(event="master stopped")
