@@ -106,6 +106,8 @@ def test_a_master_that_must_kill_its_workers_exits_non_zero(start_master: Master
     ]
     master = start_master(make_config(workers=1, accounts=accounts))
     master.wait_running("worker1")
+    # Its task runs (and so takes 30 s to stop) before the first signal.
+    master.log.wait_for(event="account state", account_id="slow", new="running")
     os.kill(master.pid, signal.SIGTERM)
     master.log.wait_for(event="shutting down")
     os.kill(master.pid, signal.SIGTERM)

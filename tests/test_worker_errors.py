@@ -81,6 +81,8 @@ def test_a_task_that_ignores_cancellation_is_reported_when_abandoned(
     )
     master = start_master(config)
     master.wait_running("worker1")
+    # Its task runs (and so ignores the cancellation) before the stop.
+    master.log.wait_for(event="account state", account_id="stubborn", new="running")
     with master.http() as http:
         http.post("/workers/worker1/stop")
     error = master.log.wait_for(event="worker error", worker="worker1", account_id="stubborn")
