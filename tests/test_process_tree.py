@@ -76,11 +76,13 @@ read_end, write_end = os.pipe()
 middle = os.fork()
 if middle == 0:
     if os.fork() == 0:
+        os.close(write_end)  # so that it ends too if this script dies
         os.read(read_end, 1)  # until told to exit
         os._exit(0)
     os._exit(0)
+os.close(read_end)
 os.waitpid(middle, 0)
-orphan = [p for p in os.listdir("/proc") if p.isdigit() and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())]
+orphan = [str(pid) for pid in process_tree.children(os.getpid())]  # processes come and go
 reaper = AdoptedZombies()
 first = reaper.reap()  # alive: nothing
 os.write(write_end, b"x")
