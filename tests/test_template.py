@@ -42,6 +42,7 @@ def test_forked_workers_do_not_inherit_the_templates_state(
         ready = "hiscrm_fork_template_spare_ready"
         wait_until(lambda: metric(http.get("/metrics").text, ready) == 1, 10, "a spare ready")
         before = metric(http.get("/metrics").text, spares)
+        assert before == 2  # the template forked one spare for each first worker
         mark = master.mark()
         os.kill(pids["worker1"], signal.SIGKILL)
         respawned = master.wait_running("worker1", after=mark)

@@ -234,7 +234,6 @@ async def run_master(
         host, port = api_socket.getsockname()[:2]
         api_url = f"http://{host}:{port}/api/v1"
 
-        fronts: list[Front] = []
         front_failed: list[BaseException] = []
 
         async def open_front() -> None:
@@ -260,7 +259,6 @@ async def run_master(
                 metrics.commit_latency.observe(seconds)
             observe_latency[0] = metrics.commit_latency.observe
             front.attach(router)
-            fronts.append(front)
             front.start(api_url)
             front_ready.set_result(front)
             service.started(list(supervisor.slots))
@@ -317,6 +315,9 @@ async def run_master(
             if opening is not None and not opening.done():
                 opening.cancel()
                 await asyncio.wait({opening})
+            front = (
+                None if front_ready.cancelled() or not front_ready.done() else front_ready.result()
+            )
             front_ready.cancel()  # nothing waits for it any more (done: no effect)
             if monitoring is not None:
                 monitoring.cancel()
@@ -327,7 +328,7 @@ async def run_master(
                 await keeper.stop()
             if watching is not None:
                 await asyncio.wait({watching}, timeout=WATCH_STOP_S)
-            for front in fronts:
+            if front is not None:
                 await front.stop()
             await hooks.stop()
             fanning.cancel()

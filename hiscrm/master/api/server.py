@@ -114,11 +114,6 @@ class ApiServer:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return str(host), int(port)
-
     def start(self) -> asyncio.Task[None]:
         api = self._config.api
         fd_limit = raise_fd_limit(self._log)
