@@ -3,6 +3,7 @@
 Each test runs its tree under a child subreaper of its own (a small Python process), so
 the test process itself adopts nothing."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from harness import REPO, gone, wait_until
 
@@ -104,9 +106,18 @@ def run_tree(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return root, ready
 
 
+def kill_what_is_left(ready: Path) -> None:
+    """Every process of the tree still there, by the argument they all carry (a child
+    the breeder forked just as its parent was killed escapes a kill from above)."""
+    for process in psutil.process_iter(["cmdline"]):
+        if str(ready) in (process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
 @pytest.mark.timeout(60)
 def test_every_descendant_is_killed_whatever_group_or_session_it_went_to(tmp_path: Path) -> None:
-    root, _ = run_tree(tmp_path)
+    root, ready = run_tree(tmp_path)
     try:
         before = process_tree.descendants(root.pid)
         sessions = {process_tree.session_of(p) for p in before}
@@ -124,11 +135,12 @@ def test_every_descendant_is_killed_whatever_group_or_session_it_went_to(tmp_pat
     finally:
         root.kill()
         root.wait(10)
+        kill_what_is_left(ready)
 
 
 @pytest.mark.timeout(60)
 def test_a_tree_is_killed_from_above_with_its_root(tmp_path: Path) -> None:
-    root, _ = run_tree(tmp_path)
+    root, ready = run_tree(tmp_path)
     try:
         everything = [root.pid, *process_tree.descendants(root.pid)]
         killed = process_tree.kill_descendants(root.pid, including_root=True)
@@ -139,6 +151,7 @@ def test_a_tree_is_killed_from_above_with_its_root(tmp_path: Path) -> None:
         if root.poll() is None:
             root.kill()
             root.wait(10)
+        kill_what_is_left(ready)
 
 
 @pytest.mark.timeout(60)
