@@ -268,7 +268,8 @@ class WorkerRuntime:
         self.send(WorkerGoodbye(reason=reason))
         if channel.is_open:
             try:
-                await asyncio.wait_for(channel.flushed(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await channel.flushed()
             except TimeoutError:
                 self._log.error("goodbye not delivered: the master is not reading")
             channel.close()

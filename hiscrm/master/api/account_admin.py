@@ -106,9 +106,8 @@ class AccountAdmin:
     async def delete(self, account_id: str, purge: bool) -> AccountDeleted:
         async with self._locks[account_id]:
             await self._api_owned(account_id)
-            await asyncio.wait_for(
-                self._supervisor.command(RemoveAccount(account_id)), REMOVE_TIMEOUT_S
-            )
+            async with asyncio.timeout(REMOVE_TIMEOUT_S):
+                await self._supervisor.command(RemoveAccount(account_id))
             deleted = await self._store.delete_account(account_id, purge)
             if purge:
                 await asyncio.to_thread(shutil.rmtree, self._spool_dir / account_id, True)

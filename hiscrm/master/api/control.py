@@ -77,7 +77,8 @@ class Control:
         async with self._locks[worker_id]:
             previous = slot.pid
             began = time.monotonic()
-            await asyncio.wait_for(self._supervisor.command(command), self.action_timeout_s())
+            async with asyncio.timeout(self.action_timeout_s()):
+                await self._supervisor.command(command)
             return WorkerAction(
                 action=action,
                 previous_pid=previous,
@@ -86,9 +87,8 @@ class Control:
             )
 
     async def reload(self) -> ReloadResult:
-        rollout: RollingReload = await asyncio.wait_for(
-            self._supervisor.command(ReloadWorkers()), self.reload_timeout_s()
-        )
+        async with asyncio.timeout(self.reload_timeout_s()):
+            rollout: RollingReload = await self._supervisor.command(ReloadWorkers())
         return reload_result(rollout)
 
     async def shutdown(self) -> ShutdownStarted:

@@ -43,7 +43,8 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def timed_send(message: Message) -> None:
             try:
-                await asyncio.wait_for(send(message), WRITE_TIMEOUT_S)
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await send(message)
             except TimeoutError:
                 raise ClientStuck from None
 

@@ -160,7 +160,8 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Call(function, loop, future))
-        return await asyncio.wait_for(future, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await future
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish what is queued, then close the store."""

@@ -184,7 +184,8 @@ class Hook:
         except OSError as exc:
             return f"cannot run {command[0]!r}: {exc}"
         try:
-            output, _ = await asyncio.wait_for(process.communicate(body), self.config.timeout_s)
+            async with asyncio.timeout(self.config.timeout_s):
+                output, _ = await process.communicate(body)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

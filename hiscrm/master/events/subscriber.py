@@ -50,7 +50,8 @@ class Subscriber:
         """What is buffered (possibly nothing, after ``timeout_s``, or once cut off)."""
         if not self.buffered and self.cut_off is None:
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         self._ready.clear()

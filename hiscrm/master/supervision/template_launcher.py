@@ -216,7 +216,8 @@ class _Template:
         answer: asyncio.Future[int] = self._loop.create_future()
         self._forks.append(answer)
         try:
-            pid = await asyncio.wait_for(answer, FORK_TIMEOUT_S)
+            async with asyncio.timeout(FORK_TIMEOUT_S):
+                pid = await answer
         except TimeoutError:
             ours.close()
             raise TemplateGone(f"template {self.pid} did not fork in time") from None
