@@ -59,11 +59,12 @@ def loaded_files(extra_packages: Iterable[str] = ()) -> list[CodeFile]:
     wanted = {"hiscrm", *extra_packages}
     paths: set[str] = set()
     cached: dict[str, str] = {}  # source path -> its bytecode cache
+    real_dirs: dict[str, str] = {}
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if not file or not file.endswith(".py"):
             continue
-        path = os.path.realpath(file)
+        path = _realpath(file, real_dirs)
         if name.partition(".")[0] in wanted or not path.startswith(roots):
             paths.add(path)
             if isinstance(pyc := getattr(module, "__cached__", None), str):
@@ -78,6 +79,17 @@ def loaded_files(extra_packages: Iterable[str] = ()) -> list[CodeFile]:
             file = file.model_copy(update={"mtime_ns": -1, "sha256": "racy"})
         files.append(file)
     return files
+
+
+def _realpath(file: str, real_dirs: dict[str, str]) -> str:
+    """``os.path.realpath(file)``, each directory resolved once (``real_dirs``): a process
+    has imported hundreds of modules from a few dozen directories."""
+    directory, name = os.path.split(file)
+    real_dir = real_dirs.get(directory)
+    if real_dir is None:
+        real_dir = real_dirs[directory] = os.path.realpath(directory)
+    path = os.path.join(real_dir, name)
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def files_at(paths: Iterable[str]) -> list[CodeFile]:

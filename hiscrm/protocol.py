@@ -15,6 +15,7 @@ lists every class, and ``tests/test_protocol.py`` checks that nothing is left ou
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -316,13 +317,21 @@ def message_types() -> dict[str, type[_Message]]:
 
 
 _SCHEMA_HASH: str | None = None
+_REF_ID = re.compile(r'("ref": "[^"]*):\d+"')  # "hiscrm.protocol.Envelope:9419885548"
 
 
 def schema_hash() -> str:
     """A short hash of the whole message schema; both sides compare it at registration."""
     global _SCHEMA_HASH
     if _SCHEMA_HASH is None:
-        schema = json.dumps(Envelope.model_json_schema(), sort_keys=True)
+        # pydantic's core schema, built already (its JSON Schema would take ~10 ms to
+        # make): functions by name, and the object ids in its references left out.
+        schema = json.dumps(
+            Envelope.__pydantic_core_schema__,
+            sort_keys=True,
+            default=lambda value: getattr(value, "__qualname__", type(value).__name__),
+        )
+        schema = _REF_ID.sub(r'\1"', schema)
         _SCHEMA_HASH = hashlib.sha256(schema.encode()).hexdigest()[:16]
     return _SCHEMA_HASH
 

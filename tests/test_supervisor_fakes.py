@@ -204,3 +204,35 @@ def test_a_worker_starts_with_the_platforms_of_accounts_added_at_runtime(tmp_pat
         ]
 
     run(tmp_path, test)
+
+
+def test_sends_still_queued_at_shutdown_go_before_the_store_closes(tmp_path: Path) -> None:
+    """An assignment waiting on the store when the master stops is cancelled by
+    ``AccountManager.stop`` (it would otherwise read a closed store), and leaves nothing
+    behind."""
+
+    async def test(master: FakeMaster) -> None:
+        reading = asyncio.Event()
+        never = asyncio.Event()
+        plain_digest = master.store.digest
+
+        async def stuck_digest(account_id: str) -> object:
+            reading.set()
+            await never.wait()
+            return await plain_digest(account_id)
+
+        master.store.digest = stuck_digest  # type: ignore[method-assign,assignment]
+        master.launcher.register_on_start = False
+        slot = master.sup.slots["worker1"]
+        await master.until(lambda: slot.state is WorkerState.STARTING)
+        master.launcher.of("worker1")[0].register()
+        await asyncio.wait_for(reading.wait(), 2)  # an assignment reads the digest
+        sending = set(master.manager._sending)
+        assert sending
+        await master.manager.stop()
+        assert all(task.cancelled() for task in sending)
+        assert not master.manager._sending
+        for worker in master.launcher.started:
+            worker.register()
+
+    run(tmp_path, test)

@@ -331,6 +331,7 @@ async def run_master(
             if front is not None:
                 await front.stop()
             await hooks.stop()
+            await accounts.stop()
             fanning.cancel()
             notify.close()
             flush_suppressed_counts()

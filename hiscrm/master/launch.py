@@ -10,7 +10,7 @@ Not for ``--help`` or ``--version``: nothing is started for those.
 import os
 import sys
 
-from hiscrm import prctl, safe_path
+from hiscrm import lean_imports, prctl, safe_path
 from hiscrm.master.supervision.template_spawn import StartedTemplate, spawn_template
 
 NOTHING_TO_RUN = frozenset({"-h", "--help", "--version"})
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
     safe_path.keep_off_started_interpreters()
     early = start_template_early(args)
+    lean_imports.import_structlog()
     from hiscrm.master.cli import main as run
 
     return run(args, early, notify_socket)

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from hiscrm import prctl, safe_path
+from hiscrm import lean_imports, prctl, safe_path
 from hiscrm.exit_codes import ExitCode
 from hiscrm.logfile import LineStream, RotatingLogFile, boot_error_path
 from hiscrm.worker import teardown
@@ -59,6 +59,7 @@ def main(boot_json: str, conn: Connection) -> None:
     _redirect_stdin()
     sink = _open_log(boot)
     try:
+        lean_imports.import_structlog()
         from hiscrm.worker.runtime import run_worker
     except BaseException:
         print(f"worker {boot['worker_id']}: cannot import the worker runtime", file=sys.stderr)

@@ -43,7 +43,7 @@ from dataclasses import replace
 from multiprocessing import resource_tracker
 from typing import Any
 
-from hiscrm import prctl, process_title
+from hiscrm import lean_imports, prctl, process_title
 from hiscrm.exit_codes import ExitCode
 from hiscrm.worker import bootstrap
 
@@ -68,6 +68,7 @@ def main(control_fd: int, master_pid: int) -> None:
     runtime_failed: BaseException | None = None
     runtime_traceback = ""
     try:  # while the master reads its configuration
+        lean_imports.import_structlog()
         from hiscrm.protocol import WorkerBoot, schema_hash
         from hiscrm.worker.platform_set import add_plugin_paths, load_platforms
         from hiscrm.worker.runtime import Preloaded, code_fingerprint
@@ -94,8 +95,9 @@ def main(control_fd: int, master_pid: int) -> None:
         )
         os._exit(ExitCode.BOOT_FAILED)
     preloaded = Preloaded(platforms, files, version)
-    gc.collect()
-    gc.freeze()  # what is here now is shared with every fork; keep the collector off it
+    # What is here now is shared with every fork: the collector keeps off it. No collect
+    # first: loading leaves next to no garbage, and walking the heap costs ~15 ms.
+    gc.freeze()
     print(f"template pid {os.getpid()} ready, code {version}", file=sys.stderr)
     dumped = [f.model_dump() for f in files]
     for start in range(0, len(dumped), FILES_PER_MESSAGE):  # a message holds ~200 KB
@@ -103,8 +105,7 @@ def main(control_fd: int, master_pid: int) -> None:
     master_pid = int(boot["master_pid"])
     # The spares first, so that a master waiting for this template starts its first
     # workers from spares (one each) the moment it hears "ready".
-    for _ in range(max(1, spares)):
-        _offer_spare(control, preloaded, master_pid, sample_boot)
+    _offer_spares(control, preloaded, master_pid, sample_boot, max(1, spares))
     _send(control, {"type": "ready", "pid": os.getpid(), "code_version": version})
     _serve(control, preloaded, master_pid, sample_boot)
 
@@ -140,7 +141,7 @@ def _serve(control: socket.socket, preloaded: Any, master_pid: int, sample_boot:
         if request["type"] == "exit":
             os._exit(ExitCode.OK)
         if request["type"] == "spare":  # the last one was used
-            _offer_spare(control, preloaded, master_pid, sample_boot)
+            _offer_spares(control, preloaded, master_pid, sample_boot, 1)
             continue
         if request["type"] == "fork" and len(fds) == 1:
             pid = _fork_worker(request["boot"], fds[0], control, preloaded)
@@ -152,24 +153,30 @@ def _serve(control: socket.socket, preloaded: Any, master_pid: int, sample_boot:
         print(f"template: unknown request {request!r:.200}", file=sys.stderr)
 
 
-def _offer_spare(control: socket.socket, preloaded: Any, master_pid: int, sample_boot: str) -> None:
-    """Fork a spare worker and give the master the socket that will start it.
+def _offer_spares(
+    control: socket.socket, preloaded: Any, master_pid: int, sample_boot: str, count: int
+) -> None:
+    """Fork ``count`` spare workers and give the master the sockets that will start them.
 
     A spare is a worker forked ahead of time and prepared as far as it can be without
     knowing which worker it will be; it waits on its socket. The master sends it the
     boot data and the channel directly, so a respawn costs no fork and no round trip
     through the template. It exits when that socket closes unused (the master retired
     its template, or is gone)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = _double_fork(lambda: _spare_main(theirs, control, preloaded, master_pid, sample_boot))
-    theirs.close()
-    try:
-        if pid:
-            socket.send_fds(
-                control, [json.dumps({"type": "spare", "pid": pid}).encode()], [ours.fileno()]
-            )
-    finally:
-        ours.close()
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
+
+    def spare(theirs: socket.socket) -> Callable[[], None]:
+        return lambda: _spare_main(theirs, control, preloaded, master_pid, sample_boot)
+
+    pids = _double_fork([spare(theirs) for _, theirs in pairs])
+    for (ours, theirs), pid in zip(pairs, pids, strict=True):
+        theirs.close()
+        try:
+            if pid:
+                message = json.dumps({"type": "spare", "pid": pid}).encode()
+                socket.send_fds(control, [message], [ours.fileno()])
+        finally:
+            ours.close()
 
 
 def _spare_main(
@@ -205,12 +212,14 @@ def _fork_worker(boot_json: str, channel_fd: int, control: socket.socket, preloa
         _drop_template_state(control, keep=channel_fd)
         bootstrap.forked_main(boot_json, channel_fd, started, preloaded)
 
-    return _double_fork(become_worker)
+    return _double_fork([become_worker])[0]
 
 
-def _double_fork(child: Callable[[], object]) -> int:
-    """Run ``child`` in a grandchild, by way of a middle process that exits at once so the
-    grandchild becomes the master's (the subreaper's) child. Its pid, 0 if forking failed."""
+def _double_fork(children: list[Callable[[], object]]) -> list[int]:
+    """Run each of ``children`` in a grandchild, by way of one middle process that forks
+    them all and exits, so that they become the master's (the subreaper's) children: one
+    middle process for a batch, not one each (its exit costs more than a fork). Their
+    pids, 0 for one that could not be forked."""
     read_end, write_end = os.pipe()
     try:
         middle = os.fork()
@@ -218,20 +227,21 @@ def _double_fork(child: Callable[[], object]) -> int:
         print(f"template: cannot fork: {exc}", file=sys.stderr)
         os.close(read_end)
         os.close(write_end)
-        return 0
-    if middle == 0:  # the middle process: fork the worker, say its pid, vanish
+        return [0] * len(children)
+    if middle == 0:  # the middle process: fork the workers, say their pids, vanish
         try:
             os.close(read_end)
-            grandchild = os.fork()
-            if grandchild == 0:
-                os.close(write_end)
-                try:
-                    child()
-                except BaseException:
-                    traceback.print_exc()
-                finally:  # a worker's own failures have exit codes of their own
-                    os._exit(ExitCode.CRASHED)
-            os.write(write_end, str(grandchild).encode())
+            for child in children:
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os.close(write_end)
+                    try:
+                        child()
+                    except BaseException:
+                        traceback.print_exc()
+                    finally:  # a worker's own failures have exit codes of their own
+                        os._exit(ExitCode.CRASHED)
+                os.write(write_end, f"{grandchild}\n".encode())
         except BaseException:
             traceback.print_exc()  # into template.log; the template then reports pid 0
         finally:
@@ -240,7 +250,8 @@ def _double_fork(child: Callable[[], object]) -> int:
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
     os.waitpid(middle, 0)
-    return int(answer) if answer else 0
+    pids = [int(pid) for pid in answer.split()]
+    return pids + [0] * (len(children) - len(pids))
 
 
 def _drop_template_state(control: socket.socket, keep: int) -> None:

@@ -139,6 +139,7 @@ class AccountManager:
         self.sync_errors: dict[str, dict[str, int]] = {a: {} for a in self.status}
         self._links: dict[str, WorkerLink] = {}  # worker id -> its serving process
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
+        self._sending: set[asyncio.Task[None]] = set()  # every queued send not done
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
         self._down: set[str] = set()  # workers that died and have not run again since
         self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
@@ -617,9 +618,20 @@ class AccountManager:
 
         task = asyncio.create_task(after_previous(), name=f"to:{link.worker_id}:{link.pid}")
         task.add_done_callback(lambda done: self._step_done(link.pid, done))
+        task.add_done_callback(lambda _: step.close())  # cancelled before it began: no warning
         self._chains[link.pid] = task
+        self._sending.add(task)
+
+    async def stop(self) -> None:
+        """Once every worker has stopped, before the store closes: what was still to be
+        sent to them goes (an assignment would read the closed store)."""
+        for task in self._sending:
+            task.cancel()
+        if self._sending:
+            await asyncio.wait(self._sending)
 
     def _step_done(self, pid: int, task: "asyncio.Task[None]") -> None:
+        self._sending.discard(task)
         if self._chains.get(pid) is task:
             del self._chains[pid]
         if task.cancelled() or task.exception() is None:

@@ -19,11 +19,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hiscrm.protocol import WorkerBoot
 
 # argv[1]: the control socket's fd; argv[2]: the master's pid (the template checks that
@@ -33,19 +33,22 @@ TEMPLATE_CODE = (
 )
 
 
-@dataclass
 class StartedTemplate:
     """A template process just started (it needs no event loop yet): the process, the
     master's end of its control socket, the boot data it was sent (None until then), and
-    when it started."""
+    when it started. (No dataclass: this module is imported before the template starts,
+    and ``dataclasses`` would delay that start by its own import.)"""
 
-    process: "subprocess.Popen[bytes]"
-    control: socket.socket
-    began: float
-    sample: "WorkerBoot | None" = None
-    adopted: bool = False  # a launcher made it its own
+    def __init__(
+        self, process: "subprocess.Popen[bytes]", control: socket.socket, began: float
+    ) -> None:
+        self.process = process
+        self.control = control
+        self.began = began
+        self.sample: WorkerBoot | None = None
+        self.adopted = False  # a launcher made it its own
 
-    def boot(self, sample: "WorkerBoot", log_path: Path, spares: int = 1) -> None:
+    def boot(self, sample: "WorkerBoot", log_path: "Path", spares: int = 1) -> None:
         """Send it what to load, where to log, and how many workers to fork ahead once
         ready (the first workers of a master that starts); OSError if it is gone."""
         message = {
