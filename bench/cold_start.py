@@ -11,8 +11,12 @@ that follows (it must still fork from the warm template).
 * plain spawn (the reference): a parent that imports nothing but ``multiprocessing``
   and starts ``--workers`` spawn children, each importing pydantic (``BaseModel``) and
   structlog (what the peer comparison's worker imports), then appending the same line.
+* lean spawn (a second reference): the same, with structlog imported as hiscrm imports
+  it, without rich (``hiscrm.lean_imports``), so that the comparison does not rest on
+  that saving alone.
 
-Runs alternate (hiscrm, spawn, hiscrm, ...), ``--runs`` of each; medians are printed.
+Runs alternate (hiscrm, spawn, lean spawn; then in another order), ``--runs`` of each;
+medians are printed.
 
 Both start from byte-compiled code, as an installed package does (pip compiles it at
 install): hiscrm's modules are compiled first (``compileall``), since an editable
@@ -55,9 +59,15 @@ options = {{ ready_file = "{ready}" }}
 SPAWN_CHILD = """
 import os, time
 
-def child(ready_file):
+def child(ready_file, lean):
     from pydantic import BaseModel  # noqa: F401  (plain "import pydantic" is lazy)
-    import structlog  # noqa: F401
+    if lean:
+        import sys
+        sys.modules["rich"] = None
+        import structlog  # noqa: F401
+        del sys.modules["rich"]
+    else:
+        import structlog  # noqa: F401
     fd = os.open(ready_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(fd, f"ready {os.getpid()} {time.time_ns()}\\n".encode())
     os.close(fd)
@@ -72,7 +82,7 @@ import spawn_child
 if __name__ == "__main__":
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=spawn_child.child, args=(sys.argv[2],))
+        context.Process(target=spawn_child.child, args=(sys.argv[2], sys.argv[4] == "lean"))
         for _ in range(int(sys.argv[3]))
     ]
     for child in children:
@@ -148,7 +158,7 @@ def started_by_how(state: Path) -> dict[str, float]:
     }
 
 
-def spawn_run(workers: int) -> float:
+def spawn_run(workers: int, lean: bool = False) -> float:
     with tempfile.TemporaryDirectory(prefix="hiscrm-cold-spawn-") as tmp:
         home = Path(tmp)
         (home / "spawn_child.py").write_text(SPAWN_CHILD)
@@ -156,7 +166,14 @@ def spawn_run(workers: int) -> float:
         ready = home / "ready"
         launched = time.time_ns()
         parent = subprocess.Popen(
-            [sys.executable, str(home / "spawn_parent.py"), str(home), str(ready), str(workers)],
+            [
+                sys.executable,
+                str(home / "spawn_parent.py"),
+                str(home),
+                str(ready),
+                str(workers),
+                "lean" if lean else "plain",
+            ],
             cwd=home,
         )
         try:
@@ -181,26 +198,32 @@ def main() -> None:
     colds: list[float] = []
     respawns: list[float] = []
     spawns: list[float] = []
+    leans: list[float] = []
     how: dict[str, float] = {}
+    orders = [("hiscrm", "spawn", "lean"), ("spawn", "lean", "hiscrm"), ("lean", "hiscrm", "spawn")]
     for n in range(args.runs):
-        runs = [hiscrm_run, spawn_run] if n % 2 == 0 else [spawn_run, hiscrm_run]
-        for run in runs:
-            if run is spawn_run:
+        for run in orders[n % len(orders)]:
+            if run == "spawn":
                 spawns.append(spawn_run(args.workers))
+            elif run == "lean":
+                leans.append(spawn_run(args.workers, lean=True))
             else:
                 cold, respawn, how = hiscrm_run(args.workers)
                 colds.append(cold)
                 respawns.append(respawn)
         print(
             f"run {n + 1}: hiscrm {colds[-1]:.0f} ms, plain spawn {spawns[-1]:.0f} ms, "
-            f"hiscrm respawn {respawns[-1]:.1f} ms, workers started {how}",
+            f"lean spawn {leans[-1]:.0f} ms, hiscrm respawn {respawns[-1]:.1f} ms, "
+            f"workers started {how}",
             flush=True,
         )
-    ratio = statistics.median(colds) / statistics.median(spawns)
+    cold = statistics.median(colds)
+    spawn, lean = statistics.median(spawns), statistics.median(leans)
     print(
         f"{args.workers} workers ready from launch, median of {args.runs}: "
-        f"hiscrm {statistics.median(colds):.0f} ms, plain multiprocessing spawn "
-        f"{statistics.median(spawns):.0f} ms (hiscrm / spawn = {ratio:.2f}); "
+        f"hiscrm {cold:.0f} ms, plain multiprocessing spawn {spawn:.0f} ms "
+        f"(hiscrm / spawn = {cold / spawn:.2f}), lean spawn {lean:.0f} ms "
+        f"(hiscrm / lean spawn = {cold / lean:.2f}); "
         f"then a respawn: {statistics.median(respawns):.1f} ms"
     )
 

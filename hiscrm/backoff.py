@@ -4,13 +4,12 @@ Pure bookkeeping, no clock of its own: callers say how long the failed run laste
 the master for worker processes and by each worker for its account tasks.
 """
 
-from dataclasses import dataclass
+import msgspec
 
 _MAX_EXPONENT = 32  # 2**32 times any sane initial delay is far beyond any max_s
 
 
-@dataclass
-class RestartBackoff:
+class RestartBackoff(msgspec.Struct):
     initial_s: float
     max_s: float
     reset_after_s: float

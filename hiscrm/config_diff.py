@@ -13,8 +13,9 @@ master runs. Each changed key is one of:
 Accounts are not compared here: the registry reconciles them (``account_registry``).
 """
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from hiscrm.config import Config
 
@@ -32,8 +33,7 @@ _NEXT_START_PREFIXES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigChange:
+class ConfigChange(msgspec.Struct, frozen=True):
     key: str  # dotted, as in the file: "supervision.backoff_max_s"
     old: Any
     new: Any

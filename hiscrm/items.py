@@ -9,9 +9,9 @@ the master owns (``is_read``, ``read_at``) live only in the store.
 
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_origin
 
+import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 MS_MIN = 100_000_000_000  # 1973-03-03 in ms; a current time in seconds is ~1.7e9
@@ -122,8 +122,7 @@ class Notification(_Item):
 # below; adding a field is one line in its model.
 
 
-@dataclass(frozen=True, slots=True)
-class MasterField:
+class MasterField(msgspec.Struct, frozen=True):
     """A field the master owns (the store keeps it across syncs; workers never set it)."""
 
     name: str
@@ -137,8 +136,7 @@ READ_MARKS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Kind:
+class Kind(msgspec.Struct, frozen=True):
     name: str  # "message"; an item's ``kind``
     collection: str  # "messages": the store's table, the API's path, the retention key
     model: type["_Item"]

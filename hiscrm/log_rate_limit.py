@@ -14,9 +14,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -30,8 +30,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 Schedule = Callable[[float, Callable[[], None]], None]
 
 
-@dataclass
-class _Window:
+class _Window(msgspec.Struct):
     ends: float
     level: str
     event: str

@@ -16,15 +16,15 @@ and a load falls back to the store's ``acked_seq``.
 """
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 HEAD_NAME = "head"
 HEAD_BYTES = 42  # 20 digits, a space, 20 digits, a newline
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(msgspec.Struct, frozen=True):
     appended: int  # the last sequence number written to the spool (at least)
     acked: int  # every change up to it is in the store, or superseded there
 

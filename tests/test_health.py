@@ -1,10 +1,9 @@
 """Health as a pure function of what the master knows (``health.assess``): each check's
 status and what it names."""
 
-from dataclasses import replace
-
 import pytest
 import structlog
+from msgspec.structs import replace
 
 from hiscrm.master.api.health import (
     FULL_EVERY_S,

@@ -9,9 +9,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
+
+import msgspec
 
 from hiscrm.ctl.client import MasterClient
 from hiscrm.ctl.errors import CtlError
@@ -21,8 +22,7 @@ SKIP = {"at", "account_id", "id", "version", "synced_at"}
 TEXT_LIMIT = 80
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
     id: int | None
     name: str
     data: str

@@ -17,11 +17,11 @@ import itertools
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 
 from hiscrm.ctl.errors import CtlError
@@ -31,8 +31,7 @@ MAX_TOKEN_BYTES = 4096
 WILDCARDS = {"0.0.0.0", "::"}
 
 
-@dataclass(frozen=True)
-class MasterInfo:
+class MasterInfo(msgspec.Struct, frozen=True):
     pid: int
     url: str
     auth: bool | None  # None: a master that did not say (older versions)

@@ -30,9 +30,9 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import chain
 
+import msgspec
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -91,8 +91,7 @@ class InvalidItem(ValueError):
     reported = False  # set once it has been logged, counted and sent to the master
 
 
-@dataclass(slots=True)
-class LoadReport:
+class LoadReport(msgspec.Struct):
     replayed: int  # changes from the spool the store did not have yet
     skipped: int  # spool lines acknowledged, in the store, or superseded in the spool
     corrupt: int  # spool lines that could not be read

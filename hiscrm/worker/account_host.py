@@ -18,10 +18,10 @@ lost.
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.backoff import RestartBackoff
@@ -55,12 +55,11 @@ class SpoolDamaged(Exception):
     """Lines of an account's spool could not be read back."""
 
 
-@dataclass
-class _Loading:
+class _Loading(msgspec.Struct):
     account: AccountSpec
     acked_seq: int
     digest_total: int
-    digest: list[tuple[str, str, int, str]] = field(default_factory=list)
+    digest: list[tuple[str, str, int, str]] = msgspec.field(default_factory=list)
     retry: asyncio.TimerHandle | None = None  # waiting for the spool, if busy
 
 

@@ -13,8 +13,9 @@ platform's bug, not a request to exit.
 """
 
 import traceback
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 MAX_MESSAGE_CHARS = 2_000  # an error's message, as sent and stored
 MAX_LINE_CHARS = 500  # "Type: message" in log lines and states
@@ -110,8 +111,7 @@ def _bounded(text: str, limit: int) -> str:
     return f"{joined[:head]}\n… ({left_out} characters left out) …\n{joined[-tail:]}"
 
 
-@dataclass(frozen=True, slots=True)
-class RenderedError:
+class RenderedError(msgspec.Struct, frozen=True):
     """An exception as text, every part bounded and valid Unicode."""
 
     type_name: str

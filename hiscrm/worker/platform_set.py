@@ -26,7 +26,8 @@ import importlib
 import sys
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from hiscrm.platform_names import resolve_platform_name
 from hiscrm.platforms.base import Platform
@@ -37,8 +38,7 @@ MAX_REASON_CHARS = 4_000  # the traceback's end and the error line, as an accoun
 SUMMARY_CHARS = 500
 
 
-@dataclass(frozen=True)
-class PlatformFailure:
+class PlatformFailure(msgspec.Struct, frozen=True):
     """Why a platform cannot run in this process."""
 
     spec: str
@@ -80,10 +80,9 @@ def _files_of(error: BaseException) -> tuple[str, ...]:
     return tuple(files)
 
 
-@dataclass
-class PlatformSet:
-    classes: dict[str, type[Platform]] = field(default_factory=dict)
-    failures: dict[str, PlatformFailure] = field(default_factory=dict)
+class PlatformSet(msgspec.Struct):
+    classes: dict[str, type[Platform]] = msgspec.field(default_factory=dict)
+    failures: dict[str, PlatformFailure] = msgspec.field(default_factory=dict)
     imported_here: bool = False  # imported anything itself (not only taken from a template)
 
     def find(self, name: str) -> type[Platform] | PlatformFailure | None:

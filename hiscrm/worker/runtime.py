@@ -21,11 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic_core import PydanticSerializationError
 from structlog.typing import FilteringBoundLogger
 
@@ -70,8 +70,7 @@ from hiscrm.worker.sync import Syncer
 ORPHAN_STOP_S = 0.5  # how long account tasks get when the master is already gone
 
 
-@dataclass(frozen=True)
-class Preloaded:
+class Preloaded(msgspec.Struct, frozen=True):
     """What the fork template imported and measured before forking this worker."""
 
     platforms: PlatformSet  # what it loaded, and what it could not

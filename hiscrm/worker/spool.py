@@ -32,8 +32,9 @@ import fcntl
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from hiscrm import spool_head
 from hiscrm.spool_head import Head
@@ -50,16 +51,14 @@ class SpoolClosed(Exception):
     """The account was released by this worker; nothing may be written for it here."""
 
 
-@dataclass
-class _Segment:
+class _Segment(msgspec.Struct):
     path: Path
     first_seq: int
     last_seq: int
     size: int  # bytes of complete lines in it
 
 
-@dataclass
-class SpoolContents:
+class SpoolContents(msgspec.Struct):
     segments: list[list[bytes]]  # complete lines of each segment read, oldest first
     torn_bytes: int  # incomplete last lines (the writer died mid-write), discarded
     first_seq: int  # the highest first sequence number of any segment kept (0: none)

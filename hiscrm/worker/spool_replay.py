@@ -20,8 +20,9 @@ working and nothing the store already has is sent twice.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+import msgspec
 
 Key = tuple[str, str]  # (kind, item id)
 
@@ -42,18 +43,16 @@ def verdict(version: int, hash_: int, stored: tuple[int, int] | None) -> Verdict
     return Verdict.STORE_WINS
 
 
-@dataclass(frozen=True, slots=True)
-class Spooled:
+class Spooled(msgspec.Struct, frozen=True):
     seq: int
     key: Key
     version: int
     hash: int
 
 
-@dataclass(slots=True)
-class ReplayPlan:
-    keep: list[Spooled] = field(default_factory=list)  # sent again under their own numbers
-    renumber: list[Spooled] = field(default_factory=list)  # sent again under new numbers
+class ReplayPlan(msgspec.Struct):
+    keep: list[Spooled] = msgspec.field(default_factory=list)  # sent again under their own numbers
+    renumber: list[Spooled] = msgspec.field(default_factory=list)  # sent again under new numbers
     in_store: int = 0
     store_wins: int = 0
     superseded: int = 0  # older changes of an item the spool has a newer change of

@@ -39,9 +39,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from multiprocessing import resource_tracker
 from typing import Any
+
+from msgspec.structs import replace
 
 from hiscrm import lean_imports, prctl, process_title
 from hiscrm.exit_codes import ExitCode

@@ -12,9 +12,10 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+import msgspec
 
 TOKEN_BYTES = 32
 MAX_TOKEN_FILE_BYTES = 4096
@@ -34,8 +35,7 @@ class TokenOrigin(Enum):
     EMPTY_REPLACED = "empty_replaced"  # it was empty; a new token was written
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(msgspec.Struct, frozen=True):
     value: str
     path: Path
     origin: TokenOrigin

@@ -11,9 +11,9 @@ through the API.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 
+from msgspec.structs import asdict
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 

@@ -21,8 +21,8 @@ assessment runs again when the probe differs from it, and at least every
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
@@ -39,8 +39,7 @@ FULL_EVERY_S = 10.0  # the whole assessment, even when nothing was announced
 UNANNOUNCED = ("store", "disk")  # the checks the probe looks at
 
 
-@dataclass(frozen=True, slots=True)
-class HealthInputs:
+class HealthInputs(msgspec.Struct, frozen=True):
     shutting_down: bool
     store: StoreStats
     disk_free_bytes: int | None  # None: cannot be read

@@ -11,7 +11,9 @@ here too, when a view is built; a worker's tree memory is the memory watch's las
 import asyncio
 import os
 import shutil
-from dataclasses import dataclass
+
+import msgspec
+from msgspec.structs import asdict
 
 from hiscrm import __version__
 from hiscrm.items import epoch_ms
@@ -45,8 +47,7 @@ class NotFound(LookupError):
     pass
 
 
-@dataclass(frozen=True)
-class CodeInfo:
+class CodeInfo(msgspec.Struct, frozen=True):
     version: str
     stale: list[str]  # files that changed on disk since the process loaded them
 
@@ -319,7 +320,7 @@ def reload_result(rollout: RollingReload) -> ReloadResult:
         running=not rollout.done,
         complete=rollout.done and rollout.error is None,
         took_s=round((rollout.ended or rollout.began) - rollout.began, 3),
-        steps=[ReloadStep(**vars(step)) for step in rollout.steps],
+        steps=[ReloadStep(**asdict(step)) for step in rollout.steps],
         error=rollout.error,
     )
 

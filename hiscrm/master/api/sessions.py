@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import secrets
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from enum import Enum
+
+import msgspec
 
 CODE_TTL_S = 60.0  # a sign-in code is good this long, once
 MAX_CODES = 64  # codes waiting at once; a new one beyond this pushes out the oldest
@@ -52,14 +53,12 @@ COOKIE_REFUSED = {
 SIGN_IN_AGAIN = "sign in again: run 'hiscrmctl open' for a new link"
 
 
-@dataclass(frozen=True, slots=True)
-class SignInCode:
+class SignInCode(msgspec.Struct, frozen=True):
     code: str
     expires_at: int  # ms
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
+class Session(msgspec.Struct, frozen=True):
     id: str
     expires_at: int  # ms
     cookie: str  # the cookie's value

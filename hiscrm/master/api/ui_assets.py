@@ -4,10 +4,11 @@ take it. Plain files shipped in the package: no build step, no Node toolchain.""
 
 import gzip
 import hashlib
-from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import PurePosixPath
+
+import msgspec
 
 TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -30,8 +31,7 @@ SECURITY_HEADERS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Asset:
+class Asset(msgspec.Struct, frozen=True):
     path: str  # relative to the static directory, with '/'
     body: bytes
     gzipped: bytes | None  # None when compressing does not pay

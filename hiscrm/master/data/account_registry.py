@@ -14,18 +14,17 @@ Accounts live in the store (``accounts``). Each one has a *source*:
 conflict.
 """
 
-from dataclasses import dataclass, field
+import msgspec
 
 from hiscrm.master.data.store import AccountRecord
 from hiscrm.models import AccountSpec
 
 
-@dataclass
-class RegistryPlan:
-    create: list[AccountRecord] = field(default_factory=list)
-    change: list[AccountRecord] = field(default_factory=list)
-    remove: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)  # declared ids owned by the API
+class RegistryPlan(msgspec.Struct):
+    create: list[AccountRecord] = msgspec.field(default_factory=list)
+    change: list[AccountRecord] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
+    conflicts: list[str] = msgspec.field(default_factory=list)  # declared ids owned by the API
 
     @property
     def empty(self) -> bool:

@@ -6,9 +6,9 @@ reports of the account's task (``worker:account:state``). ``AccountStatus.move``
 one place it changes, logged once per change.
 """
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
@@ -70,19 +70,17 @@ def derive(
     return AccountState.STARTING
 
 
-@dataclass(frozen=True, slots=True)
-class LastError:
+class LastError(msgspec.Struct, frozen=True):
     at: int  # ms
     message: str  # "Type: message"
     traceback: str  # its end
 
 
-@dataclass(slots=True)
-class AccountStatus:
+class AccountStatus(msgspec.Struct):
     account_id: str
     source: str = "config"  # config: declared in the config file; api: made through the API
     state: AccountState = AccountState.UNASSIGNED
-    state_since_at: int = field(default_factory=epoch_ms)
+    state_since_at: int = msgspec.field(default_factory=epoch_ms)
     reason: str = ""  # why it is in this state, in a few words
     task: TaskState | None = None
     task_restarts: int = 0

@@ -26,13 +26,13 @@ The assigner returns ``Assign``/``Revoke`` actions; the account manager carries 
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from hiscrm.models import AccountSpec
 
 
-@dataclass(frozen=True, slots=True)
-class Assign:
+class Assign(msgspec.Struct, frozen=True):
     worker_id: str
     account: AccountSpec
 
@@ -41,8 +41,7 @@ class Assign:
         return self.account.id
 
 
-@dataclass(frozen=True, slots=True)
-class Revoke:
+class Revoke(msgspec.Struct, frozen=True):
     worker_id: str
     account_id: str
 
@@ -50,8 +49,7 @@ class Revoke:
 Action = Assign | Revoke
 
 
-@dataclass(slots=True)
-class Slot:
+class Slot(msgspec.Struct):
     account: AccountSpec
     home: str | None  # None: no room anywhere
     owner: str | None = None  # assigned to (or being released by) this worker

@@ -1,14 +1,13 @@
 """Which events a client (of the stream, or a hook) wants: name prefixes, and optionally
 one account. The names themselves: ``hiscrm.event_names``."""
 
-from dataclasses import dataclass
+import msgspec
 
 from hiscrm.event_names import SUPERVISOR_EVENTS, covers, item_event
 from hiscrm.items import KINDS
 
 
-@dataclass(frozen=True, slots=True)
-class EventFilter:
+class EventFilter(msgspec.Struct, frozen=True):
     """Which events a client wants: names starting with one of ``types`` (all if empty),
     and only those of ``account_id`` if set (events about no account are then left out)."""
 

@@ -11,11 +11,10 @@ live node is below its own share and there are no free accounts for that node to
 share of 0.
 """
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class NodeView:
+class NodeView(msgspec.Struct, frozen=True):
     node_id: str
     capacity: int
     held: int
@@ -46,8 +45,7 @@ def fair_shares(enabled: int, nodes: list[NodeView]) -> dict[str, int]:
     return shares
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseMoves:
+class LeaseMoves(msgspec.Struct, frozen=True):
     claim: int  # free accounts to claim now
     release: int  # held accounts to hand back now
 

@@ -2,11 +2,10 @@
 lease keeper last read it: plain values for the API and the metrics (no driver needed to
 import them)."""
 
-from dataclasses import dataclass, field
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRow:
+class NodeRow(msgspec.Struct, frozen=True):
     node_id: str
     capacity: int
     api_url: str | None
@@ -23,8 +22,7 @@ class NodeRow:
         return self.renewed_age_s < self.lease_ttl_s
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseRow:
+class LeaseRow(msgspec.Struct, frozen=True):
     account_id: str
     node_id: str | None  # None: free (never leased, let go, or its owner's lease expired)
     epoch: int
@@ -33,16 +31,14 @@ class LeaseRow:
     state_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterView:
+class ClusterView(msgspec.Struct, frozen=True):
     nodes: list[NodeRow]
     enabled: int  # enabled accounts
     free: int  # enabled accounts nobody holds a live lease on
     db_now_ms: int
 
 
-@dataclass
-class LeaseStats:
+class LeaseStats(msgspec.Struct):
     """This node's lease keeping, for ``GET /cluster``, status and metrics."""
 
     node_id: str
@@ -60,4 +56,4 @@ class LeaseStats:
     failing_since: int | None = None  # ms: the first failed round since the last success
     stopped_cut_off: int = 0  # accounts stopped since then, before their leases expired
     view: ClusterView | None = None
-    leases: dict[str, LeaseRow] = field(default_factory=dict)
+    leases: dict[str, LeaseRow] = msgspec.field(default_factory=dict)

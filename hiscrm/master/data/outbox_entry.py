@@ -15,10 +15,11 @@ platform says its sends are idempotent. ``move`` is the one place a state change
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+from msgspec.structs import replace
 from pydantic import TypeAdapter
 
 from hiscrm.replies import ReplyAction
@@ -63,8 +64,7 @@ def body_hash(action: ReplyAction) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
+class OutboxEntry(msgspec.Struct, frozen=True):
     account_id: str
     request_id: str
     action: ReplyAction

@@ -7,8 +7,9 @@ The SQL is written once with ``?`` marks; a backend's ``Dialect`` says its mark 
 it stores supervisor events."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from hiscrm.items import BY_COLLECTION
 from hiscrm.master.data.outbox_entry import (
@@ -35,8 +36,7 @@ class Connection(Protocol):
     def execute(self, sql: Any, params: Any = ..., /) -> _Rows: ...
 
 
-@dataclass(frozen=True)
-class Dialect:
+class Dialect(msgspec.Struct, frozen=True):
     mark: str  # a parameter's placeholder: "?" (sqlite3) or "%s" (psycopg)
     insert_events: Callable[[Any, int, list[NewEvent]], None]
 

@@ -18,9 +18,9 @@ next renewal).
 """
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg
 
 AConn = psycopg.AsyncConnection[Any]
@@ -48,16 +48,14 @@ def notify(conn: Conn, payload: str) -> None:
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(msgspec.Struct, frozen=True):
     id: int
     account_id: str
     kind: str
     args: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     state: str  # pending, running, done, failed, expired
     node: str | None
     result: dict[str, Any] | None

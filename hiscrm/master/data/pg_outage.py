@@ -6,8 +6,8 @@ Only the writer's thread calls ``failed`` and ``reached``; the loop reads ``reas
 """
 
 import time
-from dataclasses import dataclass
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.backoff import RestartBackoff
@@ -17,8 +17,7 @@ RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 2.0  # a server that comes back is used again within this
 
 
-@dataclass(frozen=True, slots=True)
-class _Episode:
+class _Episode(msgspec.Struct, frozen=True):
     since_wall: float  # time.time() of the first failure
     since: float  # time.monotonic() of the first failure
     error: str  # the last failure, on one line

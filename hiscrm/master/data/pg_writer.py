@@ -25,9 +25,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 from psycopg import pq
 from structlog.typing import FilteringBoundLogger
@@ -74,15 +74,13 @@ def connect(url: str, application_name: str = APPLICATION_NAME) -> Conn:
     return psycopg.connect(url, autocommit=True, **options)
 
 
-@dataclass(slots=True)
-class _Call:
+class _Call(msgspec.Struct):
     function: Callable[[Conn], Any]
     loop: asyncio.AbstractEventLoop
     future: "asyncio.Future[Any]"
 
 
-@dataclass(slots=True)
-class _Append:
+class _Append(msgspec.Struct):
     events: list[NewEvent]
 
 

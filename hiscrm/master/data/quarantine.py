@@ -19,20 +19,19 @@ for ``release_after_s`` without a death, or when an operator releases it.
 """
 
 from collections import deque
-from dataclasses import dataclass, field
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantineRule:
+class QuarantineRule(msgspec.Struct, frozen=True):
     window_s: float = 600.0
     deaths: int = 3  # deaths while it was assigned, within the window
     slots: int = 2  # or deaths on this many different worker slots
     release_after_s: float = 300.0  # running alone without a death this long
 
 
-@dataclass(slots=True)
-class _Evidence:
-    deaths: deque[tuple[float, str]] = field(default_factory=deque)  # (when, worker slot)
+class _Evidence(msgspec.Struct):
+    deaths: deque[tuple[float, str]] = msgspec.field(default_factory=deque)  # (when, worker slot)
     quarantined_since: float | None = None
     alone_since: float | None = None  # its own process runs its task since then
 

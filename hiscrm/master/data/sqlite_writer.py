@@ -25,10 +25,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
@@ -53,15 +53,13 @@ CHECKPOINT_EVERY_S = 1.0
 PRUNE_EVERY_S = 10.0  # supervisor events beyond the window are deleted this often
 
 
-@dataclass(slots=True)
-class _Call:
+class _Call(msgspec.Struct):
     function: Callable[[sqlite3.Connection], Any]
     loop: asyncio.AbstractEventLoop
     future: "asyncio.Future[Any]"
 
 
-@dataclass(slots=True)
-class _Append:
+class _Append(msgspec.Struct):
     events: list[NewEvent]
 
 

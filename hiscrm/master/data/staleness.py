@@ -13,13 +13,12 @@ one ``check`` that finds nothing and looks again.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 
-@dataclass(slots=True)
-class _Clock:
+class _Clock(msgspec.Struct):
     watched_since: float  # loop time it got a worker
     last_progress: float | None = None  # loop time of its last progress
     stale: bool = False

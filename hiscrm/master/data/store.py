@@ -8,9 +8,10 @@ implements the same methods with the same meaning.
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
+
+import msgspec
 
 from hiscrm.master.data.event_filter import EventFilter
 from hiscrm.master.data.outbox_entry import OutboxEntry
@@ -30,8 +31,7 @@ class StoreUnavailable(StoreError):
     the message says why. Nothing was written."""
 
 
-@dataclass(slots=True)
-class SyncBatch:
+class SyncBatch(msgspec.Struct):
     """One ``worker:data:sync`` on its way to the store: changes ``base_seq < seq <=
     last_seq`` of an account, from the process ``link`` (acknowledged to it after the
     commit, if it still runs)."""
@@ -41,7 +41,7 @@ class SyncBatch:
     base_seq: int
     last_seq: int
     changes: Sequence[ChangeView]  # ItemChange, or its wire twin (``sync_wire``)
-    received_at: float = field(default_factory=time.monotonic)
+    received_at: float = msgspec.field(default_factory=time.monotonic)
 
 
 class SyncFailure(StrEnum):
@@ -53,8 +53,7 @@ class SyncFailure(StrEnum):
     STALE_LEASE = "stale_lease"  # in a cluster: this master no longer holds the account
 
 
-@dataclass(slots=True)
-class SyncOutcome:
+class SyncOutcome(msgspec.Struct):
     batch: SyncBatch
     committed_seq: int  # what the store has for the account afterwards
     error: str | None = None  # None: committed; else a sentence for people
@@ -65,8 +64,7 @@ class SyncOutcome:
         return self.error is None
 
 
-@dataclass(frozen=True, slots=True)
-class AccountRecord:
+class AccountRecord(msgspec.Struct, frozen=True):
     """An account in the registry: the store's ``accounts`` table."""
 
     id: str
@@ -78,8 +76,7 @@ class AccountRecord:
     updated_at: int  # ms
 
 
-@dataclass(frozen=True, slots=True)
-class AccountDigest:
+class AccountDigest(msgspec.Struct, frozen=True):
     """What the store holds of an account: every change up to ``acked_seq``, and these
     items."""
 
@@ -87,13 +84,12 @@ class AccountDigest:
     entries: list[DigestEntry]
 
 
-@dataclass
-class CollectionQuery:
+class CollectionQuery(msgspec.Struct):
     """A page of one collection of one account; names are checked against the kind's
     filters and sorts before a query is built."""
 
     account_id: str
-    filters: dict[str, str] = field(default_factory=dict)
+    filters: dict[str, str] = msgspec.field(default_factory=dict)
     is_read: bool | None = None
     since: int | None = None  # ms, inclusive, on the collection's time field
     until: int | None = None  # ms, exclusive
@@ -103,23 +99,21 @@ class CollectionQuery:
     offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoreStats:
+class StoreStats(msgspec.Struct, frozen=True):
     where: str  # a path or a URL (without secrets), for status
     alive: bool  # the writer runs
     commits: int
     items_written: int
     errors: int
     cannot_commit: str | None = None  # why the store cannot commit now; None: it can
-    item_events: dict[str, int] = field(default_factory=dict)  # items changed, by kind
+    item_events: dict[str, int] = msgspec.field(default_factory=dict)  # items changed, by kind
 
 
 OutcomeCallback = Callable[[list[SyncOutcome]], None]
 HeadCallback = Callable[[int], None]  # the id of the last event committed
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(msgspec.Struct, frozen=True):
     """A supervisor event on its way to the store, which gives it its id."""
 
     name: str
@@ -128,8 +122,7 @@ class NewEvent:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(msgspec.Struct, frozen=True):
     """An event as the stream sends it: ``data`` is its JSON text (an item as the API
     serves it, or a supervisor event's fields)."""
 
@@ -139,20 +132,18 @@ class StoredEvent:
     data: str
 
 
-@dataclass(frozen=True, slots=True)
-class EventQuery:
+class EventQuery(msgspec.Struct, frozen=True):
     """Events with ``after < id <= upto`` matching ``filter``, oldest first, at most
     ``limit``; with ``last``, the newest ``limit`` of them (still oldest first)."""
 
     after: int
     upto: int
-    filter: EventFilter = field(default_factory=EventFilter)
+    filter: EventFilter = msgspec.field(default_factory=EventFilter)
     limit: int = 1000
     last: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class EventWindow:
+class EventWindow(msgspec.Struct, frozen=True):
     """What can be resumed: every event after ``floor`` up to ``head`` is kept (a cursor
     below ``floor`` is too old). Ids never go back, across restarts too."""
 

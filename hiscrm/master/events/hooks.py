@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm import safe_path
@@ -64,8 +64,7 @@ class HookQueue(Subscriber):
         return super().offer(wanted)
 
 
-@dataclass
-class HookStats:
+class HookStats(msgspec.Struct):
     deliveries: int = 0  # events delivered
     failures: int = 0  # failed attempts, and events dropped or given up
     dropped: int = 0  # events dropped because the queue was full

@@ -9,7 +9,8 @@ with the reason, and the stream ends (it resumes from its last event).
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+
+import msgspec
 
 from hiscrm.event_names import CUTOFF, RESET
 from hiscrm.master.data.event_filter import EventFilter
@@ -35,8 +36,7 @@ def control_frame(name: str, event_id: int, data: dict[str, object]) -> bytes:
     return f"id: {event_id}\nevent: {name}\ndata: {body}\n\n".encode()
 
 
-@dataclass(frozen=True, slots=True)
-class StreamRequest:
+class StreamRequest(msgspec.Struct, frozen=True):
     filter: EventFilter
     after: int | None  # resume after this id; None: from now on
     last: int | None = None  # start with the newest N events instead

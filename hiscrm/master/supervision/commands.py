@@ -4,8 +4,9 @@ the event that settles it: a worker command when its slot reaches a settled stat
 reload when the reload ends, a sync request at once."""
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from hiscrm.config import Config
 from hiscrm.models import AccountSpec
@@ -15,70 +16,59 @@ class CommandRefused(Exception):
     """An operator's action that cannot be carried out now (the reason says why)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StartWorker:
+class StartWorker(msgspec.Struct, frozen=True):
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class StopWorker:
+class StopWorker(msgspec.Struct, frozen=True):
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class RestartWorker:
+class RestartWorker(msgspec.Struct, frozen=True):
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReloadWorkers:
+class ReloadWorkers(msgspec.Struct, frozen=True):
     why: str = "requested"  # for the log: SIGHUP, requested (API), --watch
 
 
-@dataclass(frozen=True, slots=True)
-class ShutDown:
+class ShutDown(msgspec.Struct, frozen=True):
     """Stop every worker, then the master (as SIGTERM does); answered once begun."""
 
     why: str = "requested"  # for the log and the service manager's status
 
 
-@dataclass(frozen=True, slots=True)
-class SyncAccount:
+class SyncAccount(msgspec.Struct, frozen=True):
     account_id: str
     from_seq: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseAccount:
+class ReleaseAccount(msgspec.Struct, frozen=True):
     """Lift an account's quarantine (its placement goes back to normal)."""
 
     account_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class AddAccount:
+class AddAccount(msgspec.Struct, frozen=True):
     """Run a new account (already in the store's registry)."""
 
     account: AccountSpec
     source: str  # config or api
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeAccount:
+class ChangeAccount(msgspec.Struct, frozen=True):
     """Its options, platform or enabled changed: its task restarts with them."""
 
     account: AccountSpec
 
 
-@dataclass(frozen=True, slots=True)
-class RemoveAccount:
+class RemoveAccount(msgspec.Struct, frozen=True):
     """Stop running it; answered once its worker has let it go."""
 
     account_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyConfig:
+class ApplyConfig(msgspec.Struct, frozen=True):
     """A re-read configuration: its settings for the decisions that follow, and its
     number of workers (accounts come as the commands above)."""
 
@@ -90,10 +80,9 @@ AccountCommand = AddAccount | ChangeAccount | RemoveAccount | ReleaseAccount | S
 Command = WorkerCommand | ReloadWorkers | AccountCommand | ApplyConfig | ShutDown
 
 
-@dataclass(frozen=True, slots=True)
-class CommandRequest:
+class CommandRequest(msgspec.Struct, frozen=True, eq=False):
     command: Command
-    reply: "asyncio.Future[Any]" = field(compare=False)
+    reply: "asyncio.Future[Any]"  # equal only to itself (eq=False)
 
     def answer(self, result: Any) -> None:
         if not self.reply.done():  # the caller may have given up already

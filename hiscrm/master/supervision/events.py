@@ -3,39 +3,34 @@ memory watch's thread) post these to one queue; only the supervisor loop acts on
 Process events carry the pid, so an event from a process that has since been replaced
 is recognised and dropped."""
 
-from dataclasses import dataclass
+import msgspec
 
 from hiscrm.master.supervision.commands import CommandRequest
 from hiscrm.master.supervision.memory_watch import MemoryMeasured
 
 
-@dataclass(frozen=True, slots=True)
-class FrameReceived:
+class FrameReceived(msgspec.Struct, frozen=True):
     worker_id: str
     pid: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelClosed:
+class ChannelClosed(msgspec.Struct, frozen=True):
     worker_id: str
     pid: int
     error: Exception | None
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessExited:
+class ProcessExited(msgspec.Struct, frozen=True):
     worker_id: str
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
-class SignalReceived:
+class SignalReceived(msgspec.Struct, frozen=True):
     signum: int
 
 
-@dataclass(frozen=True, slots=True)
-class DeadlinesChanged:
+class DeadlinesChanged(msgspec.Struct, frozen=True):
     """Something outside the loop (the data wing, from the API) has a new deadline."""
 
 

@@ -25,11 +25,11 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Any
 
+import msgspec
 import psutil
 from structlog.typing import FilteringBoundLogger
 
@@ -49,16 +49,14 @@ class MemoryKind(StrEnum):
     RSS = "rss"  # RSS for at least one process whose PSS could not be read (PSS for the rest)
 
 
-@dataclass(frozen=True, slots=True)
-class PssReading:
+class PssReading(msgspec.Struct, frozen=True):
     bytes: int  # PSS of the tree; RSS standing in for the processes it could not be read of
     at: float  # loop time
     rss_bytes: int  # the tree's RSS at the same moment
     kind: MemoryKind
 
 
-@dataclass(frozen=True, slots=True)
-class TreeFigures:
+class TreeFigures(msgspec.Struct, frozen=True):
     """One worker's process tree as last measured."""
 
     pid: int  # the worker's
@@ -76,16 +74,14 @@ class TreeFigures:
         return self.rss_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(msgspec.Struct, frozen=True):
     worker_id: str
     pid: int
     limit_bytes: int | None
     last_pss: PssReading | None  # of this same process, from an earlier pass
 
 
-@dataclass(frozen=True, slots=True)
-class PassResult:
+class PassResult(msgspec.Struct, frozen=True):
     figures: dict[str, TreeFigures]  # by worker id; a worker that exited meanwhile is missing
     pss_unreadable: list[tuple[int, str]]  # (pid, why) counted with RSS instead
     cpu_s: float  # CPU time the pass took (its thread's)
@@ -93,15 +89,13 @@ class PassResult:
     processes: dict[int, psutil.Process]  # every process measured, by pid (for the next pass)
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryMeasured:
+class MemoryMeasured(msgspec.Struct, frozen=True):
     """A pass has finished in its thread (the event that brings it to the loop)."""
 
     outcome: "asyncio.Future[PassResult]"
 
 
-@dataclass(frozen=True, slots=True)
-class Over:
+class Over(msgspec.Struct, frozen=True):
     worker_id: str
     figures: TreeFigures
     limit_bytes: int

@@ -7,8 +7,8 @@ last measurement instead of the few milliseconds since the previous question (wh
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
+import msgspec
 import psutil
 
 from hiscrm import process_tree
@@ -16,15 +16,13 @@ from hiscrm import process_tree
 CPU_WINDOW_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessSample:
+class ProcessSample(msgspec.Struct, frozen=True):
     rss_bytes: int
     cpu_percent: float | None  # over the last window of at least CPU_WINDOW_S; None at first
     cpu_seconds: float  # user + system, since the process started
 
 
-@dataclass(slots=True)
-class _Watched:
+class _Watched(msgspec.Struct):
     process: psutil.Process
     base_cpu: float  # cpu seconds at the start of the current window
     base_at: float  # monotonic time of it
@@ -64,8 +62,7 @@ class ProcessStats:
 # --- the memory of a worker's whole process tree (the memory limit) ----------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TreeMemory:
+class TreeMemory(msgspec.Struct, frozen=True):
     """A worker and all its descendants, summed. PSS (proportional set size: a page
     shared by n processes counts 1/n in each, so pages shared with the fork template are
     not counted once per worker) is read only when asked: it makes the kernel walk every

@@ -22,10 +22,11 @@ drops the reload and stops every process).
 import asyncio
 import re
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+import msgspec
+from msgspec.structs import asdict
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import SupervisionConfig
@@ -42,8 +43,7 @@ class Phase(Enum):
     STOPPING_OLD = "stopping_old"
 
 
-@dataclass
-class Step:
+class Step(msgspec.Struct):
     worker: str
     old_pid: int | None
     new_pid: int | None
@@ -53,16 +53,19 @@ class Step:
     max_gap_ms: float | None = None  # longest time an account had no running task
 
 
-@dataclass
-class Handover:
+class Handover(msgspec.Struct):
     """The accounts of one slot moving from its old process to its new one."""
 
     accounts: list[str]
     pending: set[str]  # not released by the old process yet
-    revoked_at: dict[str, float] = field(default_factory=dict)
-    released_at: dict[str, float] = field(default_factory=dict)
-    gaps_ms: dict[str, float] = field(default_factory=dict)  # revoked -> running in the new one
-    settled: set[str] = field(default_factory=set)  # the new process reported a state for it
+    revoked_at: dict[str, float] = msgspec.field(default_factory=dict)
+    released_at: dict[str, float] = msgspec.field(default_factory=dict)
+    gaps_ms: dict[str, float] = msgspec.field(
+        default_factory=dict
+    )  # revoked -> running in the new one
+    settled: set[str] = msgspec.field(
+        default_factory=set
+    )  # the new process reported a state for it
 
     def waiting_for(self) -> dict[str, list[str]]:
         """For the log: accounts not released by the old process, not taken up by the new."""
@@ -72,8 +75,7 @@ class Handover:
         }
 
 
-@dataclass
-class _Current:
+class _Current(msgspec.Struct):
     slot: WorkerSlot
     old: SlotProcess | None
     new: SlotProcess

@@ -7,8 +7,9 @@ says where the stop is, until when, and what follows the exit.
 """
 
 import signal
-from dataclasses import dataclass
 from enum import Enum, StrEnum
+
+import msgspec
 
 
 class StopReason(StrEnum):
@@ -46,8 +47,7 @@ class AfterStop(Enum):
     STAY_STOPPED = "stay_stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class StopPlan:
+class StopPlan(msgspec.Struct, frozen=True):
     reason: StopReason
     stage: StopStage
     signal: signal.Signals | None  # what was sent at this stage (None: only asked)

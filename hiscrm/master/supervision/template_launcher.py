@@ -17,10 +17,10 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.backoff import RestartBackoff
@@ -45,8 +45,7 @@ class TemplateGone(Exception):
     pass
 
 
-@dataclass
-class Spare:
+class Spare(msgspec.Struct):
     """A worker forked ahead by the template, waiting on ``sock`` for its boot data."""
 
     pid: int
