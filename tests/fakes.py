@@ -228,12 +228,21 @@ class FakeMaster:
     """A real Supervisor and AccountManager over fake workers and a memory store, running
     in the test's event loop."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2, accounts: int = 4) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        workers: int = 2,
+        accounts: int = 4,
+        heartbeat_timeout_ms: int | None = None,
+    ) -> None:
+        supervision = dict(FAST)
+        if heartbeat_timeout_ms is not None:
+            supervision["heartbeat_timeout_s"] = heartbeat_timeout_ms / 1000
         self.config = Config.model_validate(
             {
                 "state_dir": str(tmp_path),
                 "workers": workers,
-                "supervision": FAST,
+                "supervision": supervision,
                 "accounts": [{"id": f"acc-{n}"} for n in range(1, accounts + 1)],
             }
         )

@@ -313,7 +313,9 @@ def metric(text: str, line_start: str) -> float:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """A file of JSON lines (as the recording platforms write); empty if not there yet."""
+    """The whole lines of a file of JSON lines (as the recording platforms write); empty
+    if not there yet. A line still being written (no newline yet) is left for later."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    lines = path.read_text().split("\n")[:-1]  # what follows the last newline is not whole
+    return [json.loads(line) for line in lines if line]

@@ -236,3 +236,40 @@ def test_sends_still_queued_at_shutdown_go_before_the_store_closes(tmp_path: Pat
             worker.register()
 
     run(tmp_path, test)
+
+
+def test_a_step_that_waits_past_the_heartbeat_timeout_judges_no_worker_hung(
+    tmp_path: Path,
+) -> None:
+    """A step that did not finish for longer than a heartbeat timeout (the master was
+    stopped in it, or it waited on something) left the workers' heartbeats unread: the
+    stall is allowed for before any deadline is judged, not after."""
+    from hiscrm.master.supervision.events import DeadlinesChanged, Event
+
+    async def test(master: FakeMaster) -> None:
+        sup = master.sup
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in sup.slots.values()))
+        pids = {s.id: s.pid for s in sup.slots.values()}
+        handle, step = sup._handle, sup._step
+        stepped = asyncio.Event()
+
+        async def slow_handle(event: Event, now: float) -> bool:
+            if isinstance(event, DeadlinesChanged):
+                await asyncio.sleep(1.0)  # longer than the heartbeat timeout (0.3 s)
+            return await handle(event, now)
+
+        async def watched_step(event: Event | None) -> None:
+            await step(event)
+            if isinstance(event, DeadlinesChanged):
+                stepped.set()
+
+        sup._handle = slow_handle  # type: ignore[method-assign]
+        sup._step = watched_step  # type: ignore[method-assign]
+        sup.post(DeadlinesChanged())
+        await asyncio.wait_for(stepped.wait(), 5)
+        assert sup.stalls == 1
+        assert {s.id: (s.state, s.pid) for s in sup.slots.values()} == {
+            w: (WorkerState.RUNNING, pid) for w, pid in pids.items()
+        }
+
+    run(tmp_path, test, heartbeat_timeout_ms=300)

@@ -185,10 +185,7 @@ class Supervisor:
                 await on_started()
             while not self._finished():
                 event = await self._next_event()
-                began = loop.time()
                 await self._step(event)
-                if (took := loop.time() - began) > STALL_S:
-                    self._allow_for_stall(took, "a step took long")
             if on_stopped is not None:
                 await on_stopped()
         finally:
@@ -291,8 +288,13 @@ class Supervisor:
         counted; it never takes the master down."""
         loop = asyncio.get_running_loop()
         try:
-            later_only = event is not None and await self._handle(event, loop.time())
+            began = loop.time()
+            later_only = event is not None and await self._handle(event, began)
             now = loop.time()
+            # Before any deadline is judged: a step that waited long (or a master stopped
+            # meanwhile) has left what the workers sent unread.
+            if now - began > STALL_S:
+                self._allow_for_stall(now - began, "a step took long")
             if later_only and self._nothing_due(now):
                 return  # a heartbeat: no deadline came nearer, none is due
             self._wake_known = False
@@ -306,6 +308,8 @@ class Supervisor:
                 await self._reload.advance(loop.time())
             await self._reconcile_slots(loop.time())
             self._begin_memory_pass(loop.time())
+            if (took := loop.time() - now) > STALL_S:
+                self._allow_for_stall(took, "judging deadlines took long")
         except Exception as exc:
             self._log.error(
                 "master error while handling an event",
