@@ -7,6 +7,7 @@ one the configuration turns out not to want is let go (``cli``).
 Not for ``--help`` or ``--version``: nothing is started for those.
 """
 
+import gc
 import os
 import sys
 
@@ -30,6 +31,11 @@ def start_template_early(args: list[str]) -> StartedTemplate | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # The collector stays off while the master loads: what it makes then (modules,
+    # classes, models) lives as long as the master, and collections of that growing heap
+    # would only walk it. It comes on, with that heap frozen out of its way, once the API
+    # is built (``app.open_front``).
+    gc.disable()
     # The service manager's socket is the master's alone: it leaves the environment
     # before the template (and so every worker forked from it) starts.
     notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
