@@ -62,12 +62,9 @@ import os, time
 def child(ready_file, lean):
     from pydantic import BaseModel  # noqa: F401  (plain "import pydantic" is lazy)
     if lean:
-        import sys
-        sys.modules["rich"] = None
-        import structlog  # noqa: F401
-        del sys.modules["rich"]
-    else:
-        import structlog  # noqa: F401
+        from hiscrm.lean_imports import import_structlog  # hiscrm/__init__: "time" only
+        import_structlog()
+    import structlog  # noqa: F401
     fd = os.open(ready_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(fd, f"ready {os.getpid()} {time.time_ns()}\\n".encode())
     os.close(fd)
@@ -175,6 +172,7 @@ def spawn_run(workers: int, lean: bool = False) -> float:
                 "lean" if lean else "plain",
             ],
             cwd=home,
+            env={**os.environ, "PYTHONPATH": str(REPO)},  # the lean children import hiscrm
         )
         try:
             lines = wait_lines(ready, workers)

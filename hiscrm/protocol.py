@@ -324,16 +324,21 @@ def schema_hash() -> str:
     """A short hash of the whole message schema; both sides compare it at registration."""
     global _SCHEMA_HASH
     if _SCHEMA_HASH is None:
-        # pydantic's core schema, built already (its JSON Schema would take ~10 ms to
-        # make): functions by name, and the object ids in its references left out.
-        schema = json.dumps(
-            Envelope.__pydantic_core_schema__,
-            sort_keys=True,
-            default=lambda value: getattr(value, "__qualname__", type(value).__name__),
-        )
-        schema = _REF_ID.sub(r'\1"', schema)
-        _SCHEMA_HASH = hashlib.sha256(schema.encode()).hexdigest()[:16]
+        _SCHEMA_HASH = model_schema_hash(Envelope)
     return _SCHEMA_HASH
+
+
+def model_schema_hash(model: type[BaseModel]) -> str:
+    """A short hash of ``model``'s schema, the same in every process: pydantic's core
+    schema, built already (a JSON Schema would take ~10 ms to make), with functions by
+    name and the object ids in its references left out."""
+    schema = json.dumps(
+        model.__pydantic_core_schema__,
+        sort_keys=True,
+        default=lambda value: getattr(value, "__qualname__", type(value).__name__),
+    )
+    schema = _REF_ID.sub(r'\1"', schema)
+    return hashlib.sha256(schema.encode()).hexdigest()[:16]
 
 
 class ProtocolErrorKind(StrEnum):

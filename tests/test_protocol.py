@@ -1,10 +1,13 @@
 """Every message type round-trips; the union is complete; bad input is classified."""
 
 import json
+import subprocess
+import sys
 import typing
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
 
 from hiscrm import protocol
 from hiscrm.code_fingerprint import CodeFile
@@ -156,9 +159,58 @@ def test_bad_frames_raise_classified_errors(data: bytes, kind: str, detail: str)
 
 def test_schema_hash_covers_the_schema() -> None:
     assert len(schema_hash()) == 16
+    assert schema_hash() == protocol.model_schema_hash(protocol.Envelope)
     schema = json.dumps(protocol.Envelope.model_json_schema())
     for tag in message_types():
         assert tag in schema
+
+
+def test_schema_hash_tells_schemas_apart() -> None:
+    """A changed field type, constraint, name or default, or a new field, changes it."""
+
+    class Base(BaseModel):
+        seq: int = Field(ge=0)
+        text: str = ""
+
+    class OtherType(BaseModel):
+        seq: float = Field(ge=0)
+        text: str = ""
+
+    class OtherConstraint(BaseModel):
+        seq: int = Field(ge=1)
+        text: str = ""
+
+    class OtherName(BaseModel):
+        seq: int = Field(ge=0)
+        body: str = ""
+
+    class OtherDefault(BaseModel):
+        seq: int = Field(ge=0)
+        text: str = "x"
+
+    class OneMore(BaseModel):
+        seq: int = Field(ge=0)
+        text: str = ""
+        at: int | None = None
+
+    hashes = [
+        protocol.model_schema_hash(m)
+        for m in (Base, OtherType, OtherConstraint, OtherName, OtherDefault, OneMore)
+    ]
+    assert len(set(hashes)) == len(hashes), hashes
+
+
+@pytest.mark.timeout(30)
+def test_schema_hash_is_the_same_in_every_process() -> None:
+    """Object ids in the core schema are left out: another interpreter gets the same."""
+    code = "from hiscrm.protocol import schema_hash; print(schema_hash())"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert seen == {schema_hash()}
 
 
 def test_sync_fast_path_encodes_what_decode_validates() -> None:
