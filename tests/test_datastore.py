@@ -466,3 +466,24 @@ def test_wire_stores_get_the_fast_paths_structs() -> None:
     received = as_received("acc", 0, 2, [change(1, 1), conversation(2, "c", None)])
     assert [type(c).__name__ for c in received] == ["WireChange", "WireChange"]
     assert [c.item.kind for c in received] == ["message", "conversation"]
+
+
+def test_a_page_of_big_items_is_read_only_as_far_as_its_byte_budget(store: Store) -> None:
+    big = "x" * 100_000
+    changes = [change(n, 1, big, item_id=f"m{n:02d}", sent_at=NOW + n * 1000) for n in range(1, 41)]
+    for n in range(0, 40, 10):  # syncs under the 1 MB frame of a real worker
+        assert store.sync(n, n + 10, *changes[n : n + 10]).ok
+
+    def ids(query: CollectionQuery) -> list[str]:
+        rows, total = asyncio.run(store.store.page("messages", query))
+        assert total == 40
+        return [r["id"] for r in rows]
+
+    # 40 rows of 100 kB asked for, 350 kB allowed: the rows that start within it.
+    first = ids(CollectionQuery("acc", order="asc", limit=40, max_bytes=350_000))
+    assert first == ["m01", "m02", "m03", "m04"]
+    deep = ids(CollectionQuery("acc", order="asc", limit=40, offset=30, max_bytes=150_000))
+    assert deep == ["m31", "m32"]
+    # One row is always read, however small the budget; no budget reads the page.
+    assert ids(CollectionQuery("acc", limit=40, max_bytes=1)) == ["m40"]
+    assert len(ids(CollectionQuery("acc", limit=40))) == 40

@@ -42,11 +42,14 @@ def page_json(rows: list[Row], total: int, query: CollectionQuery, max_bytes: in
         parts.append(part)
         size += len(part) + 1
     end = query.offset + len(parts)
+    # Cut here, or the store stopped reading at the byte budget (fewer rows than asked
+    # for while more match).
+    short = len(parts) < query.limit and end < total
     head = {
         "total": total,
         "limit": query.limit,
         "offset": query.offset,
-        "truncated": len(parts) < len(rows),
+        "truncated": len(parts) < len(rows) or short,
         "next_offset": end if end < total else None,
     }
     return b'{"items":[' + b",".join(parts) + b"]," + json.dumps(head).encode()[1:]
@@ -96,6 +99,7 @@ def _add_collection(
             order=values["order"],
             limit=values["limit"],
             offset=values["offset"],
+            max_bytes=max_page_bytes,
         )
         rows, total = await read.page(collection, query)
         # Serialized off the loop, and cut at max_page_bytes: a page of big items must

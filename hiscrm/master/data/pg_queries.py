@@ -70,16 +70,40 @@ def count_matching(conn: Conn, collection: str, query: CollectionQuery) -> int:
 
 
 def page_of(conn: Conn, collection: str, query: CollectionQuery) -> list[Row]:
-    """One page of a collection, in the requested order, ties broken by id."""
+    """One page of a collection, in the requested order, ties broken by id. With
+    ``query.max_bytes``, the server measures the page's rows and sends only those that
+    start within it (the row that passes it included): a page of big items is never read
+    whole into memory."""
     kind = BY_COLLECTION[collection]
     condition, params = _where(kind, query)
     sort = _pick(kind.sort_columns, query.sort or kind.time_field)
+    order = f"{sort} {_ORDER[query.order]}, id {_ID_ORDER[query.order]}"
     cursor = conn.cursor(row_factory=dict_row)
+    if query.max_bytes is None:
+        cursor.execute(
+            f"SELECT * FROM {kind.collection} WHERE {condition} "
+            f"ORDER BY {order} LIMIT %s OFFSET %s",
+            [*params, query.limit, query.offset],
+        )
+        return [item_row(kind, row) for row in cursor.fetchall()]
+    # The page's ids in order (no big column touched for the rows skipped), the bytes of
+    # the rows before each one, and the rows that start within the budget.
     cursor.execute(
-        f"SELECT * FROM {kind.collection} WHERE {condition} "
-        f"ORDER BY {sort} {_ORDER[query.order]}, id {_ID_ORDER[query.order]} "
-        "LIMIT %s OFFSET %s",
-        [*params, query.limit, query.offset],
+        f"WITH page AS (SELECT id, row_number() OVER (ORDER BY {order}) AS n "
+        f"FROM {kind.collection} WHERE {condition} ORDER BY {order} LIMIT %s OFFSET %s), "
+        "sized AS (SELECT p.id, p.n, octet_length(t::text) AS size FROM page AS p "
+        f"JOIN {kind.collection} AS t ON t.account_id = %s AND t.id = p.id), "
+        "before AS (SELECT id, n, sum(size) OVER (ORDER BY n) - size AS bytes FROM sized) "
+        f"SELECT t.* FROM before AS b JOIN {kind.collection} AS t "
+        "ON t.account_id = %s AND t.id = b.id WHERE b.bytes <= %s ORDER BY b.n",
+        [
+            *params,
+            query.limit,
+            query.offset,
+            query.account_id,
+            query.account_id,
+            query.max_bytes,
+        ],
     )
     return [item_row(kind, row) for row in cursor.fetchall()]
 

@@ -97,6 +97,10 @@ class CollectionQuery(msgspec.Struct):
     order: Literal["asc", "desc"] = "desc"
     limit: int = 50
     offset: int = 0
+    # Stop reading rows once their stored text passes this many bytes (the row that
+    # passes it included, at least one row): the caller cuts the page exactly, and a page
+    # of big items is never read whole into memory. None: read ``limit`` rows.
+    max_bytes: int | None = None
 
 
 class StoreStats(msgspec.Struct, frozen=True):
