@@ -3,6 +3,7 @@ grace period outlasts the master's own stop, and the cluster guide's defaults ar
 program's."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -37,3 +38,20 @@ def test_the_guide_states_the_defaults() -> None:
     text = GUIDE.read_text()
     assert f"lease_ttl_s = {cluster.lease_ttl_s:g}" in text
     assert f"lease_renew_s = {cluster.lease_renew_s:g}" in text
+
+
+def test_the_kubernetes_postgres_is_the_one_the_masters_are_pointed_at() -> None:
+    masters = {d["kind"]: d for d in yaml.safe_load_all(EXAMPLE.read_text())}
+    server = {
+        d["kind"]: d for d in yaml.safe_load_all((EXAMPLE.parent / "postgres.yaml").read_text())
+    }
+    url = urlsplit(masters["Secret"]["stringData"]["store-url"])
+    service = server["Service"]
+    assert url.hostname is not None
+    assert url.hostname.split(".")[0] == service["metadata"]["name"]
+    assert url.port == service["spec"]["ports"][0]["port"]
+    pod = server["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in pod["env"]}
+    assert url.username == env["POSTGRES_USER"]["value"]
+    assert url.path.lstrip("/") == env["POSTGRES_DB"]["value"]
+    assert url.password == server["Secret"]["stringData"]["password"]
