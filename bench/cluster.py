@@ -7,7 +7,8 @@
 2. Items/s into PostgreSQL from 3 masters and from 1 (each master ``--workers`` workers
    of ``--accounts-per-worker`` flood accounts), beside the raw upsert loop of
    ``bench/pg_sync.py`` into the same server in the same run (the ratio is the figure).
-3. The SQLite figure of ``bench/sync.py`` again (the default did not slow down).
+3. The SQLite figure of ``bench/sync.py`` again, beside SQLite's raw upsert loop in the
+   same run (the default did not slow down).
 
     python bench/cluster.py [--url postgresql://…] [--runs 5] [--ttl 5] [--seconds 10]
 """
@@ -21,6 +22,7 @@ from contextlib import ExitStack
 import psycopg
 from common import machine, running_master, summary
 from pg_sync import changes, committed, fresh_database, raw_upsert, server_url
+from sqlite_ceiling import raw_upsert_rate
 from sync import BASE, accounts_toml, throughput
 
 
@@ -137,11 +139,16 @@ def main() -> None:
         work = changes(args.raw_items, 3 * args.workers * args.accounts_per_worker)
         raw = raw_upsert(fresh_database(admin, template, "bench_craw"), work, args.raw_batch)
     sqlite = throughput(args.workers, args.accounts_per_worker, args.seconds)
+    sqlite_raw = raw_upsert_rate()
     shape = f"{args.workers} worker(s) x {args.accounts_per_worker} accounts each"
     print(f"3 masters -> PostgreSQL ({shape}) {three:>10,.0f} items/s  ({three / raw:.0%} of raw)")
     print(f"1 master  -> PostgreSQL ({shape}) {one:>10,.0f} items/s  ({one / raw:.0%} of raw)")
     print(f"raw upsert loop, {args.raw_batch} items a transaction {raw:>10,.0f} items/s")
-    print(f"1 master  -> SQLite (bench/sync.py's load, {shape}) {sqlite:>10,.0f} items/s")
+    print(
+        f"1 master  -> SQLite (bench/sync.py's load, {shape}) {sqlite:>10,.0f} items/s"
+        f"  ({sqlite / sqlite_raw:.0%} of SQLite's raw loop)"
+    )
+    print(f"SQLite's raw upsert loop (bench/sqlite_ceiling.py) {sqlite_raw:>10,.0f} rows/s")
     print(f"failover p50 {statistics.median(took):.2f} s")
 
 
