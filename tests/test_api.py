@@ -293,6 +293,24 @@ def test_metrics_speak_prometheus(shared: Master) -> None:
         assert name in text, name
 
 
+@pytest.mark.timeout(60)
+def test_cluster_shows_this_master_holding_every_account_when_it_is_alone(
+    shared: Master,
+) -> None:
+    """SQLite: a cluster of one, without leases; PostgreSQL: one node, its leases live."""
+    clustered = shared.store_url is not None
+    with shared.http() as http:
+        wait_until(lambda: http.get("/cluster").json()["held"] == 3, 20, "every account held")
+        cluster = http.get("/cluster").json()
+        assert cluster["clustered"] is clustered
+        assert (cluster["enabled"], cluster["free"]) == (3, 0)
+        [me] = cluster["nodes"]
+        assert (me["me"], me["state"], me["leases"]) == (True, "ok", 3)
+        assert me["node_id"] == cluster["node_id"]
+        assert (cluster["renewals"] > 0) is clustered
+        assert cluster["last_error"] is None
+
+
 @pytest.mark.timeout(90)
 def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactory) -> None:
     slow = [

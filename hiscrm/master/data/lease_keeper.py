@@ -206,16 +206,24 @@ class LeaseKeeper:
         if gone:
             self._drop(gone, "its lease is gone: another master took it")
         await self._follow_registry(conn)
-        view = await pg_leases.view(conn)
-        self.stats.view = view
-        self.stats.leases = {row.account_id: row for row in await pg_leases.leases(conn)}
-        self._manager.owners = {a: (row.node_id, row.state) for a, row in self.stats.leases.items()}
+        view = await self._read_view(conn)
+        claimed = self.stats.claimed
         if not leaving:
             await self._take_back_spooled(conn)
             await self._hand_over_wanted(conn)
             await self._rebalance(conn, view)
+        if self.stats.claimed != claimed:  # what GET /cluster shows has this round's claims
+            await self._read_view(conn)
         await pg_leases.report_states(conn, self.node_id, self._states())
         self.stats.held = len(self.held)
+
+    async def _read_view(self, conn: AConn) -> ClusterView:
+        """The nodes, the leases and their owners, as the store has them now."""
+        view = await pg_leases.view(conn)
+        self.stats.view = view
+        self.stats.leases = {row.account_id: row for row in await pg_leases.leases(conn)}
+        self._manager.owners = {a: (row.node_id, row.state) for a, row in self.stats.leases.items()}
+        return view
 
     async def _follow_registry(self, conn: AConn) -> None:
         """Accounts added, changed or removed (through any master) since the last round."""
