@@ -12,8 +12,9 @@ from harness import Master, wait_until
 
 
 @pytest.fixture(scope="module")
-def master(start_module_master: MasterFactory) -> Master:
-    master = start_module_master(make_config(workers=1, accounts=None))
+def master(start_module_master_each_store: MasterFactory) -> Master:
+    """One master for the module, on SQLite and again on PostgreSQL."""
+    master = start_module_master_each_store(make_config(workers=1, accounts=None))
     master.wait_running("worker1")
     return master
 
