@@ -312,12 +312,14 @@ def test_cluster_shows_this_master_holding_every_account_when_it_is_alone(
 
 
 @pytest.mark.timeout(90)
-def test_lifecycle_actions_and_what_they_leave_behind(start_master: MasterFactory) -> None:
+def test_lifecycle_actions_and_what_they_leave_behind(
+    start_master_each_store: MasterFactory,
+) -> None:
     slow = [
         {"id": f"acc-{n}", "platform": "tests.testplatforms.behaviours:SlowToStop"}
         for n in range(1, 5)
     ]  # each hand-over takes 0.4 s, so the reload below is still under way when stop comes
-    master = start_master(make_config(workers=2, accounts=slow))
+    master = start_master_each_store(make_config(workers=2, accounts=slow))
     pids = master.wait_all_running(["worker1", "worker2"])
     with master.http() as http:
         restarted = http.post("/workers/worker1/restart").json()
@@ -399,7 +401,9 @@ def test_concurrent_actions_on_one_worker_are_serialized(start_master: MasterFac
 
 
 @pytest.mark.timeout(90)
-def test_a_killed_worker_shows_its_exit_and_metrics_move(start_master: MasterFactory) -> None:
+def test_a_killed_worker_shows_its_exit_and_metrics_move(
+    start_master_each_store: MasterFactory,
+) -> None:
     accounts = [
         {"id": "acc-1", "platform": "demo", "options": {"rate": 20.0}},
         {
@@ -408,18 +412,21 @@ def test_a_killed_worker_shows_its_exit_and_metrics_move(start_master: MasterFac
             "options": {"after_s": 0.1},
         },
     ]
-    master = start_master(make_config(workers=1, accounts=accounts))
+    master = start_master_each_store(make_config(workers=1, accounts=accounts))
     pid = master.wait_running("worker1")
     with master.http() as http:
         wait_until(
             lambda: (
-                metric(http.get("/metrics").text, 'hiscrm_worker_errors_total{worker="worker1"}')
+                metric(
+                    without_node(http.get("/metrics").text),
+                    'hiscrm_worker_errors_total{worker="worker1"}',
+                )
                 >= 1
             ),
             10,
             "errors counted",
         )
-        before = http.get("/metrics").text
+        before = without_node(http.get("/metrics").text)
         syncs_before = metric(before, 'hiscrm_worker_data_sync_total{account="acc-1"')
         assert metric(before, 'hiscrm_worker_errors_total{worker="worker1"}') >= 1
 
@@ -437,13 +444,16 @@ def test_a_killed_worker_shows_its_exit_and_metrics_move(start_master: MasterFac
 
         wait_until(
             lambda: (
-                metric(http.get("/metrics").text, 'hiscrm_worker_data_sync_total{account="acc-1"')
+                metric(
+                    without_node(http.get("/metrics").text),
+                    'hiscrm_worker_data_sync_total{account="acc-1"',
+                )
                 > syncs_before
             ),
             10,
             "more syncs counted",
         )
-        after = http.get("/metrics").text
+        after = without_node(http.get("/metrics").text)
         assert (
             metric(after, 'hiscrm_worker_restarts_total{reason="killed",worker="worker1"}') == 1.0
         )
@@ -499,7 +509,7 @@ def test_start_on_a_starting_worker_answers_once_it_runs(start_master: MasterFac
 
 @pytest.mark.timeout(90)
 def test_a_page_of_big_items_is_cut_by_bytes_and_says_where_to_go_on(
-    start_master: MasterFactory,
+    start_master_each_store: MasterFactory,
 ) -> None:
     accounts = [
         {
@@ -509,7 +519,7 @@ def test_a_page_of_big_items_is_cut_by_bytes_and_says_where_to_go_on(
         }
     ]
     config = make_config(workers=1, accounts=accounts, api={"port": 0, "max_page_bytes": 2**21})
-    master = start_master(config)
+    master = start_master_each_store(config)
     master.wait_running("worker1")
     with master.http() as http:
         wait_until(
