@@ -84,7 +84,7 @@ class Front:
         """Make the front's objects; touches nothing the loop owns (safe in a thread)."""
         config, log, errors, metrics = self._config, self._log, self._errors, self._metrics
         store, accounts, supervisor, read = self._store, self._accounts, self._supervisor, self.read
-        metrics.attach(read, supervisor)
+        metrics.attach(read)
         control = Control(supervisor, read, store)
         followers = LogFollowers(config.api.max_log_followers, log, errors)
         admin = AccountAdmin(supervisor, read, store, config.state_dir / "spool", plugin_paths, log)

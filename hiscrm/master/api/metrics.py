@@ -26,8 +26,6 @@ from hiscrm.master.data.store import Store, SyncFailure
 from hiscrm.master.events.hooks import Hooks
 from hiscrm.master.events.hub import EventHub
 from hiscrm.master.supervision.exit_record import EXIT_REASONS
-from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.master.supervision.template_launcher import TemplateLauncher
 
 if TYPE_CHECKING:  # the API's server, log followers and views: imported once workers run
     from hiscrm.master.api.connections import ConnectionLimits
@@ -53,8 +51,8 @@ class MasterMetrics:
             registry=self.registry,
         )
 
-    def attach(self, read: ReadModel, supervisor: Supervisor) -> None:
-        self.registry.register(_LiveState(read, supervisor))
+    def attach(self, read: ReadModel) -> None:
+        self.registry.register(_LiveState(read))
 
     def attach_front_door(self, limits: ConnectionLimits, followers: LogFollowers) -> None:
         self.registry.register(_FrontDoor(limits, followers))
@@ -130,19 +128,18 @@ class _Cluster(Collector):
 
 
 class _LiveState(Collector):
-    def __init__(self, read: ReadModel, supervisor: Supervisor) -> None:
+    def __init__(self, read: ReadModel) -> None:
         self._read = read
-        self._supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
         yield from self._workers()
         yield from self._accounts()
         yield from _health(self._read.health())
-        master = self._supervisor
+        master = self._read.master_figures()
         yield CounterMetricFamily(
             "hiscrm_master_internal_errors_total",
             "Errors inside the master itself (bugs), logged with their traceback",
-            value=master.internal_errors_total,
+            value=master.internal_errors,
         )
         store = self._read.store_stats()
         for name, value, text in (
@@ -154,48 +151,47 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(
             "hiscrm_store_up", "1 while the store's writer runs", value=1.0 if store.alive else 0.0
         )
-        launcher = master.launcher
         starts = CounterMetricFamily(
             "hiscrm_worker_starts_total",
             "Worker processes started: from the template's spare, forked on request, "
             "or spawned (no template ready, or none configured)",
             labels=["how"],
         )
-        for how, n in launcher.starts.items():
+        for how, n in master.starts.items():
             starts.add_metric([how], n)
         yield starts
-        if isinstance(launcher, TemplateLauncher):
+        template = master.template
+        if template is not None:
             yield CounterMetricFamily(
                 "hiscrm_fork_templates_started_total",
                 "Fork templates started (at start-up, after a code change, after a death)",
-                value=launcher.templates_started,
+                value=template.started,
             )
             yield GaugeMetricFamily(
                 "hiscrm_fork_template_spare_ready",
                 "1 while the template has a worker forked ahead, waiting to be started",
-                value=1.0 if launcher.spare_ready else 0.0,
+                value=1.0 if template.spare_ready else 0.0,
             )
             yield CounterMetricFamily(
                 "hiscrm_fork_template_failures_total",
                 "Fork template failures: code it could not import (a platform raising at "
                 "import), deaths, spares or forks lost",
-                value=launcher.template_failures,
+                value=template.failures,
             )
-        watch = master.memory
         yield CounterMetricFamily(
             "hiscrm_memory_watch_passes_total",
             "Passes that measured every running worker's process tree (memory limit)",
-            value=watch.passes,
+            value=master.memory_watch_passes,
         )
         yield CounterMetricFamily(
             "hiscrm_memory_watch_cpu_seconds_total",
             "CPU time the master spent measuring workers' process trees (in its thread)",
-            value=watch.cpu_seconds,
+            value=master.memory_watch_cpu_s,
         )
         yield GaugeMetricFamily(
             "hiscrm_master_stale_code",
             "1 if the master's own code changed on disk (only a master restart loads it)",
-            value=1.0 if master.code.master_changed() else 0.0,
+            value=1.0 if master.stale_code else 0.0,
         )
 
     def _workers(self) -> Iterator[Metric]:

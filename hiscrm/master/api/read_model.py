@@ -38,6 +38,7 @@ from hiscrm.master.data.store import CollectionQuery, Row, Store, StoreStats
 from hiscrm.master.supervision.process_stats import ProcessStats
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.supervisor import Supervisor
+from hiscrm.master.supervision.template_launcher import TemplateLauncher
 from hiscrm.master.supervision.worker_slot import WorkerSlot, WorkerState
 
 ASSIGNED = (AccountState.RUNNING, AccountState.STARTING, AccountState.BACKOFF)
@@ -50,6 +51,23 @@ class NotFound(LookupError):
 class CodeInfo(msgspec.Struct, frozen=True):
     version: str
     stale: list[str]  # files that changed on disk since the process loaded them
+
+
+class TemplateFigures(msgspec.Struct, frozen=True):
+    started: int  # templates started (at start-up, after a code change, after a death)
+    spare_ready: bool
+    failures: int
+
+
+class MasterFigures(msgspec.Struct, frozen=True):
+    """The master's own counters, for metrics."""
+
+    internal_errors: int
+    starts: dict[str, int]  # worker processes started, by how
+    template: TemplateFigures | None  # None: no fork template configured
+    memory_watch_passes: int
+    memory_watch_cpu_s: float
+    stale_code: bool  # the master's own code changed on disk
 
 
 class ReadModel:
@@ -222,6 +240,25 @@ class ReadModel:
 
     def store_stats(self) -> StoreStats:
         return self._store.stats()
+
+    def master_figures(self) -> MasterFigures:
+        supervisor = self._supervisor
+        launcher = supervisor.launcher
+        template = (
+            TemplateFigures(
+                launcher.templates_started, launcher.spare_ready, launcher.template_failures
+            )
+            if isinstance(launcher, TemplateLauncher)
+            else None
+        )
+        return MasterFigures(
+            internal_errors=supervisor.internal_errors_total,
+            starts=dict(launcher.starts),
+            template=template,
+            memory_watch_passes=supervisor.memory.passes,
+            memory_watch_cpu_s=supervisor.memory.cpu_seconds,
+            stale_code=bool(supervisor.code.master_changed()),
+        )
 
     async def status(self) -> StatusInfo:
         supervisor = self._supervisor

@@ -48,15 +48,6 @@ class CodeWatcher:
         self._supervisor = supervisor
         self._log = log
 
-    def _worker_files(self) -> set[str]:
-        return {
-            f.path
-            for slot in self._supervisor.slots.values()
-            for process in slot.processes()
-            if process.registered is not None
-            for f in process.registered.code_files
-        }
-
     async def run(self, stop: asyncio.Event) -> None:
         roots = watch_roots(self._supervisor.config)
         master_files = {f.path for f in self._supervisor.code.master_files}
@@ -64,7 +55,7 @@ class CodeWatcher:
         async for changes in awatch(*roots, step=QUIET_MS, stop_event=stop):
             paths = {os.path.realpath(path) for change, path in changes if change in _CHANGES}
             ours = sorted(paths & master_files)
-            theirs = sorted(paths & self._worker_files())
+            theirs = sorted(paths & self._supervisor.worker_code_files())
             if ours:
                 self._log.warning(
                     "the master's own code changed; only a master restart loads it",

@@ -144,6 +144,16 @@ class Supervisor:
     def internal_errors_total(self) -> int:
         return self.count_internal_error.total
 
+    def worker_code_files(self) -> set[str]:
+        """The files the running worker processes reported they loaded."""
+        return {
+            f.path
+            for slot in self.slots.values()
+            for process in slot.processes()
+            if process.registered is not None
+            for f in process.registered.code_files
+        }
+
     # --- the loop ------------------------------------------------------------------------
 
     async def run(
