@@ -10,8 +10,12 @@
    client can (spread over each account's conversations) while the workers are stopped;
    then the workers start, and the time until every one is ``sent`` gives replies per
    second, beside the requests per second the API took.
+3. Sustained: the same 8 accounts running; ``--clients`` (4) clients post replies
+   round-robin over the accounts for ``--seconds``; sent per second over the whole run
+   (first request to last ``sent``) and POST -> ``sent`` p50/p95 meanwhile, beside the
+   requests per second the clients got through.
 
-    python bench/replies.py [--samples 200] [--burst 2000]
+    python bench/replies.py [--samples 200] [--burst 2000] [--clients 4] [--seconds 10]
 """
 
 import argparse
@@ -149,11 +153,68 @@ def burst(count: int) -> tuple[float, float]:
     return count / done, count / posted
 
 
+def sustained(clients: int, seconds: float) -> tuple[float, float, list[float]]:
+    """(sent per second, requests per second, POST -> sent latencies in ms) while
+    ``clients`` clients keep posting replies for ``seconds`` to 8 running accounts."""
+    accounts = demo_accounts(8)
+    with running_master(BASE.format(workers=2) + accounts_toml(accounts)) as (_, state, log):
+        for n in range(8):
+            log.wait(event="account assigned", account_id=f"demo-{n}")
+        url, token = api_of(state)
+        watcher = SentWatcher(url, token)
+        posted: dict[str, float] = {}
+        lock = threading.Lock()
+        try:
+            watcher.ready.wait(10)
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                for n in range(8):
+                    while not http.get(f"/accounts/demo-{n}/conversations/conv-4").is_success:
+                        time.sleep(0.05)
+            began = time.perf_counter()
+            stop_at = began + seconds
+
+            def client(c: int) -> None:
+                with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                    n = 0
+                    while time.perf_counter() < stop_at:
+                        request_id = f"s-{c}-{n}"
+                        body = {
+                            "conversation_id": f"conv-{(n // 8) % 5}",
+                            "text": "ok",
+                            "request_id": request_id,
+                        }
+                        at = time.perf_counter()
+                        answer = http.post(f"/accounts/demo-{(c + n) % 8}/messages", json=body)
+                        assert answer.status_code == 202, answer.text
+                        with lock:
+                            posted[request_id] = at
+                        n += 1
+
+            threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            requests_s = len(posted) / (time.perf_counter() - began)
+            deadline = time.monotonic() + 120
+            while not set(posted) <= set(watcher.sent):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(watcher.sent)} of {len(posted)} sent")
+                time.sleep(0.005)
+            last = max(watcher.sent[r] for r in posted)
+        finally:
+            watcher.close()
+    took = [(watcher.sent[r] - at) * 1000 for r, at in posted.items()]
+    return len(posted) / (last - began), requests_s, took
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     print(f"machine: {machine()}")
     took, trips = latency(args.samples, None)
@@ -169,6 +230,12 @@ def main() -> None:
         f"{args.burst} replies queued over 8 accounts, then their 2 workers started: "
         f"{sent:,.0f} sent/s (the API took {accepted:,.0f} requests/s from one client)"
     )
+    sent, requests_s, took = sustained(args.clients, args.seconds)
+    print(
+        f"sustained, {args.clients} clients over 8 running accounts for {args.seconds:g} s: "
+        f"{sent:,.0f} sent/s, the clients got {requests_s:,.0f} requests/s through"
+    )
+    print(summary("POST reply -> sent, sustained", took))
 
 
 if __name__ == "__main__":
