@@ -8,9 +8,9 @@ disable and enable, releasing a quarantined account. Conversations: replies on a
 and on a comment, a refused reply retried, threads ordered by their last message. The
 overview's heartbeat age ticking, its sync-latency chart filling. The sign-in gate.
 
-One master serves the module (a second one, for the quarantine, its test alone); each
-test opens its own tab and leaves the master as the next one expects it: both workers
-running, the accounts of the config and no other.
+One master serves the module (the quarantine and the log rotation each start their own:
+a poison account, small log files); each test opens its own tab and leaves the master as
+the next one expects it: both workers running, the accounts of the config and no other.
 """
 
 import itertools
