@@ -13,10 +13,12 @@ ITEM_PREFIX = "item."
 SUPERVISOR_EVENTS = (
     "worker.state",  # a worker slot changed state
     "worker.exit",  # a worker process ended (its exit record)
+    "worker.removed",  # a worker slot is gone (a solo worker after its quarantine, fewer workers)
     "account.state",  # an account changed state
     "account.stale",  # an account became stale, or stopped being stale
     "account.quarantined",  # an account was quarantined
     "account.released",  # an account came out of quarantine
+    "account.removed",  # an account left the registry (deleted, or gone from the config file)
     "health",  # the master's health changed
     "reply.state",  # an outbox entry changed state
     "reload.started",  # a rolling reload of the workers began (why)

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 _PARTIAL_LINE_LIMIT = 64 * 1024  # a line longer than this is written in pieces
@@ -254,22 +255,35 @@ TAIL_MIN_BYTES = 64 * 1024  # ... but at least this
 TAIL_LINE_CHARS = 500  # longer lines are cut, so a tail stays a few kilobytes per line
 
 
-def tail_lines(path: Path, n: int) -> list[str]:
+def tail_lines(path: Path, n: int, current: BinaryIO | None = None) -> list[str]:
     """The last ``n`` lines of a log file, reaching into ``path.1`` if the file is short
     (it may just have been rotated). Reads a bounded stretch from the end (about 1 KiB
     per line asked for, at least 64 KiB); cuts long lines. Missing files give no lines.
     If the worker could not open the file at its last start, the lines end with why
-    (from ``boot_error_path``); a file that cannot be read gives a line saying so."""
+    (from ``boot_error_path``); a file that cannot be read gives a line saying so.
+    With ``current`` (``path`` opened, at the offset a follower goes on from), the lines
+    end at that offset of that file, whatever was written or rotated since: the tail
+    and what follows it meet, no line lost or repeated."""
     budget = max(TAIL_MIN_BYTES, n * TAIL_BYTES_PER_LINE)
     failure = _tail_of(boot_error_path(path), n, budget) if n > 0 else []
     n -= len(failure)
-    lines = _tail_of(path, n, budget)
+    lines = _tail_of(path, n, budget) if current is None else _tail_before(current, n, budget)
     if len(lines) < n:
         lines = _tail_of(path.with_name(f"{path.name}.1"), n - len(lines), budget) + lines
     lines += failure
     return [
         line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " …" for line in lines
     ]
+
+
+def _tail_before(current: BinaryIO, n: int, budget: int) -> list[str]:
+    """The last ``n`` lines of an open file before its offset (which is left as it is)."""
+    if n <= 0:
+        return []
+    end = current.tell()
+    start = max(0, end - budget)
+    data = os.pread(current.fileno(), end - start, start)
+    return _last_lines(data, start, n)
 
 
 def _tail_of(path: Path, n: int, budget: int) -> list[str]:
@@ -285,6 +299,10 @@ def _tail_of(path: Path, n: int, budget: int) -> list[str]:
         return []
     except OSError as exc:  # a directory, no permission: say so instead of the lines
         return [f"(cannot read {path}: {exc})"]
+    return _last_lines(data, start, n)
+
+
+def _last_lines(data: bytes, start: int, n: int) -> list[str]:
     lines = data.decode("utf-8", "replace").splitlines()
     if start > 0 and lines:
         lines = lines[1:]  # the first one is probably cut

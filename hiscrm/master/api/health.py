@@ -244,7 +244,17 @@ class HealthMonitor:
         return self._probe() != tuple(self.current.checks[name].status for name in UNANNOUNCED)
 
 
-def _summary(health: Health) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """What counts as a change: the status of the whole and of each check (a detail
-    that only moves a number is not a change)."""
-    return health.status, tuple((n, c.status) for n, c in sorted(health.checks.items()))
+# Checks whose detail, when not ok, names what is wrong (a worker stopping, then stopped;
+# another account in trouble): a new detail is a change. The others' details move a number
+# (free space, seconds cut off) and are not.
+NAMING = frozenset({"workers", "accounts", "platforms"})
+
+
+def _summary(health: Health) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+    """What counts as a change: the status of the whole and of each check, and the detail
+    of a check in ``NAMING`` that is not ok (a detail that only moves a number is not a
+    change)."""
+    return health.status, tuple(
+        (n, c.status, c.detail if c.status != "ok" and n in NAMING else "")
+        for n, c in sorted(health.checks.items())
+    )

@@ -20,6 +20,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.logfile import tail_lines
+
 READ_CHUNK = 64 * 1024
 
 
@@ -62,6 +64,11 @@ class Follower:
         self._handle = _open(path, at_end=True)
         self._on_close = on_close
         self._closed = False
+
+    def tail(self, n: int) -> list[str]:
+        """The last ``n`` lines before where this follower goes on (blocking: call it in
+        a thread, before the follower is iterated)."""
+        return tail_lines(self.path, n, self._handle)
 
     def wanted(self, name: str) -> bool:
         """Whether a change to file ``name`` concerns this follower (its rotations too)."""

@@ -1,5 +1,6 @@
 """``/workers``: the workers, acting on them, their logs; ``/reload``."""
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,13 +75,20 @@ def worker_routes(
         tail: Annotated[int, Query(ge=0, le=MAX_TAIL)] = 100,
         follow_: Annotated[bool, Query(alias="follow")] = False,
     ) -> Any:
-        path, lines = await read.worker_log(worker_id, tail)
         if not follow_:
+            path, lines = await read.worker_log(worker_id, tail)
             return LogLines(worker=worker_id, path=path, lines=lines)
+        path, _ = await read.worker_log(worker_id, 0)
         try:
             follower = followers.open(Path(path))
         except TooManyFollowers as exc:
             raise ApiError(503, str(exc)) from None
+        # The tail ends where the follower goes on from: nothing written meanwhile is lost.
+        try:
+            lines = await asyncio.to_thread(follower.tail, tail)
+        except BaseException:
+            follower.close()
+            raise
         return FollowResponse(follower, lines)
 
     @router.post(

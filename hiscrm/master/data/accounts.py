@@ -302,6 +302,7 @@ class AccountManager:
             self.syncs.pop(account_id, None)
             self.items_synced.pop(account_id, None)
             self.sync_errors.pop(account_id, None)
+            self._publish("account.removed", {"account_id": account_id})
             if not done.done():
                 done.set_result(None)
         for account_id, done in list(self._letting_go.items()):

@@ -364,6 +364,7 @@ class Supervisor:
                 del self.slots[worker_id]
                 self._slots_leaving.discard(worker_id)
                 self._log.info("worker removed: no longer wanted", worker=worker_id)
+                self._publish("worker.removed", {"worker": worker_id})
             elif slot.state not in (WorkerState.STOPPING, WorkerState.STOPPED):
                 await slot.request_stop(StopReason.STOP, now, restart=False)
 

@@ -68,10 +68,10 @@ export function query(params) {
 export const seg = (id) => encodeURIComponent(id);
 
 // Every item of a paged list (accounts, workers).
-export async function all(path) {
+export async function all(path, options) {
   const items = [];
   for (;;) {
-    const page = await get(`${path}${query({ limit: 1000, offset: items.length })}`);
+    const page = await get(`${path}${query({ limit: 1000, offset: items.length })}`, options);
     items.push(...page.items);
     if (!page.items.length || items.length >= page.total) return items;
   }

@@ -1,11 +1,11 @@
 // Keeping the page current: the state is read once from the API, then follows the
 // master's events (GET /api/v1/events, one EventSource). Nothing polls: figures that
 // events do not carry (a worker's RSS, its heartbeat age) are read again when an event
-// concerns that worker or account. After a reconnect, or an `event: reset`, the state is
+// concerns that worker or account (meanwhile a heartbeat age grows with the clock). After a reconnect, or an `event: reset`, the state is
 // read again whole; the stream itself resumes after its last event (Last-Event-ID).
 
 import * as api from "./api.js";
-import { addNotable, count, emit, median, setConnection, state } from "./state.js";
+import { addNotable, count, emit, median, putWorker, setConnection, state } from "./state.js";
 
 const ITEM_KINDS = ["conversation", "message", "comment", "content", "notification"];
 const OPERATOR_REASONS = new Set(["stop", "restart", "shutdown", "reload"]);
@@ -53,8 +53,9 @@ async function readState() {
   state.health = await readHealth(status, past);
   state.stopping = status.shutting_down ? "shutting down" : null;
   emit("connection", state);
-  state.workers = new Map(workers.map((w) => [w.id, w]));
-  state.workersReadAt = Date.now();
+  const readAt = Date.now();
+  state.workers = new Map();
+  for (const w of workers) putWorker(w, readAt);
   state.accounts = new Map(accounts.map((a) => [a.id, a]));
   // What changed while the state was read may be older in the answers than in the events:
   // the events are applied again (and what they concern read again).
@@ -111,8 +112,8 @@ function openStream() {
     }
   };
   for (const kind of ITEM_KINDS) listen(`item.${kind}`, (data) => onItem(kind, data));
-  for (const name of ["worker.state", "worker.exit", "account.state", "account.stale",
-    "account.quarantined", "account.released", "health", "reply.state", "reload.started",
+  for (const name of ["worker.state", "worker.exit", "worker.removed", "account.state", "account.stale",
+    "account.quarantined", "account.released", "account.removed", "health", "reply.state", "reload.started",
     "reload.ended", "master.stopping"]) {
     listen(name, (data, id) => {
       if (loading) missed.push([name, data]);
@@ -160,6 +161,7 @@ const APPLY = {
     refresh("workers", data.worker);
   },
   "worker.exit": (data) => refresh("workers", data.worker),
+  "worker.removed": (data) => removed("workers", data.worker),
   "account.state": (data) => {
     if (deleted.has(`accounts/${data.account_id}`)) return;
     const account = state.accounts.get(data.account_id);
@@ -174,6 +176,8 @@ const APPLY = {
   },
   "account.quarantined": (data) => refresh("accounts", data.account_id),
   "account.released": (data) => refresh("accounts", data.account_id),
+  // Gone (deleted here or elsewhere, or taken out of the config file): not read again.
+  "account.removed": (data) => removed("accounts", data.account_id),
   health: (data) => {
     state.health = data;
     emit("health", data);
@@ -206,14 +210,26 @@ const reading = new Map();
 const deleted = new Set();
 
 export function deleting(collection, id) {
-  const key = `${collection}/${id}`;
+  const key = keyOf(collection, id);
   deleted.add(key);
   reading.get(key)?.controller.abort();
 }
 
 export function deletionFailed(collection, id) {
-  deleted.delete(`${collection}/${id}`);
+  deleted.delete(keyOf(collection, id));
   refresh(collection, id);
+}
+
+// The master says it is gone: a read under way is dropped (it would be a 404), or, for the
+// workers (read as a list), made again; an account made again with the same id is read as
+// any new one.
+function removed(collection, id) {
+  const key = keyOf(collection, id);
+  const running = reading.get(key);
+  if (collection === "workers" && running) running.again = true;
+  else running?.controller.abort();
+  deleted.delete(key);
+  forget(collection, id);
 }
 
 export function forget(collection, id) {
@@ -223,11 +239,23 @@ export function forget(collection, id) {
 }
 
 export function known(collection, id) {
-  deleted.delete(`${collection}/${id}`);
+  deleted.delete(keyOf(collection, id));
+}
+
+// The workers are few and come and go (a solo worker after its quarantine): they are read
+// as one list, so a worker gone meanwhile is left out, not a 404. An account, one by one.
+const keyOf = (collection, id) => (collection === "workers" ? "workers/*" : `${collection}/${id}`);
+
+async function readWorkers(signal) {
+  const workers = await api.all("/workers", { signal });
+  const at = Date.now();
+  const listed = new Set(workers.map((w) => w.id));
+  for (const id of [...state.workers.keys()]) if (!listed.has(id)) state.workers.delete(id);
+  for (const w of workers) putWorker(w, at);
 }
 
 export function refresh(collection, id) {
-  const key = `${collection}/${id}`;
+  const key = keyOf(collection, id);
   // A master that is stopping answers no more reads; its events still say what changes, and
   // the whole state is read again when it is back.
   if (deleted.has(key) || state.stopping) return;
@@ -242,9 +270,10 @@ export function refresh(collection, id) {
     while (run.again && !deleted.has(key)) {
       run.again = false;
       const map = collection === "workers" ? state.workers : state.accounts;
+      const signal = run.controller.signal;
       try {
-        map.set(id, await api.get(`/${collection}/${api.seg(id)}`, { signal: run.controller.signal }));
-        if (collection === "workers") state.workersReadAt = Date.now();
+        if (collection === "workers") await readWorkers(signal);
+        else map.set(id, await api.get(`/${collection}/${api.seg(id)}`, { signal }));
       } catch (error) {
         if (error.name === "AbortError") break;
         if (error.status === 404) map.delete(id);

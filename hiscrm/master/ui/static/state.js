@@ -56,13 +56,32 @@ export const state = {
   status: null, // GET /status
   health: null, // GET /healthz, then `health` events
   workers: new Map(), // id -> GET /workers/{id}
-  workersReadAt: 0, // when the figures not carried by events (RSS, heartbeat) were read
+  workersReadAt: 0, // when the figures not carried by events (RSS, heartbeat) were last read
   accounts: new Map(), // id -> GET /accounts/{id}
   notable: [], // the last errors and exits, newest first: {id, at, what, text, level}
   itemsPerSecond: new Series(),
   syncLatency: new Series(), // a new inbound message: its sent_at -> committed (ms), median
   stopping: null, // the master said it is stopping (reason)
 };
+
+// When each worker object was read from the API: its heartbeat age was that old then, and
+// grows by the time since (until the worker is read again).
+const readAt = new WeakMap();
+
+export function putWorker(worker, at = Date.now()) {
+  readAt.set(worker, at);
+  state.workers.set(worker.id, worker);
+  state.workersReadAt = Math.max(state.workersReadAt, at);
+}
+
+export const readTime = (worker) => readAt.get(worker) || 0;
+
+// The age of the last heartbeat the page knows of, now: as read, plus the time since.
+export function heartbeatAge(worker, now = Date.now()) {
+  if (worker.heartbeat_age_s === null || worker.heartbeat_age_s === undefined) return null;
+  const at = readAt.get(worker);
+  return worker.heartbeat_age_s + (at ? Math.max(0, now - at) / 1000 : 0);
+}
 
 export function setConnection(connection, note = "") {
   state.connection = connection;

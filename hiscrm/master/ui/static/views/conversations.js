@@ -39,7 +39,6 @@ const TABS = {
 const LIST_LIMIT = 200;
 const THREAD_LIMIT = 200;
 const THREAD_KEEP = 500; // rows kept in an open thread
-const OPEN_REPLY = new Set(["posting", "queued", "sending"]);
 
 export function mount(main, params) {
   const accounts = [...state.accounts.keys()].sort();
@@ -243,7 +242,7 @@ export function mount(main, params) {
     send.disabled = true;
     try {
       const entry = await api.post(`/accounts/${api.seg(accountId)}/${k.childKind}s`, body);
-      if (!replies.get(rid) || OPEN_REPLY.has(replies.get(rid).state)) replies.set(rid, entry);
+      keepReply(entry);
     } catch (error) {
       replies.set(rid, { ...replies.get(rid), state: "not sent", error: error.message });
       box.value = value;
@@ -253,10 +252,17 @@ export function mount(main, params) {
     drawThread();
   }
 
+  // An outbox entry, unless the page knows a newer state of it already: an action's answer
+  // (a retry: queued) can come after the events of what followed (sending, sent).
+  function keepReply(entry) {
+    const known = replies.get(entry.request_id);
+    if (!known || known.state === "posting" || entry.updated_at >= (known.updated_at || 0)) replies.set(entry.request_id, entry);
+  }
+
   async function retry(button, entry) {
     button.disabled = true;
     try {
-      replies.set(entry.request_id, await api.post(`/accounts/${api.seg(accountId)}/outbox/${api.seg(entry.request_id)}/retry`));
+      keepReply(await api.post(`/accounts/${api.seg(accountId)}/outbox/${api.seg(entry.request_id)}/retry`));
     } catch (error) {
       notify(`retry failed: ${error.message}`, "error");
     }
@@ -266,7 +272,7 @@ export function mount(main, params) {
   async function cancel(button, entry) {
     button.disabled = true;
     try {
-      replies.set(entry.request_id, await api.del(`/accounts/${api.seg(accountId)}/outbox/${api.seg(entry.request_id)}`));
+      keepReply(await api.del(`/accounts/${api.seg(accountId)}/outbox/${api.seg(entry.request_id)}`));
     } catch (error) {
       notify(`cancel failed: ${error.message}`, "error");
     }
@@ -286,8 +292,7 @@ export function mount(main, params) {
     }),
     on("reply.state", (entry) => {
       if (entry.account_id !== accountId) return;
-      const known = replies.get(entry.request_id);
-      if (!known || known.state === "posting" || entry.updated_at >= (known.updated_at || 0)) replies.set(entry.request_id, entry);
+      keepReply(entry);
       drawThread();
     }),
     on("reload", () => load()),

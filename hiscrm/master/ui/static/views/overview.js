@@ -2,7 +2,7 @@
 
 import { chart } from "../chart.js";
 import { badge, byReason, bytes, clock, duration, fill, h, syncRows, text } from "../dom.js";
-import { on, state } from "../state.js";
+import { heartbeatAge, on, state } from "../state.js";
 
 export const ACCOUNT_STATES = ["running", "starting", "backoff", "down", "failed", "quarantined", "unassigned", "disabled"];
 
@@ -32,7 +32,7 @@ export function mount(main) {
         h("table", { class: "workers" },
           h("thead", {}, h("tr", {}, ...["Worker", "State", "PID", "Uptime", "Restarts", "Heartbeat", "RSS", "Code"].map((c) => h("th", { scope: "col" }, c)))),
           workerRows)),
-      h("p", { class: "muted small" }, "Heartbeat age and RSS as read ", readAt, "; read again whenever the worker changes."),
+      h("p", { class: "muted small" }, "RSS as read ", readAt, ", and read again whenever the worker changes; the heartbeat age is the last heartbeat known then, aging since."),
     ),
     h("section", { "aria-labelledby": "notable-title" }, h("h2", { id: "notable-title" }, "Last errors and exits"), notable),
   );
@@ -111,7 +111,7 @@ export function updateWorkerRow({ cells }, w, now) {
   text(cells.pid, w.pid ?? "–");
   text(cells.uptime, w.state === "running" && w.started_at ? duration((now - w.started_at) / 1000) : "–");
   fill(cells.restarts, String(w.restarts), w.restarts ? h("span", { class: "muted small" }, ` (${byReason(w.restarts_by_reason)})`) : "");
-  text(cells.heartbeat, w.heartbeat_age_s === null ? "–" : duration(w.heartbeat_age_s));
+  text(cells.heartbeat, duration(heartbeatAge(w, now)));
   text(cells.rss, bytes(w.tree_rss_bytes ?? w.rss_bytes));
   fill(cells.code, h("code", {}, w.code_version || "–"), w.stale_code ? [" ", badge("stale", "warn")] : "");
 }

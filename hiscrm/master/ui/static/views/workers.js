@@ -4,10 +4,11 @@
 import * as api from "../api.js";
 import { badge, byReason, bytes, clock, duration, fill, h, text } from "../dom.js";
 import { act } from "../notice.js";
-import { on, state } from "../state.js";
+import { heartbeatAge, on, putWorker, readTime, state } from "../state.js";
 
 const LOG_KEEP = 2000; // lines kept in the page
 const LOG_TAIL = 200; // lines read first
+const SETTLE_MS = 3000; // an action's answer waits this long at most for its events
 
 export function mount(main, [selected]) {
   const list = h("ul", { class: "worker-list" });
@@ -90,32 +91,64 @@ function workerView(root, id) {
     h("section", {}, h("h3", {}, "Log ", logState), logBox),
   );
 
-  let acting = null; // the action under way: its progress listens to the worker's events
+  // The action under way: its progress listens to the worker's events, and what they
+  // said last (the state, the exits) tells when the action has settled.
+  let acting = null;
   const offState = on("worker.state", (data) => {
-    if (acting && data.worker === id) step(`${data.state}${data.pid ? ` (pid ${data.pid})` : ""}: ${data.reason}`);
+    if (!acting || data.worker !== id) return;
+    step(`${data.state}${data.pid ? ` (pid ${data.pid})` : ""}: ${data.reason}`);
+    acting.last = { state: data.state, pid: data.pid ?? null };
+    acting.check();
   });
   const offExit = on("worker.exit", (data) => {
-    if (acting && data.worker === id) step(`pid ${data.pid} exited: ${data.reason}`);
+    if (!acting || data.worker !== id) return;
+    step(`pid ${data.pid} exited: ${data.reason}`);
+    acting.exited.add(data.pid);
+    acting.check();
   });
 
   function step(line) {
     progress.append(h("li", {}, h("time", {}, clock(Date.now())), " ", line));
   }
 
+  // The answer can come before the events that tell the same steps (they come on the
+  // event stream): they are awaited, SETTLE_MS at most, so the steps show in order and
+  // the answer last.
+  function settled(under, result) {
+    const w = result.worker;
+    const previous = result.previous_pid ?? null;
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, SETTLE_MS);
+      under.check = () => {
+        const arrived = under.last && under.last.state === w.state && under.last.pid === (w.pid ?? null);
+        const exited = previous === null || previous === w.pid || under.exited.has(previous);
+        if (arrived && exited) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      under.check();
+    });
+  }
+
   async function run(action) {
-    acting = action;
+    const under = { action, last: null, exited: new Set(), check: () => {} };
+    acting = under;
     progress.replaceChildren();
     step(`${action} requested`);
+    draw();
     const result = await act(buttons[action], () => api.post(`/workers/${api.seg(id)}/${action}`));
+    if (result) await settled(under, result);
     acting = null;
     if (result) {
       const w = result.worker;
       step(`${action} done in ${result.took_s.toFixed(2)} s: ${w.state}, pid ${result.previous_pid ?? "–"} → ${w.pid ?? "–"}`);
-      state.workers.set(w.id, w);
-      draw();
+      // The events read the worker again; without them (the stream lost), the answer says.
+      if (under.last === null) putWorker(w);
     } else {
       step(`${action} failed`);
     }
+    draw();
   }
 
   function draw() {
@@ -131,7 +164,7 @@ function workerView(root, id) {
       ["Uptime", w.state === "running" && w.started_at ? duration((now - w.started_at) / 1000) : "–"],
       ["Started", clock(w.started_at)],
       ["Restarts", `${w.restarts}${w.restarts ? ` (${byReason(w.restarts_by_reason)})` : ""}`],
-      ["Heartbeat age", `${duration(w.heartbeat_age_s)} (as read at ${clock(state.workersReadAt)})`],
+      ["Heartbeat age", `${duration(heartbeatAge(w, now))} (the last heartbeat known when read at ${clock(readTime(w))})`],
       ["Loop lag", w.loop_lag_ms === null ? "–" : `${w.loop_lag_ms.toFixed(1)} ms`],
       ["RSS", bytes(w.rss_bytes)],
       ["Process tree", w.tree_processes ? `${w.tree_processes} processes, ${bytes(w.tree_memory_bytes)} ${w.tree_memory_kind || ""}` : "–"],
