@@ -109,10 +109,15 @@ class _Generator:
         return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(2, 12)))
 
     def setup(self) -> None:
-        for conversation in self.conversations:
-            self.ctx.upsert_conversation(_conversation(conversation))
-        for content in self.contents:
-            self.ctx.upsert_content(self._content(content))
+        """The account's conversations and contents, the first time it runs; after a
+        restart they are known, and writing them again would reset what they learned
+        (a conversation's ``last_message_at``)."""
+        if self.ctx.count("conversation") == 0:
+            for conversation in self.conversations:
+                self.ctx.upsert_conversation(_conversation(conversation))
+        if self.ctx.count("content") == 0:
+            for content in self.contents:
+                self.ctx.upsert_content(self._content(content))
 
     def _content(self, content: str) -> dict[str, Any]:
         views, likes, comments = self.stats.get(content, (0, 0, 0))
