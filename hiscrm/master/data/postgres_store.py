@@ -32,6 +32,7 @@ from hiscrm.master.data.store import (
     NewEvent,
     OutcomeCallback,
     Row,
+    StaleLease,
     StoredEvent,
     StoreError,
     StoreStats,
@@ -191,9 +192,15 @@ class PostgresStore:
 
         return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, create))
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
         def save(conn: Conn, first: int) -> None:
-            self._fenced(conn, entry.account_id)  # the owner's word on a reply: fenced
+            # The owner's word on a reply, at the lease it was made under: a master that
+            # lost the lease (or holds it again at a later epoch) is refused here.
+            fence = self.writer.fence
+            if fence is not None:
+                why = fence.check_at(conn, entry.account_id, lease)
+                if why is not None:
+                    raise StaleLease(f"lease lost: {why}")
             outbox_sql.save(OUTBOX, conn, first, entry)
 
         await self._call_writing(lambda conn: self.writer.with_events(conn, 1, save))

@@ -136,7 +136,8 @@ class SqliteStore:
             )
         )
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
+        # One host: the master owns every account; there is no lease to check.
         await self._call_writing(
             lambda conn: self.writer.with_events(
                 conn, 1, lambda c, first: outbox_sql.save(OUTBOX, c, first, entry)

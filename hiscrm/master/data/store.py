@@ -31,6 +31,12 @@ class StoreUnavailable(StoreError):
     the message says why. Nothing was written."""
 
 
+class StaleLease(StoreUnavailable):
+    """In a cluster: the write was made under a lease this master no longer holds (at
+    the epoch it had, or at all); refused in its own transaction. Trying it again cannot
+    succeed: the account's present holder decides."""
+
+
 class SyncBatch(msgspec.Struct):
     """One ``worker:data:sync`` on its way to the store: changes ``base_seq < seq <=
     last_seq`` of an account, from the process ``link`` (acknowledged to it after the
@@ -226,8 +232,11 @@ class Store(Protocol):
         its reply is the same (False); ReplyRefused if it is another reply (409), or its
         conversation, content or parent comment is not the account's (422)."""
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
-        """An entry's new state (and what came with it)."""
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
+        """An entry's new state (and what came with it). In a cluster, ``lease`` is the
+        epoch of the account's lease this master held when it made the change (None:
+        none); the write checks it in its own transaction and raises StaleLease if the
+        lease is no longer this master's at that epoch. On one host it is ignored."""
 
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None: ...
 
