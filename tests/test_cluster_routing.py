@@ -43,6 +43,20 @@ def reply(http: httpx.Client, account: str, request_id: str) -> httpx.Response:
     return http.post(f"/accounts/{account}/messages", json=body)
 
 
+def failed_reply(url: str, account: str, request_id: str) -> None:
+    """A reply of ``account`` that failed, written straight into the store (as if its
+    platform had refused it), for an operator to retry."""
+    action = {"kind": "message", "conversation_id": "conv-1", "text": "again"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox (account_id, request_id, seq, body_hash, action, target, state, "
+            "error, attempts, created_at, updated_at) VALUES (%s, %s, "
+            "(SELECT coalesce(max(seq), 0) + 1 FROM outbox), 'h', %s, 'conversation:conv-1', 'failed', "
+            "'refused', 1, 1, 1)",
+            (account, request_id, json.dumps(action)),
+        )
+
+
 def commands(url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(
@@ -102,6 +116,8 @@ def test_actions_on_another_masters_account_are_carried_out_once_by_its_holder(
         # A reply stored through n1 for n2's account: sent once, by n2's worker.
         made = reply(http, theirs[0], "r-1")
         assert made.status_code == 202, made.text
+        assert made.json()["node"] == "n2"  # the holder it goes to
+        assert reply(http, mine[0], "r-own").json()["node"] == "n1"
         wait_until(
             lambda: http.get(f"/accounts/{theirs[0]}/outbox/r-1").json()["state"] == "sent",
             20,
@@ -137,9 +153,26 @@ def test_actions_on_another_masters_account_are_carried_out_once_by_its_holder(
         late = http.delete(f"/accounts/{theirs[0]}/outbox/r-2")
         assert late.status_code == 409, late.text
         assert late.json()["error"].startswith("n2: the reply is sent")
-    assert [s["request_id"] for s in recorded_sends(record, theirs[0])] == ["r-1", "r-2"]
+        # A retry, asked of n1, is done by n2, and says so.
+        failed_reply(pg_url, theirs[0], "r-3")
+        retried = http.post(f"/accounts/{theirs[0]}/outbox/r-3/retry")
+        assert retried.status_code == 200, retried.text
+        assert (retried.json()["state"], retried.json()["node"]) == ("queued", "n2")
+        wait_until(
+            lambda: http.get(f"/accounts/{theirs[0]}/outbox/r-3").json()["state"] == "sent",
+            20,
+            "the retried reply sent",
+        )
+        # Lifting a quarantine, asked of n1, is n2's to do: its answer names n2 (here the
+        # account is not quarantined, which n2 says).
+        released = http.post(f"/accounts/{theirs[0]}/release")
+        assert released.status_code == 409, released.text
+        assert released.json()["error"] == f"n2: account {theirs[0]!r} is not quarantined"
+    assert [s["request_id"] for s in recorded_sends(record, theirs[0])] == ["r-1", "r-2", "r-3"]
     states = Counter(c[3] for c in commands(pg_url))
-    assert states == {"done": 1, "failed": 1}
+    assert states == {"done": 2, "failed": 2}
+    kinds = Counter(c[1] for c in commands(pg_url))
+    assert kinds == {"sync": 1, "reply.cancel": 1, "reply.retry": 1, "account.release": 1}
     for master in masters.values():
         assert master.stop(30) == 0
     rows = commands(pg_url)
