@@ -312,3 +312,34 @@ def _result(request_id: str, outcome: str) -> Any:
     return WorkerSendResult(
         account_id="acc", request_id=request_id, outcome=outcome, item_id="x", error=None
     )
+
+
+def test_a_reply_stored_before_queued_at_expires_from_when_it_was_made(tmp_path: Path) -> None:
+    """Schema 4 had no ``queued_at``: the migration adds it, and a row from before counts
+    its expiry from ``created_at``."""
+    from hiscrm.master.data import outbox_sql, sqlite_schema
+    from hiscrm.master.data.sqlite_store import OUTBOX
+
+    path = tmp_path / "v4.db"
+    conn = sqlite_schema.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 5):
+        sqlite_schema.MIGRATIONS[version](conn)
+    conn.execute("INSERT INTO schema_version VALUES (4)")
+    conn.execute(
+        "INSERT INTO outbox (account_id, request_id, seq, body_hash, action, target, state, "
+        "attempts, created_at, updated_at) VALUES ('acc', 'old', 1, 'h', ?, 'conversation:c1', "
+        "'queued', 0, 1000, 1000)",
+        (entry("old").action.model_dump_json(),),
+    )
+    conn.commit()
+    conn.close()
+    conn = sqlite_schema.connect(path)
+    assert sqlite_schema.migrate(conn)[0] == 4
+    sqlite_schema.check_columns(conn)
+    old = outbox_sql.get(OUTBOX, conn, "acc", "old")
+    assert old is not None
+    assert (old.queued_at, old.queued_since, old.as_json()["queued_at"]) == (None, 1000, 1000)
+    retried = old.move(S, 2000).move(OutboxState.FAILED, 3000).move(Q, 4000)
+    assert retried.queued_since == 4000
+    conn.close()

@@ -244,6 +244,35 @@ def test_queued_replies_expire_and_survive_a_master_restart(
 
 
 @pytest.mark.timeout(90)
+def test_a_reply_retried_after_it_expired_gets_its_full_time_again(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """Expiry counts from when a reply last became queued, not from when it was made: one
+    retried after it expired waits again while its account does not run, and goes once
+    it does."""
+    record = tmp_path / "sends"
+    master = start(start_master, record, sender("acc-1", record), outbox={"expire_after_s": 2})
+    with master.http() as http:
+        assert http.post("/workers/worker1/stop").is_success
+        assert reply(http, "acc-1", "r-1").status_code == 202
+        expired = wait_state(http, "acc-1", "r-1", "expired", timeout=15)
+        retried = http.post("/accounts/acc-1/outbox/r-1/retry")
+        assert retried.status_code == 200, retried.text
+        again = retried.json()
+        assert again["state"] == "queued"
+        assert again["created_at"] == expired["created_at"]
+        assert again["queued_at"] >= expired["updated_at"]
+        assert entry(http, "acc-1", "r-1")["queued_at"] == again["queued_at"]  # stored
+        assert http.post("/workers/worker1/start").is_success
+        sent = wait_state(http, "acc-1", "r-1", "sent")
+    assert [s["request_id"] for s in recorded_sends(record, "acc-1")] == ["r-1"]
+    states = [e["new"] for e in master.log.find(event="reply state", request_id="r-1")]
+    assert states == ["expired", "sending", "sent"], states  # never expired again
+    assert master.log.find(event="reply queued again by an operator", request_id="r-1")
+    assert sent["attempts"] == 1
+
+
+@pytest.mark.timeout(90)
 def test_hiscrmctl_send_and_an_idempotent_platform(
     start_master: MasterFactory, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ class OutboxEntryInfo(BaseModel):
     created_at: int
     updated_at: int
     sent_at: int | None
+    queued_at: int  # ms, when it last became queued (made, retried): expiry counts from it
     # In a cluster, the master that acted on this request: for a new reply, the account's
     # holder it goes to (None: no master holds it now); for a cancel or retry, the one that
     # did it. None on one host, and in reads of the outbox.
@@ -115,6 +116,7 @@ class Replies:
             state=OutboxState.QUEUED,
             created_at=now,
             updated_at=now,
+            queued_at=now,
         )
         try:
             stored, made = await self._store.outbox_create(entry)

@@ -297,7 +297,7 @@ class Outbox:
     # --- time -------------------------------------------------------------------------------
 
     def next_expiry_ms(self) -> int | None:
-        queued = [e.created_at for e in self.open.values() if e.state is OutboxState.QUEUED]
+        queued = [e.queued_since for e in self.open.values() if e.state is OutboxState.QUEUED]
         return min(queued) + int(self.expire_after_s * 1000) if queued else None
 
     def expire(self, now_ms: int) -> None:
@@ -306,7 +306,7 @@ class Outbox:
             key = (entry.account_id, entry.request_id)
             if (
                 entry.state is OutboxState.QUEUED
-                and entry.created_at <= cutoff
+                and entry.queued_since <= cutoff
                 and key not in self._busy
             ):
                 self._move(

@@ -46,7 +46,7 @@ class Dialect(msgspec.Struct, frozen=True):
 
 COLUMNS = (
     "account_id, request_id, seq, body_hash, action, target, state, error, item_id, "
-    "attempts, created_at, updated_at, sent_at"
+    "attempts, created_at, updated_at, sent_at, queued_at"
 )
 
 
@@ -62,6 +62,7 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
         created_at=row[10],
         updated_at=row[11],
         sent_at=row[12],
+        queued_at=row[13],
     )
 
 
@@ -128,7 +129,7 @@ def create(
     check_target(db, conn, entry)
     db.run(
         conn,
-        f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 13)})",
+        f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
         (
             entry.account_id,
             entry.request_id,
@@ -143,6 +144,7 @@ def create(
             entry.created_at,
             entry.updated_at,
             entry.sent_at,
+            entry.queued_at,
         ),
     )
     db.insert_events(conn, first_id, [_event(entry)])
@@ -154,7 +156,7 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
     db.run(
         conn,
         "UPDATE outbox SET state = ?, error = ?, item_id = ?, attempts = ?, updated_at = ?, "
-        "sent_at = ? WHERE account_id = ? AND request_id = ?",
+        "sent_at = ?, queued_at = ? WHERE account_id = ? AND request_id = ?",
         (
             str(entry.state),
             entry.error,
@@ -162,6 +164,7 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
             entry.attempts,
             entry.updated_at,
             entry.sent_at,
+            entry.queued_at,
             entry.account_id,
             entry.request_id,
         ),
