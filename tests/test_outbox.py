@@ -17,6 +17,7 @@ from hiscrm.master.data.outbox_entry import (
     BadMove,
     OutboxEntry,
     OutboxState,
+    PageQuery,
     ReplyRefused,
 )
 from hiscrm.master.data.store import EventQuery, StaleLease
@@ -121,7 +122,7 @@ def test_a_request_id_makes_one_entry(store: Store) -> None:
     with pytest.raises(ReplyRefused, match="another reply") as refused:
         run(store.store.outbox_create(entry("r1", text="something else")))
     assert refused.value.status == 409
-    entries, total = run(store.store.outbox_page("acc", None, 10, 0))
+    entries, total = run(store.store.outbox_page("acc", PageQuery(), 10, 0))
     assert total == 1
     assert [e.request_id for e in entries] == ["r1"]
 
@@ -178,7 +179,7 @@ def test_every_state_is_stored_with_its_event(store: Store) -> None:
 def test_open_entries_are_read_back_oldest_first(store: Store) -> None:
     for n in range(3):
         run(store.store.outbox_create(entry(f"r{n}")))
-    first, _ = run(store.store.outbox_page("acc", "queued", 10, 0))
+    first, _ = run(store.store.outbox_page("acc", PageQuery(state="queued"), 10, 0))
     done = next(e for e in first if e.request_id == "r1")
     run(
         store.store.outbox_save(
@@ -186,9 +187,27 @@ def test_open_entries_are_read_back_oldest_first(store: Store) -> None:
         )
     )
     assert [e.request_id for e in run(store.store.outbox_open())] == ["r0", "r2"]
-    failed, total = run(store.store.outbox_page("acc", "failed", 10, 0))
+    failed, total = run(store.store.outbox_page("acc", PageQuery(state="failed"), 10, 0))
     assert total == 1
     assert failed[0].request_id == "r1"
+
+
+def test_a_page_of_replies_by_time_and_in_either_order(store: Store) -> None:
+    from msgspec.structs import replace
+
+    for n in range(5):  # made at 100, 200, ... 500
+        made = replace(entry(f"r{n}"), created_at=100 * (n + 1), updated_at=100 * (n + 1))
+        run(store.store.outbox_create(made))
+
+    def ids(query: PageQuery, limit: int = 10, offset: int = 0) -> tuple[list[str], int]:
+        entries, total = run(store.store.outbox_page("acc", query, limit, offset))
+        return [e.request_id for e in entries], total
+
+    assert ids(PageQuery()) == (["r4", "r3", "r2", "r1", "r0"], 5)  # newest first
+    assert ids(PageQuery(order="asc"), 2, 2) == (["r2", "r3"], 5)
+    assert ids(PageQuery(since=200, until=400)) == (["r2", "r1"], 2)  # since <= t < until
+    assert ids(PageQuery(since=200, until=400, order="asc", state="queued")) == (["r1", "r2"], 2)
+    assert ids(PageQuery(since=200, state="sent")) == ([], 0)
 
 
 # --- the outbox at work, on a store that records its writes --------------------------

@@ -11,7 +11,7 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data.outbox import Outbox
-from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState, ReplyRefused
+from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState, PageQuery, ReplyRefused
 from hiscrm.master.data.routed import RoutingFailed
 from hiscrm.master.data.store import Store
 from hiscrm.replies import (
@@ -148,14 +148,10 @@ class Replies:
             raise ApiError(404, f"no reply {request_id!r} of account {account_id!r}")
         return found
 
-    async def page(
-        self, account_id: str, state: OutboxState | None, limit: int, offset: int
-    ) -> OutboxPage:
+    async def page(self, account_id: str, query: PageQuery, limit: int, offset: int) -> OutboxPage:
         if account_id not in self._read.account_ids():
             raise ApiError(404, f"no account {account_id!r}")
-        entries, total = await self._store.outbox_page(
-            account_id, None if state is None else str(state), limit, offset
-        )
+        entries, total = await self._store.outbox_page(account_id, query, limit, offset)
         live = [self._outbox.open.get((e.account_id, e.request_id), e) for e in entries]
         end = offset + len(live)
         return OutboxPage(

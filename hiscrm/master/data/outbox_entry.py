@@ -19,7 +19,7 @@ platform says its sends are idempotent. ``move`` is the one place a state change
 import hashlib
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec.structs import replace
@@ -126,6 +126,16 @@ class OutboxEntry(msgspec.Struct, frozen=True):
             "sent_at": self.sent_at,
             "queued_at": self.queued_since,
         }
+
+
+class PageQuery(msgspec.Struct, frozen=True):
+    """Which of an account's entries a page shows: ``state``, made at or after ``since``
+    and before ``until`` (ms), in the order they were made (``asc``) or newest first."""
+
+    state: str | None = None
+    since: int | None = None
+    until: int | None = None
+    order: Literal["asc", "desc"] = "desc"
 
 
 class ReplyRefused(Exception):

@@ -17,6 +17,7 @@ from hiscrm.master.data.outbox_entry import (
     OPEN,
     OutboxEntry,
     OutboxState,
+    PageQuery,
     ReplyRefused,
     body_hash,
 )
@@ -173,15 +174,21 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
 
 
 def page(
-    db: Dialect, conn: Connection, account_id: str, state: str | None, limit: int, offset: int
+    db: Dialect, conn: Connection, account_id: str, query: PageQuery, limit: int, offset: int
 ) -> tuple[list[OutboxEntry], int]:
-    where, params = "account_id = ?", [account_id]
-    if state is not None:
-        where += " AND state = ?"
-        params.append(state)
+    where, params = "account_id = ?", list[str | int]([account_id])
+    for sql, value in (
+        ("state = ?", query.state),
+        ("created_at >= ?", query.since),
+        ("created_at < ?", query.until),
+    ):
+        if value is not None:
+            where += f" AND {sql}"
+            params.append(value)
+    direction = "ASC" if query.order == "asc" else "DESC"
     rows = db.run(
         conn,
-        f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+        f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq {direction} LIMIT ? OFFSET ?",
         [*params, limit, offset],
     ).fetchall()
     total = db.run(conn, f"SELECT count(*) FROM outbox WHERE {where}", params).fetchone()[0]

@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data import outbox_sql, pg_commands, pg_events, pg_queries, pg_schema
-from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.outbox_entry import OutboxEntry, PageQuery
 from hiscrm.master.data.pg_listener import EventListener
 from hiscrm.master.data.pg_reader import PgReader
 from hiscrm.master.data.pg_schema import Conn
@@ -211,10 +211,10 @@ class PostgresStore:
         )
 
     async def outbox_page(
-        self, account_id: str, state: str | None, limit: int, offset: int
+        self, account_id: str, query: PageQuery, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
         return await self.reader.run(
-            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
+            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, query, limit, offset)
         )
 
     async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:

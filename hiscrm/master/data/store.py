@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from hiscrm.master.data.event_filter import EventFilter
-from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.outbox_entry import OutboxEntry, PageQuery
 from hiscrm.master.ports import WorkerLink
 from hiscrm.sync_wire import ChangeView
 
@@ -241,9 +241,10 @@ class Store(Protocol):
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None: ...
 
     async def outbox_page(
-        self, account_id: str, state: str | None, limit: int, offset: int
+        self, account_id: str, query: PageQuery, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
-        """Newest first, and how many match."""
+        """A page of the account's entries (``query`` says which, in which order), and
+        how many match."""
 
     async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
         """Entries queued or being sent (of these accounts, or all), oldest first (read
