@@ -177,3 +177,53 @@ def test_actions_on_another_masters_account_are_carried_out_once_by_its_holder(
         assert master.stop(30) == 0
     rows = commands(pg_url)
     assert all(r[4] == "n2" for r in rows), json.dumps(rows)
+
+
+@pytest.mark.timeout(120)
+def test_a_quarantine_is_lifted_by_the_master_that_holds_the_account(
+    start_master: MasterFactory, pg_url: str
+) -> None:
+    """The quarantine lives with the account's holder: lifting it through another master
+    is carried out there, and the answer is the holder's view, naming it."""
+    masters = {}
+    for node in NODES:
+        config = make_config(
+            [],
+            workers=1,
+            accounts_per_worker=2,
+            store={"url": pg_url},
+            cluster={"node_id": node, "lease_ttl_s": 6.0, "lease_renew_s": 2.0},
+            quarantine={"deaths": 2, "release_after_s": 600.0},
+        )
+        masters[node] = start_master(config, env={"HISCRM_TEST_NODE": node})
+    for master in masters.values():
+        master.api_url(30)
+    poison = {
+        "id": "poison",
+        "platform": "testplatforms.behaviours:ExitSoon",
+        "options": {"after_s": 0.5},
+    }
+    with masters["n1"].http() as http:
+        assert http.post("/accounts", json=poison).status_code == 201
+    wait_until(lambda: "poison" in leases(pg_url), 30, "the account leased")
+    holder = leases(pg_url)["poison"]
+    other = next(n for n in NODES if n != holder)
+    with masters[holder].http() as http:
+        wait_until(lambda: http.get("/accounts/poison").json()["quarantined"], 60, "quarantined")
+    with masters[other].http() as http:
+        wait_until(
+            lambda: http.get("/accounts/poison").json()["state"] == "quarantined",
+            20,
+            f"{other} shows it quarantined (as {holder} reported)",
+        )
+        released = http.post("/accounts/poison/release")
+        assert released.status_code == 200, released.text
+        assert released.json()["node"] == holder
+        assert released.json()["quarantined"] is False
+    masters[holder].log.wait_for(
+        event="account released from quarantine by the operator", account_id="poison"
+    )
+    assert masters[other].log.find(event="account released from quarantine by the operator") == []
+    assert [(c[1], c[3], c[4]) for c in commands(pg_url)] == [("account.release", "done", holder)]
+    for master in masters.values():
+        assert master.stop(30) == 0
