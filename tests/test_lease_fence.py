@@ -14,7 +14,7 @@ from hiscrm.master.data import pg_leases
 from hiscrm.master.data.lease_fence import Fence
 from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState
 from hiscrm.master.data.postgres_store import PostgresStore
-from hiscrm.master.data.store import StoreUnavailable, SyncFailure
+from hiscrm.master.data.store import StaleLease, StoreUnavailable, SyncFailure
 from hiscrm.replies import MessageReply
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
@@ -138,7 +138,7 @@ def test_an_outbox_save_at_a_stale_epoch_is_refused(
     )
     assert asyncio.run(a.store.outbox_create(queued))[1]
     sending = queued.move(OutboxState.SENDING, 2)
-    asyncio.run(a.store.outbox_save(sending))  # node-a holds the lease: taken
+    asyncio.run(a.store.outbox_save(sending, lease=1))  # node-a holds the lease: taken
 
     # node-a is cut off; node-b takes the account (epoch 2) and calls the reply unknown.
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -146,14 +146,71 @@ def test_an_outbox_save_at_a_stale_epoch_is_refused(
     assert asyncio.run(claim(pg_url, "node-b", 1)) == {"acc": 2}
     fence_b.set({"acc": 2})
     unknown = sending.move(OutboxState.UNKNOWN, 3, error="its previous master lost it")
-    asyncio.run(b.store.outbox_save(unknown))
+    asyncio.run(b.store.outbox_save(unknown, lease=2))
 
     # node-a's late word on it ('sent') is refused; the entry stays unknown.
     late = sending.move(OutboxState.SENT, 4, item_id="x1")
-    with pytest.raises(StoreUnavailable, match="lease lost: lease epoch 1 of node-a is stale"):
-        asyncio.run(a.store.outbox_save(late))
+    with pytest.raises(StaleLease, match="lease lost: lease epoch 1 of node-a is stale"):
+        asyncio.run(a.store.outbox_save(late, lease=1))
     assert refused_a
     assert refused_a[-1][0] == "acc"
     stored = asyncio.run(b.store.outbox_get("acc", "r1"))
     assert stored is not None
     assert (stored.state, stored.updated_at, stored.item_id) == (OutboxState.UNKNOWN, 3, None)
+
+
+def test_a_dropped_masters_late_save_never_overwrites_the_new_holders(
+    stores: tuple[Store, Store], pg_url: str
+) -> None:
+    """The cut-off case: node-a dropped the account (its fence no longer names it) and
+    still had a reply's 'unknown' to store, made under epoch 1; node-b, the holder at
+    epoch 2, stored 'sent' meanwhile. node-a's late save is refused, whether it names
+    the epoch it was made under or none, and the reply stays sent."""
+    a, b = stores
+    declare(pg_url, "acc")
+    fence_a, refused_a = fence_of(a, "node-a")
+    fence_b, _ = fence_of(b, "node-b")
+    assert asyncio.run(claim(pg_url, "node-a", 1)) == {"acc": 1}
+    fence_a.set({"acc": 1})
+    assert a.sync(0, 1, conversation(1, "c1", None)).ok
+    queued = OutboxEntry(
+        account_id="acc",
+        request_id="r1",
+        action=MessageReply(conversation_id="c1", text="hello"),
+        state=OutboxState.QUEUED,
+        created_at=1,
+        updated_at=1,
+    )
+    assert asyncio.run(a.store.outbox_create(queued))[1]
+    sending = queued.move(OutboxState.SENDING, 2)
+    asyncio.run(a.store.outbox_save(sending, lease=1))
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE account_leases SET expires_at = now() - interval '1 second'")
+    assert asyncio.run(claim(pg_url, "node-b", 1)) == {"acc": 2}
+    fence_b.set({"acc": 2})
+    sent = sending.move(OutboxState.UNKNOWN, 3).move(OutboxState.SENT, 4, item_id="x1")
+    asyncio.run(b.store.outbox_save(sent, lease=2))
+
+    fence_a.set({})  # node-a dropped the account, then its outbox calls the reply unknown
+    refused_before = fence_a.refused
+    unknown = sending.move(OutboxState.UNKNOWN, 5, error="the lease was lost while sent")
+    with pytest.raises(StaleLease, match="lease epoch 1 of node-a is stale"):
+        asyncio.run(a.store.outbox_save(unknown, lease=1))
+    with pytest.raises(StaleLease, match=r"node-a.* holds no lease on it"):
+        asyncio.run(a.store.outbox_save(unknown, lease=None))
+    assert fence_a.refused == refused_before + 2
+    assert not refused_a  # a lease node-a no longer holds: nothing of its own to stop
+    stored = asyncio.run(b.store.outbox_get("acc", "r1"))
+    assert stored is not None
+    assert (stored.state, stored.updated_at, stored.item_id) == (OutboxState.SENT, 4, "x1")
+
+    # node-a holds the account again (epoch 3): a save made under epoch 1 is still refused,
+    # and refusing it does not stop node-a's present lease.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE account_leases SET expires_at = now() - interval '1 second'")
+    assert asyncio.run(claim(pg_url, "node-a", 1)) == {"acc": 3}
+    fence_a.set({"acc": 3})
+    with pytest.raises(StaleLease, match="lease epoch 1 of node-a is stale: now epoch 3"):
+        asyncio.run(a.store.outbox_save(unknown, lease=1))
+    assert not refused_a

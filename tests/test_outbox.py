@@ -12,14 +12,15 @@ from test_datastore import Backend, Store, postgres_backend, sqlite_backend
 
 from hiscrm.items import Content, Conversation, epoch_ms
 from hiscrm.master.data.event_filter import EventFilter
-from hiscrm.master.data.outbox import ready
+from hiscrm.master.data.outbox import Outbox, ready
 from hiscrm.master.data.outbox_entry import (
     BadMove,
     OutboxEntry,
     OutboxState,
+    PageQuery,
     ReplyRefused,
 )
-from hiscrm.master.data.store import EventQuery
+from hiscrm.master.data.store import EventQuery, StaleLease
 from hiscrm.protocol import ItemChange
 from hiscrm.replies import CommentReply, MessageReply
 
@@ -121,7 +122,7 @@ def test_a_request_id_makes_one_entry(store: Store) -> None:
     with pytest.raises(ReplyRefused, match="another reply") as refused:
         run(store.store.outbox_create(entry("r1", text="something else")))
     assert refused.value.status == 409
-    entries, total = run(store.store.outbox_page("acc", None, 10, 0))
+    entries, total = run(store.store.outbox_page("acc", PageQuery(), 10, 0))
     assert total == 1
     assert [e.request_id for e in entries] == ["r1"]
 
@@ -159,9 +160,9 @@ def test_every_state_is_stored_with_its_event(store: Store) -> None:
     head = store.wait_head(2)
     made, _ = run(store.store.outbox_create(entry("r1")))
     sending = made.move(S, epoch_ms())
-    run(store.store.outbox_save(sending))
+    run(store.store.outbox_save(sending, lease=None))
     sent = sending.move(OutboxState.SENT, epoch_ms(), item_id="out-r1")
-    run(store.store.outbox_save(sent))
+    run(store.store.outbox_save(sent, lease=None))
     store.wait_head(head + 3)
     window = store.store.event_window()
     query = EventQuery(head, window.head, EventFilter(("reply",)))
@@ -178,10 +179,186 @@ def test_every_state_is_stored_with_its_event(store: Store) -> None:
 def test_open_entries_are_read_back_oldest_first(store: Store) -> None:
     for n in range(3):
         run(store.store.outbox_create(entry(f"r{n}")))
-    first, _ = run(store.store.outbox_page("acc", "queued", 10, 0))
+    first, _ = run(store.store.outbox_page("acc", PageQuery(state="queued"), 10, 0))
     done = next(e for e in first if e.request_id == "r1")
-    run(store.store.outbox_save(done.move(S, epoch_ms()).move(OutboxState.FAILED, epoch_ms())))
+    run(
+        store.store.outbox_save(
+            done.move(S, epoch_ms()).move(OutboxState.FAILED, epoch_ms()), lease=None
+        )
+    )
     assert [e.request_id for e in run(store.store.outbox_open())] == ["r0", "r2"]
-    failed, total = run(store.store.outbox_page("acc", "failed", 10, 0))
+    failed, total = run(store.store.outbox_page("acc", PageQuery(state="failed"), 10, 0))
     assert total == 1
     assert failed[0].request_id == "r1"
+
+
+def test_a_page_of_replies_by_time_and_in_either_order(store: Store) -> None:
+    from msgspec.structs import replace
+
+    for n in range(5):  # made at 100, 200, ... 500
+        made = replace(entry(f"r{n}"), created_at=100 * (n + 1), updated_at=100 * (n + 1))
+        run(store.store.outbox_create(made))
+
+    def ids(query: PageQuery, limit: int = 10, offset: int = 0) -> tuple[list[str], int]:
+        entries, total = run(store.store.outbox_page("acc", query, limit, offset))
+        return [e.request_id for e in entries], total
+
+    assert ids(PageQuery()) == (["r4", "r3", "r2", "r1", "r0"], 5)  # newest first
+    assert ids(PageQuery(order="asc"), 2, 2) == (["r2", "r3"], 5)
+    assert ids(PageQuery(since=200, until=400)) == (["r2", "r1"], 2)  # since <= t < until
+    assert ids(PageQuery(since=200, until=400, order="asc", state="queued")) == (["r1", "r2"], 2)
+    assert ids(PageQuery(since=200, state="sent")) == ([], 0)
+
+
+# --- the outbox at work, on a store that records its writes --------------------------
+
+
+class Recorder:
+    """The outbox's store: records each save with the lease it names; refuses those made
+    under a lease other than ``lease_now`` (as the PostgreSQL fence does)."""
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[OutboxState, int | None]] = []
+        self.refused: list[tuple[OutboxState, int | None]] = []
+        self.lease_now: int | None = 1
+        self.fenced = True
+        self.opened: list[OutboxEntry] = []
+
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
+        if self.fenced and (lease is None or lease != self.lease_now):
+            self.refused.append((entry.state, lease))
+            raise StaleLease(f"lease lost: lease epoch {lease} is stale")
+        self.saves.append((entry.state, lease))
+
+    async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
+        return list(self.opened)
+
+
+class Link:
+    worker_id, pid, serving = "worker1", 4242, True
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, message: Any) -> bool:
+        self.sent.append(message)
+        return True
+
+
+class Errors:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        self.count += 1
+        return self.count
+
+
+def outbox_on(
+    store: Recorder,
+    link: Link | None,
+    held: dict[str, int] | None,
+    idempotent: bool = False,
+    expire_after_s: float = 60.0,
+) -> tuple[Outbox, Errors]:
+    import structlog
+
+    errors = Errors()
+    outbox = Outbox(
+        store,  # type: ignore[arg-type]
+        structlog.get_logger(),
+        errors,
+        expire_after_s,
+        lambda account_id: link,  # type: ignore[arg-type,return-value]
+        lambda account_id: idempotent,
+        lambda account_id: held is None or account_id in held,
+    )
+    if held is not None:
+        outbox.lease_of = held.get
+    return outbox, errors
+
+
+async def settle(outbox: Outbox) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while outbox._tasks:  # the outbox's writes in the background
+        assert asyncio.get_running_loop().time() < deadline, "the outbox's writes never ended"
+        await asyncio.wait(set(outbox._tasks), timeout=1)
+
+
+def test_a_master_that_lost_the_lease_leaves_what_it_was_sending() -> None:
+    """The cut-off case: the lease keeper drops the account (its fence no longer names
+    it), then the account leaves its worker. The reply being sent is not written (the
+    next holder calls it unknown); a late write made under the lost lease is refused
+    once, counted, and never tried again."""
+
+    async def scenario() -> None:
+        store, link, held = Recorder(), Link(), {"acc": 1}
+        outbox, errors = outbox_on(store, link, held)
+        outbox.add(entry("r1"))
+        await settle(outbox)
+        assert store.saves == [(S, 1)]  # handed over under epoch 1
+        assert len(link.sent) == 1
+
+        held.clear()  # the keeper's drop: the fence first, then the manager
+        store.lease_now = 2  # another master holds it now
+        outbox.account_left("acc", "its lease is gone")
+        outbox.forget(["acc"])
+        await settle(outbox)
+        assert store.saves == [(S, 1)]
+        assert store.refused == []  # nothing written at all
+        assert outbox.open == {}
+
+        # A result that arrived while the lease was held, written only now: refused once.
+        held["acc"] = 1
+        store.lease_now = 1
+        outbox.add(entry("r2", conversation="c2"))
+        await settle(outbox)
+        sending = outbox.open[("acc", "r2")]
+        assert sending.state is S
+        store.lease_now = 2  # taken meanwhile; this master has not heard yet
+        outbox.on_result(link, _result("r2", "sent"))  # type: ignore[arg-type]
+        await settle(outbox)
+        assert store.refused == [(OutboxState.SENT, 1)]  # made under epoch 1: refused
+        assert outbox.refused == 1
+        assert errors.count == 0  # an expected refusal, not an error tried again
+
+    asyncio.run(scenario())
+
+
+def _result(request_id: str, outcome: str) -> Any:
+    from hiscrm.protocol import WorkerSendResult
+
+    return WorkerSendResult(
+        account_id="acc", request_id=request_id, outcome=outcome, item_id="x", error=None
+    )
+
+
+def test_a_reply_stored_before_queued_at_expires_from_when_it_was_made(tmp_path: Path) -> None:
+    """Schema 4 had no ``queued_at``: the migration adds it, and a row from before counts
+    its expiry from ``created_at``."""
+    from hiscrm.master.data import outbox_sql, sqlite_schema
+    from hiscrm.master.data.sqlite_store import OUTBOX
+
+    path = tmp_path / "v4.db"
+    conn = sqlite_schema.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 5):
+        sqlite_schema.MIGRATIONS[version](conn)
+    conn.execute("INSERT INTO schema_version VALUES (4)")
+    conn.execute(
+        "INSERT INTO outbox (account_id, request_id, seq, body_hash, action, target, state, "
+        "attempts, created_at, updated_at) VALUES ('acc', 'old', 1, 'h', ?, 'conversation:c1', "
+        "'queued', 0, 1000, 1000)",
+        (entry("old").action.model_dump_json(),),
+    )
+    conn.commit()
+    conn.close()
+    conn = sqlite_schema.connect(path)
+    assert sqlite_schema.migrate(conn)[0] == 4
+    sqlite_schema.check_columns(conn)
+    old = outbox_sql.get(OUTBOX, conn, "acc", "old")
+    assert old is not None
+    assert (old.queued_at, old.queued_since, old.as_json()["queued_at"]) == (None, 1000, 1000)
+    retried = old.move(S, 2000).move(OutboxState.FAILED, 3000).move(Q, 4000)
+    assert retried.queued_since == 4000
+    conn.close()

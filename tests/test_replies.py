@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import MasterFactory, make_config
-from harness import Master, to_toml, wait_until
+from harness import Master, gone, to_toml, wait_until
 from sse_reader import SseReader
 from test_ctl import ctl
 from testplatforms.senders import recorded_sends
@@ -244,6 +244,35 @@ def test_queued_replies_expire_and_survive_a_master_restart(
 
 
 @pytest.mark.timeout(90)
+def test_a_reply_retried_after_it_expired_gets_its_full_time_again(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """Expiry counts from when a reply last became queued, not from when it was made: one
+    retried after it expired waits again while its account does not run, and goes once
+    it does."""
+    record = tmp_path / "sends"
+    master = start(start_master, record, sender("acc-1", record), outbox={"expire_after_s": 2})
+    with master.http() as http:
+        assert http.post("/workers/worker1/stop").is_success
+        assert reply(http, "acc-1", "r-1").status_code == 202
+        expired = wait_state(http, "acc-1", "r-1", "expired", timeout=15)
+        retried = http.post("/accounts/acc-1/outbox/r-1/retry")
+        assert retried.status_code == 200, retried.text
+        again = retried.json()
+        assert again["state"] == "queued"
+        assert again["created_at"] == expired["created_at"]
+        assert again["queued_at"] >= expired["updated_at"]
+        assert entry(http, "acc-1", "r-1")["queued_at"] == again["queued_at"]  # stored
+        assert http.post("/workers/worker1/start").is_success
+        sent = wait_state(http, "acc-1", "r-1", "sent")
+    assert [s["request_id"] for s in recorded_sends(record, "acc-1")] == ["r-1"]
+    states = [e["new"] for e in master.log.find(event="reply state", request_id="r-1")]
+    assert states == ["expired", "sending", "sent"], states  # never expired again
+    assert master.log.find(event="reply queued again by an operator", request_id="r-1")
+    assert sent["attempts"] == 1
+
+
+@pytest.mark.timeout(90)
 def test_hiscrmctl_send_and_an_idempotent_platform(
     start_master: MasterFactory, tmp_path: Path
 ) -> None:
@@ -280,3 +309,58 @@ def test_hiscrmctl_send_and_an_idempotent_platform(
     listing = ctl(master, "outbox", "idem", "--state", "sent")
     assert listing.returncode == 0, listing.stderr
     assert "c-1" in listing.stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_idempotent_send_cut_by_a_master_kill_goes_again_after_the_restart(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """A master SIGKILLed while its worker's platform sends: the next master calls the
+    reply ``unknown`` (it may have gone out), then, once the account runs and its worker
+    says the platform's sends are idempotent, queues it again and sends it. A platform
+    that is not idempotent leaves its reply ``unknown`` for an operator."""
+    record = tmp_path / "sends"
+    idem = {
+        "id": "idem",
+        "platform": "testplatforms.senders:IdempotentSender",
+        "options": {"rate": 2.0, "seed": 1, "record_dir": str(record), "send_delay_s": 30},
+    }
+    plain = sender("plain", record, send_delay_s=30)
+    master = start(start_master, record, idem, plain)
+    with master.http() as http:
+        assert reply(http, "idem", "i-1").status_code == 202
+        assert reply(http, "plain", "p-1").status_code == 202
+        wait_until(
+            lambda: all(len(recorded_sends(record, a)) == 1 for a in ("idem", "plain")),
+            10,
+            "both sends called",
+        )
+        assert entry(http, "idem", "i-1")["state"] == "sending"
+    pids = {s["pid"] for a in ("idem", "plain") for s in recorded_sends(record, a)}
+    os.kill(master.pid, signal.SIGKILL)
+    assert master.proc is not None
+    master.proc.wait(5)
+    wait_until(lambda: all(gone(p) for p in pids), 10, "the workers gone with the master")
+
+    config = tomllib.loads(master.config_path.read_text())
+    for account in config["accounts"]:
+        account["options"]["send_delay_s"] = 0  # the next sends return at once
+    master.config_path.write_text(to_toml(config))
+    mark = master.mark()
+    master.start()
+    master.wait_running("worker1", after=mark)
+    with master.http() as http:
+        done = wait_state(http, "idem", "i-1", "sent")
+        assert done["attempts"] == 2
+        assert done["error"] is None
+        wait_until(lambda: http.get("/accounts/plain").json()["state"] == "running", 20, "runs")
+        unknown = entry(http, "plain", "p-1")
+        assert unknown["state"] == "unknown", unknown
+        assert unknown["error"].endswith("while it was sent")  # its master went
+    after = master.log.refresh()[mark:]
+    after = [e for e in after if e.get("event") == "reply state" and e.get("request_id") == "i-1"]
+    assert [e["new"] for e in after] == ["unknown", "queued", "sending", "sent"]
+    assert "sent again (idempotent)" in after[1]["error"]
+    assert [s["request_id"] for s in recorded_sends(record, "idem")] == ["i-1", "i-1"]
+    assert [s["request_id"] for s in recorded_sends(record, "plain")] == ["p-1"]  # never again
+    assert master.stop() == 0

@@ -62,11 +62,11 @@ class MasterClient:
         except httpx.HTTPError as exc:
             raise CtlError(f"{method} {self.url}{path} failed: {exc}", url=self.url) from None
 
-    def all_pages(self, path: str) -> list[Any]:
-        """Every item of a paged list."""
+    def all_pages(self, path: str, **params: Any) -> list[Any]:
+        """Every item of a paged list (``params``: its filters and order)."""
         items: list[Any] = []
         while True:
-            page = self.request("GET", path, limit=PAGE, offset=len(items))
+            page = self.request("GET", path, **params, limit=PAGE, offset=len(items))
             items += page["items"]
             if not page["items"] or len(items) >= page["total"]:
                 return items

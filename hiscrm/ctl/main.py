@@ -286,7 +286,9 @@ def outbox_command(args: argparse.Namespace, client: MasterClient, console: Cons
     if len(words) != 1:
         raise CtlError("usage: hiscrmctl outbox ACCOUNT [--state S]", exit_code=ExitCode.USAGE)
     path = f"/accounts/{quote(words[0], safe='')}/outbox"
-    entries = client.request("GET", path, state=args.state, limit=1000)["items"]
+    # Every page, oldest first (a reply made meanwhile lands after the pages read, so
+    # none is shown twice or missed), then shown newest first.
+    entries = client.all_pages(path, state=args.state, order="asc")[::-1]
     if args.json:
         emit(args, entries)
     else:

@@ -114,7 +114,19 @@ class Control:
         return SyncRequested(account_id=account_id, worker=worker, from_seq=from_seq, node=node)
 
     async def release(self, account_id: str) -> AccountInfo:
+        """Lift the account's quarantine, by the master that holds it (in a cluster,
+        maybe another: the answer is that master's view of the account, naming it)."""
         self._read.account(account_id)  # NotFound first
+        router = self.router
+        if router is None or router.holds(account_id):
+            return await self.release_here(account_id)
+        try:
+            node, result = await router.request(account_id, "account.release", {})
+        except RoutingFailed as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        return AccountInfo.model_validate({**result, "node": node})
+
+    async def release_here(self, account_id: str) -> AccountInfo:
         await self._supervisor.command(ReleaseAccount(account_id))
         return self._read.account(account_id)
 

@@ -496,6 +496,11 @@ class _Events(Collector):
             "Replies queued or being sent now",
             value=len(self._outbox.open),
         )
+        yield CounterMetricFamily(
+            "hiscrm_replies_refused_total",
+            "Reply states the store refused: made under an account lease this master lost",
+            value=self._outbox.refused,
+        )
 
 
 class _Sessions(Collector):

@@ -11,7 +11,7 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data.outbox import Outbox
-from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState, ReplyRefused
+from hiscrm.master.data.outbox_entry import OutboxEntry, OutboxState, PageQuery, ReplyRefused
 from hiscrm.master.data.routed import RoutingFailed
 from hiscrm.master.data.store import Store
 from hiscrm.replies import (
@@ -65,6 +65,11 @@ class OutboxEntryInfo(BaseModel):
     created_at: int
     updated_at: int
     sent_at: int | None
+    queued_at: int  # ms, when it last became queued (made, retried): expiry counts from it
+    # In a cluster, the master that acted on this request: for a new reply, the account's
+    # holder it goes to (None: no master holds it now); for a cancel or retry, the one that
+    # did it. None on one host, and in reads of the outbox.
+    node: str | None = None
 
 
 class OutboxPage(BaseModel):
@@ -75,8 +80,8 @@ class OutboxPage(BaseModel):
     next_offset: int | None
 
 
-def info(entry: OutboxEntry) -> OutboxEntryInfo:
-    return OutboxEntryInfo.model_validate(entry.as_json())
+def info(entry: OutboxEntry, node: str | None = None) -> OutboxEntryInfo:
+    return OutboxEntryInfo.model_validate({**entry.as_json(), "node": node})
 
 
 class Replies:
@@ -111,6 +116,7 @@ class Replies:
             state=OutboxState.QUEUED,
             created_at=now,
             updated_at=now,
+            queued_at=now,
         )
         try:
             stored, made = await self._store.outbox_create(entry)
@@ -118,7 +124,19 @@ class Replies:
             raise ApiError(exc.status, str(exc)) from None
         if made:
             self._outbox.add(stored)
-        return info(self._outbox.open.get((account_id, stored.request_id), stored)), made
+        live = self._outbox.open.get((account_id, stored.request_id), stored)
+        return info(live, self._holder(account_id)), made
+
+    def _holder(self, account_id: str) -> str | None:
+        """In a cluster, the master that sends the account's replies: this one, or the
+        lease holder as last seen (None: nobody holds it now)."""
+        router = self.router
+        if router is None or router.holds(account_id):
+            return self._here()
+        return router.owner_of(account_id)
+
+    def _here(self) -> str | None:
+        return None if self.router is None else self.router.node_id
 
     async def entry(self, account_id: str, request_id: str) -> OutboxEntry:
         if account_id not in self._read.account_ids():
@@ -130,14 +148,10 @@ class Replies:
             raise ApiError(404, f"no reply {request_id!r} of account {account_id!r}")
         return found
 
-    async def page(
-        self, account_id: str, state: OutboxState | None, limit: int, offset: int
-    ) -> OutboxPage:
+    async def page(self, account_id: str, query: PageQuery, limit: int, offset: int) -> OutboxPage:
         if account_id not in self._read.account_ids():
             raise ApiError(404, f"no account {account_id!r}")
-        entries, total = await self._store.outbox_page(
-            account_id, None if state is None else str(state), limit, offset
-        )
+        entries, total = await self._store.outbox_page(account_id, query, limit, offset)
         live = [self._outbox.open.get((e.account_id, e.request_id), e) for e in entries]
         end = offset + len(live)
         return OutboxPage(
@@ -166,22 +180,22 @@ class Replies:
             return None
         await self.entry(account_id, request_id)  # 404s first
         try:
-            _, result = await router.request(account_id, kind, {"request_id": request_id})
+            node, result = await router.request(account_id, kind, {"request_id": request_id})
         except RoutingFailed as exc:
             raise ApiError(exc.status, str(exc)) from None
-        return OutboxEntryInfo.model_validate(result)
+        return OutboxEntryInfo.model_validate({**result, "node": node})
 
     async def cancel_here(self, account_id: str, request_id: str) -> OutboxEntryInfo:
         entry = await self.entry(account_id, request_id)
         try:
-            return info(self._outbox.cancel(entry))
+            return info(self._outbox.cancel(entry), self._here())
         except ReplyRefused as exc:
             raise ApiError(exc.status, str(exc)) from None
 
     async def retry_here(self, account_id: str, request_id: str) -> OutboxEntryInfo:
         entry = await self.entry(account_id, request_id)
         try:
-            return info(self._outbox.retry(entry))
+            return info(self._outbox.retry(entry), self._here())
         except ReplyRefused as exc:
             raise ApiError(exc.status, str(exc)) from None
 

@@ -1,6 +1,6 @@
 """Replies: ``POST /accounts/{id}/messages|comments`` and the account's outbox."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -14,7 +14,7 @@ from hiscrm.master.api.replies import (
     Replies,
     info,
 )
-from hiscrm.master.data.outbox_entry import OutboxState
+from hiscrm.master.data.outbox_entry import OutboxState, PageQuery
 from hiscrm.replies import REQUEST_ID_PATTERN
 
 RequestIdPath = Annotated[str, Path(pattern=REQUEST_ID_PATTERN)]
@@ -53,16 +53,26 @@ def reply_routes(router: APIRouter, replies: Replies) -> None:
 
     @router.get(
         "/accounts/{account_id}/outbox",
-        dependencies=[Depends(only("state", "limit", "offset"))],
+        dependencies=[Depends(only("state", "since", "until", "order", "limit", "offset"))],
     )
     async def outbox(
         account_id: AccountId,
         state: OutboxState | None = None,
+        since: Annotated[
+            int | None, Query(ge=0, le=MAX_INT, description="ms, created_at >= since")
+        ] = None,
+        until: Annotated[
+            int | None, Query(ge=0, le=MAX_INT, description="ms, created_at < until")
+        ] = None,
+        order: Literal["asc", "desc"] = "desc",
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> OutboxPage:
-        """The account's replies, newest first."""
-        return await replies.page(account_id, state, limit, offset)
+        """The account's replies, newest first (``order=asc``: in the order made)."""
+        query = PageQuery(
+            state=None if state is None else str(state), since=since, until=until, order=order
+        )
+        return await replies.page(account_id, query, limit, offset)
 
     @router.get("/accounts/{account_id}/outbox/{request_id}", dependencies=[Depends(only())])
     async def outbox_entry(account_id: AccountId, request_id: RequestIdPath) -> OutboxEntryInfo:

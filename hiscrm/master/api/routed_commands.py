@@ -21,6 +21,13 @@ def executors(control: Control, replies: Replies) -> dict[str, Executor]:
             raise Refused(str(exc)) from None
         return done.model_dump(exclude={"node"})
 
+    async def release(account_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            account = await control.release_here(account_id)
+        except (CommandRefused, NotFound) as exc:
+            raise Refused(str(exc)) from None
+        return account.model_dump(mode="json")
+
     async def cancel(account_id: str, args: dict[str, Any]) -> dict[str, Any]:
         try:
             entry = await replies.cancel_here(account_id, str(args["request_id"]))
@@ -35,4 +42,9 @@ def executors(control: Control, replies: Replies) -> dict[str, Executor]:
             raise Refused(str(exc)) from None
         return entry.model_dump()
 
-    return {"sync": sync, "reply.cancel": cancel, "reply.retry": retry}
+    return {
+        "sync": sync,
+        "account.release": release,
+        "reply.cancel": cancel,
+        "reply.retry": retry,
+    }

@@ -95,6 +95,10 @@ class CommandRouter:
 
     # --- sending -------------------------------------------------------------------------
 
+    def owner_of(self, account_id: str) -> str | None:
+        """The account's lease holder as last seen (None: nobody holds it)."""
+        return self._owner_of(account_id)
+
     async def request(self, account_id: str, kind: str, args: dict[str, Any]) -> tuple[str, Any]:
         """Have the account's lease holder carry the command out: (its node, the result).
         RoutingFailed says why not."""

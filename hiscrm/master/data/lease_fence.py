@@ -44,3 +44,15 @@ class Fence:
             self.refused += 1
             self.on_refused(account_id, why)
         return refused
+
+    def check_at(self, conn: Conn, account_id: str, epoch: int | None) -> str | None:
+        """Inside the writer's transaction: why this node may not write the account under
+        the lease ``epoch`` it held when the change was made (None: it held none), or
+        None if it still holds that lease. Only a refusal of the lease held now stops the
+        account (one refused at an epoch since replaced says nothing of the present)."""
+        why = pg_leases.stale(conn, self.node_id, {account_id: epoch}).get(account_id)
+        if why is not None:
+            self.refused += 1
+            if epoch is not None and self._epochs.get(account_id) == epoch:
+                self.on_refused(account_id, why)
+        return why

@@ -54,6 +54,7 @@ def open_lease_keeper(
         raise StoreError(f"a cluster needs the PostgreSQL store, not {type(store).__name__}")
     fence = Fence(config.cluster.node_id)
     store.writer.fence = fence
+    manager.outbox.lease_of = fence.epoch  # each reply's write names the lease it was made under
     return LeaseKeeper(config, config.store.url, manager, fence, log, count_error, shutting_down)
 
 

@@ -17,6 +17,18 @@ reply stored through another master is taken in when the store tells of it
 (``take_in``), and so are the open entries of an account whose lease this master gains
 (those the previous holder was sending become ``unknown``); an account it loses is
 forgotten here (its queued entries wait in the store for the next holder).
+
+Every store write of an entry in a cluster carries the epoch of the account's lease this
+master held when it made the change (``lease_of``), and the store checks it in the
+write's own transaction: a master that lost the lease (cut off, its lease taken) never
+overwrites what the new holder stored. A write refused so (``StaleLease``) is logged,
+counted (``refused``) and never tried again. A master whose lease is gone leaves the
+replies it was sending as they are in the store (``sending``): the next holder calls
+them ``unknown`` when it takes the account in.
+
+An entry this master itself made ``unknown`` when it took it in (left ``sending`` by a
+master that died or lost the account) is queued again once the account runs here and
+its platform says its sends are idempotent (known only once its worker has reported).
 """
 
 import asyncio
@@ -32,7 +44,7 @@ from hiscrm.master.data.outbox_entry import (
     OutboxState,
     ReplyRefused,
 )
-from hiscrm.master.data.store import Store
+from hiscrm.master.data.store import StaleLease, Store
 from hiscrm.master.ports import WorkerLink
 from hiscrm.protocol import MasterSend, WorkerSendResult
 
@@ -82,6 +94,13 @@ class Outbox:
         self._saving: dict[Key, asyncio.Task[None]] = {}  # each entry's writes, in order
         self.counts: dict[str, int] = {str(s): 0 for s in OutboxState}  # entries reaching each
         self.wake: Callable[[], None] = lambda: None  # a new expiry: look at deadlines again
+        # In a cluster: the epoch of the account's lease this master holds now (None:
+        # none). Left None on one host, where the master owns every account.
+        self.lease_of: Callable[[str], int | None] | None = None
+        self.refused = 0  # writes the store refused: made under a lease since lost
+        # Made ``unknown`` here when taken in (another master, or this one before a
+        # restart, was sending them): queued again if their platform is idempotent.
+        self._relaunch: dict[Key, OutboxEntry] = {}
 
     # --- start ----------------------------------------------------------------------------
 
@@ -122,6 +141,8 @@ class Outbox:
         gone = set(account_ids)
         for key in [k for k in self.open if k[0] in gone and k not in self._busy]:
             del self.open[key]
+        for key in [k for k in self._relaunch if k[0] in gone]:
+            del self._relaunch[key]
 
     def _adopt(self, entries: list[OutboxEntry], sending_why: str) -> int:
         """Open entries read from the store, of accounts this master holds, that it does
@@ -134,7 +155,7 @@ class Outbox:
             adopted += 1
             self.open[key] = entry
             if entry.state is OutboxState.SENDING:
-                self._move(entry, OutboxState.UNKNOWN, error=sending_why)
+                self._relaunch[key] = self._move(entry, OutboxState.UNKNOWN, error=sending_why)
         return adopted
 
     # --- in ---------------------------------------------------------------------------------
@@ -153,6 +174,7 @@ class Outbox:
         link = self._link_of(account_id)
         if link is None:
             return
+        self._relaunch_idempotent(account_id)
         mine = (e for e in self.open.values() if e.account_id == account_id)
         for entry in ready(mine, self._busy):
             self._busy.add((entry.account_id, entry.request_id))
@@ -204,12 +226,36 @@ class Outbox:
         else:
             self._move(entry, OutboxState.FAILED, error=message.error or "failed")
 
+    def _relaunch_idempotent(self, account_id: str) -> None:
+        """The account runs (its worker has said which platforms are idempotent): the
+        entries made ``unknown`` when taken in are queued again if its sends are
+        idempotent; otherwise they stay ``unknown`` for an operator."""
+        keys = [k for k in self._relaunch if k[0] == account_id]
+        if not keys:
+            return
+        idempotent = self._idempotent(account_id)
+        for key in keys:
+            entry = self._relaunch.pop(key)
+            if idempotent:
+                self._move(
+                    entry, OutboxState.QUEUED, error=f"{entry.error}; sent again (idempotent)"
+                )
+
     def account_left(self, account_id: str, why: str) -> None:
         """The account no longer runs where its replies were being sent."""
+        lease_gone = self.lease_of is not None and self.lease_of(account_id) is None
         for entry in [e for e in self.open.values() if e.account_id == account_id]:
             if entry.state is not OutboxState.SENDING:
                 continue
-            if self._idempotent(account_id):
+            if lease_gone:  # not this master's to say any more: the next holder's
+                self._log.warning(
+                    "reply left as it was being sent: the account's lease is gone; "
+                    "its next master calls it unknown",
+                    account_id=account_id,
+                    request_id=entry.request_id,
+                    why=why,
+                )
+            elif self._idempotent(account_id):
                 self._move(entry, OutboxState.QUEUED, error=f"{why}; sent again (idempotent)")
             else:
                 self._move(entry, OutboxState.UNKNOWN, error=f"{why} while it was being sent")
@@ -239,6 +285,7 @@ class Outbox:
             raise ReplyRefused(409, str(exc)) from None
         key = (entry.account_id, entry.request_id)
         self.open.pop(key, None)
+        self._relaunch.pop(key, None)
         self._log.info("reply queued again by an operator", account_id=key[0], request_id=key[1])
         self._save(queued)
         self.open[key] = queued
@@ -250,7 +297,7 @@ class Outbox:
     # --- time -------------------------------------------------------------------------------
 
     def next_expiry_ms(self) -> int | None:
-        queued = [e.created_at for e in self.open.values() if e.state is OutboxState.QUEUED]
+        queued = [e.queued_since for e in self.open.values() if e.state is OutboxState.QUEUED]
         return min(queued) + int(self.expire_after_s * 1000) if queued else None
 
     def expire(self, now_ms: int) -> None:
@@ -259,7 +306,7 @@ class Outbox:
             key = (entry.account_id, entry.request_id)
             if (
                 entry.state is OutboxState.QUEUED
-                and entry.created_at <= cutoff
+                and entry.queued_since <= cutoff
                 and key not in self._busy
             ):
                 self._move(
@@ -280,6 +327,7 @@ class Outbox:
     ) -> OutboxEntry:
         moved = entry.move(new, epoch_ms(), error=error, item_id=item_id)
         key = (entry.account_id, entry.request_id)
+        self._relaunch.pop(key, None)
         if new in (OutboxState.QUEUED, OutboxState.SENDING):
             self.open[key] = moved
         else:
@@ -306,11 +354,15 @@ class Outbox:
         key = (entry.account_id, entry.request_id)
         try:
             sending = entry.move(OutboxState.SENDING, epoch_ms())
+            lease = self._lease(key[0])
             earlier = self._saving.get(key)
             if earlier is not None:  # its queued state first
                 await asyncio.wait({earlier})
-            try:
-                await self._store.outbox_save(sending)  # stored before it goes: at most once
+            try:  # stored before it goes: at most once
+                await self._store.outbox_save(sending, lease=lease)
+            except StaleLease as exc:
+                self._refused(sending, exc)
+                return
             except Exception as exc:
                 self._count_error()
                 self._log.error(
@@ -345,18 +397,24 @@ class Outbox:
         """Store the entry's state, after its earlier states (in order, tried until the
         store takes it)."""
         key = (entry.account_id, entry.request_id)
-        task = self._spawn(self._saved(self._saving.get(key), entry))
+        lease = self._lease(key[0])  # the lease it was made under, not the one at the write
+        task = self._spawn(self._saved(self._saving.get(key), entry, lease))
         self._saving[key] = task
         task.add_done_callback(
             lambda done: self._saving.pop(key, None) if self._saving.get(key) is done else None
         )
 
-    async def _saved(self, before: "asyncio.Task[None] | None", entry: OutboxEntry) -> None:
+    async def _saved(
+        self, before: "asyncio.Task[None] | None", entry: OutboxEntry, lease: int | None
+    ) -> None:
         if before is not None:
             await asyncio.wait({before})
         while True:
             try:
-                await self._store.outbox_save(entry)
+                await self._store.outbox_save(entry, lease=lease)
+                return
+            except StaleLease as exc:  # never tried again: it cannot succeed
+                self._refused(entry, exc)
                 return
             except Exception as exc:
                 self._count_error()
@@ -368,6 +426,26 @@ class Outbox:
                     exc_info=exc,
                 )
                 await asyncio.sleep(SAVE_RETRY_S)
+
+    def _lease(self, account_id: str) -> int | None:
+        return None if self.lease_of is None else self.lease_of(account_id)
+
+    def _refused(self, entry: OutboxEntry, exc: StaleLease) -> None:
+        """The store refused the entry's state: this master no longer holds the lease it
+        was made under. The entry is the account's present holder's now: forgotten here."""
+        self.refused += 1
+        key = (entry.account_id, entry.request_id)
+        if key in self.open and not self._mine(entry.account_id):
+            del self.open[key]
+        self._relaunch.pop(key, None)
+        self._log.warning(
+            "reply state refused by the store: made under a lease this master lost; "
+            "the account's present master decides",
+            account_id=entry.account_id,
+            request_id=entry.request_id,
+            state=str(entry.state),
+            why=str(exc),
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
         task = asyncio.ensure_future(work)

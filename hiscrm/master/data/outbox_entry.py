@@ -6,6 +6,9 @@
        ├─(still queued after expire_after_s)─▶ expired
        └─(DELETE)─▶ cancelled
     failed | unknown | expired ──(retry, by an operator)──▶ queued
+
+Expiry counts from ``queued_at``, when the entry last became queued (made, retried,
+queued again), so a reply retried long after it was made gets its full time again.
     unknown ──(the worker's answer arrives after all)──▶ sent | failed
     sending ──(the worker did not hand it to the platform)──▶ queued
 
@@ -16,7 +19,7 @@ platform says its sends are idempotent. ``move`` is the one place a state change
 import hashlib
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from msgspec.structs import replace
@@ -75,10 +78,16 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     error: str | None = None  # why failed, unknown or expired
     item_id: str | None = None  # the platform's id of what it sent
     sent_at: int | None = None
+    queued_at: int | None = None  # ms, when it last became queued; None: when it was made
 
     @property
     def target(self) -> str:
         return self.action.target
+
+    @property
+    def queued_since(self) -> int:
+        """When it last became queued (what expiry counts from)."""
+        return self.created_at if self.queued_at is None else self.queued_at
 
     def move(
         self,
@@ -99,6 +108,7 @@ class OutboxEntry(msgspec.Struct, frozen=True):
             error=error,
             item_id=item_id if new is OutboxState.SENT else self.item_id,
             sent_at=at if new is OutboxState.SENT else self.sent_at,
+            queued_at=at if new is OutboxState.QUEUED else self.queued_at,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -114,7 +124,18 @@ class OutboxEntry(msgspec.Struct, frozen=True):
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "sent_at": self.sent_at,
+            "queued_at": self.queued_since,
         }
+
+
+class PageQuery(msgspec.Struct, frozen=True):
+    """Which of an account's entries a page shows: ``state``, made at or after ``since``
+    and before ``until`` (ms), in the order they were made (``asc``) or newest first."""
+
+    state: str | None = None
+    since: int | None = None
+    until: int | None = None
+    order: Literal["asc", "desc"] = "desc"
 
 
 class ReplyRefused(Exception):

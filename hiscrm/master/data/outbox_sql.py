@@ -17,6 +17,7 @@ from hiscrm.master.data.outbox_entry import (
     OPEN,
     OutboxEntry,
     OutboxState,
+    PageQuery,
     ReplyRefused,
     body_hash,
 )
@@ -46,7 +47,7 @@ class Dialect(msgspec.Struct, frozen=True):
 
 COLUMNS = (
     "account_id, request_id, seq, body_hash, action, target, state, error, item_id, "
-    "attempts, created_at, updated_at, sent_at"
+    "attempts, created_at, updated_at, sent_at, queued_at"
 )
 
 
@@ -62,6 +63,7 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
         created_at=row[10],
         updated_at=row[11],
         sent_at=row[12],
+        queued_at=row[13],
     )
 
 
@@ -128,7 +130,7 @@ def create(
     check_target(db, conn, entry)
     db.run(
         conn,
-        f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 13)})",
+        f"INSERT INTO outbox ({COLUMNS}) VALUES ({', '.join('?' * 14)})",
         (
             entry.account_id,
             entry.request_id,
@@ -143,6 +145,7 @@ def create(
             entry.created_at,
             entry.updated_at,
             entry.sent_at,
+            entry.queued_at,
         ),
     )
     db.insert_events(conn, first_id, [_event(entry)])
@@ -154,7 +157,7 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
     db.run(
         conn,
         "UPDATE outbox SET state = ?, error = ?, item_id = ?, attempts = ?, updated_at = ?, "
-        "sent_at = ? WHERE account_id = ? AND request_id = ?",
+        "sent_at = ?, queued_at = ? WHERE account_id = ? AND request_id = ?",
         (
             str(entry.state),
             entry.error,
@@ -162,6 +165,7 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
             entry.attempts,
             entry.updated_at,
             entry.sent_at,
+            entry.queued_at,
             entry.account_id,
             entry.request_id,
         ),
@@ -170,15 +174,21 @@ def save(db: Dialect, conn: Connection, first_id: int, entry: OutboxEntry) -> No
 
 
 def page(
-    db: Dialect, conn: Connection, account_id: str, state: str | None, limit: int, offset: int
+    db: Dialect, conn: Connection, account_id: str, query: PageQuery, limit: int, offset: int
 ) -> tuple[list[OutboxEntry], int]:
-    where, params = "account_id = ?", [account_id]
-    if state is not None:
-        where += " AND state = ?"
-        params.append(state)
+    where, params = "account_id = ?", list[str | int]([account_id])
+    for sql, value in (
+        ("state = ?", query.state),
+        ("created_at >= ?", query.since),
+        ("created_at < ?", query.until),
+    ):
+        if value is not None:
+            where += f" AND {sql}"
+            params.append(value)
+    direction = "ASC" if query.order == "asc" else "DESC"
     rows = db.run(
         conn,
-        f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+        f"SELECT {COLUMNS} FROM outbox WHERE {where} ORDER BY seq {direction} LIMIT ? OFFSET ?",
         [*params, limit, offset],
     ).fetchall()
     total = db.run(conn, f"SELECT count(*) FROM outbox WHERE {where}", params).fetchone()[0]

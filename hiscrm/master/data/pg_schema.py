@@ -41,7 +41,7 @@ from hiscrm.master.data import pg_commands, pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.sync_wire import ChangeView
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -194,6 +194,12 @@ def _migration_wanted(conn: Conn) -> None:
     pg_leases.migrate_wanted(conn)
 
 
+def _migration_queued_at(conn: Conn) -> None:
+    """The outbox: when each reply last became queued (expiry counts from it; NULL in
+    rows made before: their ``created_at``)."""
+    conn.execute("ALTER TABLE outbox ADD COLUMN queued_at bigint")
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
@@ -202,6 +208,7 @@ MIGRATIONS = {
     5: _migration_leases,
     6: _migration_commands,
     7: _migration_wanted,
+    8: _migration_queued_at,
 }  # version -> step that brings it there
 
 

@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data import outbox_sql, pg_commands, pg_events, pg_queries, pg_schema
-from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.outbox_entry import OutboxEntry, PageQuery
 from hiscrm.master.data.pg_listener import EventListener
 from hiscrm.master.data.pg_reader import PgReader
 from hiscrm.master.data.pg_schema import Conn
@@ -32,6 +32,7 @@ from hiscrm.master.data.store import (
     NewEvent,
     OutcomeCallback,
     Row,
+    StaleLease,
     StoredEvent,
     StoreError,
     StoreStats,
@@ -191,9 +192,15 @@ class PostgresStore:
 
         return await self._call_writing(lambda conn: self.writer.with_events(conn, 1, create))
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
         def save(conn: Conn, first: int) -> None:
-            self._fenced(conn, entry.account_id)  # the owner's word on a reply: fenced
+            # The owner's word on a reply, at the lease it was made under: a master that
+            # lost the lease (or holds it again at a later epoch) is refused here.
+            fence = self.writer.fence
+            if fence is not None:
+                why = fence.check_at(conn, entry.account_id, lease)
+                if why is not None:
+                    raise StaleLease(f"lease lost: {why}")
             outbox_sql.save(OUTBOX, conn, first, entry)
 
         await self._call_writing(lambda conn: self.writer.with_events(conn, 1, save))
@@ -204,10 +211,10 @@ class PostgresStore:
         )
 
     async def outbox_page(
-        self, account_id: str, state: str | None, limit: int, offset: int
+        self, account_id: str, query: PageQuery, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
         return await self.reader.run(
-            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
+            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, query, limit, offset)
         )
 
     async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:

@@ -22,7 +22,7 @@ from hiscrm.items import BY_COLLECTION, KINDS, Kind
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.sync_wire import ChangeView
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at", "event_id"]
 
 
@@ -131,8 +131,14 @@ def _migration_4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migration_5(conn: sqlite3.Connection) -> None:
+    """The outbox: when each reply last became queued (expiry counts from it; NULL in
+    rows made before: their ``created_at``)."""
+    conn.execute("ALTER TABLE outbox ADD COLUMN queued_at INTEGER")
+
+
 # version -> the step that brings it there
-MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4}
+MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5}
 
 
 def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
@@ -200,7 +206,7 @@ def check_columns(conn: sqlite3.Connection) -> None:
         "accounts": ["id", "platform", "options", "enabled", "source", "created_at", "updated_at"],
         "events": ["id", "name", "at", "account_id", "data"],
         "event_state": ["key", "value"],
-        "outbox": ["account_id", "request_id", "seq", "state", "action", "updated_at"],
+        "outbox": ["account_id", "request_id", "seq", "state", "action", "updated_at", "queued_at"],
     }
     for kind in KINDS.values():
         expected[kind.collection] = (

@@ -14,7 +14,7 @@ from typing import TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data import outbox_sql, sqlite_events, sqlite_queries, sqlite_schema
-from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.outbox_entry import OutboxEntry, PageQuery
 from hiscrm.master.data.sqlite_reader import SqliteReader
 from hiscrm.master.data.sqlite_writer import SqliteWriter, transaction
 from hiscrm.master.data.store import (
@@ -136,7 +136,8 @@ class SqliteStore:
             )
         )
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
+        # One host: the master owns every account; there is no lease to check.
         await self._call_writing(
             lambda conn: self.writer.with_events(
                 conn, 1, lambda c, first: outbox_sql.save(OUTBOX, c, first, entry)
@@ -149,10 +150,10 @@ class SqliteStore:
         )
 
     async def outbox_page(
-        self, account_id: str, state: str | None, limit: int, offset: int
+        self, account_id: str, query: PageQuery, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
         return await self.reader.run(
-            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, state, limit, offset)
+            lambda conn: outbox_sql.page(OUTBOX, conn, account_id, query, limit, offset)
         )
 
     async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:

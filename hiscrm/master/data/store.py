@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from hiscrm.master.data.event_filter import EventFilter
-from hiscrm.master.data.outbox_entry import OutboxEntry
+from hiscrm.master.data.outbox_entry import OutboxEntry, PageQuery
 from hiscrm.master.ports import WorkerLink
 from hiscrm.sync_wire import ChangeView
 
@@ -29,6 +29,12 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The store cannot take a write now (locked by another process, disk full, failing);
     the message says why. Nothing was written."""
+
+
+class StaleLease(StoreUnavailable):
+    """In a cluster: the write was made under a lease this master no longer holds (at
+    the epoch it had, or at all); refused in its own transaction. Trying it again cannot
+    succeed: the account's present holder decides."""
 
 
 class SyncBatch(msgspec.Struct):
@@ -230,15 +236,19 @@ class Store(Protocol):
         its reply is the same (False); ReplyRefused if it is another reply (409), or its
         conversation, content or parent comment is not the account's (422)."""
 
-    async def outbox_save(self, entry: OutboxEntry) -> None:
-        """An entry's new state (and what came with it)."""
+    async def outbox_save(self, entry: OutboxEntry, *, lease: int | None) -> None:
+        """An entry's new state (and what came with it). In a cluster, ``lease`` is the
+        epoch of the account's lease this master held when it made the change (None:
+        none); the write checks it in its own transaction and raises StaleLease if the
+        lease is no longer this master's at that epoch. On one host it is ignored."""
 
     async def outbox_get(self, account_id: str, request_id: str) -> OutboxEntry | None: ...
 
     async def outbox_page(
-        self, account_id: str, state: str | None, limit: int, offset: int
+        self, account_id: str, query: PageQuery, limit: int, offset: int
     ) -> tuple[list[OutboxEntry], int]:
-        """Newest first, and how many match."""
+        """A page of the account's entries (``query`` says which, in which order), and
+        how many match."""
 
     async def outbox_open(self, account_ids: list[str] | None = None) -> list[OutboxEntry]:
         """Entries queued or being sent (of these accounts, or all), oldest first (read
