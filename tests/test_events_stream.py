@@ -120,23 +120,86 @@ def stored_messages_head(master: Master) -> int:
     return int(master.rows("SELECT coalesce(max(event_id), 0) FROM messages")[0][0])
 
 
-@pytest.mark.timeout(60)
+def supervisor_event_ids(master: Master) -> list[int]:
+    return [int(r[0]) for r in master.rows("SELECT id FROM events ORDER BY id")]
+
+
+def event_floor(master: Master) -> int:
+    return int(master.rows("SELECT value FROM event_state WHERE key = 'floor'")[0][0])
+
+
+@pytest.mark.timeout(90)
 def test_a_cursor_outside_the_window_gets_reset(start_master: MasterFactory) -> None:
+    """The window ends where supervisor events were pruned (beyond ``keep`` of them)."""
     events = {**FAST_EVENTS, "keep": 100}
-    master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
+    master = start_master(make_config(workers=1, accounts=[], events=events))
     master.wait_running("worker1")
-    wait_until(lambda: stored_messages_head(master) > 300, 30, "more than 300 events")
-    for cursor in (1, 10**12):  # too old; from another store
+    first = supervisor_event_ids(master)[0]
+    deadline = time.monotonic() + 40
+    with master.http() as http:  # each turn is account.state events
+        assert http.post("/accounts", json=demo()).status_code == 201
+        while len(supervisor_event_ids(master)) <= 110:
+            assert time.monotonic() < deadline, "110 supervisor events"
+            for enabled in (False, True):
+                answer = http.patch("/accounts/acc-1", json={"enabled": enabled})
+                assert answer.status_code == 200, answer.text
+    # Pruned within PRUNE_EVERY_S (10 s): the oldest kept is past the first.
+    wait_until(lambda: event_floor(master) >= first, 30, "supervisor events pruned")
+    kept = supervisor_event_ids(master)
+    assert kept[0] > first
+    assert len(kept) >= 100
+    for cursor in (first - 1, 10**12):  # its next supervisor event is gone; another store's
         stream = reader(master, params={"after": cursor, "follow": "false"})
         try:
             stream.wait_ended(20)
         finally:
             stream.close()
-        events = stream.snapshot()
-        assert events[0].name == "reset", events[:3]
-        assert "reload" in events[0].data
-        assert events[0].id is not None
-        assert all(e.id is not None and e.id > events[0].id for e in events[1:]) or len(events) == 1
+        got = stream.snapshot()
+        assert got[0].name == "reset", got[:3]
+        assert "reload" in got[0].data
+        assert got[0].id is not None
+        assert all(e.id is not None and e.id > got[0].id for e in got[1:]) or len(got) == 1
+    # The floor itself is still a good cursor: what follows it was kept.
+    floor = event_floor(master)
+    stream = reader(master, params={"after": floor, "types": "account", "follow": "false"})
+    try:
+        stream.wait_ended(20)
+    finally:
+        stream.close()
+    got = stream.snapshot()
+    assert got, "nothing after the floor"
+    assert got[0].name == "account.state", got[:3]
+    assert (got[0].id or 0) > floor
+
+
+@pytest.mark.timeout(90)
+def test_a_client_away_across_more_than_keep_item_events_resumes_without_reset(
+    start_master: MasterFactory,
+) -> None:
+    """``keep`` bounds supervisor events only: items are read back from their rows."""
+    events = {**FAST_EVENTS, "keep": 100}
+    master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
+    master.wait_running("worker1")
+    first = reader(master, params={"types": "item.message"})
+    first.wait(lambda es: len(es) >= 3, 20, "three messages")
+    first.close()
+    cursor = first.snapshot()[-1].id
+    assert cursor is not None
+    # Away while more than ``keep`` events (all kinds) are given out, and as many items.
+    wait_until(lambda: stored_messages_head(master) > cursor + 300, 30, "300 more events")
+    head = stored_messages_head(master)
+    assert len(stored_messages(master, cursor, head)) > 100
+    second = reader(master, params={"types": "item.message"}, last_event_id=cursor)
+    try:
+        resumed = second.wait(
+            lambda es: bool(es) and (es[-1].id or 0) >= head, 20, "caught up to the head"
+        )
+    finally:
+        second.close()
+    assert all(e.name == "item.message" for e in resumed), resumed[:3]  # no reset
+    assert_in_order_once(resumed)
+    got = [(e.data["account_id"], e.data["id"]) for e in resumed if (e.id or 0) <= head]
+    assert got == stored_messages(master, cursor, head)  # every one, once, in commit order
 
 
 @pytest.mark.timeout(60)

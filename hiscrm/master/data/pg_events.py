@@ -56,9 +56,11 @@ class EventHead:
     def watch(self, on_head: HeadCallback) -> None:
         self._on_head = on_head
 
-    def window(self, keep: int) -> EventWindow:
-        head = self.head
-        return EventWindow(max(self.floor, head - keep), head)
+    def window(self) -> EventWindow:
+        """Every event above the floor is still there: supervisor events were pruned up
+        to it only, and item events are read from the items' rows whatever their number
+        (an item deleted by retention is simply gone)."""
+        return EventWindow(self.floor, self.head)
 
     def rise(self, head: int) -> None:
         """Events up to ``head`` are committed; tell the watcher if that is news."""
@@ -105,9 +107,9 @@ def insert(conn: Conn, first_id: int, events: list[NewEvent]) -> None:
         )
 
 
-def prune(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
-    """Delete supervisor events beyond the newest ``keep`` or older than ``keep_s``;
-    raises and returns the floor (the highest id deleted, or the floor as stored: another
+def prune_floor(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
+    """The floor that pruning supervisor events beyond the newest ``keep`` or older than
+    ``keep_s`` raises to: the highest id to delete, or the floor as stored (another
     master may have raised it)."""
     cutoff = now_ms - int(keep_s * 1000)
     row = conn.execute(
@@ -118,12 +120,15 @@ def prune(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
         (keep, cutoff),
     ).fetchone()
     assert row is not None
-    upto = int(row[0])
+    return int(row[0])
+
+
+def prune(conn: Conn, upto: int) -> None:
+    """Delete the supervisor events up to ``upto`` and raise the floor to it."""
     conn.execute("DELETE FROM events WHERE id <= %s", (upto,))
     conn.execute(
         "UPDATE event_state SET value = %s WHERE key = 'floor' AND value < %s", (upto, upto)
     )
-    return upto
 
 
 def read(conn: Conn, query: EventQuery) -> list[StoredEvent]:
