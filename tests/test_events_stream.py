@@ -2,21 +2,30 @@
 without loss or repeat (also across a master restart), reset, filters, slow clients, and
 the supervisor's events."""
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
 from conftest import MasterFactory, make_config
 from harness import Master, metric, wait_until
 from sse_reader import SseEvent, SseReader
+from starlette.types import Message
 from test_ctl import CTL
 
+from hiscrm.master.api import event_routes
+from hiscrm.master.data.store import EventWindow
+from hiscrm.master.events.hub import CutOff, EventHub
+
 FAST_EVENTS = {"heartbeat_s": 0.2}
+CUT_OFF = "hiscrm_event_clients_cut_off_total"
 
 
 @pytest.fixture
@@ -281,9 +290,7 @@ def test_a_slow_reader_is_cut_off_while_a_fast_one_keeps_up(start_master: Master
             got = fast.wait(lambda es: len(es) >= 8000, 60, "the fast reader got all 8000")
             assert_in_order_once(got)
             wait_until(
-                lambda: (
-                    metric(http.get("/metrics").text, "hiscrm_event_clients_cut_off_total") >= 1
-                ),
+                lambda: metric(http.get("/metrics").text, CUT_OFF + '{reason="too_slow"}') >= 1,
                 30,
                 "the slow reader cut off",
             )
@@ -335,3 +342,41 @@ def test_hiscrmctl_events_follows_across_a_master_restart(start_master: MasterFa
     pids = {e["data"]["pid"] for e in events}
     assert {first_pid, second_pid} <= pids  # the stop, and the new master's start
     assert "resuming after event" in notes
+
+
+def test_a_client_that_stops_reading_is_let_go_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that waits ``WRITE_TIMEOUT_S`` ends the stream, counted by reason (a real
+    client would take 30 s and megabytes to get there: the response alone here)."""
+    monkeypatch.setattr(event_routes, "WRITE_TIMEOUT_S", 0.05)
+
+    class Kept:
+        def event_window(self) -> EventWindow:
+            return EventWindow(0, 0)
+
+    async def frames() -> AsyncIterator[bytes]:
+        while True:
+            yield b": keep-alive\n\n"
+
+    sent: list[Message] = []
+    never = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await never.wait()  # the client takes nothing
+
+    async def receive() -> Message:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async def main() -> EventHub:
+        hub = EventHub(Kept(), structlog.get_logger(), lambda: None)  # type: ignore[arg-type]
+        response = event_routes.EventStreamResponse(frames(), hub, structlog.get_logger())
+        scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+        async with asyncio.timeout(10):
+            await response(scope, receive, send)
+        return hub
+
+    hub = asyncio.run(main())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert hub.cut_off == {CutOff.STOPPED_READING: 1}
