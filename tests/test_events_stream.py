@@ -5,6 +5,7 @@ the supervisor's events."""
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from conftest import MasterFactory, make_config
 from harness import Master, metric, wait_until
 from sse_reader import SseEvent, SseReader
 from starlette.types import Message
-from test_ctl import CTL
+from test_ctl import CTL, ctl
 
 from hiscrm.master.api import event_routes
 from hiscrm.master.data.store import EventWindow
@@ -342,6 +343,52 @@ def test_hiscrmctl_events_follows_across_a_master_restart(start_master: MasterFa
     pids = {e["data"]["pid"] for e in events}
     assert {first_pid, second_pid} <= pids  # the stop, and the new master's start
     assert "resuming after event" in notes
+
+
+@pytest.mark.timeout(60)
+def test_account_stale_and_health_are_events_and_hiscrmctl_shows_them_as_lines(
+    start_master: MasterFactory,
+) -> None:
+    silent = {"id": "silent", "platform": "testplatforms.behaviours:Idle"}
+    config = make_config(
+        workers=1, accounts=[silent], sync={"stale_after_s": 1.5}, events=FAST_EVENTS
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    stream = reader(master, params={"types": "account.stale,health", "after": 0})
+
+    def degraded(events: list[SseEvent]) -> list[SseEvent]:
+        return [e for e in events if e.name == "health" and e.data["status"] == "degraded"]
+
+    try:
+        got = stream.wait(
+            lambda es: any(e.name == "account.stale" for e in es) and bool(degraded(es)),
+            20,
+            "account.stale and health degraded",
+        )
+    finally:
+        stream.close()
+    assert {e.name for e in got} <= {"account.stale", "health"}
+    stale = next(e for e in got if e.name == "account.stale")
+    assert stale.data["account_id"] == "silent"
+    assert stale.data["stale"] is True
+    assert isinstance(stale.data["at"], int)
+    health = degraded(got)[-1]
+    assert health.data["checks"]["accounts"]["status"] == "degraded"
+    assert "stale (no progress): silent" in health.data["checks"]["accounts"]["detail"]
+
+    # hiscrmctl events, not --json: one readable line per event.
+    shown = ctl(master, "events", "--type", "account.stale", "--type", "health", "-n", "100")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    stale_line = next(line for line in lines if f"#{stale.id}  " in line)
+    when, event_id, name, account, *rest = stale_line.split("  ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", when), stale_line
+    assert (event_id, name, account) == (f"#{stale.id}", "account.stale", "silent")
+    assert rest[0] == "stale=True"
+    assert all(field.startswith("node=") for field in rest[1:])  # a shared store's master
+    health_line = next(line for line in lines if f"#{health.id}  " in line)
+    assert health_line.split("  ")[1:4] == [f"#{health.id}", "health", "status=degraded"]
 
 
 def test_a_client_that_stops_reading_is_let_go_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
