@@ -22,8 +22,10 @@ from starlette.types import Message
 from test_ctl import CTL, ctl
 
 from hiscrm.master.api import event_routes
-from hiscrm.master.data.store import EventWindow
+from hiscrm.master.data.event_filter import EventFilter
+from hiscrm.master.data.store import EventQuery, EventWindow, StoredEvent
 from hiscrm.master.events.hub import CutOff, EventHub
+from hiscrm.master.events.stream import EventStream, StreamRequest
 
 FAST_EVENTS = {"heartbeat_s": 0.2}
 CUT_OFF = "hiscrm_event_clients_cut_off_total"
@@ -427,3 +429,56 @@ def test_a_client_that_stops_reading_is_let_go_and_counted(monkeypatch: pytest.M
     hub = asyncio.run(main())
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert hub.cut_off == {CutOff.STOPPED_READING: 1}
+
+
+class PrunedWhileRead:
+    """A store of events 1..2000: odd ids items, even ones supervisor events, which are
+    pruned up to the floor; the floor is raised to ``prune_to`` during the first read,
+    as a pruning that commits meanwhile would."""
+
+    def __init__(self, floor: int, prune_to: int) -> None:
+        self.floor, self.prune_to, self.reads = floor, prune_to, 0
+
+    def event_window(self) -> EventWindow:
+        return EventWindow(self.floor, 2000)
+
+    async def events(self, query: EventQuery) -> list[StoredEvent]:
+        self.reads += 1
+        if self.reads == 1:
+            self.floor = max(self.floor, self.prune_to)
+        ids = [i for i in range(query.after + 1, query.upto + 1) if i % 2 or i > self.floor]
+        chosen = ids[-query.limit :] if query.last else ids[: query.limit]
+        return [StoredEvent(i, "item.message" if i % 2 else "health", None, "{}") for i in chosen]
+
+
+def history(store: PrunedWhileRead, request: StreamRequest) -> list[SseEvent]:
+    async def main() -> list[bytes]:
+        hub = EventHub(store, structlog.get_logger(), lambda: None)  # type: ignore[arg-type]
+        stream = EventStream(hub, request, heartbeat_s=1.0, max_bytes=1 << 20)
+        async with asyncio.timeout(10):
+            return [chunk async for chunk in stream.frames()]
+
+    parsed: list[SseEvent] = []
+    for block in b"".join(asyncio.run(main())).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            parsed.append(SseEvent(int(fields["id"]), fields["event"], fields["data"]))
+    return parsed
+
+
+def test_a_history_pruned_while_it_is_read_ends_in_reset() -> None:
+    """The window is checked at the start, and the floor again after each page: supervisor
+    events pruned meanwhile are a reset, never a silent gap."""
+    store = PrunedWhileRead(floor=0, prune_to=300)
+    got = history(store, StreamRequest(EventFilter(), after=10, follow=False))
+    assert [e.name for e in got] == ["reset"]
+    assert "pruned while being sent" in got[0].data["reason"]
+    assert got[0].data["continues_after"] == 2000
+    # Pruned below where the page began: the page is whole, nothing is reset.
+    store = PrunedWhileRead(floor=0, prune_to=5)
+    got = history(store, StreamRequest(EventFilter(), after=10, follow=False))
+    assert [e.id for e in got] == list(range(11, 2001))
+    # Starting with the last N, items below what was pruned before it began: no reset.
+    store = PrunedWhileRead(floor=1000, prune_to=1000)
+    got = history(store, StreamRequest(EventFilter(), after=None, last=1500, follow=False))
+    assert [e.id for e in got] == [*range(1, 1000, 2), *range(1001, 2001)]
