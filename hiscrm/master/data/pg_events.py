@@ -48,6 +48,7 @@ class EventHead:
     def __init__(self, log: FilteringBoundLogger) -> None:
         self._log = log
         self._lock = threading.Lock()
+        self._floor_lock = threading.Lock()
         self._on_head: HeadCallback = lambda head: None
         self.head = 0
         self.floor = 0
@@ -55,6 +56,13 @@ class EventHead:
 
     def watch(self, on_head: HeadCallback) -> None:
         self._on_head = on_head
+
+    def raise_floor(self, floor: int) -> None:
+        """Supervisor events up to ``floor`` are pruned, or are about to be (this master's
+        writer raises it before its pruning commits; a read of the stored floor after the
+        events raises it with what other masters pruned)."""
+        with self._floor_lock:
+            self.floor = max(self.floor, floor)
 
     def window(self) -> EventWindow:
         """Every event above the floor is still there: supervisor events were pruned up
@@ -79,6 +87,12 @@ def load(conn: Conn) -> tuple[int, int]:
     """The head and the floor, as stored."""
     values = dict(conn.execute("SELECT key, value FROM event_state").fetchall())
     return int(values["next"]) - 1, int(values["floor"])
+
+
+def stored_floor(conn: Conn) -> int:
+    row = conn.execute("SELECT value FROM event_state WHERE key = 'floor'").fetchone()
+    assert row is not None, "event_state has no 'floor' row"
+    return int(row[0])
 
 
 def stored_head(conn: Conn) -> int:

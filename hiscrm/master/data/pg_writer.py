@@ -492,7 +492,7 @@ class PgWriter:
                 upto = pg_events.prune_floor(conn, self.keep_events, self.keep_events_s, epoch_ms())
                 # Raised before the deletion commits: a client that resumes from below
                 # it meanwhile gets a reset, never a gap.
-                self.events.floor = max(self.events.floor, upto)
+                self.events.raise_floor(upto)
                 pg_events.prune(conn, upto)
         except Exception as exc:
             self.errors += 1

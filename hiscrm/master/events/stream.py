@@ -65,19 +65,20 @@ class EventStream:
         hub.subscribe(subscriber)
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
-            # Pruned before it began: no news to a stream that starts with the last N.
-            pruned_before = self._store.event_window().floor
             cursor = await self._first_cursor()
             if isinstance(cursor, bytes):  # a reset
                 yield cursor
                 cursor = subscriber.start
+            # A stream that starts with the last N takes them as they were kept when it
+            # read them (items below the floor too); one that resumes takes all after.
+            accepted = self._store.event_window().floor if request.last is not None else 0
             while cursor < subscriber.start:
                 page = await self._store.events(
                     EventQuery(cursor, subscriber.start, request.filter, HISTORY_PAGE)
                 )
                 # The floor is raised before a pruning commits: if it is not above the
                 # page's start now, nothing the page should hold had gone when it was read.
-                if self._store.event_window().floor > max(cursor, pruned_before):
+                if self._store.event_window().floor > max(cursor, accepted):
                     yield self._reset(f"events after {cursor} were pruned while being sent")
                     cursor = subscriber.start
                     break
