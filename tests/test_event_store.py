@@ -125,15 +125,31 @@ def test_ids_never_go_back_across_a_restart(backend: Backend) -> None:
         second.close()
 
 
-def test_the_window_keeps_the_newest_events(store: Store) -> None:
-    store.store.set_event_window(3, 86_400)
-    assert store.store.event_window().floor == 0
-    store.store.append_events([NewEvent("health", epoch_ms(), None, {"n": n}) for n in range(10)])
-    store.wait_head(10)
-    window = store.store.event_window()
-    assert window.head == 10
-    assert window.floor == 7  # a cursor below 7 has lost events
-    assert [json.loads(e.data)["n"] for e in read(store, after=window.floor)] == [7, 8, 9]
+def test_the_window_ends_where_supervisor_events_were_pruned_not_at_a_count_of_ids(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keep`` bounds the supervisor events kept; item events are read back from the
+    items' rows however many there are, so they never shrink what can be resumed."""
+    monkeypatch.setattr(sqlite_writer, "PRUNE_EVERY_S", 0.0)  # after every round of work
+    monkeypatch.setattr(pg_writer, "PRUNE_EVERY_S", 0.0)
+    store = Store(backend)
+    try:
+        store.store.set_event_window(3, 86_400)
+        changes = [change(n, 1, f"t{n}", f"m{n}") for n in range(1, 11)]
+        assert store.sync(0, 10, *changes).ok  # ten item events: more than ``keep``
+        store.wait_head(10)
+        assert store.store.event_window() == EventWindow(0, 10)
+        assert ids_of(read(store, after=0)) == [f"m{n}" for n in range(1, 11)]
+        # Supervisor events beyond ``keep`` are pruned; the floor is the newest gone.
+        store.store.append_events(
+            [NewEvent("health", epoch_ms(), None, {"n": n}) for n in range(5)]
+        )
+        store.wait_head(15)
+        wait_rows(store, "SELECT id FROM events ORDER BY id", [(13,), (14,), (15,)])
+        assert store.store.event_window() == EventWindow(12, 15)
+        assert [json.loads(e.data)["n"] for e in read(store, after=12)] == [2, 3, 4]
+    finally:
+        store.close()
 
 
 def test_a_read_mark_is_an_event_once(store: Store) -> None:

@@ -2,21 +2,33 @@
 without loss or repeat (also across a master restart), reset, filters, slow clients, and
 the supervisor's events."""
 
+import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
 from conftest import MasterFactory, make_config
 from harness import Master, metric, wait_until
 from sse_reader import SseEvent, SseReader
-from test_ctl import CTL
+from starlette.types import Message
+from test_ctl import CTL, ctl
+
+from hiscrm.master.api import event_routes
+from hiscrm.master.data.event_filter import EventFilter
+from hiscrm.master.data.store import EventQuery, EventWindow, StoredEvent
+from hiscrm.master.events.hub import CutOff, EventHub
+from hiscrm.master.events.stream import EventStream, StreamRequest
 
 FAST_EVENTS = {"heartbeat_s": 0.2}
+CUT_OFF = "hiscrm_event_clients_cut_off_total"
 
 
 @pytest.fixture
@@ -120,23 +132,86 @@ def stored_messages_head(master: Master) -> int:
     return int(master.rows("SELECT coalesce(max(event_id), 0) FROM messages")[0][0])
 
 
-@pytest.mark.timeout(60)
+def supervisor_event_ids(master: Master) -> list[int]:
+    return [int(r[0]) for r in master.rows("SELECT id FROM events ORDER BY id")]
+
+
+def event_floor(master: Master) -> int:
+    return int(master.rows("SELECT value FROM event_state WHERE key = 'floor'")[0][0])
+
+
+@pytest.mark.timeout(90)
 def test_a_cursor_outside_the_window_gets_reset(start_master: MasterFactory) -> None:
+    """The window ends where supervisor events were pruned (beyond ``keep`` of them)."""
     events = {**FAST_EVENTS, "keep": 100}
-    master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
+    master = start_master(make_config(workers=1, accounts=[], events=events))
     master.wait_running("worker1")
-    wait_until(lambda: stored_messages_head(master) > 300, 30, "more than 300 events")
-    for cursor in (1, 10**12):  # too old; from another store
+    first = supervisor_event_ids(master)[0]
+    deadline = time.monotonic() + 40
+    with master.http() as http:  # each turn is account.state events
+        assert http.post("/accounts", json=demo()).status_code == 201
+        while len(supervisor_event_ids(master)) <= 110:
+            assert time.monotonic() < deadline, "110 supervisor events"
+            for enabled in (False, True):
+                answer = http.patch("/accounts/acc-1", json={"enabled": enabled})
+                assert answer.status_code == 200, answer.text
+    # Pruned within PRUNE_EVERY_S (10 s): the oldest kept is past the first.
+    wait_until(lambda: event_floor(master) >= first, 30, "supervisor events pruned")
+    kept = supervisor_event_ids(master)
+    assert kept[0] > first
+    assert len(kept) >= 100
+    for cursor in (first - 1, 10**12):  # its next supervisor event is gone; another store's
         stream = reader(master, params={"after": cursor, "follow": "false"})
         try:
             stream.wait_ended(20)
         finally:
             stream.close()
-        events = stream.snapshot()
-        assert events[0].name == "reset", events[:3]
-        assert "reload" in events[0].data
-        assert events[0].id is not None
-        assert all(e.id is not None and e.id > events[0].id for e in events[1:]) or len(events) == 1
+        got = stream.snapshot()
+        assert got[0].name == "reset", got[:3]
+        assert "reload" in got[0].data
+        assert got[0].id is not None
+        assert all(e.id is not None and e.id > got[0].id for e in got[1:]) or len(got) == 1
+    # The floor itself is still a good cursor: what follows it was kept.
+    floor = event_floor(master)
+    stream = reader(master, params={"after": floor, "types": "account", "follow": "false"})
+    try:
+        stream.wait_ended(20)
+    finally:
+        stream.close()
+    got = stream.snapshot()
+    assert got, "nothing after the floor"
+    assert got[0].name == "account.state", got[:3]
+    assert (got[0].id or 0) > floor
+
+
+@pytest.mark.timeout(90)
+def test_a_client_away_across_more_than_keep_item_events_resumes_without_reset(
+    start_master: MasterFactory,
+) -> None:
+    """``keep`` bounds supervisor events only: items are read back from their rows."""
+    events = {**FAST_EVENTS, "keep": 100}
+    master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
+    master.wait_running("worker1")
+    first = reader(master, params={"types": "item.message"})
+    first.wait(lambda es: len(es) >= 3, 20, "three messages")
+    first.close()
+    cursor = first.snapshot()[-1].id
+    assert cursor is not None
+    # Away while more than ``keep`` events (all kinds) are given out, and as many items.
+    wait_until(lambda: stored_messages_head(master) > cursor + 300, 30, "300 more events")
+    head = stored_messages_head(master)
+    assert len(stored_messages(master, cursor, head)) > 100
+    second = reader(master, params={"types": "item.message"}, last_event_id=cursor)
+    try:
+        resumed = second.wait(
+            lambda es: bool(es) and (es[-1].id or 0) >= head, 20, "caught up to the head"
+        )
+    finally:
+        second.close()
+    assert all(e.name == "item.message" for e in resumed), resumed[:3]  # no reset
+    assert_in_order_once(resumed)
+    got = [(e.data["account_id"], e.data["id"]) for e in resumed if (e.id or 0) <= head]
+    assert got == stored_messages(master, cursor, head)  # every one, once, in commit order
 
 
 @pytest.mark.timeout(60)
@@ -218,9 +293,7 @@ def test_a_slow_reader_is_cut_off_while_a_fast_one_keeps_up(start_master: Master
             got = fast.wait(lambda es: len(es) >= 8000, 60, "the fast reader got all 8000")
             assert_in_order_once(got)
             wait_until(
-                lambda: (
-                    metric(http.get("/metrics").text, "hiscrm_event_clients_cut_off_total") >= 1
-                ),
+                lambda: metric(http.get("/metrics").text, CUT_OFF + '{reason="too_slow"}') >= 1,
                 30,
                 "the slow reader cut off",
             )
@@ -272,3 +345,140 @@ def test_hiscrmctl_events_follows_across_a_master_restart(start_master: MasterFa
     pids = {e["data"]["pid"] for e in events}
     assert {first_pid, second_pid} <= pids  # the stop, and the new master's start
     assert "resuming after event" in notes
+
+
+@pytest.mark.timeout(60)
+def test_account_stale_and_health_are_events_and_hiscrmctl_shows_them_as_lines(
+    start_master: MasterFactory,
+) -> None:
+    silent = {"id": "silent", "platform": "testplatforms.behaviours:Idle"}
+    config = make_config(
+        workers=1, accounts=[silent], sync={"stale_after_s": 1.5}, events=FAST_EVENTS
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    stream = reader(master, params={"types": "account.stale,health", "after": 0})
+
+    def degraded(events: list[SseEvent]) -> list[SseEvent]:
+        return [e for e in events if e.name == "health" and e.data["status"] == "degraded"]
+
+    try:
+        got = stream.wait(
+            lambda es: any(e.name == "account.stale" for e in es) and bool(degraded(es)),
+            20,
+            "account.stale and health degraded",
+        )
+    finally:
+        stream.close()
+    assert {e.name for e in got} <= {"account.stale", "health"}
+    stale = next(e for e in got if e.name == "account.stale")
+    assert stale.data["account_id"] == "silent"
+    assert stale.data["stale"] is True
+    assert isinstance(stale.data["at"], int)
+    health = degraded(got)[-1]
+    assert health.data["checks"]["accounts"]["status"] == "degraded"
+    assert "stale (no progress): silent" in health.data["checks"]["accounts"]["detail"]
+
+    # hiscrmctl events, not --json: one readable line per event.
+    shown = ctl(master, "events", "--type", "account.stale", "--type", "health", "-n", "100")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    stale_line = next(line for line in lines if f"#{stale.id}  " in line)
+    when, event_id, name, account, *rest = stale_line.split("  ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", when), stale_line
+    assert (event_id, name, account) == (f"#{stale.id}", "account.stale", "silent")
+    assert rest[0] == "stale=True"
+    assert all(field.startswith("node=") for field in rest[1:])  # a shared store's master
+    health_line = next(line for line in lines if f"#{health.id}  " in line)
+    assert health_line.split("  ")[1:4] == [f"#{health.id}", "health", "status=degraded"]
+
+
+def test_a_client_that_stops_reading_is_let_go_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that waits ``WRITE_TIMEOUT_S`` ends the stream, counted by reason (a real
+    client would take 30 s and megabytes to get there: the response alone here)."""
+    monkeypatch.setattr(event_routes, "WRITE_TIMEOUT_S", 0.05)
+
+    class Kept:
+        def event_window(self) -> EventWindow:
+            return EventWindow(0, 0)
+
+    async def frames() -> AsyncIterator[bytes]:
+        while True:
+            yield b": keep-alive\n\n"
+
+    sent: list[Message] = []
+    never = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await never.wait()  # the client takes nothing
+
+    async def receive() -> Message:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async def main() -> EventHub:
+        hub = EventHub(Kept(), structlog.get_logger(), lambda: None)  # type: ignore[arg-type]
+        response = event_routes.EventStreamResponse(frames(), hub, structlog.get_logger())
+        scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+        async with asyncio.timeout(10):
+            await response(scope, receive, send)
+        return hub
+
+    hub = asyncio.run(main())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert hub.cut_off == {CutOff.STOPPED_READING: 1}
+
+
+class PrunedWhileRead:
+    """A store of events 1..2000: odd ids items, even ones supervisor events, which are
+    pruned up to the floor; the floor is raised to ``prune_to`` during the first read,
+    as a pruning that commits meanwhile would."""
+
+    def __init__(self, floor: int, prune_to: int) -> None:
+        self.floor, self.prune_to, self.reads = floor, prune_to, 0
+
+    def event_window(self) -> EventWindow:
+        return EventWindow(self.floor, 2000)
+
+    async def events(self, query: EventQuery) -> list[StoredEvent]:
+        self.reads += 1
+        if self.reads == 1:
+            self.floor = max(self.floor, self.prune_to)
+        ids = [i for i in range(query.after + 1, query.upto + 1) if i % 2 or i > self.floor]
+        chosen = ids[-query.limit :] if query.last else ids[: query.limit]
+        return [StoredEvent(i, "item.message" if i % 2 else "health", None, "{}") for i in chosen]
+
+
+def history(store: PrunedWhileRead, request: StreamRequest) -> list[SseEvent]:
+    async def main() -> list[bytes]:
+        hub = EventHub(store, structlog.get_logger(), lambda: None)  # type: ignore[arg-type]
+        stream = EventStream(hub, request, heartbeat_s=1.0, max_bytes=1 << 20)
+        async with asyncio.timeout(10):
+            return [chunk async for chunk in stream.frames()]
+
+    parsed: list[SseEvent] = []
+    for block in b"".join(asyncio.run(main())).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            parsed.append(SseEvent(int(fields["id"]), fields["event"], fields["data"]))
+    return parsed
+
+
+def test_a_history_pruned_while_it_is_read_ends_in_reset() -> None:
+    """The window is checked at the start, and the floor again after each page: supervisor
+    events pruned meanwhile are a reset, never a silent gap."""
+    store = PrunedWhileRead(floor=0, prune_to=300)
+    got = history(store, StreamRequest(EventFilter(), after=10, follow=False))
+    assert [e.name for e in got] == ["reset"]
+    assert "pruned while being sent" in got[0].data["reason"]
+    assert got[0].data["continues_after"] == 2000
+    # Pruned below where the page began: the page is whole, nothing is reset.
+    store = PrunedWhileRead(floor=0, prune_to=5)
+    got = history(store, StreamRequest(EventFilter(), after=10, follow=False))
+    assert [e.id for e in got] == list(range(11, 2001))
+    # Starting with the last N, items below what was pruned before it began: no reset.
+    store = PrunedWhileRead(floor=1000, prune_to=1000)
+    got = history(store, StreamRequest(EventFilter(), after=None, last=1500, follow=False))
+    assert [e.id for e in got] == [*range(1, 1000, 2), *range(1001, 2001)]

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Receiver:
-    """An HTTP server for hooks: ``mode`` ok (204), fail (500) or hang (never answers
-    until the test ends)."""
+    """An HTTP server for hooks: ``mode`` ok (204), fail (500), hang (never answers
+    until the test ends) or trickle (a 200 whose body comes a byte every 0.1 s, until
+    the test ends)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -40,8 +41,25 @@ class Receiver:
                 if receiver.mode == "hang":
                     receiver.release.wait(30)
                     return
+                if receiver.mode == "trickle":
+                    self.trickle()
+                    return
                 self.send_response(204 if receiver.mode == "ok" else 500)
                 self.end_headers()
+
+            def trickle(self) -> None:
+                """Each byte well within any per-read timeout; the whole never ends."""
+                self.send_response(200)
+                self.send_header("content-length", "1000")
+                self.end_headers()
+                try:
+                    for _ in range(1000):
+                        if receiver.release.wait(0.1):
+                            return
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except OSError:  # the hook gave up and closed the connection
+                    return
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None
@@ -59,7 +77,7 @@ class Receiver:
 
 @pytest.fixture
 def receivers() -> Iterator[dict[str, Receiver]]:
-    made = {mode: Receiver(mode) for mode in ("ok", "fail", "hang")}
+    made = {mode: Receiver(mode) for mode in ("ok", "fail", "hang", "trickle")}
     yield made
     for receiver in made.values():
         receiver.close()
@@ -93,7 +111,25 @@ def test_hooks_receive_events_and_failing_ones_change_nothing(
                 "sys.stdin.read() + '\\n'); print('noted')",
             ],
         },
-        {"name": "sleeper", "on": ["worker.exit"], "command": ["sleep", "60"], "timeout_s": 0.3},
+        {
+            "name": "sleeper",
+            "on": ["worker.exit"],
+            "command": ["sh", "-c", "echo before its time limit; exec sleep 60"],
+            "timeout_s": 0.3,
+        },
+        {
+            "name": "exits",
+            "on": ["worker.exit"],
+            "command": [sys.executable, "-c", "print('giving up'); raise SystemExit(1)"],
+            "retries": 0,
+        },
+        {
+            "name": "slow",
+            "on": ["worker.exit"],
+            "url": receivers["trickle"].url,
+            "timeout_s": 0.5,
+            "retries": 0,
+        },
     ]
     master = start_master(make_config(workers=1, hooks=hooks))
     pid = master.wait_running("worker1")
@@ -121,6 +157,9 @@ def test_hooks_receive_events_and_failing_ones_change_nothing(
         wait_until(lambda: failures("broken") >= 2, 10, "broken: two failed attempts")
         wait_until(lambda: failures("stuck") >= 1, 10, "stuck: timed out")
         wait_until(lambda: failures("sleeper") >= 1, 10, "sleeper: killed at its limit")
+        wait_until(lambda: failures("exits") >= 1, 10, "exits: a status of 1")
+        # timeout_s bounds the whole attempt, not each read of a trickling answer.
+        wait_until(lambda: failures("slow") >= 1, 5, "slow: over its time limit")
         text = http.get("/metrics").text
         assert hook_metric(text, "hiscrm_hook_deliveries_total", "pager") >= 1
         assert hook_metric(text, "hiscrm_hook_failures_total", "pager") == 0
@@ -137,9 +176,17 @@ def test_hooks_receive_events_and_failing_ones_change_nothing(
     master.log.wait_for(event="hook delivery failed", hook="broken")
     master.log.wait_for(event="hook gave up on an event", hook="broken")
     master.log.wait_for(event="hook delivery failed", hook="sleeper")
+    exited = master.log.wait_for(event="hook delivery failed", hook="exits")
+    assert exited["error"] == "exited with status 1"
+    assert exited["level"] == "error"
+    slow = master.log.wait_for(event="hook delivery failed", hook="slow")
+    assert slow["error"] == "no answer within 0.5 s"
     hooks_log = (master.state_dir / "logs" / "hooks.log").read_text()
     assert "[script event" in hooks_log
     assert "noted" in hooks_log
+    assert "giving up" in hooks_log
+    # What a command printed before it was killed at its time limit is kept.
+    assert "before its time limit" in hooks_log
     assert master.stop() == 0  # a hanging hook does not hold up the stop either
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from test_datastore import Store, change, postgres_backend, sqlite_backend
 
-from hiscrm.master.data import pg_schema
+from hiscrm.master.data import pg_schema, pg_writer
 from hiscrm.master.data.event_filter import EventFilter
 from hiscrm.master.data.store import EventQuery, NewEvent, StoredEvent
 
@@ -67,6 +67,34 @@ def test_two_masters_share_one_counter_and_hear_each_other(pg_url: str) -> None:
         assert third.store.event_window().head == 4
     finally:
         third.close()
+
+
+def test_a_master_reading_events_learns_the_floor_another_master_pruned_to(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each master prunes on its own; one that did not prune must not take a cursor the
+    other pruned past for whole: a read of events raises its window's floor (read after
+    the events, so a stream checking it after a page knows whether the page is whole)."""
+    monkeypatch.setattr(pg_writer, "PRUNE_EVERY_S", 0.0)  # after every round of work
+    first = Store(postgres_backend(pg_url))
+    second = Store(postgres_backend(pg_url))  # writes nothing, so never prunes
+    try:
+        first.store.set_event_window(3, 86_400)
+        first.store.append_events(
+            [NewEvent("health", int(time.time() * 1000), None, {"n": n}) for n in range(10)]
+        )
+        first.wait_head(10)
+        deadline = time.monotonic() + 10
+        while first.store.event_window().floor < 7:
+            assert time.monotonic() < deadline, first.store.event_window()
+            time.sleep(0.01)
+        assert wait_window_head(second, 10) == 10
+        assert second.store.event_window().floor == 0  # nothing told it yet
+        assert [e.id for e in read(second)] == [8, 9, 10]
+        assert second.store.event_window().floor == 7  # a stream on it resets below 7
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.timeout(120)

@@ -1,7 +1,7 @@
 """``GET /events``: the master's events as Server-Sent Events (``hiscrm.master.events``)."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -14,7 +14,7 @@ from hiscrm.event_names import EVENT_NAMES, check_prefix
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.params import MAX_INT, MAX_PAGE, only
 from hiscrm.master.data.event_filter import EventFilter
-from hiscrm.master.events.hub import EventHub
+from hiscrm.master.events.hub import CutOff, EventHub
 from hiscrm.master.events.stream import EventStream, StreamRequest
 from hiscrm.models import ACCOUNT_ID_PATTERN
 
@@ -30,14 +30,18 @@ class ClientStuck(Exception):
 
 class EventStreamResponse(StreamingResponse):
     """The stream; a client that stops reading is let go once a write has waited
-    ``WRITE_TIMEOUT_S`` (its buffer in the master is bounded meanwhile)."""
+    ``WRITE_TIMEOUT_S`` (its buffer in the master is bounded meanwhile), and counted
+    (``hiscrm_event_clients_cut_off_total{reason="stopped_reading"}``)."""
 
-    def __init__(self, stream: EventStream, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self, frames: AsyncIterator[bytes], hub: EventHub, log: FilteringBoundLogger
+    ) -> None:
         super().__init__(
-            stream.frames(),
+            frames,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+        self._hub = hub
         self._log = log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,9 +55,11 @@ class EventStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, timed_send)
         except* ClientStuck:
+            self._hub.let_go(CutOff.STOPPED_READING)
             self._log.warning(
                 "event stream client let go: it took nothing for a while",
                 waited_s=WRITE_TIMEOUT_S,
+                reason=CutOff.STOPPED_READING.value,
                 client=str(scope.get("client")),
             )
 
@@ -101,4 +107,4 @@ def event_routes(
             raise ApiError(503, f"{config.max_clients} event streams are open; try again later")
         request = StreamRequest(EventFilter(tuple(prefixes), account), cursor, last, follow)
         stream = EventStream(hub, request, config.heartbeat_s, config.client_buffer_kb * 1024)
-        return EventStreamResponse(stream, log)
+        return EventStreamResponse(stream.frames(), hub, log)

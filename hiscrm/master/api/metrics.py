@@ -24,7 +24,7 @@ from hiscrm.master.data.lease_view import LeaseStats
 from hiscrm.master.data.outbox import Outbox
 from hiscrm.master.data.store import Store, SyncFailure
 from hiscrm.master.events.hooks import Hooks
-from hiscrm.master.events.hub import EventHub
+from hiscrm.master.events.hub import CutOff, EventHub
 from hiscrm.master.supervision.exit_record import EXIT_REASONS
 
 if TYPE_CHECKING:  # the API's server, log followers and views: imported once workers run
@@ -465,11 +465,15 @@ class _Events(Collector):
         yield GaugeMetricFamily(
             "hiscrm_event_clients", "Clients following GET /events now", value=len(clients)
         )
-        yield CounterMetricFamily(
+        cut_off = CounterMetricFamily(
             "hiscrm_event_clients_cut_off_total",
-            "Event stream clients cut off for falling too far behind (they resume)",
-            value=hub.cut_off_total,
+            "Event stream clients cut off (they resume): too_slow (their buffer in the "
+            "master filled up), stopped_reading (a write to them waited too long)",
+            labels=["reason"],
         )
+        for reason in CutOff:
+            cut_off.add_metric([reason.value], hub.cut_off[reason])
+        yield cut_off
         deliveries = CounterMetricFamily(
             "hiscrm_hook_deliveries_total", "Events delivered by each hook", labels=["hook"]
         )

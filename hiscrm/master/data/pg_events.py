@@ -48,6 +48,7 @@ class EventHead:
     def __init__(self, log: FilteringBoundLogger) -> None:
         self._log = log
         self._lock = threading.Lock()
+        self._floor_lock = threading.Lock()
         self._on_head: HeadCallback = lambda head: None
         self.head = 0
         self.floor = 0
@@ -56,9 +57,18 @@ class EventHead:
     def watch(self, on_head: HeadCallback) -> None:
         self._on_head = on_head
 
-    def window(self, keep: int) -> EventWindow:
-        head = self.head
-        return EventWindow(max(self.floor, head - keep), head)
+    def raise_floor(self, floor: int) -> None:
+        """Supervisor events up to ``floor`` are pruned, or are about to be (this master's
+        writer raises it before its pruning commits; a read of the stored floor after the
+        events raises it with what other masters pruned)."""
+        with self._floor_lock:
+            self.floor = max(self.floor, floor)
+
+    def window(self) -> EventWindow:
+        """Every event above the floor is still there: supervisor events were pruned up
+        to it only, and item events are read from the items' rows whatever their number
+        (an item deleted by retention is simply gone)."""
+        return EventWindow(self.floor, self.head)
 
     def rise(self, head: int) -> None:
         """Events up to ``head`` are committed; tell the watcher if that is news."""
@@ -77,6 +87,12 @@ def load(conn: Conn) -> tuple[int, int]:
     """The head and the floor, as stored."""
     values = dict(conn.execute("SELECT key, value FROM event_state").fetchall())
     return int(values["next"]) - 1, int(values["floor"])
+
+
+def stored_floor(conn: Conn) -> int:
+    row = conn.execute("SELECT value FROM event_state WHERE key = 'floor'").fetchone()
+    assert row is not None, "event_state has no 'floor' row"
+    return int(row[0])
 
 
 def stored_head(conn: Conn) -> int:
@@ -105,9 +121,9 @@ def insert(conn: Conn, first_id: int, events: list[NewEvent]) -> None:
         )
 
 
-def prune(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
-    """Delete supervisor events beyond the newest ``keep`` or older than ``keep_s``;
-    raises and returns the floor (the highest id deleted, or the floor as stored: another
+def prune_floor(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
+    """The floor that pruning supervisor events beyond the newest ``keep`` or older than
+    ``keep_s`` raises to: the highest id to delete, or the floor as stored (another
     master may have raised it)."""
     cutoff = now_ms - int(keep_s * 1000)
     row = conn.execute(
@@ -118,12 +134,15 @@ def prune(conn: Conn, keep: int, keep_s: float, now_ms: int) -> int:
         (keep, cutoff),
     ).fetchone()
     assert row is not None
-    upto = int(row[0])
+    return int(row[0])
+
+
+def prune(conn: Conn, upto: int) -> None:
+    """Delete the supervisor events up to ``upto`` and raise the floor to it."""
     conn.execute("DELETE FROM events WHERE id <= %s", (upto,))
     conn.execute(
         "UPDATE event_state SET value = %s WHERE key = 'floor' AND value < %s", (upto, upto)
     )
-    return upto
 
 
 def read(conn: Conn, query: EventQuery) -> list[StoredEvent]:

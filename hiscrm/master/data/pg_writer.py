@@ -150,7 +150,7 @@ class PgWriter:
         self.keep_events, self.keep_events_s = keep, keep_s
 
     def event_window(self) -> EventWindow:
-        return self.events.window(self.keep_events)
+        return self.events.window()
 
     def with_events(self, conn: Conn, count: int, function: Callable[[Conn, int], T]) -> T:
         """In the writer thread: ``function(conn, first_id)`` in a transaction that gives
@@ -489,16 +489,18 @@ class PgWriter:
         self.busy_since = time.monotonic()
         try:
             with conn.transaction():
-                floor = pg_events.prune(conn, self.keep_events, self.keep_events_s, epoch_ms())
+                upto = pg_events.prune_floor(conn, self.keep_events, self.keep_events_s, epoch_ms())
+                # Raised before the deletion commits: a client that resumes from below
+                # it meanwhile gets a reset, never a gap.
+                self.events.raise_floor(upto)
+                pg_events.prune(conn, upto)
         except Exception as exc:
             self.errors += 1
             if isinstance(exc, psycopg.OperationalError):
                 self._note(exc)
             self._log.error("pruning old events failed", errors=self.errors, exc_info=exc)
-            return
         finally:
             self.busy_since = None
-        self.events.floor = max(self.events.floor, floor)
 
     def _apply_retention(self, conn: Conn) -> None:
         if not self._retention:

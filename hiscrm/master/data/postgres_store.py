@@ -180,7 +180,14 @@ class PostgresStore:
         return self.writer.event_window()
 
     async def events(self, query: EventQuery) -> list[StoredEvent]:
-        return await self.reader.run(lambda conn: pg_events.read(conn, query))
+        def read(conn: Conn) -> tuple[list[StoredEvent], int]:
+            return pg_events.read(conn, query), pg_events.stored_floor(conn)
+
+        found, floor = await self.reader.run(read)
+        # Read after the events: what other masters pruned reaches the window before a
+        # stream trusts the page (``EventStream`` checks the floor after each).
+        self.writer.events.raise_floor(floor)
+        return found
 
     async def outbox_create(self, entry: OutboxEntry) -> tuple[OutboxEntry, bool]:
         def create(conn: Conn, first: int) -> tuple[OutboxEntry, bool]:

@@ -5,6 +5,10 @@ Each item table has an ``event_id`` column (indexed): the id of the item's lates
 change. The counter (``event_state``: ``next`` id, and the ``floor`` below which events
 were pruned) is updated in the same transaction as the rows that take ids, so ids never
 go back and commit order is id order.
+
+What can be resumed (``EventIds.window``) ends below at that floor only: item events are
+read back from the items' rows whatever their number, so ``[events] keep`` and
+``keep_s`` bound the supervisor events alone.
 """
 
 import json
@@ -40,9 +44,11 @@ class EventIds:
         self.next += count
         return self.next - 1
 
-    def window(self, keep: int) -> EventWindow:
-        head = self.next - 1
-        return EventWindow(max(self.floor, head - keep), head)
+    def window(self) -> EventWindow:
+        """Every event above the floor is still there: supervisor events were pruned up
+        to it only, and item events are read from the items' rows (an item deleted by
+        retention is simply gone)."""
+        return EventWindow(self.floor, self.next - 1)
 
 
 def insert(conn: sqlite3.Connection, first_id: int, events: list[NewEvent]) -> None:
@@ -55,9 +61,9 @@ def insert(conn: sqlite3.Connection, first_id: int, events: list[NewEvent]) -> N
     )
 
 
-def prune(conn: sqlite3.Connection, keep: int, keep_s: float, now_ms: int) -> int:
-    """Delete supervisor events beyond the newest ``keep`` or older than ``keep_s``;
-    raises and returns the floor (the highest id deleted, or the floor before)."""
+def prune_floor(conn: sqlite3.Connection, keep: int, keep_s: float, now_ms: int) -> int:
+    """The floor that pruning supervisor events beyond the newest ``keep`` or older than
+    ``keep_s`` raises to: the highest id to delete, or the floor as it is."""
     cutoff = now_ms - int(keep_s * 1000)
     row = conn.execute(
         "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?", (keep,)
@@ -65,13 +71,14 @@ def prune(conn: sqlite3.Connection, keep: int, keep_s: float, now_ms: int) -> in
     by_count = int(row[0]) if row else 0
     row = conn.execute("SELECT max(id) FROM events WHERE at < ?", (cutoff,)).fetchone()
     by_age = int(row[0]) if row and row[0] is not None else 0
-    upto = max(by_count, by_age)
     floor = int(conn.execute("SELECT value FROM event_state WHERE key = 'floor'").fetchone()[0])
-    if upto > floor:
-        conn.execute("DELETE FROM events WHERE id <= ?", (upto,))
-        conn.execute("UPDATE event_state SET value = ? WHERE key = 'floor'", (upto,))
-        return upto
-    return floor
+    return max(by_count, by_age, floor)
+
+
+def prune(conn: sqlite3.Connection, upto: int) -> None:
+    """Delete the supervisor events up to ``upto`` and raise the floor to it."""
+    conn.execute("DELETE FROM events WHERE id <= ?", (upto,))
+    conn.execute("UPDATE event_state SET value = ? WHERE key = 'floor' AND value < ?", (upto, upto))
 
 
 def read(conn: sqlite3.Connection, query: EventQuery) -> list[StoredEvent]:

@@ -130,7 +130,7 @@ class SqliteWriter:
         self.keep_events, self.keep_events_s = keep, keep_s
 
     def event_window(self) -> EventWindow:
-        return self.event_ids.window(self.keep_events)
+        return self.event_ids.window()
 
     def with_events(
         self, conn: sqlite3.Connection, count: int, function: Callable[[sqlite3.Connection, int], T]
@@ -403,14 +403,19 @@ class SqliteWriter:
     def _prune_events(self, conn: sqlite3.Connection) -> None:
         try:
             with transaction(conn):
-                floor = sqlite_events.prune(conn, self.keep_events, self.keep_events_s, epoch_ms())
+                upto = sqlite_events.prune_floor(
+                    conn, self.keep_events, self.keep_events_s, epoch_ms()
+                )
+                if upto > self.event_ids.floor:
+                    # Raised before the deletion commits: a client that resumes from
+                    # below it meanwhile gets a reset, never a gap.
+                    self.event_ids.floor = upto
+                    sqlite_events.prune(conn, upto)
         except sqlite3.Error as exc:
             self.errors += 1
             if isinstance(exc, sqlite3.OperationalError):
                 self._note(exc)
             self._log.error("pruning old events failed", exc_info=exc)
-            return
-        self.event_ids.floor = floor
 
     def _apply_retention(self, conn: sqlite3.Connection) -> None:
         if not self._retention:

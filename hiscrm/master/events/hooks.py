@@ -4,7 +4,8 @@ Each hook follows the hub like a stream's client, with a queue of ``queue`` even
 what comes beyond is dropped and counted. One task per hook delivers its events in
 order: a POST of the event's JSON (``{"id", "event", "data"}``) to ``url``, answered with
 a 2xx; or ``command`` run with that JSON on its standard input, ending with status 0
-within ``timeout_s`` (its output goes to ``logs/hooks.log``). A failed attempt is
+(its output goes to ``logs/hooks.log``, also what it printed before a kill at its time
+limit). ``timeout_s`` bounds each attempt whole, not each phase of it. A failed attempt is
 logged and counted, and tried again after ``backoff_s``, doubled each time, up to
 ``retries`` times; then the event is given up, said so. A hook that hangs or fails
 holds up only its own queue: never the master, the store or other hooks.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import httpx
 
 OUTPUT_LIMIT = 64 * 1024  # bytes of a command's output kept in hooks.log per event
+KILLED_OUTPUT_WAIT_S = 1.0  # how long the output of a command killed is read after
 MAX_DELAY_S = 300.0
 
 
@@ -159,10 +161,13 @@ class Hook:
         import httpx
 
         try:
-            answer = await client.post(
-                url, content=body, headers={"content-type": "application/json"}
-            )
-        except httpx.TimeoutException:
+            # The whole attempt: httpx's own timeout bounds each phase (a connect, a
+            # read), so an answer trickling in would hold the hook far longer.
+            async with asyncio.timeout(self.config.timeout_s):
+                answer = await client.post(
+                    url, content=body, headers={"content-type": "application/json"}
+                )
+        except (TimeoutError, httpx.TimeoutException):
             return f"no answer within {self.config.timeout_s:g} s"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
@@ -182,13 +187,25 @@ class Hook:
             )
         except OSError as exc:
             return f"cannot run {command[0]!r}: {exc}"
+        assert process.stdin is not None
+        assert process.stdout is not None
+        output = CommandOutput()
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                output, _ = await process.communicate(body)
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(_feed(process.stdin, body))
+                    tasks.create_task(output.collect(process.stdout))
+                await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+            # What it printed before is in the pipe still (unless something it started
+            # left its group and holds the pipe open: then not waited for long).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILLED_OUTPUT_WAIT_S):
+                    await output.collect(process.stdout)
+            self._write_output(event, output)
             return f"still running after {self.config.timeout_s:g} s: killed"
         except asyncio.CancelledError:  # the hook stops (the master does): what it ran goes
             with contextlib.suppress(ProcessLookupError):
@@ -199,19 +216,46 @@ class Hook:
             return f"exited with status {process.returncode}"
         return None
 
-    def _write_output(self, event: StoredEvent, output: bytes) -> None:
-        if not output:
+    def _write_output(self, event: StoredEvent, output: "CommandOutput") -> None:
+        if not output.kept:
             return
-        kept = output[:OUTPUT_LIMIT]
         prefix = f"[{self.name} event {event.id}] ".encode()
-        lines = b"".join(prefix + line + b"\n" for line in kept.splitlines())
-        if len(output) > OUTPUT_LIMIT:
-            lines += prefix + f"... {len(output) - OUTPUT_LIMIT} more bytes\n".encode()
+        lines = b"".join(prefix + line + b"\n" for line in bytes(output.kept).splitlines())
+        if output.beyond:
+            lines += prefix + f"... {output.beyond} more bytes\n".encode()
         try:
             self._output.write(lines)
         except OSError as exc:
             self.stats.failures += 1
             self._log.error("cannot write hooks.log", exc_info=exc)
+
+
+class CommandOutput:
+    """A command's output as it comes: the first ``OUTPUT_LIMIT`` bytes, and how many
+    more (read and let go, so a chatty command never fills its pipe and stalls)."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.beyond = 0
+
+    async def collect(self, stream: asyncio.StreamReader) -> None:
+        """Until the end of ``stream``."""
+        while chunk := await stream.read(64 * 1024):
+            room = OUTPUT_LIMIT - len(self.kept)
+            self.kept += chunk[:room]
+            self.beyond += max(0, len(chunk) - max(room, 0))
+
+
+async def _feed(stdin: asyncio.StreamWriter, body: bytes) -> None:
+    """The event on the command's standard input; one that exits without reading it is
+    no error of the feeding (its status tells)."""
+    try:
+        stdin.write(body)
+        await stdin.drain()
+        stdin.close()
+        await stdin.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        return
 
 
 class Hooks:

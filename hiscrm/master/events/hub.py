@@ -15,6 +15,7 @@ subscribed); what came before, it reads from the store itself (``EventStream``).
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -28,6 +29,13 @@ from hiscrm.master.events.subscriber import Subscriber
 FETCH_PAGE = 500  # events read from the store at once
 RETRY_AFTER_S = 1.0  # a failed read of the store is tried again after this
 SUPERVISOR_ONLY = EventFilter(SUPERVISOR_EVENTS)
+
+
+class CutOff(StrEnum):
+    """Why a stream's client was let go (``hiscrm_event_clients_cut_off_total{reason}``)."""
+
+    TOO_SLOW = "too_slow"  # what waited for it in the master went over its buffer
+    STOPPED_READING = "stopped_reading"  # one write to it waited too long
 
 
 class EventHub:
@@ -50,7 +58,7 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         self.published: Counter[str] = Counter()  # supervisor events, by name
         self.offered: Counter[str] = Counter()  # events read and offered, by name
-        self.cut_off_total = 0
+        self.cut_off: Counter[CutOff] = Counter()  # clients let go, by why
 
     # --- in ---------------------------------------------------------------------------
 
@@ -133,5 +141,9 @@ class EventHub:
             self.offered[event.name] += 1
         for subscriber in list(self.subscribers):
             if subscriber.offer(events):
-                self.cut_off_total += 1
+                self.cut_off[CutOff.TOO_SLOW] += 1
                 self._log.warning("event stream client cut off", reason=subscriber.cut_off)
+
+    def let_go(self, why: CutOff) -> None:
+        """A stream's client was let go otherwise than by ``offer`` (counted)."""
+        self.cut_off[why] += 1

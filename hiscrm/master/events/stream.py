@@ -3,8 +3,10 @@ back from the store, after its cursor), then the live events the hub offers it.
 
 A cursor older than what the store keeps (or newer than anything it has: another
 store's) gets a ``reset`` event instead, naming what to reload; the stream then goes on
-from the newest event. A client that falls too far behind is sent a ``cutoff`` event
-with the reason, and the stream ends (it resumes from its last event).
+from the newest event. So does a history that supervisor events were pruned from while
+it was being read (the store's floor, checked after each page). A client that falls too
+far behind is sent a ``cutoff`` event with the reason, and the stream ends (it resumes
+from its last event).
 """
 
 import json
@@ -67,10 +69,19 @@ class EventStream:
             if isinstance(cursor, bytes):  # a reset
                 yield cursor
                 cursor = subscriber.start
+            # A stream that starts with the last N takes them as they were kept when it
+            # read them (items below the floor too); one that resumes takes all after.
+            accepted = self._store.event_window().floor if request.last is not None else 0
             while cursor < subscriber.start:
                 page = await self._store.events(
                     EventQuery(cursor, subscriber.start, request.filter, HISTORY_PAGE)
                 )
+                # The floor is raised before a pruning commits: if it is not above the
+                # page's start now, nothing the page should hold had gone when it was read.
+                if self._store.event_window().floor > max(cursor, accepted):
+                    yield self._reset(f"events after {cursor} were pruned while being sent")
+                    cursor = subscriber.start
+                    break
                 if page:
                     self.sent += len(page)
                     yield frames(page)
@@ -109,7 +120,11 @@ class EventStream:
                 else f"event {request.after} is newer than the newest ({window.head}): "
                 "another store's cursor"
             )
-            return control_frame(
-                RESET, start, {"reason": why, "reload": RELOAD, "continues_after": start}
-            )
+            return self._reset(why)
         return request.after
+
+    def _reset(self, why: str) -> bytes:
+        start = self.subscriber.start
+        return control_frame(
+            RESET, start, {"reason": why, "reload": RELOAD, "continues_after": start}
+        )
