@@ -186,12 +186,21 @@ def test_update_applies_the_file_accounts_and_workers_moving_little(
         assert http.post("/accounts", json=mine).status_code == 201
         homes = {a["id"]: a["worker"] for a in http.get("/accounts").json()["items"]}
 
-        # A bad file changes nothing and says why.
+        # A bad file changes nothing and says why: it parses, declares a good new account,
+        # and fails validation; the new account is not made.
         good = master.config_path.read_text()
-        master.config_path.write_text(good + "\nworkers = inf\n")
+        invalid = {**config, "workers": 0, "accounts": declared(records, *ids, "acc-new")}
+        master.config_path.write_text(to_toml(invalid))
         bad = http.post("/config/update")
         assert bad.status_code == 422
         assert "nothing changed" in bad.json()["error"]
+        refused = ctl(master, "update")
+        assert refused.returncode == 2, refused.stderr
+        assert "update refused: nothing changed" in refused.stderr
+        assert "workers" in refused.stderr
+        assert http.get("/accounts/acc-new").status_code == 404
+        assert {a["id"] for a in http.get("/accounts").json()["items"]} == {*ids, "mine"}
+        assert [w["id"] for w in http.get("/workers").json()["items"]] == ["worker1", "worker2"]
         master.config_path.write_text(good)
 
         # Accounts added, removed and changed; the API's account declared too (a conflict).
