@@ -26,7 +26,10 @@ def shown(master: Master, http: httpx.Client, account_id: str, state: str) -> No
 def in_listing(master: Master, expected: dict[str, str]) -> None:
     listing = ctl(master, "accounts")
     assert listing.returncode == 0, listing.stderr
-    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line.strip()}
+    rows: dict[str, list[str]] = {}
+    for line in listing.stdout.splitlines():  # an account's row is the first line it starts
+        if line.strip():  # (a wrapped cell's next line may start with its id too)
+            rows.setdefault(line.split()[0], line.split())
     for account_id, state in expected.items():
         assert state in rows[account_id], (account_id, state, listing.stdout)
 

@@ -155,12 +155,7 @@ class AccountManager:
         )
         for account_id in self.status:
             self._refresh(account_id, "master started")
-        homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
-        if homeless:
-            self._log.warning(
-                "accounts left without a worker: more accounts than workers * accounts_per_worker",
-                accounts=homeless,
-            )
+        self._warn_homeless(list(self.status), "master started")
 
     # --- queries -------------------------------------------------------------------------
 
@@ -253,6 +248,7 @@ class AccountManager:
         self._log.info("account added", account_id=account.id, platform=account.platform)
         self._execute(self.assigner.add(account, now), now)
         self._refresh(account.id, "added")
+        self._warn_homeless([account.id], "added")
 
     def change(self, account: AccountSpec, now: float) -> None:
         """New options, platform or enabled: its task restarts with them."""
@@ -284,9 +280,11 @@ class AccountManager:
 
     def set_workers(self, worker_ids: list[str], now: float) -> None:
         """Scaling: homes move as little as possible (see the assigner)."""
+        homed = [a for a, slot in self.assigner.slots.items() if slot.home is not None]
         self._execute(self.assigner.set_workers(worker_ids, now), now)
         for account_id in list(self.status):
             self._refresh(account_id, "workers changed")
+        self._warn_homeless(homed, "workers changed")
 
     def holds(self, worker_id: str) -> bool:
         """Some account is assigned to, or being let go by, this worker."""
@@ -562,10 +560,32 @@ class AccountManager:
             state = AccountState.ELSEWHERE
         if state is AccountState.FAILED and status.failed:
             reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
+        if state is AccountState.UNASSIGNED:
+            reason = self.assigner.no_room()
         if status.move(state, reason, self._log, worker=owner):
             self._publish(
                 "account.state",
                 {"account_id": account_id, "state": str(state), "reason": reason, "worker": owner},
+            )
+
+    def _warn_homeless(self, account_ids: list[str], why: str) -> None:
+        """Of these accounts, those now without a home for want of room (unassigned, or
+        soon: once their worker lets them go): one warning with the numbers."""
+        slots = self.assigner.slots
+        homeless = [
+            a
+            for a in account_ids
+            if a in slots
+            and slots[a].home is None
+            and slots[a].account.enabled
+            and not slots[a].leaving
+        ]
+        if homeless:
+            self._log.warning(
+                "accounts left without a worker",
+                accounts=homeless,
+                reason=self.assigner.no_room(),
+                why=why,
             )
 
     def _stale_changed(self, account_id: str, stale: bool) -> None:
