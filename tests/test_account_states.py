@@ -2,6 +2,7 @@
 operator looks: ``GET /accounts/{id}``, ``hiscrmctl accounts``, the metric
 ``hiscrm_account_state`` and one ``account state`` line in ``master.log``."""
 
+import json
 from typing import Any
 
 import httpx
@@ -32,6 +33,21 @@ def in_listing(master: Master, expected: dict[str, str]) -> None:
             rows.setdefault(line.split()[0], line.split())
     for account_id, state in expected.items():
         assert state in rows[account_id], (account_id, state, listing.stdout)
+
+
+def wait_until_event(master: Master, account_id: str, state: str) -> dict[str, Any]:
+    """The account's first ``account.state`` event into ``state``, from ``hiscrmctl events``."""
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        out = ctl(master, "--json", "events", "--type", "account.state", "--account", account_id)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line)["data"] for line in out.stdout.splitlines()]
+        found[:] = [e for e in events if e["state"] == state]
+        return bool(found)
+
+    wait_until(seen, 10, f"an account.state event of {account_id} into {state}")
+    return found[0]
 
 
 @pytest.mark.timeout(90)
@@ -78,6 +94,22 @@ def test_every_account_state_is_reached_and_shown(start_master: MasterFactory) -
         assert http.get("/accounts/e-extra").json()["worker"] is None
         in_listing(master, expected)
         reached.update(expected.values())
+
+        # The account.state event carries the end of the traceback behind a failed or
+        # backoff state (bounded); the log line keeps to its last line.
+        for account_id, into, where in (
+            ("d-failed", "failed", "no_such_module"),
+            ("c-backoff", "backoff", "behaviours.py"),
+        ):
+            event = wait_until_event(master, account_id, into)
+            lines = event["traceback"].splitlines()
+            assert 2 <= len(lines) <= 8, lines
+            assert where in event["traceback"]
+            assert lines[-1].startswith(event["reason"].removeprefix("task backoff: ")[:20])
+            logged = master.log.find(event="account state", account_id=account_id, new=into)
+            assert logged
+            assert "traceback" not in logged[0]
+            assert "\n" not in logged[0]["reason"]
 
         # An operator stops a worker: its accounts are down (not running, not moved).
         assert http.post("/workers/worker2/stop").json()["worker"]["state"] == "stopped"

@@ -563,10 +563,15 @@ class AccountManager:
         if state is AccountState.UNASSIGNED:
             reason = self.assigner.no_room()
         if status.move(state, reason, self._log, worker=owner):
-            self._publish(
-                "account.state",
-                {"account_id": account_id, "state": str(state), "reason": reason, "worker": owner},
-            )
+            event: dict[str, object] = {
+                "account_id": account_id,
+                "state": str(state),
+                "reason": reason,
+                "worker": owner,
+            }
+            if (traceback := status.traceback_tail()) is not None:
+                event["traceback"] = traceback  # the log line keeps to one line
+            self._publish("account.state", event)
 
     def _warn_homeless(self, account_ids: list[str], why: str) -> None:
         """Of these accounts, those now without a home for want of room (unassigned, or
