@@ -3,6 +3,8 @@ operator looks: ``GET /accounts/{id}``, ``hiscrmctl accounts``, the metric
 ``hiscrm_account_state`` and one ``account state`` line in ``master.log``."""
 
 import json
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -117,6 +119,25 @@ def test_every_account_state_is_reached_and_shown(start_master: MasterFactory) -
         shown(master, http, "b-down", "down")
         in_listing(master, {"b-down": "down", "a-run": "running"})
         reached.add("down")
+
+        # A worker killed (SIGKILL): its accounts are down at once, each one's down line
+        # following the exit in the log before the worker runs again (in 3 s: backoff).
+        mark = master.mark()
+        worker1 = http.get("/workers/worker1").json()
+        assert sorted(worker1["accounts"]) == ["a-run", "c-backoff"]
+        os.kill(worker1["pid"], signal.SIGKILL)
+        exited = master.log.wait_for(after=mark, event="worker exited", worker="worker1")
+        assert exited["reason"] == "killed"
+        after = master.log.events.index(exited)
+        downs = [
+            master.log.wait_for(after=after, event="account state", account_id=a, new="down")
+            for a in ("a-run", "c-backoff")
+        ]
+        assert all(d["reason"] == "worker1 is down" for d in downs), downs
+        again = master.log.wait_for(
+            after=after, event="worker state", worker="worker1", new="running", timeout=20
+        )
+        assert max(map(master.log.events.index, downs)) < master.log.events.index(again)
     assert master.stop() == 0
 
     # Another shows a poison account quarantined, then an added account starting while
