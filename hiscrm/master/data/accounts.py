@@ -141,6 +141,7 @@ class AccountManager:
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
         self._sending: set[asyncio.Task[None]] = set()  # every queued send not done
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
+        self._no_room: str | None = None  # why accounts have no home, likewise
         self._down: set[str] = set()  # workers that died and have not run again since
         self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
         self.idempotent_platforms: set[str] = set()  # their sends may be repeated safely
@@ -561,7 +562,7 @@ class AccountManager:
         if state is AccountState.FAILED and status.failed:
             reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
         if state is AccountState.UNASSIGNED:
-            reason = self.assigner.no_room()
+            reason = self._why_no_room()
         if status.move(state, reason, self._log, worker=owner):
             event: dict[str, object] = {
                 "account_id": account_id,
@@ -589,9 +590,16 @@ class AccountManager:
             self._log.warning(
                 "accounts left without a worker",
                 accounts=homeless,
-                reason=self.assigner.no_room(),
+                reason=self._why_no_room(),
                 why=why,
             )
+
+    def _why_no_room(self) -> str:
+        """``Assigner.no_room`` (which counts every home), once per placement change:
+        scaling refreshes every account, and many may be unassigned."""
+        if self._no_room is None:
+            self._no_room = self.assigner.no_room()
+        return self._no_room
 
     def _stale_changed(self, account_id: str, stale: bool) -> None:
         self._publish("account.stale", {"account_id": account_id, "stale": stale})
@@ -616,7 +624,7 @@ class AccountManager:
     # --- carrying out decisions ----------------------------------------------------------
 
     def _execute(self, actions: list[Action], now: float) -> None:
-        self._solo = None  # placement may have changed
+        self._solo = self._no_room = None  # placement may have changed
         for action in actions:
             link = self._links.get(action.worker_id)
             if link is None:  # decided for a worker that is not up: a bug in the assigner
