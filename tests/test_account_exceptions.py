@@ -2,7 +2,8 @@
 ``KeyboardInterrupt``, ``GeneratorExit``, exceptions whose ``str()`` or ``repr()`` raises
 (even ``SystemExit``), whose notes cannot be read, with a 5 MB message, groups of them.
 The account goes to ``backoff`` and runs again; the error is logged, sent and counted with
-what could be rendered, in bounded sizes; the worker and its other accounts carry on."""
+what could be rendered, in bounded sizes; the worker and its other accounts carry on. So
+does an account whose task dies inside the error reporter itself."""
 
 import re
 from typing import Any
@@ -33,6 +34,7 @@ def master(start_module_master: MasterFactory) -> Master:
     accounts: list[dict[str, Any]] = [
         {"id": "good", "platform": "demo", "options": {"rate": 20.0}},
         {"id": "escaping", "platform": "testplatforms.failing:TaskRaisesSystemExit"},
+        {"id": "reporter-breaks", "platform": "testplatforms.failing:ReporterBreaks"},
     ]
     accounts += [
         {
@@ -123,5 +125,41 @@ def test_a_systemexit_from_a_platforms_own_task_does_not_stop_the_worker(master:
     line = next(line for line in text.splitlines() if "error='SystemExit: 4'" in line)
     assert "source=loop" in line
     assert account(master, "escaping")["state"] == "running"
+    assert len(master.log.find(event="worker state", worker="worker1", new="running")) == 1
+    assert not master.log.find(event="worker exited")
+
+
+@pytest.mark.timeout(60)
+def test_a_task_killed_inside_the_error_reporter_is_restarted_not_left_running(
+    master: Master,
+) -> None:
+    """The reporter fails on the account's error (here made to, once each time): its
+    supervising task dies there. The account leaves ``running`` for ``backoff`` and runs
+    again; the task's end is counted and shown as the account's last error."""
+    account_id = "reporter-breaks"
+    wait_until(
+        lambda: worker_states(master, account_id).count(("backoff", "running")) >= 2,
+        20,
+        f"{account_id} restarted twice",
+    )
+    assert set(worker_states(master, account_id)) == {
+        ("stopped", "running"),
+        ("running", "backoff"),
+        ("backoff", "running"),
+    }
+    ended = master.worker_log("worker1").read_text()
+    assert f"account_id={account_id}" in ended
+    assert "its task ended (RuntimeError: the error reporter is broken)" in ended
+    left = master.log.wait_for(event="account state", account_id=account_id, new="backoff")
+    assert left["old"] == "running"
+    assert "its task ended (RuntimeError: the error reporter is broken)" in left["reason"]
+
+    wait_until(lambda: account(master, account_id)["errors_total"] >= 2, 10, "errors counted")
+    info = account(master, account_id)
+    assert info["task_restarts"] >= 2
+    assert info["failed"] is None
+    error = info["last_error"]
+    assert error["message"] == "RuntimeError: the error reporter is broken"
+    assert "failing.py" in error["traceback"]
     assert len(master.log.find(event="worker state", worker="worker1", new="running")) == 1
     assert not master.log.find(event="worker exited")

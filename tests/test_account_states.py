@@ -2,6 +2,9 @@
 operator looks: ``GET /accounts/{id}``, ``hiscrmctl accounts``, the metric
 ``hiscrm_account_state`` and one ``account state`` line in ``master.log``."""
 
+import json
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -26,9 +29,27 @@ def shown(master: Master, http: httpx.Client, account_id: str, state: str) -> No
 def in_listing(master: Master, expected: dict[str, str]) -> None:
     listing = ctl(master, "accounts")
     assert listing.returncode == 0, listing.stderr
-    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line.strip()}
+    rows: dict[str, list[str]] = {}
+    for line in listing.stdout.splitlines():  # an account's row is the first line it starts
+        if line.strip():  # (a wrapped cell's next line may start with its id too)
+            rows.setdefault(line.split()[0], line.split())
     for account_id, state in expected.items():
         assert state in rows[account_id], (account_id, state, listing.stdout)
+
+
+def wait_until_event(master: Master, account_id: str, state: str) -> dict[str, Any]:
+    """The account's first ``account.state`` event into ``state``, from ``hiscrmctl events``."""
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        out = ctl(master, "--json", "events", "--type", "account.state", "--account", account_id)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line)["data"] for line in out.stdout.splitlines()]
+        found[:] = [e for e in events if e["state"] == state]
+        return bool(found)
+
+    wait_until(seen, 10, f"an account.state event of {account_id} into {state}")
+    return found[0]
 
 
 @pytest.mark.timeout(90)
@@ -76,12 +97,47 @@ def test_every_account_state_is_reached_and_shown(start_master: MasterFactory) -
         in_listing(master, expected)
         reached.update(expected.values())
 
+        # The account.state event carries the end of the traceback behind a failed or
+        # backoff state (bounded); the log line keeps to its last line.
+        for account_id, into, where in (
+            ("d-failed", "failed", "no_such_module"),
+            ("c-backoff", "backoff", "behaviours.py"),
+        ):
+            event = wait_until_event(master, account_id, into)
+            lines = event["traceback"].splitlines()
+            assert 2 <= len(lines) <= 8, lines
+            assert where in event["traceback"]
+            assert lines[-1].startswith(event["reason"].removeprefix("task backoff: ")[:20])
+            logged = master.log.find(event="account state", account_id=account_id, new=into)
+            assert logged
+            assert "traceback" not in logged[0]
+            assert "\n" not in logged[0]["reason"]
+
         # An operator stops a worker: its accounts are down (not running, not moved).
         assert http.post("/workers/worker2/stop").json()["worker"]["state"] == "stopped"
         wait_until(lambda: state("b-down") == "down", 5, "b-down down")
         shown(master, http, "b-down", "down")
         in_listing(master, {"b-down": "down", "a-run": "running"})
         reached.add("down")
+
+        # A worker killed (SIGKILL): its accounts are down at once, each one's down line
+        # following the exit in the log before the worker runs again (in 3 s: backoff).
+        mark = master.mark()
+        worker1 = http.get("/workers/worker1").json()
+        assert sorted(worker1["accounts"]) == ["a-run", "c-backoff"]
+        os.kill(worker1["pid"], signal.SIGKILL)
+        exited = master.log.wait_for(after=mark, event="worker exited", worker="worker1")
+        assert exited["reason"] == "killed"
+        after = master.log.events.index(exited)
+        downs = [
+            master.log.wait_for(after=after, event="account state", account_id=a, new="down")
+            for a in ("a-run", "c-backoff")
+        ]
+        assert all(d["reason"] == "worker1 is down" for d in downs), downs
+        again = master.log.wait_for(
+            after=after, event="worker state", worker="worker1", new="running", timeout=20
+        )
+        assert max(map(master.log.events.index, downs)) < master.log.events.index(again)
     assert master.stop() == 0
 
     # Another shows a poison account quarantined, then an added account starting while

@@ -186,12 +186,21 @@ def test_update_applies_the_file_accounts_and_workers_moving_little(
         assert http.post("/accounts", json=mine).status_code == 201
         homes = {a["id"]: a["worker"] for a in http.get("/accounts").json()["items"]}
 
-        # A bad file changes nothing and says why.
+        # A bad file changes nothing and says why: it parses, declares a good new account,
+        # and fails validation; the new account is not made.
         good = master.config_path.read_text()
-        master.config_path.write_text(good + "\nworkers = inf\n")
+        invalid = {**config, "workers": 0, "accounts": declared(records, *ids, "acc-new")}
+        master.config_path.write_text(to_toml(invalid))
         bad = http.post("/config/update")
         assert bad.status_code == 422
         assert "nothing changed" in bad.json()["error"]
+        refused = ctl(master, "update")
+        assert refused.returncode == 2, refused.stderr
+        assert "update refused: nothing changed" in refused.stderr
+        assert "workers" in refused.stderr
+        assert http.get("/accounts/acc-new").status_code == 404
+        assert {a["id"] for a in http.get("/accounts").json()["items"]} == {*ids, "mine"}
+        assert [w["id"] for w in http.get("/workers").json()["items"]] == ["worker1", "worker2"]
         master.config_path.write_text(good)
 
         # Accounts added, removed and changed; the API's account declared too (a conflict).
@@ -257,6 +266,64 @@ def test_update_applies_the_file_accounts_and_workers_moving_little(
         assert answer["restart_needed"] == ["api.max_page_bytes"]
     assert master.stop() == 0
     check_nothing_lost(master, records, ["acc-1", "acc-2", "acc-3", "acc-4", "acc-5", "acc-7"])
+
+
+@pytest.mark.timeout(90)
+def test_an_account_beyond_capacity_says_why_and_is_placed_once_there_is_room(
+    start_master: MasterFactory, records: Path
+) -> None:
+    config = make_config(
+        workers=1, accounts_per_worker=2, accounts=declared(records, "acc-1", "acc-2")
+    )
+    master = start_master(config)
+    master.wait_running("worker1")
+    full = "no capacity: 1 worker x 2 accounts_per_worker = 2, all taken"
+    with master.http() as http:
+        mark = master.mark()
+        extra = {"id": "extra", "platform": STARTS, "options": {"record_dir": str(records)}}
+        assert http.post("/accounts", json=extra).status_code == 201
+        answer = http.get("/accounts/extra").json()
+        assert (answer["state"], answer["reason"], answer["worker"]) == ("unassigned", full, None)
+        warned = master.log.wait_for(after=mark, event="accounts left without a worker")
+        assert (warned["level"], warned["accounts"], warned["reason"]) == (
+            "warning",
+            ["extra"],
+            full,
+        )
+        logged = master.log.wait_for(after=mark, event="account state", account_id="extra")
+        assert (logged["new"], logged["reason"]) == ("unassigned", full)
+        listing = ctl(master, "accounts")
+        assert listing.returncode == 0, listing.stderr
+        assert f"unassigned ({full}): extra" in listing.stdout
+        shown = ctl(master, "account", "show", "extra")
+        assert f"why: {full}" in shown.stdout
+
+        # Room appears (workers 1 -> 2): it is placed and runs; nothing else moves.
+        config["workers"] = 2
+        master.config_path.write_text(to_toml(config))
+        assert ctl(master, "update").returncode == 0
+        wait_until(lambda: count(master.db, "messages", "extra") > 0, 15, "extra runs")
+        homes = {a["id"]: a["worker"] for a in http.get("/accounts").json()["items"]}
+        assert homes == {"acc-1": "worker1", "acc-2": "worker1", "extra": "worker2"}
+
+        # Room goes (workers 2 -> 1): worker2's account is unassigned again, and says so.
+        mark = master.mark()
+        config["workers"] = 1
+        master.config_path.write_text(to_toml(config))
+        assert ctl(master, "update").returncode == 0
+        warned = master.log.wait_for(after=mark, event="accounts left without a worker")
+        assert (warned["accounts"], warned["reason"]) == (["extra"], full)
+        wait_until(
+            lambda: http.get("/accounts/extra").json()["state"] == "unassigned", 15, "unassigned"
+        )
+        assert http.get("/accounts/extra").json()["reason"] == full
+        wait_until(
+            lambda: [w["id"] for w in http.get("/workers").json()["items"]] == ["worker1"],
+            15,
+            "worker2 removed once it let its account go",
+        )
+    assert master.stop() == 0
+    check_nothing_lost(master, records, ["acc-1", "acc-2", "extra"])
 
 
 @pytest.mark.timeout(90)

@@ -172,3 +172,36 @@ def test_changed_options_restart_the_task_and_disabled_accounts_are_not_placed()
     assert assigner.slots["a1"].owner is None
     assert assigner.worker_up("worker2", 5) == [Assign("worker2", assigner.slots["a2"].account)]
     assert assigned(assigner.change(AccountSpec(id="a1"), 6)) == [("worker1", "a1")]
+
+
+def test_an_account_without_room_says_why_and_gets_a_home_when_room_appears() -> None:
+    assigner = Assigner(accounts(3), ["worker1"], per_worker=2, reassign_after_s=30, now=0)
+    assigner.worker_up("worker1", 0)
+    assert assigner.slots["a3"].home is None
+    assert assigner.no_room() == "no capacity: 1 worker x 2 accounts_per_worker = 2, all taken"
+
+    # More workers: the homeless account's home is the new one, not an account moved.
+    assert assigner.set_workers(["worker1", "worker2"], 1) == []  # worker2 does not run yet
+    assert homes_of(assigner) == {"a1": "worker1", "a2": "worker1", "a3": "worker2"}
+    assert assigned(assigner.worker_up("worker2", 2)) == [("worker2", "a3")]
+    assert assigner.add(AccountSpec(id="a4"), 3) == [Assign("worker2", AccountSpec(id="a4"))]
+    assert assigner.add(AccountSpec(id="a5"), 3) == []
+    assert assigner.no_room() == "no capacity: 2 workers x 2 accounts_per_worker = 4, all taken"
+
+    # An account removed, or disabled: the first homeless one takes its place.
+    assert assigner.remove("a1", 4) == [Revoke("worker1", "a1"), Assign("worker1", AccountSpec(id="a5"))]  # fmt: skip
+    assert assigner.add(AccountSpec(id="a6"), 5) == []
+    assert assigner.change(AccountSpec(id="a2", enabled=False), 6) == [
+        Revoke("worker1", "a2"),
+        Assign("worker1", AccountSpec(id="a6")),
+    ]
+    assert homes_of(assigner)["a6"] == "worker1"
+
+    # Fewer workers: the removed worker's accounts have no home again, and leave it (so
+    # it can stop; once they stayed on it for good).
+    assert assigner.set_workers(["worker1"], 7) == [Revoke("worker2", "a3"), Revoke("worker2", "a4")]  # fmt: skip
+    assert assigner.released("worker2", "a3", 8) == []
+    assert assigner.released("worker2", "a4", 8) == []
+    assert assigner.accounts_of("worker2") == []
+    assert assigner.slots["a3"].home is None
+    assert assigner.no_room() == "no capacity: 1 worker x 2 accounts_per_worker = 2, all taken"

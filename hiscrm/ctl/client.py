@@ -116,5 +116,7 @@ class MasterClient:
                 status=status,
             )
         if status >= 400:
-            raise CtlError(f"{method} {path}: {status} {error}", status=status, detail=detail)
+            raise CtlError(
+                f"{method} {path}: {status} {error}", said=str(error), status=status, detail=detail
+            )
         return body

@@ -2,8 +2,9 @@
 sync, shutdown, open (the dashboard).
 
 Exit codes: 0 done, 1 failed (master not running, refused, the action did not reach
-its goal), 2 usage. With ``--json`` a failure is a JSON object on stdout too
-(``{"error": "...", ...}``), with the same exit code.
+its goal), 2 usage (also a config file that ``update`` refuses). With ``--json`` a
+failure is a JSON object on stdout too (``{"error": "...", ...}``), with the same exit
+code.
 """
 
 import argparse
@@ -12,6 +13,7 @@ import os
 import sys
 import time
 import webbrowser
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -300,6 +302,20 @@ def emit(args: argparse.Namespace, data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def update(client: MasterClient) -> dict[str, Any]:
+    """``POST /config/update``; a file the master refuses (422: nothing changed) is a
+    configuration error, so exit 2 with the master's sentence."""
+    try:
+        result: dict[str, Any] = client.request("POST", "/config/update")
+    except CtlError as exc:
+        if exc.fields.get("status") == HTTPStatus.UNPROCESSABLE_ENTITY:
+            raise CtlError(
+                f"update refused: {exc.said}", exit_code=ExitCode.USAGE, answer=exc.fields
+            ) from None
+        raise
+    return result
+
+
 def action_failed(action: str, result: dict[str, Any]) -> CtlError:
     """A stop/start/restart that did not end where it should: what happened, and why."""
     worker = result["worker"]
@@ -545,7 +561,7 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                 render.account(console, result)
             return ExitCode.OK
         case "update":
-            result = client.request("POST", "/config/update")
+            result = update(client)
             if args.json:
                 emit(args, result)
             else:

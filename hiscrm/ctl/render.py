@@ -28,6 +28,8 @@ STATE_STYLES = {
     "expired": "dim",
     "cancelled": "dim",
 }
+# Account states whose reason ``hiscrmctl accounts`` shows under the table.
+EXPLAINED = frozenset({"unassigned", "down", "failed", "quarantined"})
 HEALTH_STYLES = {"ok": "green", "degraded": "yellow", "failing": "red"}
 
 
@@ -185,6 +187,7 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
         "PROGRESS",
         "LAST ITEM",
         "LAST SYNC",
+        "RESTARTS",
         "ERRORS",
         "LAST ERROR",
     )
@@ -201,10 +204,18 @@ def accounts(console: Console, accounts: list[dict[str, Any]]) -> None:
             _age(a["progress_at"]),
             _age(a["last_item_at"]),
             _age(a["last_sync_at"]),
+            str(a["task_restarts"]),
             str(a["errors_total"]),
             (last_error["message"][:60] + f" ({_age(last_error['at'])})") if last_error else "-",
         )
     console.print(table)
+    # Why accounts are not running where that is not an error of theirs, one line a reason.
+    why: dict[tuple[str, str], list[str]] = {}
+    for a in accounts:
+        if a["state"] in EXPLAINED and a.get("reason"):
+            why.setdefault((a["state"], a["reason"]), []).append(a["id"])
+    for (state, reason), ids in why.items():
+        console.print(f"{_styled(state)} ({reason}): {', '.join(ids)}")
 
 
 NODE_STYLES = {"ok": "green", "lagging": "yellow", "lost": "red", "leaving": "dim"}

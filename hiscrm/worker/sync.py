@@ -58,7 +58,6 @@ class Syncer:
         self._acked = asyncio.Event()  # set on every ack; flush_and_wait watches it
         self.syncs_sent = 0
         self.bytes_sent = 0
-        self.bytes_by_account: dict[str, int] = {}
         self.resends = 0
         self.nacks = 0
 
@@ -174,9 +173,6 @@ class Syncer:
                 return  # the pipe is closed; the master's death ends this worker soon
             self.syncs_sent += 1
             self.bytes_sent += len(frame)
-            self.bytes_by_account[data.account_id] = self.bytes_by_account.get(
-                data.account_id, 0
-            ) + len(frame)
             if batch:
                 in_flight.append((last, len(frame)))
             base = last

@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 from hiscrm.platforms.base import PlatformContext
+from hiscrm.worker.error_reporter import ErrorReporter
 
 
 class StrRaises(Exception):
@@ -83,6 +84,24 @@ class Raise:
     async def run(self, ctx: PlatformContext) -> None:
         await asyncio.sleep(float(ctx.options.get("after_s", 0.3)))
         raise make(str(ctx.options["kind"]))
+
+
+class ReporterBreaks:
+    """Raises an exception whose ``str()`` raises, with the worker's error reporter made
+    to fail on it once: the account's supervising task dies inside the reporter (before
+    the reporter was made safe, a ``str()`` that raised there did this), and must not be
+    left ``running``."""
+
+    async def run(self, ctx: PlatformContext) -> None:
+        await asyncio.sleep(float(ctx.options.get("after_s", 0.3)))
+        original = ErrorReporter.report
+
+        def broken(self: ErrorReporter, *args: Any, **kwargs: Any) -> None:
+            ErrorReporter.report = original  # type: ignore[method-assign]  # once
+            raise RuntimeError("the error reporter is broken")
+
+        ErrorReporter.report = broken  # type: ignore[method-assign]
+        raise StrRaises()
 
 
 async def _exit_from_a_task() -> None:

@@ -14,6 +14,8 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm.items import epoch_ms
 
 TRACEBACK_TAIL_CHARS = 4000
+EVENT_TRACEBACK_LINES = 8  # of a failed or backoff account's traceback, in account.state
+EVENT_TRACEBACK_CHARS = 2000
 
 
 class AccountState(StrEnum):
@@ -112,6 +114,18 @@ class AccountStatus(msgspec.Struct):
             **fields,
         )
         return True
+
+    def traceback_tail(self) -> str | None:
+        """The last lines of the traceback behind the state, bounded: why its platform
+        cannot run (``failed``), or the error that sent its task to ``backoff``."""
+        if self.state is AccountState.FAILED and self.failed:
+            text = self.failed
+        elif self.state is AccountState.BACKOFF and self.last_error is not None:
+            text = self.last_error.traceback
+        else:
+            return None
+        tail = "\n".join(text.strip().splitlines()[-EVENT_TRACEBACK_LINES:])
+        return tail[-EVENT_TRACEBACK_CHARS:] or None
 
     def error(self, message: str, traceback: str, at_ms: int) -> None:
         self.errors_total += 1

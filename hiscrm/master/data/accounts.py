@@ -141,6 +141,7 @@ class AccountManager:
         self._chains: dict[int, asyncio.Task[None]] = {}  # pid -> its last queued send
         self._sending: set[asyncio.Task[None]] = set()  # every queued send not done
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
+        self._no_room: str | None = None  # why accounts have no home, likewise
         self._down: set[str] = set()  # workers that died and have not run again since
         self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
         self.idempotent_platforms: set[str] = set()  # their sends may be repeated safely
@@ -155,12 +156,7 @@ class AccountManager:
         )
         for account_id in self.status:
             self._refresh(account_id, "master started")
-        homeless = [a for a, s in self.assigner.slots.items() if s.home is None]
-        if homeless:
-            self._log.warning(
-                "accounts left without a worker: more accounts than workers * accounts_per_worker",
-                accounts=homeless,
-            )
+        self._warn_homeless(list(self.status), "master started")
 
     # --- queries -------------------------------------------------------------------------
 
@@ -253,6 +249,7 @@ class AccountManager:
         self._log.info("account added", account_id=account.id, platform=account.platform)
         self._execute(self.assigner.add(account, now), now)
         self._refresh(account.id, "added")
+        self._warn_homeless([account.id], "added")
 
     def change(self, account: AccountSpec, now: float) -> None:
         """New options, platform or enabled: its task restarts with them."""
@@ -284,9 +281,11 @@ class AccountManager:
 
     def set_workers(self, worker_ids: list[str], now: float) -> None:
         """Scaling: homes move as little as possible (see the assigner)."""
+        homed = [a for a, slot in self.assigner.slots.items() if slot.home is not None]
         self._execute(self.assigner.set_workers(worker_ids, now), now)
         for account_id in list(self.status):
             self._refresh(account_id, "workers changed")
+        self._warn_homeless(homed, "workers changed")
 
     def holds(self, worker_id: str) -> bool:
         """Some account is assigned to, or being let go by, this worker."""
@@ -563,11 +562,45 @@ class AccountManager:
             state = AccountState.ELSEWHERE
         if state is AccountState.FAILED and status.failed:
             reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
+        if state is AccountState.UNASSIGNED:
+            reason = self._why_no_room()
         if status.move(state, reason, self._log, worker=owner):
-            self._publish(
-                "account.state",
-                {"account_id": account_id, "state": str(state), "reason": reason, "worker": owner},
+            event: dict[str, object] = {
+                "account_id": account_id,
+                "state": str(state),
+                "reason": reason,
+                "worker": owner,
+            }
+            if (traceback := status.traceback_tail()) is not None:
+                event["traceback"] = traceback  # the log line keeps to one line
+            self._publish("account.state", event)
+
+    def _warn_homeless(self, account_ids: list[str], why: str) -> None:
+        """Of these accounts, those now without a home for want of room (unassigned, or
+        soon: once their worker lets them go): one warning with the numbers."""
+        slots = self.assigner.slots
+        homeless = [
+            a
+            for a in account_ids
+            if a in slots
+            and slots[a].home is None
+            and slots[a].account.enabled
+            and not slots[a].leaving
+        ]
+        if homeless:
+            self._log.warning(
+                "accounts left without a worker",
+                accounts=homeless,
+                reason=self._why_no_room(),
+                why=why,
             )
+
+    def _why_no_room(self) -> str:
+        """``Assigner.no_room`` (which counts every home), once per placement change:
+        scaling refreshes every account, and many may be unassigned."""
+        if self._no_room is None:
+            self._no_room = self.assigner.no_room()
+        return self._no_room
 
     def _stale_changed(self, account_id: str, stale: bool) -> None:
         self._publish("account.stale", {"account_id": account_id, "stale": stale})
@@ -592,7 +625,7 @@ class AccountManager:
     # --- carrying out decisions ----------------------------------------------------------
 
     def _execute(self, actions: list[Action], now: float) -> None:
-        self._solo = None  # placement may have changed
+        self._solo = self._no_room = None  # placement may have changed
         for action in actions:
             link = self._links.get(action.worker_id)
             if link is None:  # decided for a worker that is not up: a bug in the assigner

@@ -7,7 +7,8 @@
   scaling: more workers take homes from the busiest until homes differ by at most one
   per worker (2 → 3 workers moves a third of the accounts); fewer workers move only the
   accounts of the removed ones, each to the worker with the fewest homes. An account
-  without room anywhere has no home (``unassigned``) until room appears.
+  without room anywhere has no home (``unassigned``) until room appears (more workers,
+  an account removed or disabled), then it gets one, in the order accounts were added.
 * If the home cannot run (its process is gone: crashed, in backoff, boot_failed) for
   ``reassign_after_s``, its accounts move to the least loaded running workers with room.
   When the home runs again they move back.
@@ -118,6 +119,18 @@ class Assigner:
     def unplaced(self) -> list[str]:
         return [a for a, s in self.slots.items() if s.owner is None]
 
+    def no_room(self) -> str:
+        """Why an account has no home, with the numbers behind it."""
+        workers, capacity = len(self._workers), len(self._workers) * self._per_worker
+        taken = sum(self._home_counts().values())
+        sentence = (
+            f"{workers} worker{'s' if workers != 1 else ''} x {self._per_worker} "
+            f"accounts_per_worker = {capacity}"
+        )
+        if taken >= capacity:
+            return f"no capacity: {sentence}, all taken"
+        return f"waiting for room: {sentence}, {taken} taken"
+
     def solo_workers(self) -> list[str]:
         """The workers of quarantined accounts (each runs one account alone), and those
         still releasing an account after its quarantine ended."""
@@ -202,7 +215,7 @@ class Assigner:
         was_enabled, slot.account = slot.account.enabled, account
         if not account.enabled:
             slot.home = slot.planned_home = None
-            return self._take_back(slot, now, target=None)
+            return self._take_back(slot, now, target=None) + self._house_homeless(now)
         if not was_enabled:
             slot.home = slot.planned_home = self._roomiest()
             return self._place_unowned(now)
@@ -216,12 +229,12 @@ class Assigner:
         slot.leaving, slot.home, slot.planned_home = True, None, None
         if slot.releasing:
             slot.target = None
-            return []
+            return self._house_homeless(now)
         if slot.owner is not None and slot.owner in self._running:
             slot.releasing, slot.target = True, None
-            return [Revoke(slot.owner, account_id)]
+            return [Revoke(slot.owner, account_id), *self._house_homeless(now)]
         del self.slots[account_id]
-        return []
+        return self._house_homeless(now)
 
     def gone(self, account_id: str) -> bool:
         """Removed and let go by its worker: nothing of it is left here."""
@@ -242,6 +255,7 @@ class Assigner:
                 moved.append(slot)
         for slot in moved:  # to the least busy remaining worker with room
             slot.planned_home = self._roomiest()
+        moved += self._homeless_housed()  # new room first goes to those without a home
         while True:  # even out: the busiest gives to the least busy
             homes = self._home_counts()
             busiest = max(self._workers, key=lambda w: homes[w], default=None)
@@ -261,12 +275,39 @@ class Assigner:
                 continue  # quarantined: it stays on its own worker until released
             slot.home = slot.planned_home
             owner_runs = slot.owner is not None and slot.owner in self._running
-            if owner_runs and slot.home not in self._running:
+            if owner_runs and slot.home is not None and slot.home not in self._running:
                 continue  # it moves when its new home runs (worker_up calls it home)
             actions += self._send_home(slot, now)
         for worker in removed:
             self._down_since.pop(worker, None)
         return actions + self._place_unowned(now)
+
+    def _homeless_housed(self) -> list[Slot]:
+        """Enabled accounts without a home (and not quarantined) get one while there is
+        room, in the order they were added; the slots that got one. One that a worker
+        runs already (placed where loads allowed) gets that worker if it has room."""
+        housed: list[Slot] = []
+        for slot in self.slots.values():
+            if slot.home is not None or slot.leaving or not slot.account.enabled:
+                continue
+            owner = slot.owner
+            if owner in self._workers and self._home_counts()[owner] < self._per_worker:
+                home: str | None = owner
+            else:
+                home = self._roomiest()
+            if home is None:
+                break
+            slot.planned_home = home
+            housed.append(slot)
+        return housed
+
+    def _house_homeless(self, now: float) -> list[Action]:
+        """Room appeared (an account went): homes for the homeless, who go there."""
+        actions: list[Action] = []
+        for slot in self._homeless_housed():
+            slot.home = slot.planned_home
+            actions += self._send_home(slot, now)
+        return actions
 
     def _home_counts(self) -> Counter[str]:
         counts: Counter[str] = Counter({w: 0 for w in self._workers})
