@@ -109,13 +109,13 @@ class _Generator:
         return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(2, 12)))
 
     def setup(self) -> None:
-        """The account's conversations and contents, the first time it runs; after a
-        restart they are known, and writing them again would reset what they learned
-        (a conversation's ``last_message_at``)."""
-        if self.ctx.count("conversation") == 0:
+        """The account's conversations and contents, while it has fewer than it keeps (a
+        new account); after a restart they are known, and writing them again would reset
+        what they learned (a conversation's ``last_message_at``)."""
+        if self.ctx.count("conversation") < len(self.conversations):
             for conversation in self.conversations:
                 self.ctx.upsert_conversation(_conversation(conversation))
-        if self.ctx.count("content") == 0:
+        if self.ctx.count("content") < len(self.contents):
             for content in self.contents:
                 self.ctx.upsert_content(self._content(content))
 
