@@ -11,6 +11,7 @@ from fakes import FakeMaster
 
 from hiscrm.master.supervision.commands import (
     AddAccount,
+    ChangeAccount,
     CommandRefused,
     ReloadWorkers,
     RestartWorker,
@@ -273,3 +274,50 @@ def test_a_step_that_waits_past_the_heartbeat_timeout_judges_no_worker_hung(
         }
 
     run(tmp_path, test, heartbeat_timeout_ms=300)
+
+
+def test_a_solo_worker_has_its_accounts_own_memory_limit_a_shared_one_the_workers(
+    tmp_path: Path,
+) -> None:
+    """``[supervision] max_memory_mb`` for the configured workers and for a solo worker
+    whose account has no limit of its own; the account's own in its solo worker. A new
+    limit applies to the next measurement and restarts no task (new options do)."""
+    mib = 2**20
+
+    async def test(master: FakeMaster) -> None:
+        sup = master.sup
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in sup.slots.values()))
+        assert sup.memory_limit_bytes("worker1") == 200 * mib
+        assert sup.memory_limit_bytes("solo-acc-1") == 50 * mib
+        assert sup.memory_limit_bytes("solo-acc-2") == 200 * mib  # none of its own
+        assert sup.memory_limit_bytes("solo-nobody") == 200 * mib
+
+        worker = master.manager.assigner.owner_of("acc-1")
+        assert worker is not None
+        process = master.launcher.of(worker)[-1]
+
+        def restarts() -> list[object]:
+            return [
+                m
+                for m in process.received
+                if isinstance(m, MasterAccountRevoke) and m.account_id == "acc-1"
+            ]
+
+        for limit, bytes_ in ((60, 60 * mib), (None, 200 * mib), (70, 70 * mib)):
+            spec = AccountSpec(id="acc-1", max_memory_mb=limit)
+            await asyncio.wait_for(sup.command(ChangeAccount(spec)), 2)
+            assert master.manager.specs["acc-1"] == spec
+            assert sup.memory_limit_bytes("solo-acc-1") == bytes_
+        await asyncio.sleep(0.05)  # a revoke would be on its way by now
+        assert restarts() == []
+        changed = AccountSpec(id="acc-1", options={"rate": 2}, max_memory_mb=70)
+        await asyncio.wait_for(sup.command(ChangeAccount(changed)), 2)
+        await master.until(lambda: len(restarts()) == 1)
+
+    async def main() -> None:
+        async with FakeMaster(
+            tmp_path, max_memory_mb=200, account_memory_mb={"acc-1": 50}
+        ) as master:
+            await test(master)
+
+    asyncio.run(main())
