@@ -321,3 +321,37 @@ def test_a_solo_worker_has_its_accounts_own_memory_limit_a_shared_one_the_worker
             await test(master)
 
     asyncio.run(main())
+
+
+def test_an_accounts_own_limit_alone_brings_the_memory_watch_to_its_short_schedule(
+    tmp_path: Path,
+) -> None:
+    """With no ``[supervision] max_memory_mb``, the trees are measured only every
+    ``SHOWN_ONLY_INTERVAL_S``; a quarantined account given a limit of its own brings the
+    next pass within ``CHECK_INTERVAL_S``, as a limit for the workers would."""
+    from hiscrm.master.supervision.memory_watch import CHECK_INTERVAL_S
+
+    async def quarantined_then_limited(master: FakeMaster) -> None:
+        sup, loop = master.sup, asyncio.get_running_loop()
+        await master.until(lambda: sup.slots["worker1"].state is WorkerState.RUNNING)
+        while not master.manager.quarantine.is_quarantined("acc-1"):  # deaths while it is there
+            process = master.launcher.of("worker1")[-1]
+            await master.until(lambda p=process: "acc-1" in p.accounts)
+            process.exit(-9)
+            await master.until(lambda p=process: p is not master.launcher.of("worker1")[-1])
+        solo = "solo-acc-1"
+        await master.until(
+            lambda: solo in sup.slots and sup.slots[solo].state is WorkerState.RUNNING
+        )
+        await master.until(
+            lambda: (sup.memory.deadline or 0) > loop.time() + CHECK_INTERVAL_S, timeout=10
+        )  # measured since it registered: no limit anywhere, so the long schedule
+        assert sup.memory_limit_bytes(solo) is None
+        await asyncio.wait_for(
+            sup.command(ChangeAccount(AccountSpec(id="acc-1", max_memory_mb=50))), 2
+        )
+        assert sup.memory_limit_bytes(solo) == 50 * 2**20
+        deadline = sup.memory.deadline
+        assert deadline is None or deadline <= loop.time() + CHECK_INTERVAL_S
+
+    run(tmp_path, quarantined_then_limited, workers=1, accounts=1)
