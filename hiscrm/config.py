@@ -26,7 +26,7 @@ from pydantic import (
 
 from hiscrm.event_names import check_prefix as check_event_prefix
 from hiscrm.items import KINDS
-from hiscrm.models import AccountSpec
+from hiscrm.models import AccountSpec, MemoryLimitMb
 from hiscrm.platform_names import resolve_platform_name
 from hiscrm.store_url import check_store_url
 
@@ -130,8 +130,9 @@ class SupervisionConfig(_Section):
     backoff_reset_after_s: float = seconds(60.0, at_least=0.1, at_most=WEEK_S)
     reassign_after_s: float = seconds(30.0, at_least=0.1, at_most=DAY_S)
     fork_template: bool = True  # start workers by forking a warm template (Linux)
-    # A worker whose whole process tree grows over this (PSS) is restarted gracefully.
-    max_memory_mb: int | None = Field(default=None, ge=16, le=2**20)  # 16 MB to 1 TB
+    # A worker whose whole process tree grows over this (PSS) is restarted gracefully (a
+    # quarantined account's own worker: the account's max_memory_mb, when it has one).
+    max_memory_mb: MemoryLimitMb | None = None  # 16 MB to 1 TB
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -234,16 +234,24 @@ class FakeMaster:
         workers: int = 2,
         accounts: int = 4,
         heartbeat_timeout_ms: int | None = None,
+        max_memory_mb: int | None = None,
+        account_memory_mb: dict[str, int] | None = None,
     ) -> None:
-        supervision = dict(FAST)
+        supervision: dict[str, Any] = dict(FAST)
         if heartbeat_timeout_ms is not None:
             supervision["heartbeat_timeout_s"] = heartbeat_timeout_ms / 1000
+        if max_memory_mb is not None:
+            supervision["max_memory_mb"] = max_memory_mb
+        own = account_memory_mb or {}
         self.config = Config.model_validate(
             {
                 "state_dir": str(tmp_path),
                 "workers": workers,
                 "supervision": supervision,
-                "accounts": [{"id": f"acc-{n}"} for n in range(1, accounts + 1)],
+                "accounts": [
+                    {"id": f"acc-{n}", "max_memory_mb": own.get(f"acc-{n}")}
+                    for n in range(1, accounts + 1)
+                ],
             }
         )
         self.launcher = FakeLauncher()
@@ -272,7 +280,7 @@ class FakeMaster:
 
     def _registry(self) -> list[AccountRecord]:
         return [
-            AccountRecord(a.id, a.platform, a.options, a.enabled, "config", n, n)
+            AccountRecord(a.id, a.platform, a.options, a.enabled, "config", n, n, a.max_memory_mb)
             for n, a in enumerate(self.config.accounts)
         ]
 

@@ -1,6 +1,6 @@
 """Reconciling the registry of accounts with the config file, as a pure plan."""
 
-from hiscrm.master.data.account_registry import apply, plan
+from hiscrm.master.data.account_registry import apply, plan, spec_of
 from hiscrm.master.data.store import AccountRecord
 from hiscrm.models import AccountSpec
 
@@ -33,3 +33,19 @@ def test_the_registry_follows_the_file_and_leaves_api_accounts_alone() -> None:
 def test_an_unchanged_file_plans_nothing() -> None:
     registry = [record("a"), record("b", "api")]
     assert plan([AccountSpec(id="a")], registry, 5).empty
+
+
+def test_a_new_memory_limit_in_the_file_is_a_change_and_reaches_the_spec() -> None:
+    registry = [record("a"), record("b"), record("c")]
+    registry[2] = AccountRecord("c", "demo", {}, True, "config", 1, 1, 64)
+    declared = [
+        AccountSpec(id="a", max_memory_mb=64),  # set
+        AccountSpec(id="b"),  # unchanged
+        AccountSpec(id="c"),  # cleared
+        AccountSpec(id="d", max_memory_mb=32),  # new, with one
+    ]
+    result = plan(declared, registry, 1000)
+    assert [(r.id, r.max_memory_mb) for r in result.change] == [("a", 64), ("c", None)]
+    assert [(r.id, r.max_memory_mb) for r in result.create] == [("d", 32)]
+    assert [spec_of(r).max_memory_mb for r in apply(result, registry)] == [64, None, None, 32]
+    assert plan(declared, apply(result, registry), 2000).empty

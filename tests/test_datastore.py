@@ -18,7 +18,13 @@ from hiscrm.items import KINDS, Content, Conversation, Message, item_hash
 from hiscrm.master.data import pg_schema, sqlite_schema
 from hiscrm.master.data.postgres_store import PostgresStore
 from hiscrm.master.data.sqlite_store import SqliteStore
-from hiscrm.master.data.store import CollectionQuery, StoreError, SyncBatch, SyncOutcome
+from hiscrm.master.data.store import (
+    AccountRecord,
+    CollectionQuery,
+    StoreError,
+    SyncBatch,
+    SyncOutcome,
+)
 from hiscrm.protocol import AnyMessage, Encoder, ItemChange, WorkerDataSync
 from hiscrm.sync_wire import ChangeView, fast_sync
 
@@ -459,6 +465,39 @@ def test_a_first_schema_store_migrates_keeping_what_the_sync_path_knows(tmp_path
     schema.check_columns(conn)
     assert schema.committed_seq(conn, "acc") == 7
     assert schema.list_accounts(conn) == []
+    conn.close()
+
+
+def test_an_accounts_own_memory_limit_is_kept_changed_and_cleared(store: Store) -> None:
+    with_limit = AccountRecord("acc", "demo", {"rate": 1}, True, "api", 1, 1, 64)
+    without = AccountRecord("other", "demo", {}, False, "config", 2, 2)
+    for record in (with_limit, without):
+        asyncio.run(store.store.put_account(record))
+    assert asyncio.run(store.store.accounts()) == [with_limit, without]
+    for limit in (128, None):
+        changed = AccountRecord("acc", "demo", {"rate": 1}, True, "api", 1, 3, limit)
+        asyncio.run(store.store.put_account(changed))
+        assert asyncio.run(store.store.accounts())[0] == changed
+
+
+def test_a_store_of_schema_5_migrates_keeping_its_accounts(tmp_path: Path) -> None:
+    from hiscrm.master.data import sqlite_schema as schema
+
+    path = tmp_path / "v5.db"
+    conn = schema.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 6):
+        schema.MIGRATIONS[version](conn)
+    conn.execute("INSERT INTO schema_version VALUES (5)")
+    conn.execute(
+        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at) "
+        "VALUES ('acc', 'demo', '{}', 1, 'api', 1, 2)"
+    )
+    conn.close()
+    conn = schema.connect(path)
+    assert schema.migrate(conn) == (5, [])
+    schema.check_columns(conn)
+    assert schema.list_accounts(conn) == [AccountRecord("acc", "demo", {}, True, "api", 1, 2)]
     conn.close()
 
 

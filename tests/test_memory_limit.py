@@ -2,6 +2,8 @@
 grows over it is restarted gracefully with reason ``memory_limit``, visible like every
 other restart; the others are untouched. (The decision itself: ``test_memory_watch.py``.)"""
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -211,4 +213,70 @@ def test_a_limit_set_by_update_applies_to_the_running_workers(start_master: Mast
             "restarted for its memory",
         )
         assert http.get(f"/workers/{worker}").json()["max_memory_bytes"] == LIMIT_MB * MiB
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_quarantined_account_alone_is_held_to_its_own_limit(
+    start_master: MasterFactory,
+) -> None:
+    """Only the account has a limit (``max_memory_mb`` of its own; none for the workers):
+    while it shares worker1, nothing restarts that worker for its memory; quarantined (the
+    test's SIGKILLs stand in for the OOM killer), it runs alone in ``solo-hog``, which
+    takes the account's limit and is restarted gracefully at it."""
+    own_mb = 80
+    hog = {
+        "id": "hog",
+        "platform": "testplatforms.behaviours:Hog",
+        "options": {"step_mb": 20, "every_s": 0.2, "max_mb": 200},
+        "max_memory_mb": own_mb,
+    }
+    master = start_master(make_config(workers=1, accounts=[hog], quarantine={"deaths": 2}))
+    master.wait_running("worker1")
+    killed: list[int] = []
+    with master.http() as http:
+
+        def account() -> dict[str, Any]:
+            return http.get("/accounts/hog").json()
+
+        def worker(worker_id: str) -> dict[str, Any]:
+            return http.get(f"/workers/{worker_id}").json()
+
+        assert account()["max_memory_mb"] == own_mb
+        for _ in range(2):  # two deaths of its worker while it runs there: quarantined
+            wait_until(
+                lambda: (
+                    account()["state"] == "running"
+                    and account()["worker"] == "worker1"
+                    and worker("worker1")["pid"] not in (None, *killed)
+                ),
+                20,
+                "hog running on a new worker1",
+            )
+            assert worker("worker1")["max_memory_bytes"] is None  # shared: the workers' (none)
+            killed.append(worker("worker1")["pid"])
+            os.kill(killed[-1], signal.SIGKILL)
+        wait_until(lambda: account()["state"] == "quarantined", 20, "hog quarantined")
+        assert account()["home"] == "solo-hog"
+        wait_until(lambda: http.get("/workers/solo-hog").status_code == 200, 10, "solo-hog")
+        assert worker("solo-hog")["max_memory_bytes"] == own_mb * MiB
+
+        over = master.log.wait_for(
+            event="worker over its memory limit; restarting it gracefully",
+            worker="solo-hog",
+            timeout=30,
+        )
+        assert over["max_memory_mb"] == own_mb
+        assert over["tree_memory_mb"] > own_mb
+        exited = master.log.wait_for(
+            event="worker exited", worker="solo-hog", reason="memory_limit"
+        )
+        assert exited["pid"] == over["pid"]
+        assert exited["signal"] is None, exited  # it went when asked: a graceful stop
+        wait_until(
+            lambda: worker("solo-hog")["restarts_by_reason"].get("memory_limit", 0) >= 1,
+            10,
+            "the restart counted",
+        )
+        assert worker("worker1")["restarts_by_reason"].get("memory_limit", 0) == 0
     assert master.stop() == 0

@@ -28,8 +28,10 @@ from hiscrm.master.supervision.memory_watch import (
     over_limit,
     pss_budget,
     pss_needed,
+    slot_limit_bytes,
 )
 from hiscrm.master.supervision.stop_plan import StopReason
+from hiscrm.models import AccountSpec
 
 MiB = 2**20
 
@@ -107,6 +109,29 @@ def test_max_memory_mb_has_a_finite_range(tmp_path: Path) -> None:
             load_config(path)
         assert "max_memory_mb" in str(caught.value), value
     assert load_config(None).supervision.max_memory_mb is None  # the default: no limit
+
+
+def test_a_slot_takes_its_accounts_own_limit_before_the_workers() -> None:
+    # (own limit of the account the slot runs alone, [supervision] max_memory_mb)
+    assert slot_limit_bytes(50, 200) == 50 * MiB  # lower than the workers'
+    assert slot_limit_bytes(500, 200) == 500 * MiB  # or higher: an account known to need it
+    assert slot_limit_bytes(50, None) == 50 * MiB  # a limit with none for the workers
+    assert slot_limit_bytes(None, 200) == 200 * MiB  # a shared worker, or none of its own
+    assert slot_limit_bytes(None, None) is None
+
+
+def test_an_accounts_max_memory_mb_has_the_same_range_as_the_workers(tmp_path: Path) -> None:
+    for value in ("16", "1048576"):
+        path = tmp_path / f"ok{value}.toml"
+        path.write_text(f'[[accounts]]\nid = "a"\nmax_memory_mb = {value}\n')
+        assert load_config(path).accounts[0].max_memory_mb == int(value)
+    for value in ("15", "1048577", "0", "-1", '"lots"', "100.5", "nan"):
+        path = tmp_path / "bad.toml"
+        path.write_text(f'[[accounts]]\nid = "a"\nmax_memory_mb = {value}\n')
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert "max_memory_mb" in str(caught.value), value
+    assert AccountSpec(id="a").max_memory_mb is None  # the default: the workers' limit
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from fakes import FakeMaster
 
 from hiscrm.master.supervision.commands import (
     AddAccount,
+    ChangeAccount,
     CommandRefused,
     ReloadWorkers,
     RestartWorker,
@@ -273,3 +274,84 @@ def test_a_step_that_waits_past_the_heartbeat_timeout_judges_no_worker_hung(
         }
 
     run(tmp_path, test, heartbeat_timeout_ms=300)
+
+
+def test_a_solo_worker_has_its_accounts_own_memory_limit_a_shared_one_the_workers(
+    tmp_path: Path,
+) -> None:
+    """``[supervision] max_memory_mb`` for the configured workers and for a solo worker
+    whose account has no limit of its own; the account's own in its solo worker. A new
+    limit applies to the next measurement and restarts no task (new options do)."""
+    mib = 2**20
+
+    async def test(master: FakeMaster) -> None:
+        sup = master.sup
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in sup.slots.values()))
+        assert sup.memory_limit_bytes("worker1") == 200 * mib
+        assert sup.memory_limit_bytes("solo-acc-1") == 50 * mib
+        assert sup.memory_limit_bytes("solo-acc-2") == 200 * mib  # none of its own
+        assert sup.memory_limit_bytes("solo-nobody") == 200 * mib
+
+        worker = master.manager.assigner.owner_of("acc-1")
+        assert worker is not None
+        process = master.launcher.of(worker)[-1]
+
+        def restarts() -> list[object]:
+            return [
+                m
+                for m in process.received
+                if isinstance(m, MasterAccountRevoke) and m.account_id == "acc-1"
+            ]
+
+        for limit, bytes_ in ((60, 60 * mib), (None, 200 * mib), (70, 70 * mib)):
+            spec = AccountSpec(id="acc-1", max_memory_mb=limit)
+            await asyncio.wait_for(sup.command(ChangeAccount(spec)), 2)
+            assert master.manager.specs["acc-1"] == spec
+            assert sup.memory_limit_bytes("solo-acc-1") == bytes_
+        await asyncio.sleep(0.05)  # a revoke would be on its way by now
+        assert restarts() == []
+        changed = AccountSpec(id="acc-1", options={"rate": 2}, max_memory_mb=70)
+        await asyncio.wait_for(sup.command(ChangeAccount(changed)), 2)
+        await master.until(lambda: len(restarts()) == 1)
+
+    async def main() -> None:
+        async with FakeMaster(
+            tmp_path, max_memory_mb=200, account_memory_mb={"acc-1": 50}
+        ) as master:
+            await test(master)
+
+    asyncio.run(main())
+
+
+def test_an_accounts_own_limit_alone_brings_the_memory_watch_to_its_short_schedule(
+    tmp_path: Path,
+) -> None:
+    """With no ``[supervision] max_memory_mb``, the trees are measured only every
+    ``SHOWN_ONLY_INTERVAL_S``; a quarantined account given a limit of its own brings the
+    next pass within ``CHECK_INTERVAL_S``, as a limit for the workers would."""
+    from hiscrm.master.supervision.memory_watch import CHECK_INTERVAL_S
+
+    async def quarantined_then_limited(master: FakeMaster) -> None:
+        sup, loop = master.sup, asyncio.get_running_loop()
+        await master.until(lambda: sup.slots["worker1"].state is WorkerState.RUNNING)
+        while not master.manager.quarantine.is_quarantined("acc-1"):  # deaths while it is there
+            process = master.launcher.of("worker1")[-1]
+            await master.until(lambda p=process: "acc-1" in p.accounts)
+            process.exit(-9)
+            await master.until(lambda p=process: p is not master.launcher.of("worker1")[-1])
+        solo = "solo-acc-1"
+        await master.until(
+            lambda: solo in sup.slots and sup.slots[solo].state is WorkerState.RUNNING
+        )
+        await master.until(
+            lambda: (sup.memory.deadline or 0) > loop.time() + CHECK_INTERVAL_S, timeout=10
+        )  # measured since it registered: no limit anywhere, so the long schedule
+        assert sup.memory_limit_bytes(solo) is None
+        await asyncio.wait_for(
+            sup.command(ChangeAccount(AccountSpec(id="acc-1", max_memory_mb=50))), 2
+        )
+        assert sup.memory_limit_bytes(solo) == 50 * 2**20
+        deadline = sup.memory.deadline
+        assert deadline is None or deadline <= loop.time() + CHECK_INTERVAL_S
+
+    run(tmp_path, quarantined_then_limited, workers=1, accounts=1)

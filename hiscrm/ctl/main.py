@@ -122,6 +122,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an option (V as JSON if it parses: numbers, true/false; else text); repeat",
     )
     add.add_argument("--disabled", action="store_true", help="make it disabled")
+    add.add_argument(
+        "--max-memory-mb",
+        type=int,
+        metavar="N",
+        help="its own worker's memory limit while it is quarantined and runs alone "
+        "(default: [supervision] max_memory_mb)",
+    )
     remove = account_commands.add_parser("rm", help="delete an account (data kept)")
     remove.add_argument("account")
     remove.add_argument("--purge", action="store_true", help="delete its items and spool too")
@@ -535,6 +542,8 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                         "options": dict(parse_option(o) for o in args.option),
                         "enabled": not args.disabled,
                     }
+                    if args.max_memory_mb is not None:
+                        body["max_memory_mb"] = args.max_memory_mb
                     result = client.request("POST", "/accounts", body)
                 case "rm":
                     result = client.request("DELETE", path, purge=str(args.purge).lower())

@@ -271,6 +271,8 @@ def account(console: Console, a: dict[str, Any]) -> None:
         f"  progress {_age(a['progress_at'])}, last item {_age(a['last_item_at'])}, "
         f"last sync {_age(a['last_sync_at'])}{'  [red]stale[/]' if a['stale'] else ''}"
     )
+    if a.get("max_memory_mb") is not None:
+        console.print(f"  memory limit {a['max_memory_mb']} MB when it runs alone")
     if a.get("failed"):
         console.print(f"  [red]cannot run[/]: {a['failed'].strip().splitlines()[-1]}")
     error = a.get("last_error")

@@ -105,6 +105,10 @@ class AccountsPort(Protocol):
         quarantined account (the supervisor starts them, and stops and removes those no
         longer wanted once they hold no account)."""
 
+    def memory_limit_mb(self, worker_id: str) -> int | None:
+        """The own ``max_memory_mb`` of the account this slot runs alone (a quarantined
+        account's ``solo-<id>``); None for a shared worker or an account without one."""
+
     def next_deadline(self) -> float | None: ...
 
     def on_deadline(self, now: float) -> None: ...

@@ -20,14 +20,19 @@ from hiscrm.items import epoch_ms
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.api.read_model import NotFound, ReadModel
 from hiscrm.master.api.schemas import AccountInfo
+from hiscrm.master.data.account_registry import record_of, spec_of
 from hiscrm.master.data.store import AccountRecord, Store
 from hiscrm.master.supervision.commands import AddAccount, ChangeAccount, RemoveAccount
 from hiscrm.master.supervision.platform_check import find_module
 from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.models import ACCOUNT_ID_PATTERN, AccountSpec
+from hiscrm.models import ACCOUNT_ID_PATTERN, AccountSpec, MemoryLimitMb
 from hiscrm.platform_names import resolve_platform_name
 
 REMOVE_TIMEOUT_S = 60.0  # for its worker to let a deleted account go
+MAX_MEMORY_MB_DESCRIPTION = (
+    "the memory limit (MB, 16 to 1048576) of its own worker while it is quarantined and "
+    "runs alone; null: [supervision] max_memory_mb"
+)
 
 
 class AccountCreate(BaseModel):
@@ -40,6 +45,7 @@ class AccountCreate(BaseModel):
     platform: str = "demo"
     options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+    max_memory_mb: MemoryLimitMb | None = Field(default=None, description=MAX_MEMORY_MB_DESCRIPTION)
 
 
 class AccountPatch(BaseModel):
@@ -47,6 +53,9 @@ class AccountPatch(BaseModel):
 
     options: dict[str, Any] | None = None  # replaces the options whole
     enabled: bool | None = None
+    max_memory_mb: MemoryLimitMb | None = Field(
+        default=None, description=MAX_MEMORY_MB_DESCRIPTION + "; null clears it, absent keeps it"
+    )
 
 
 class AccountDeleted(BaseModel):
@@ -74,15 +83,14 @@ class AccountAdmin:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def create(self, body: AccountCreate) -> AccountInfo:
-        spec = self._valid_spec(body.id, body.platform, body.options, body.enabled)
+        spec = self._valid_spec(
+            body.id, body.platform, body.options, body.enabled, body.max_memory_mb
+        )
         async with self._locks[spec.id]:
             if spec.id in self._read.account_ids():
                 raise ApiError(409, f"account {spec.id!r} exists")
             now = epoch_ms()
-            record = AccountRecord(
-                spec.id, spec.platform, dict(spec.options), spec.enabled, "api", now, now
-            )
-            await self._store.put_account(record)
+            await self._store.put_account(record_of(spec, "api", now, now))
             await self._supervisor.command(AddAccount(spec, "api"))
             self._log.info("account created through the API", account_id=spec.id)
             return self._read.account(spec.id)
@@ -92,14 +100,13 @@ class AccountAdmin:
             record = await self._api_owned(account_id)
             options = patch.options if patch.options is not None else record.options
             enabled = patch.enabled if patch.enabled is not None else record.enabled
-            spec = self._valid_spec(account_id, record.platform, options, enabled)
-            if (spec.options, spec.enabled) == (record.options, record.enabled):
+            limit = record.max_memory_mb
+            if "max_memory_mb" in patch.model_fields_set:  # given: null clears it
+                limit = patch.max_memory_mb
+            spec = self._valid_spec(account_id, record.platform, options, enabled, limit)
+            if spec == spec_of(record):
                 return self._read.account(account_id)  # nothing to do
-            changed = AccountRecord(
-                account_id, spec.platform, dict(spec.options), spec.enabled, "api",
-                record.created_at, epoch_ms(),
-            )  # fmt: skip
-            await self._store.put_account(changed)
+            await self._store.put_account(record_of(spec, "api", record.created_at, epoch_ms()))
             await self._supervisor.command(ChangeAccount(spec))
             return self._read.account(account_id)
 
@@ -134,11 +141,22 @@ class AccountAdmin:
         return record
 
     def _valid_spec(
-        self, account_id: str, platform: str, options: dict[str, Any], enabled: bool
+        self,
+        account_id: str,
+        platform: str,
+        options: dict[str, Any],
+        enabled: bool,
+        max_memory_mb: int | None,
     ) -> AccountSpec:
         """The account as the master runs it, or a 422 naming what is wrong."""
         try:
-            spec = AccountSpec(id=account_id, platform=platform, options=options, enabled=enabled)
+            spec = AccountSpec(
+                id=account_id,
+                platform=platform,
+                options=options,
+                enabled=enabled,
+                max_memory_mb=max_memory_mb,
+            )
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])

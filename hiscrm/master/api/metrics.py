@@ -370,7 +370,8 @@ class _TreeMemoryMetrics:
         )
         self.limit = GaugeMetricFamily(
             "hiscrm_worker_max_memory_bytes",
-            "The worker's memory limit ([supervision] max_memory_mb); absent: none",
+            "The worker's memory limit ([supervision] max_memory_mb, or a solo worker's "
+            "account's own); absent: none",
             labels=labels,
         )
 

@@ -180,6 +180,7 @@ class ReadModel:
             source=status.source,
             enabled=spec.enabled,
             options=dict(slot.account.options),
+            max_memory_mb=spec.max_memory_mb,
             state=state,
             state_since_at=status.state_since_at,
             reason=reason,

@@ -76,8 +76,9 @@ class WorkerInfo(BaseModel):
     )
     tree_processes: int | None = Field(description="processes in the tree, the worker's included")
     max_memory_bytes: int | None = Field(
-        description="[supervision] max_memory_mb in bytes: over it, the worker is restarted "
-        "gracefully (reason memory_limit); null: no limit"
+        description="its memory limit in bytes: over it, the worker is restarted gracefully "
+        "(reason memory_limit); [supervision] max_memory_mb, or for a quarantined account's "
+        "own worker (solo-<id>) that account's max_memory_mb when it has one; null: no limit"
     )
     cpu_percent: float | None
     cpu_seconds: float | None  # user + system, of the current process
@@ -139,6 +140,11 @@ class AccountInfo(BaseModel):
     source: str  # config: declared in the config file (change it there); api: made through the API
     enabled: bool
     options: dict[str, Any]
+    max_memory_mb: int | None = Field(
+        default=None,
+        description="the memory limit (MB) of its own worker while it is quarantined and runs "
+        "alone; null: [supervision] max_memory_mb (a shared worker always has that one)",
+    )
     state: str  # disabled, unassigned, starting, running, backoff, down, failed, quarantined,
     # elsewhere (a cluster: another master holds it; its owner's last reported state is shown)
     state_since_at: int  # ms

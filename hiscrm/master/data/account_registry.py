@@ -14,6 +14,8 @@ Accounts live in the store (``accounts``). Each one has a *source*:
 conflict.
 """
 
+from typing import Literal
+
 import msgspec
 
 from hiscrm.master.data.store import AccountRecord
@@ -33,8 +35,28 @@ class RegistryPlan(msgspec.Struct):
 
 def spec_of(record: AccountRecord) -> AccountSpec:
     return AccountSpec(
-        id=record.id, platform=record.platform, options=record.options, enabled=record.enabled
+        id=record.id,
+        platform=record.platform,
+        options=record.options,
+        enabled=record.enabled,
+        max_memory_mb=record.max_memory_mb,
     )
+
+
+def record_of(
+    spec: AccountSpec, source: Literal["config", "api"], created_at: int, at: int
+) -> AccountRecord:
+    """The registry's row of an account as configured (made at ``created_at``, changed
+    at ``at``)."""
+    return AccountRecord(
+        spec.id, spec.platform, dict(spec.options), spec.enabled, source, created_at, at,
+        spec.max_memory_mb,
+    )  # fmt: skip
+
+
+def _configured(account: AccountRecord | AccountSpec) -> tuple[object, ...]:
+    """What the file sets of an account: a difference in any of it is a change."""
+    return (account.platform, account.options, account.enabled, account.max_memory_mb)
 
 
 def plan(declared: list[AccountSpec], registry: list[AccountRecord], now_ms: int) -> RegistryPlan:
@@ -46,24 +68,11 @@ def plan(declared: list[AccountSpec], registry: list[AccountRecord], now_ms: int
         record = existing.get(spec.id)
         if record is None:
             at = now_ms + len(result.create)
-            result.create.append(
-                AccountRecord(
-                    spec.id, spec.platform, dict(spec.options), spec.enabled, "config", at, at
-                )
-            )
+            result.create.append(record_of(spec, "config", at, at))
         elif record.source != "config":
             result.conflicts.append(spec.id)
-        elif (record.platform, record.options, record.enabled) != (
-            spec.platform,
-            spec.options,
-            spec.enabled,
-        ):
-            result.change.append(
-                AccountRecord(
-                    spec.id, spec.platform, dict(spec.options), spec.enabled, "config",
-                    record.created_at, now_ms,
-                )
-            )  # fmt: skip
+        elif _configured(record) != _configured(spec):
+            result.change.append(record_of(spec, "config", record.created_at, now_ms))
     ids = {spec.id for spec in declared}
     result.remove = [r.id for r in registry if r.source == "config" and r.id not in ids]
     return result

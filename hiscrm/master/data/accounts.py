@@ -175,6 +175,14 @@ class AccountManager:
     def is_stale(self, account_id: str) -> bool:
         return self.staleness.is_stale(account_id)
 
+    def memory_limit_mb(self, worker_id: str) -> int | None:
+        """The own ``max_memory_mb`` of the account a solo worker runs (None: a shared
+        worker, whose accounts cannot be measured apart, or an account without one)."""
+        if not worker_id.startswith(SOLO_PREFIX):
+            return None
+        spec = self.specs.get(worker_id.removeprefix(SOLO_PREFIX))
+        return None if spec is None else spec.max_memory_mb
+
     # --- worker processes ----------------------------------------------------------------
 
     def worker_up(self, link: WorkerLink, now: float) -> None:
@@ -252,9 +260,18 @@ class AccountManager:
         self._warn_homeless([account.id], "added")
 
     def change(self, account: AccountSpec, now: float) -> None:
-        """New options, platform or enabled: its task restarts with them."""
-        if self.specs.get(account.id) == account:
+        """New options, platform or enabled: its task restarts with them. Only a new
+        memory limit: the next measurement judges by it; the task runs on."""
+        before = self.specs.get(account.id)
+        if before == account:
             return  # applied already (in a cluster, the registry's change may come first)
+        limit = {"max_memory_mb": account.max_memory_mb}
+        if before is not None and before.model_copy(update=limit) == account:
+            self._log.info("account's memory limit changed", account_id=account.id, **limit)
+            self.specs[account.id] = account
+            if (slot := self.assigner.slots.get(account.id)) is not None:
+                slot.account = slot.account.model_copy(update=limit)
+            return
         self._log.info(
             "account changed; its task restarts with the change",
             account_id=account.id,

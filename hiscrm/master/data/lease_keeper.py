@@ -41,7 +41,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm import spool_head
 from hiscrm.config import Config
-from hiscrm.master.data import lease_plan, pg_leases
+from hiscrm.master.data import lease_plan, pg_leases, pg_schema
 from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.lease_fence import Fence
@@ -228,8 +228,7 @@ class LeaseKeeper:
     async def _follow_registry(self, conn: AConn) -> None:
         """Accounts added, changed or removed (through any master) since the last round."""
         cursor = await conn.execute(
-            "SELECT id, platform, options, enabled, source, created_at, updated_at "
-            "FROM accounts ORDER BY created_at, id"
+            f"SELECT {pg_schema.ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"
         )
         records = [AccountRecord(*row) for row in await cursor.fetchall()]
         manager, now = self._manager, asyncio.get_running_loop().time()

@@ -41,7 +41,7 @@ from hiscrm.master.data import pg_commands, pg_leases
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.sync_wire import ChangeView
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 SYNC_COLUMNS = {
     "account_id": "text",
     "id": "text",
@@ -200,6 +200,11 @@ def _migration_queued_at(conn: Conn) -> None:
     conn.execute("ALTER TABLE outbox ADD COLUMN queued_at bigint")
 
 
+def _migration_max_memory(conn: Conn) -> None:
+    """The accounts: each one's own memory limit while it runs alone (NULL: the workers')."""
+    conn.execute("ALTER TABLE accounts ADD COLUMN max_memory_mb integer")
+
+
 MIGRATIONS = {
     1: _migration_1,
     2: _migration_2,
@@ -209,6 +214,7 @@ MIGRATIONS = {
     6: _migration_commands,
     7: _migration_wanted,
     8: _migration_queued_at,
+    9: _migration_max_memory,
 }  # version -> step that brings it there
 
 
@@ -405,20 +411,21 @@ def count_items(conn: Conn, account_id: str | None = None) -> dict[str, int]:
 # --- the registry of accounts -----------------------------------------------------------
 
 
+ACCOUNT_COLUMNS = "id, platform, options, enabled, source, created_at, updated_at, max_memory_mb"
+
+
 def list_accounts(conn: Conn) -> list[AccountRecord]:
-    rows = conn.execute(
-        "SELECT id, platform, options, enabled, source, created_at, updated_at FROM accounts "
-        "ORDER BY created_at, id"
-    ).fetchall()
-    return [AccountRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+    rows = conn.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id")
+    return [AccountRecord(*row) for row in rows.fetchall()]
 
 
 def put_account(conn: Conn, record: AccountRecord) -> None:
     conn.execute(
-        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+        f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
         "platform = excluded.platform, options = excluded.options, enabled = excluded.enabled, "
-        "source = excluded.source, updated_at = excluded.updated_at",
+        "source = excluded.source, updated_at = excluded.updated_at, "
+        "max_memory_mb = excluded.max_memory_mb",
         (
             record.id,
             record.platform,
@@ -427,6 +434,7 @@ def put_account(conn: Conn, record: AccountRecord) -> None:
             record.source,
             record.created_at,
             record.updated_at,
+            record.max_memory_mb,
         ),
     )
 

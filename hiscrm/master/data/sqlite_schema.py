@@ -22,7 +22,7 @@ from hiscrm.items import BY_COLLECTION, KINDS, Kind
 from hiscrm.master.data.store import AccountRecord, DigestEntry
 from hiscrm.sync_wire import ChangeView
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SYNC_COLUMNS = ["account_id", "id", "version", "hash", "seq", "synced_at", "event_id"]
 
 
@@ -137,8 +137,20 @@ def _migration_5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE outbox ADD COLUMN queued_at INTEGER")
 
 
+def _migration_6(conn: sqlite3.Connection) -> None:
+    """The accounts: each one's own memory limit while it runs alone (NULL: the workers')."""
+    conn.execute("ALTER TABLE accounts ADD COLUMN max_memory_mb INTEGER")
+
+
 # version -> the step that brings it there
-MIGRATIONS = {1: _migration_1, 2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5}
+MIGRATIONS = {
+    1: _migration_1,
+    2: _migration_2,
+    3: _migration_3,
+    4: _migration_4,
+    5: _migration_5,
+    6: _migration_6,
+}
 
 
 def _add_missing_kinds(conn: sqlite3.Connection) -> list[str]:
@@ -203,7 +215,10 @@ def check_columns(conn: sqlite3.Connection) -> None:
     by hand is refused at start, not discovered at the first write)."""
     expected = {
         "account_sync": ["id", "acked_seq", "last_sync_at"],
-        "accounts": ["id", "platform", "options", "enabled", "source", "created_at", "updated_at"],
+        "accounts": [
+            *("id", "platform", "options", "enabled", "source", "created_at", "updated_at"),
+            "max_memory_mb",
+        ],
         "events": ["id", "name", "at", "account_id", "data"],
         "event_state": ["key", "value"],
         "outbox": ["account_id", "request_id", "seq", "state", "action", "updated_at", "queued_at"],
@@ -372,18 +387,22 @@ def rows_as_dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
 
 def list_accounts(conn: sqlite3.Connection) -> list[AccountRecord]:
     rows = conn.execute(
-        "SELECT id, platform, options, enabled, source, created_at, updated_at FROM accounts "
-        "ORDER BY created_at, id"
+        "SELECT id, platform, options, enabled, source, created_at, updated_at, max_memory_mb "
+        "FROM accounts ORDER BY created_at, id"
     )
-    return [AccountRecord(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5], r[6]) for r in rows]
+    return [
+        AccountRecord(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5], r[6], r[7])
+        for r in rows
+    ]
 
 
 def put_account(conn: sqlite3.Connection, record: AccountRecord) -> None:
     conn.execute(
-        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+        "INSERT INTO accounts (id, platform, options, enabled, source, created_at, updated_at, "
+        "max_memory_mb) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
         "platform = excluded.platform, options = excluded.options, enabled = excluded.enabled, "
-        "source = excluded.source, updated_at = excluded.updated_at",
+        "source = excluded.source, updated_at = excluded.updated_at, "
+        "max_memory_mb = excluded.max_memory_mb",
         (
             record.id,
             record.platform,
@@ -392,6 +411,7 @@ def put_account(conn: sqlite3.Connection, record: AccountRecord) -> None:
             record.source,
             record.created_at,
             record.updated_at,
+            record.max_memory_mb,
         ),
     )
 

@@ -80,6 +80,7 @@ class AccountRecord(msgspec.Struct, frozen=True):
     source: Literal["config", "api"]  # declared in the config file, or made through the API
     created_at: int  # ms
     updated_at: int  # ms
+    max_memory_mb: int | None = None  # its own worker's limit while it runs alone
 
 
 class AccountDigest(msgspec.Struct, frozen=True):

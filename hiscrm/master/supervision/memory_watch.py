@@ -5,6 +5,12 @@ tree); a worker over its limit is restarted gracefully, reason ``memory_limit``.
 a limit the figures are only shown, so a pass runs every ``SHOWN_ONLY_INTERVAL_S``, or
 ``CHECK_INTERVAL_S`` after the last one once a new worker process has registered.
 
+Each slot's limit (``slot_limit_bytes``): the worker a quarantined account runs alone in
+(``solo-<id>``) takes that account's own ``max_memory_mb`` when it has one; every other
+worker, and a solo one whose account has none, ``[supervision] max_memory_mb``. A shared
+worker never takes an account's own limit: its accounts share one process, so one
+account's memory cannot be told from its neighbours'.
+
 The figure judged is the tree's PSS (proportional set size: a page shared by n processes
 counts 1/n in each, so the pages a forked worker shares with the template are not
 counted once per worker), RSS standing in for a process whose PSS cannot be read.
@@ -115,6 +121,14 @@ class Over(msgspec.Struct, frozen=True):
 
 
 # --- the decisions (pure) ------------------------------------------------------------------
+
+
+def slot_limit_bytes(account_mb: int | None, workers_mb: int | None) -> int | None:
+    """A slot's limit in bytes (None: none): ``account_mb``, the own limit of the account
+    it runs alone (None for a shared worker, or an account without one), before
+    ``workers_mb`` (``[supervision] max_memory_mb``)."""
+    limit_mb = account_mb if account_mb is not None else workers_mb
+    return None if limit_mb is None else limit_mb * MB
 
 
 def pss_for_limit(rss_bytes: int, limit_bytes: int | None) -> bool:

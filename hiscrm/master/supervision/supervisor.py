@@ -49,7 +49,7 @@ from hiscrm.master.supervision.events import (
     SignalReceived,
 )
 from hiscrm.master.supervision.launcher import Launcher
-from hiscrm.master.supervision.memory_watch import MemoryMeasured, MemoryWatch
+from hiscrm.master.supervision.memory_watch import MemoryMeasured, MemoryWatch, slot_limit_bytes
 from hiscrm.master.supervision.orphans import EscapedProcesses
 from hiscrm.master.supervision.rolling_reload import RollingReload
 from hiscrm.master.supervision.slot_process import SlotProcess
@@ -404,18 +404,21 @@ class Supervisor:
         }
 
     def memory_limit_bytes(self, worker_id: str) -> int | None:
-        """The slot's memory limit (None: none): ``[supervision] max_memory_mb``, the
-        same for every slot, solo ones included."""
-        limit_mb = self.config.supervision.max_memory_mb
-        return None if limit_mb is None else limit_mb * 2**20
+        """The slot's memory limit (None: none): a quarantined account's own
+        ``max_memory_mb`` in the worker it runs alone in, else ``[supervision]
+        max_memory_mb`` (``slot_limit_bytes``)."""
+        own_mb = self.accounts.memory_limit_mb(worker_id)
+        return slot_limit_bytes(own_mb, self.config.supervision.max_memory_mb)
 
     def _memory_limits(self) -> dict[str, int | None]:
         return {worker_id: self.memory_limit_bytes(worker_id) for worker_id in self.slots}
 
     def _begin_memory_pass(self, now: float) -> None:
-        limited = self.config.supervision.max_memory_mb is not None
-        if not self.shutting_down and self.memory.due(now, limited):
-            self.memory.begin(self._serving(), self._memory_limits(), now, self.post)
+        if self.shutting_down or self.memory.deadline is None:
+            return  # a pass is under way
+        limits = self._memory_limits()
+        if self.memory.due(now, any(limit is not None for limit in limits.values())):
+            self.memory.begin(self._serving(), limits, now, self.post)
 
     async def _on_memory_measured(self, event: MemoryMeasured, now: float) -> None:
         """A pass has measured the workers' trees: restart those over their limit."""
