@@ -54,7 +54,8 @@ FAST = {
     "backoff_reset_after_s": 30.0,
     "reassign_after_s": 30.0,
 }
-_pids = itertools.count(10_000)
+# Above the kernel's largest pid (2**22): a memory pass never measures a real process.
+_pids = itertools.count(1 << 23)
 
 
 class FakeWorker:
