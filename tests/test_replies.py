@@ -189,6 +189,32 @@ def test_a_worker_killed_mid_send_leaves_the_reply_unknown_never_sent_twice(
 
 
 @pytest.mark.timeout(90)
+def test_a_reply_follows_its_account_when_it_moves_and_one_cut_by_the_move_is_unknown(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """A rolling reload moves the account to a new process while its platform is sending:
+    that reply is ``unknown`` (the move cut it), never sent again by itself; the next
+    reply goes to the process that runs the account now."""
+    record = tmp_path / "sends"
+    master = start(start_master, record, sender("acc-1", record, send_delay_s=3))
+    with master.http() as http:
+        assert reply(http, "acc-1", "cut").status_code == 202
+        wait_until(lambda: len(recorded_sends(record, "acc-1")) == 1, 10, "send called")
+        old_pid = recorded_sends(record, "acc-1")[0]["pid"]
+        reload = http.post("/reload").json()
+        assert reload["error"] is None, reload
+        cut = wait_state(http, "acc-1", "cut", "unknown")
+        assert cut["error"]
+        assert reply(http, "acc-1", "after").status_code == 202
+        wait_state(http, "acc-1", "after", "sent")
+        sends = recorded_sends(record, "acc-1")
+        assert [s["request_id"] for s in sends] == ["cut", "after"]  # "cut" went once
+        assert sends[1]["pid"] != old_pid
+        assert entry(http, "acc-1", "cut")["state"] == "unknown"
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
 def test_failures_are_failed_and_the_account_keeps_running(
     start_master: MasterFactory, tmp_path: Path
 ) -> None:

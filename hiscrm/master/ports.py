@@ -83,6 +83,10 @@ class AccountsPort(Protocol):
 
     def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None: ...
 
+    def handed_over(self, link: WorkerLink, account_id: str) -> None:
+        """A reload's outgoing process let the account go to its replacement (the reload
+        places it; what was being sent through this process was cut)."""
+
     def on_send_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
         """What became of a reply handed to the worker."""
 

@@ -479,6 +479,11 @@ class AccountManager:
         self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
 
+    def handed_over(self, link: WorkerLink, account_id: str) -> None:
+        self.outbox.account_left(
+            account_id, f"{link.worker_id} (pid {link.pid}) handed the account to its replacement"
+        )
+
     def wake_with(self, wake: Callable[[], None]) -> None:
         self.outbox.wake = wake
         self._wake = wake

@@ -141,12 +141,20 @@ class RollingReload:
         current = self._current
         return current is not None and process in (current.old, current.new)
 
+    def takes(self, process: SlotProcess, account_id: str) -> bool:
+        """Whether ``process`` letting ``account_id`` go is part of the hand-over."""
+        current = self._current
+        return (
+            current is not None
+            and process is current.old
+            and current.handover is not None
+            and account_id in current.handover.pending
+        )
+
     def on_released(self, process: SlotProcess, account_id: str, now: float) -> bool:
         """The old process let an account go; True if it was part of the hand-over."""
         current = self._current
-        if current is None or process is not current.old or current.handover is None:
-            return False
-        if account_id not in current.handover.pending:
+        if current is None or not self.takes(process, account_id):
             return False
         self._hand_to_new(current, account_id, now)
         return True

@@ -527,7 +527,12 @@ class Supervisor:
                 self.accounts.on_send_result(process, message)
             case WorkerAccountReleased():
                 reload = self._reload
-                if reload is None or not reload.on_released(process, message.account_id, now):
+                if reload is not None and reload.takes(process, message.account_id):
+                    # First what the old process was sending, then the hand-over: the
+                    # replacement may be sent the account's next replies at once.
+                    self.accounts.handed_over(process, message.account_id)
+                    reload.on_released(process, message.account_id, now)
+                else:
                     self.accounts.on_released(process, message, now)
             case WorkerRegister() if process.stop_plan is not None:
                 self._log.info(
