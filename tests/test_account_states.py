@@ -174,3 +174,29 @@ def test_every_account_state_is_reached_and_shown(start_master: MasterFactory) -
 
     # elsewhere (another master of a cluster holds it) happens only in a cluster (test_cluster).
     assert reached == {str(s) for s in AccountState} - {AccountState.ELSEWHERE}
+
+
+@pytest.mark.timeout(60)
+def test_accounts_going_down_as_the_master_stops_are_not_warnings(
+    start_master: MasterFactory,
+) -> None:
+    """A graceful stop takes every account down: expected, so logged at info; a worker
+    that dies while the master runs takes its accounts down with a warning."""
+    accounts = [{"id": f"acc-{n}", "platform": "demo", "options": {"rate": 2.0}} for n in (1, 2)]
+    master = start_master(make_config(workers=1, accounts=accounts))
+    pid = master.wait_running("worker1")
+    for account in ("acc-1", "acc-2"):
+        master.log.wait_for(event="account state", account_id=account, new="running")
+    mark = master.mark()
+    os.kill(pid, signal.SIGKILL)
+    master.wait_running("worker1", after=mark)
+    died = master.log.find(event="account state", new="down")
+    assert {(e["account_id"], e["level"]) for e in died} == {
+        ("acc-1", "warning"), ("acc-2", "warning")
+    }  # fmt: skip
+    for account in ("acc-1", "acc-2"):
+        master.log.wait_for(event="account state", account_id=account, new="running", after=mark)
+    assert master.stop() == 0
+    downs = master.log.find(event="account state", new="down")[len(died) :]
+    assert {e["account_id"] for e in downs} == {"acc-1", "acc-2"}
+    assert {e["level"] for e in downs} == {"info"}, downs

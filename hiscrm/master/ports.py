@@ -83,6 +83,9 @@ class AccountsPort(Protocol):
 
     def on_released(self, link: WorkerLink, message: WorkerAccountReleased, now: float) -> None: ...
 
+    def master_stopping(self) -> None:
+        """The master began to shut down: accounts going down from now on are expected."""
+
     def handed_over(self, link: WorkerLink, account_id: str) -> None:
         """A reload's outgoing process let the account go to its replacement (the reload
         places it; what was being sent through this process was cut)."""

@@ -95,16 +95,22 @@ class AccountStatus(msgspec.Struct):
     announced: bool = False  # its first state has been logged (an initial one is news too)
 
     def move(
-        self, new: AccountState, reason: str, log: FilteringBoundLogger, **fields: object
+        self,
+        new: AccountState,
+        reason: str,
+        log: FilteringBoundLogger,
+        expected: bool = False,
+        **fields: object,
     ) -> bool:
-        """Change state (logged once); False if it already was in that state."""
+        """Change state (logged once; a state of trouble as a warning unless ``expected``,
+        e.g. down while the master shuts down); False if it already was in that state."""
         if new is self.state and self.announced:
             self.reason = reason
             return False
         old = self.state if self.announced else None
         self.state, self.reason, self.announced = new, reason, True
         self.state_since_at = epoch_ms()
-        level = log.warning if new in TROUBLE else log.info
+        level = log.warning if new in TROUBLE and not expected else log.info
         level(
             "account state",
             account_id=self.account_id,

@@ -143,6 +143,7 @@ class AccountManager:
         self._solo: list[str] | None = None  # solo workers, kept until placement changes
         self._no_room: str | None = None  # why accounts have no home, likewise
         self._down: set[str] = set()  # workers that died and have not run again since
+        self._master_stopping = False  # the master shuts down: accounts going down is expected
         self._leaving: dict[str, asyncio.Future[None]] = {}  # removed, not let go yet
         self.idempotent_platforms: set[str] = set()  # their sends may be repeated safely
         self.outbox = Outbox(
@@ -479,6 +480,9 @@ class AccountManager:
         self._settle_leaving()
         self._refresh(message.account_id, "released by its worker")
 
+    def master_stopping(self) -> None:
+        self._master_stopping = True
+
     def handed_over(self, link: WorkerLink, account_id: str) -> None:
         self.outbox.account_left(
             account_id, f"{link.worker_id} (pid {link.pid}) handed the account to its replacement"
@@ -586,7 +590,8 @@ class AccountManager:
             reason = status.failed.strip().splitlines()[-1][:300] if status.failed else reason
         if state is AccountState.UNASSIGNED:
             reason = self._why_no_room()
-        if status.move(state, reason, self._log, worker=owner):
+        expected = self._master_stopping and state is AccountState.DOWN
+        if status.move(state, reason, self._log, expected, worker=owner):
             event: dict[str, object] = {
                 "account_id": account_id,
                 "state": str(state),

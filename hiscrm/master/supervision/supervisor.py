@@ -700,6 +700,7 @@ class Supervisor:
         self._waiting.clear()
         self._log.info("shutting down", **fields)
         self._publish("master.stopping", {"reason": cause})
+        self.accounts.master_stopping()
         for slot in self.slots.values():
             await slot.shut_down(now)
 
