@@ -401,6 +401,14 @@ def test_an_accounts_own_memory_limit_is_set_changed_cleared_and_kept(
         assert json.loads(added.stdout)["max_memory_mb"] == 48
         shown = ctl(master, "account", "show", "api-2")
         assert "memory limit 48 MB" in shown.stdout, shown.stdout
+        for value, expected in (("72", 72), ("none", None), ("48", 48)):
+            limited = ctl(master, "--json", "account", "limit", "api-2", value)
+            assert limited.returncode == 0, limited.stderr
+            assert json.loads(limited.stdout)["max_memory_mb"] == expected
+            assert limit("api-2") == expected
+        not_a_number = ctl(master, "account", "limit", "api-2", "lots")
+        assert not_a_number.returncode == 2
+        assert "whole number of MB" in not_a_number.stderr + not_a_number.stdout
         too_small = ctl(master, "account", "add", "api-3", "--max-memory-mb", "4")
         assert too_small.returncode != 0
         assert "max_memory_mb" in too_small.stdout + too_small.stderr

@@ -140,6 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     set_.add_argument("account")
     set_.add_argument("options", nargs="+", metavar="K=V")
+    limit = account_commands.add_parser(
+        "limit",
+        help="its own memory limit while it is quarantined and runs alone; none removes it",
+    )
+    limit.add_argument("account")
+    limit.add_argument("megabytes", metavar="MB|none")
     for sub in account_commands.choices.values():
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -199,6 +205,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.command == "restart" and (args.worker is None) == (not args.all):
         commands.choices["restart"].error("name a WORKER, or give --all")
     return args
+
+
+def parse_megabytes(text: str) -> int | None:
+    """``MB|none`` of ``account limit``: a whole number of megabytes, or None."""
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CtlError(
+            f"memory limit {text!r}: write a whole number of MB, or none",
+            exit_code=ExitCode.USAGE,
+        ) from None
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -562,6 +581,10 @@ def run(args: argparse.Namespace, client: MasterClient, console: Console) -> int
                         else:
                             options[key] = value
                     result = client.request("PATCH", path, {"options": options})
+                case "limit":
+                    result = client.request(
+                        "PATCH", path, {"max_memory_mb": parse_megabytes(args.megabytes)}
+                    )
                 case other:
                     raise CtlError(f"unknown account command {other!r}")
             if args.json:
