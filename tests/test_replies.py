@@ -3,6 +3,7 @@ at most once, with a state for every request."""
 
 import os
 import signal
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,44 @@ def test_a_reply_follows_its_account_when_it_moves_and_one_cut_by_the_move_is_un
         assert [s["request_id"] for s in sends] == ["cut", "after"]  # "cut" went once
         assert sends[1]["pid"] != old_pid
         assert entry(http, "acc-1", "cut")["state"] == "unknown"
+    assert master.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_reply_cut_by_a_reload_process_that_dies_holding_its_account_is_unknown(
+    start_master: MasterFactory, tmp_path: Path
+) -> None:
+    """The reload's old process is killed while it still holds the account (its task is
+    slow to stop) and its platform is sending: the reply is ``unknown`` at once, not
+    ``sending`` for as long as the master runs, and the account runs on in the
+    replacement."""
+    record = tmp_path / "sends"
+    account = sender("acc-1", record, send_delay_s=30, stop_delay_s=5)
+    master = start(start_master, record, account)
+    with master.http() as http:
+        assert reply(http, "acc-1", "cut").status_code == 202
+        wait_until(lambda: len(recorded_sends(record, "acc-1")) == 1, 10, "send called")
+        old_pid = recorded_sends(record, "acc-1")[0]["pid"]
+        mark = master.mark()
+        answers: list[dict[str, Any]] = []
+
+        def reload() -> None:
+            with master.http() as client:
+                answers.append(client.post("/reload").json())
+
+        reloading = threading.Thread(target=reload)
+        reloading.start()
+        master.log.wait_for(event="handing accounts over", after=mark)
+        os.kill(old_pid, signal.SIGKILL)
+        reloading.join(30)
+        assert len(answers) == 1
+        assert answers[0]["error"] is None, answers
+        cut = wait_state(http, "acc-1", "cut", "unknown")
+        assert "died during a reload" in cut["error"]
+        worker = http.get("/workers/worker1").json()
+        assert worker["pid"] != old_pid
+        wait_until(lambda: http.get("/accounts/acc-1").json()["state"] == "running", 10, "runs")
+        assert [s["request_id"] for s in recorded_sends(record, "acc-1")] == ["cut"]
     assert master.stop() == 0
 
 

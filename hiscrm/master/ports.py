@@ -86,9 +86,9 @@ class AccountsPort(Protocol):
     def master_stopping(self) -> None:
         """The master began to shut down: accounts going down from now on are expected."""
 
-    def handed_over(self, link: WorkerLink, account_id: str) -> None:
-        """A reload's outgoing process let the account go to its replacement (the reload
-        places it; what was being sent through this process was cut)."""
+    def handed_over(self, link: WorkerLink, account_id: str, why: str) -> None:
+        """A reload's outgoing process let the account go to its replacement, or died
+        holding it (the reload places it; what was being sent through it was cut)."""
 
     def on_send_result(self, link: WorkerLink, message: WorkerSendResult) -> None:
         """What became of a reply handed to the worker."""

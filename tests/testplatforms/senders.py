@@ -9,6 +9,8 @@ Options (besides the demo's):
   count calls even of a send that never returns.
 * ``send_delay_s``: sleep this long before sending (a send in flight, to stop a worker
   or revoke the account under).
+* ``stop_delay_s``: when its task is stopped, take this long to end (an account that a
+  reload's old process holds for a while after it was revoked).
 * ``run_fails``: ``run`` raises at once, every time (the account is in backoff).
 * ``send_fail``: ``"error"`` raises RuntimeError, ``"system_exit"`` raises SystemExit(3),
   ``"returns_int"`` returns 42 instead of an id.
@@ -52,7 +54,11 @@ class Sender(DemoPlatform):
     async def run(self, ctx: PlatformContext) -> None:
         if ctx.options.get("run_fails"):
             raise RuntimeError("run fails on purpose")
-        await super().run(ctx)
+        try:
+            await super().run(ctx)
+        except asyncio.CancelledError:
+            await asyncio.sleep(float(ctx.options.get("stop_delay_s", 0)))
+            raise
 
     async def send(self, ctx: PlatformContext, action: ReplyAction) -> str | None:
         record_send(ctx, action)

@@ -483,10 +483,8 @@ class AccountManager:
     def master_stopping(self) -> None:
         self._master_stopping = True
 
-    def handed_over(self, link: WorkerLink, account_id: str) -> None:
-        self.outbox.account_left(
-            account_id, f"{link.worker_id} (pid {link.pid}) handed the account to its replacement"
-        )
+    def handed_over(self, link: WorkerLink, account_id: str, why: str) -> None:
+        self.outbox.account_left(account_id, f"{link.worker_id} (pid {link.pid}) {why}")
 
     def wake_with(self, wake: Callable[[], None]) -> None:
         self.outbox.wake = wake

@@ -187,6 +187,13 @@ class RollingReload:
             else None,
         )
 
+    def held_by_old(self, process: SlotProcess) -> list[str]:
+        """The accounts ``process``, the current step's old process, has not let go yet."""
+        current = self._current
+        if current is None or process is not current.old or current.handover is None:
+            return []
+        return sorted(current.handover.pending)
+
     def on_exited(self, process: SlotProcess, now: float) -> None:
         """A process of the current step died: the old one's death releases what it held."""
         current = self._current

@@ -505,6 +505,8 @@ class Supervisor:
         if role is Role.CURRENT and was_serving:
             self.accounts.worker_down(slot.id, now, record.may_be_an_accounts_doing)
         elif self._reload is not None:
+            for account_id in self._reload.held_by_old(process):
+                self.accounts.handed_over(process, account_id, "died during a reload")
             self._reload.on_exited(process, now)
 
     async def _on_frame(
@@ -530,7 +532,9 @@ class Supervisor:
                 if reload is not None and reload.takes(process, message.account_id):
                     # First what the old process was sending, then the hand-over: the
                     # replacement may be sent the account's next replies at once.
-                    self.accounts.handed_over(process, message.account_id)
+                    self.accounts.handed_over(
+                        process, message.account_id, "handed the account to its replacement"
+                    )
                     reload.on_released(process, message.account_id, now)
                 else:
                     self.accounts.on_released(process, message, now)
