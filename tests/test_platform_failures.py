@@ -102,6 +102,9 @@ def test_a_platform_that_cannot_load_fails_its_accounts_only(
         assert also in failed
         assert info["reason"] == last_line
         assert info["task_restarts"] == 0
+        assert info["errors_total"] == 1  # an error like any other: counted, and the last
+        assert info["last_error"]["message"]
+        assert "Traceback (most recent call last)" in info["last_error"]["traceback"]
     for account_id in ("demo-1", "demo-2"):
         assert account(master, account_id)["state"] == "running"
 
@@ -132,7 +135,7 @@ def test_a_platform_that_cannot_load_fails_its_accounts_only(
     syncing(master, ["demo-1"], more_than=now + 40)
     for account_id in ("bad-1", "bad-2"):
         info = account(master, account_id)
-        assert (info["state"], info["task_restarts"]) == ("failed", 0)
+        assert (info["state"], info["task_restarts"], info["errors_total"]) == ("failed", 0, 1)
         events = master.log.find(event="account state", account_id=account_id, new="failed")
         assert len(events) == 1
     assert not master.log.find(event="worker exited")

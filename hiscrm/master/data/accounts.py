@@ -527,7 +527,19 @@ class AccountManager:
             return
         status.task = task
         status.task_restarts = message.restarts
-        status.failed = message.reason if task is TaskState.FAILED else None
+        failed = message.reason if task is TaskState.FAILED else None
+        if failed is not None and failed != status.failed:
+            # An error like any other, once; unless the worker reported it already since
+            # the account's last change of state (it does when a platform raises as it is
+            # made; a platform that cannot be imported has nobody else to report it).
+            reported = status.last_error is not None and (
+                status.last_error.at >= (status.state_since_at or 0)
+            )
+            if not reported:
+                lines = failed.strip().splitlines()
+                last = lines[-1][:300] if lines else "its platform cannot run"
+                status.error(last, failed, epoch_ms())
+        status.failed = failed
         if self.quarantine.is_quarantined(account_id) and link.worker_id == solo_worker(account_id):
             if task is TaskState.RUNNING:
                 self.quarantine.running_alone(account_id, now)
