@@ -286,6 +286,13 @@ def test_retention_days_are_bounded_in_one_place() -> None:
         parse_config("[retention]\nmessages = 36501\n", "f", Path("/"), {})
 
 
+@pytest.mark.parametrize("text", ["", "\ufeff", " \n\t\n", "# only a comment\n\n# and another\n"])
+def test_a_file_without_any_key_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.toml", Path("/"), {"workers": 3})
+    assert str(caught.value) == "f.toml: the file is empty"
+
+
 def test_a_running_master_keeps_the_keys_only_a_restart_applies() -> None:
     started = parse_config(
         'state_dir = "/old"\n[api]\nport = 3000\n[store]\nmin_free_mb = 10\n'
