@@ -395,11 +395,17 @@ def _problem_of(error: dict[str, Any]) -> str:
 def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, Any]) -> Config:
     """Parse TOML text into a Config; relative paths resolve against ``base_dir``.
 
-    A UTF-8 byte order mark at the start (as some Windows editors write) is ignored."""
+    A UTF-8 byte order mark at the start (as some Windows editors write) is ignored. Text
+    with no key at all (empty, or only blanks and comments) is refused: a file half
+    written looks like this, and taking it as "every default, no accounts" would drop
+    every declared account on ``update`` (and start the demo defaults). Without a file
+    the master takes the embedded default."""
     try:
         raw = tomllib.loads(text.removeprefix(BOM))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from exc
+    if not raw:  # nothing but blanks and comments: most likely a save not finished
+        raise ConfigError(source, "", "the file is empty")
     raw.update(overrides)
     try:
         config = Config.model_validate(raw)

@@ -8,7 +8,9 @@ master runs. Each changed key is one of:
 * ``workers started from now on``: handed to a worker when it starts (its heartbeat
   interval, log limits, code packages, plugin paths): a reload applies it to all;
 * ``needs a master restart``: the master bound or opened it at start (the API's address
-  and limits, the state directory, the store, the cluster settings).
+  and limits, the state directory, the store, the cluster settings). The running master
+  keeps its value (``keep_running``) until it restarts, so nothing it starts from then on
+  (a worker's log and spool, the disk check) goes elsewhere than what it opened.
 
 Accounts are not compared here: the registry reconciles them (``account_registry``).
 """
@@ -16,6 +18,7 @@ Accounts are not compared here: the registry reconciles them (``account_registry
 from typing import Any
 
 import msgspec
+from pydantic import BaseModel
 
 from hiscrm.config import Config
 
@@ -65,3 +68,25 @@ def diff(old: Config, new: Config) -> list[ConfigChange]:
         for key in sorted(set(before) | set(after))
         if before.get(key) != after.get(key)
     ]
+
+
+def keep_running(running: Config, new: Config) -> Config:
+    """``new`` with every key that needs a master restart at its value in ``running``
+    (the configuration the master started with): what a running master can apply."""
+    kept: dict[str, Any] = {}
+    for name in Config.model_fields:
+        if name == "accounts":
+            continue
+        if applies(name) == RESTART:
+            kept[name] = getattr(running, name)
+            continue
+        section = getattr(new, name)
+        if isinstance(section, BaseModel):
+            inner = {
+                key: getattr(getattr(running, name), key)
+                for key in type(section).model_fields
+                if applies(f"{name}.{key}") == RESTART
+            }
+            if inner:
+                kept[name] = section.model_copy(update=inner)
+    return new.model_copy(update=kept)

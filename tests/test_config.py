@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from hiscrm.config import EMBEDDED_DEFAULT, Config, ConfigError, load_config, parse_config
+from hiscrm.config_diff import RESTART, diff, keep_running
 
 BAD_CONFIGS = [
     ("workers = 0\n", "workers", "greater than or equal to 1"),
@@ -283,3 +284,36 @@ def test_retention_days_are_bounded_in_one_place() -> None:
     assert config.retention.days() == {"messages": 36500, "comments": 0.5}
     with pytest.raises(ConfigError, match=r"retention\.messages: .*less than or equal to 36500"):
         parse_config("[retention]\nmessages = 36501\n", "f", Path("/"), {})
+
+
+@pytest.mark.parametrize("text", ["", "\ufeff", " \n\t\n", "# only a comment\n\n# and another\n"])
+def test_a_file_without_any_key_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.toml", Path("/"), {"workers": 3})
+    assert str(caught.value) == "f.toml: the file is empty"
+
+
+def test_a_running_master_keeps_the_keys_only_a_restart_applies() -> None:
+    started = parse_config(
+        'state_dir = "/old"\n[api]\nport = 3000\n[store]\nmin_free_mb = 10\n'
+        '[cluster]\nnode_id = "a"\n',
+        "f.toml",
+        Path("/"),
+        {},
+    )
+    text = (
+        'state_dir = "/new"\nworkers = 5\n[api]\nport = 4000\nhost = "::1"\n'
+        '[store]\nurl = "postgresql://db/x"\nmin_free_mb = 20\n'
+        '[cluster]\nnode_id = "b"\nlease_ttl_s = 60\n[logs]\nbackups = 1\n'
+    )
+    new = parse_config(text, "f.toml", Path("/"), {})
+    applied = keep_running(started, new)
+    assert {c.key for c in diff(started, new) if c.applies == RESTART} == {
+        "state_dir", "api.port", "api.host", "store.url", "cluster.node_id", "cluster.lease_ttl_s"
+    }  # fmt: skip
+    assert [c.key for c in diff(started, applied) if c.applies == RESTART] == []
+    assert (applied.state_dir, applied.api, applied.cluster) == (
+        started.state_dir, started.api, started.cluster
+    )  # fmt: skip
+    assert (applied.store.url, applied.store.min_free_mb) == (None, 20)
+    assert (applied.workers, applied.logs.backups) == (5, 1)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config, ConfigError, load_config
-from hiscrm.config_diff import RESTART, diff
+from hiscrm.config_diff import RESTART, diff, keep_running
 from hiscrm.items import epoch_ms
 from hiscrm.master.api.errors import ApiError
 from hiscrm.master.data import account_registry
@@ -71,6 +71,8 @@ class ConfigUpdater:
         self._store = store
         self._log = log
         self._lock = asyncio.Lock()
+        # What the master started with: the keys only a restart applies keep these values.
+        self._started: Config = supervisor.config
 
     def _removed(self, done: "asyncio.Future[object]") -> None:
         if done.cancelled():
@@ -87,6 +89,9 @@ class ConfigUpdater:
                 raise ApiError(422, f"nothing changed: {exc}") from exc
             old: Config = self._supervisor.config
             settings = diff(old, new)
+            # Compared with the start, so every update says it until the master restarts.
+            restart_needed = [c.key for c in diff(self._started, new) if c.applies == RESTART]
+            new = keep_running(self._started, new)  # what the running master can apply
             registry = await self._store.accounts()
             plan = account_registry.plan(new.accounts, registry, epoch_ms())
             for record in (*plan.create, *plan.change):
@@ -116,7 +121,7 @@ class ConfigUpdater:
                     removed=plan.remove,
                     conflicts=plan.conflicts,
                 ),
-                restart_needed=[c.key for c in settings if c.applies == RESTART],
+                restart_needed=restart_needed,
             )
             self._log.info(
                 "configuration updated",
