@@ -123,11 +123,25 @@ def test_bad_requests_change_nothing_and_say_what_is_wrong(
             ({"id": "x", "options": [1, 2]}, 422, "options"),
             ({"id": "x", "colour": "red"}, 422, "colour"),
             ({"id": "cfg-1"}, 409, "exists"),
+            # Options that could never be assigned (over the pipe's frame), stored, served
+            # or read back as JSON are refused whole, naming where and what.
+            ({"id": "x", "options": {"pad": "y" * 1_100_000}}, 422, "options: 1,100,011 bytes"),
+            ({"id": "x", "options": {"k": "\ud800"}}, 422, "options.k: a lone surrogate"),
+            ({"id": "x", "options": {"a\ud800": 1}}, 422, "options: key"),
+            ({"id": "x", "options": {"k": "\ud800"}, "enabled": False}, 422, "\\ud800"),
+            ({"id": "x", "options": {"rate": float("nan")}}, 422, "options.rate: nan"),
+            ({"id": "x", "options": {"rate": float("inf")}}, 422, "options.rate: inf"),
+            ({"id": "x", "options": {"deep": deep(40)}}, 422, "nested deeper than 32"),
+            ({"id": "t\ud800", "platform": "demo"}, 422, "id"),
+            ({"id": "x", "extra": 1}, 422, "unknown body field 'extra'"),
         ]
         for body, status, text in cases:
-            answer = http.post("/accounts", json=body)
-            assert answer.status_code == status, (body, answer.text)
-            assert text in answer.text, (body, answer.text)
+            # As a client's JSON encoder sends them: \ud800 escapes, NaN and Infinity.
+            content = json.dumps(body).encode()
+            answer = http.post("/accounts", content=content, headers=JSON)
+            assert answer.status_code == status, (str(body)[:200], answer.text[:300])
+            assert text in answer.json()["error"], (str(body)[:200], answer.text[:300])
+            assert len(answer.content) < 10_000  # a big input is not echoed whole
         bad_json = http.post(
             "/accounts", content=b"{not json", headers={"content-type": "application/json"}
         )
@@ -143,7 +157,28 @@ def test_bad_requests_change_nothing_and_say_what_is_wrong(
         ids = [a["id"] for a in http.get("/accounts").json()["items"]]
         assert ids == ["cfg-1"]  # nothing half-made
         assert http.get("/accounts/cfg-1").json()["state"] == "running"
+        # A change to such options is refused too, and changes nothing.
+        made = http.post("/accounts", json={"id": "api-1", "options": {"n": 1}, "enabled": False})
+        assert made.status_code == 201, made.text
+        for options in ({"pad": "y" * 1_100_000}, {"k": "\ud800"}, {"r": float("nan")}):
+            content = json.dumps({"options": options}).encode()
+            answer = http.patch("/accounts/api-1", content=content, headers=JSON)
+            assert answer.status_code == 422, answer.text[:300]
+            assert answer.json()["error"].startswith("options"), answer.text[:300]
+        assert http.get("/accounts/api-1").json()["options"] == {"n": 1}
+        assert http.get("/accounts").status_code == 200
+    assert query(master.db, "SELECT id FROM accounts ORDER BY id") == [("api-1",), ("cfg-1",)]
     assert master.stop() == 0
+
+
+JSON = {"content-type": "application/json"}
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
 
 
 @pytest.mark.timeout(60)
