@@ -5,6 +5,7 @@ rules between accounts the file declares and accounts the API made."""
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,52 @@ def deep(levels: int) -> Any:
     for _ in range(levels):
         value = [value]
     return value
+
+
+@pytest.mark.timeout(60)
+def test_a_stored_account_that_is_no_longer_valid_is_left_out_not_fatal(
+    start_master: MasterFactory, records: Path
+) -> None:
+    """Rows an older version stored with options that are no longer accepted: the master
+    starts, runs the others, and names each bad one in an error line."""
+    master = start_master(make_config(workers=1, accounts=declared(records, "cfg-1")))
+    master.wait_running("worker1")
+    assert master.stop() == 0
+    conn = sqlite3.connect(master.db)
+    with conn:
+        for account_id, options in (
+            ("big", json.dumps({"pad": "y" * 1_100_000})),
+            ("sur", '{"k": "\\ud800"}'),  # a JSON escape of a lone surrogate
+            ("nan", '{"rate": NaN}'),
+        ):
+            conn.execute(
+                "INSERT INTO accounts (id, platform, options, enabled, source, created_at, "
+                "updated_at) VALUES (?, 'demo', ?, 1, 'api', 1, 1)",
+                (account_id, options),
+            )
+    conn.close()
+    mark = master.mark()
+    master.start()
+    master.wait_running("worker1", after=mark)
+    for account_id, reason in (
+        ("big", "options: 1,100,011 bytes of JSON"),
+        ("sur", "options.k: a lone surrogate"),
+        ("nan", "options.rate: nan"),
+    ):
+        logged = master.log.wait_for(
+            after=mark, event="stored account is not valid; it is left out", account_id=account_id
+        )
+        assert logged["level"] == "error"
+        assert logged["reason"].startswith(reason), logged
+    with master.http() as http:
+        answer = http.get("/accounts")
+        assert answer.status_code == 200, answer.text[:300]
+        assert [a["id"] for a in answer.json()["items"]] == ["cfg-1"]
+        assert http.get("/accounts/cfg-1").json()["state"] == "running"
+        # Made again through the API, a good one replaces the bad row.
+        made = http.post("/accounts", json={"id": "sur", "options": {"k": "ok"}})
+        assert made.status_code == 201, made.text
+    assert master.stop() == 0
 
 
 @pytest.mark.timeout(60)

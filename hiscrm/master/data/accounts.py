@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
-from hiscrm.master.data.account_registry import spec_of
+from hiscrm.master.data.account_registry import usable_specs
 from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.data.outbox import Outbox
@@ -106,7 +106,8 @@ class AccountManager:
         # which); the others stay in the registry but are placed nowhere here. None: one
         # host, every account is this master's.
         self.held = held
-        self.specs: dict[str, AccountSpec] = {r.id: spec_of(r) for r in registry}
+        self.specs: dict[str, AccountSpec] = usable_specs(registry, log, self._count_error)
+        registry = [r for r in registry if r.id in self.specs]  # bad rows: logged, left out
         self._letting_go: dict[str, asyncio.Future[None]] = {}  # leases being given up
         # In a cluster: each account's lease holder and the state it last reported.
         self.owners: dict[str, tuple[str | None, str | None]] = {}
