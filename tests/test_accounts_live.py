@@ -71,6 +71,12 @@ def test_accounts_made_changed_disabled_and_deleted_while_it_runs(
         assert added.returncode == 0, added.stderr
         wait_until(lambda: count(master.db, "messages", "api-2") > 5, 10, "api-2's items stored")
         assert starts(records, "api-2")[0]["options"]["per_tick"] == 1  # a number, not text
+        for args in (("add", "bad", "--option", "rate=NaN"), ("set", "api-2", "rate=1e999"),
+                     ("add", "bad", "--option", "rate=[Infinity]")):  # fmt: skip
+            refused = ctl(master, "account", *args)
+            assert refused.returncode == 2, (args, refused.stderr)
+            assert "is not a finite number" in refused.stderr, (args, refused.stderr)
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr  # no traceback
 
         # New options: its task restarts with them; no other account's task restarts.
         others = {a: len(starts(records, a)) for a in ("cfg-1", "cfg-2", "api-2")}
