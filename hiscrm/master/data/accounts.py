@@ -18,6 +18,7 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.channel import FrameError
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
 from hiscrm.master.data.account_registry import usable_specs
@@ -738,7 +739,18 @@ class AccountManager:
         encoded = await asyncio.to_thread(frames) if digest.entries else frames()
         if not link.serving:
             return  # it went away meanwhile; its accounts are placed again when it is back
-        if not all(link.send_frame(frame) for frame in encoded):
+        try:
+            delivered = all(link.send_frame(frame) for frame in encoded)
+        except FrameError as exc:  # cannot happen with valid options (bounded far below)
+            self._log.error(
+                "assignment cannot be sent: its frame is refused",
+                worker=link.worker_id,
+                account_id=account_id,
+                reason=str(exc),
+                errors_total=self._count_error(),
+            )
+            return
+        if not delivered:
             self._log.error(
                 "assignment not delivered: the pipe closed",
                 worker=link.worker_id,
