@@ -415,7 +415,11 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: dict[str, An
         problem = _problem_of(dict(first))
         if len(errors) > 1:
             problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        raise ConfigError(source, _key_of(tuple(first["loc"])), problem) from exc
+        key, leaf = _key_of(tuple(first["loc"])), str(first["loc"][-1]) if first["loc"] else ""
+        if leaf and problem.startswith((f"{leaf}:", f"{leaf}.", f"{leaf}[")):
+            inner, _, problem = problem.partition(": ")  # it names its own place, deeper
+            key = key.removesuffix(leaf) + inner
+        raise ConfigError(source, key, problem) from exc
     plugin_paths = [
         _resolved(base_dir / path, source, f"plugin_paths[{n}]")
         for n, path in enumerate(config.plugin_paths)

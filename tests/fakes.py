@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from hiscrm.channel import MAX_FRAME_BYTES, FrameError
 from hiscrm.config import Config
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.store import (
@@ -123,6 +124,8 @@ class FakeWorker:
     # --- WorkerProcess -------------------------------------------------------------------
 
     def send(self, payload: bytes) -> bool:
+        if len(payload) > MAX_FRAME_BYTES:  # as the real channel refuses it
+            raise FrameError(f"refusing to send a {len(payload)}-byte frame")
         if not self.alive:
             return False
         message = decode(payload).body

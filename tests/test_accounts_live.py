@@ -5,6 +5,7 @@ rules between accounts the file declares and accounts the API made."""
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,12 @@ def test_accounts_made_changed_disabled_and_deleted_while_it_runs(
         assert added.returncode == 0, added.stderr
         wait_until(lambda: count(master.db, "messages", "api-2") > 5, 10, "api-2's items stored")
         assert starts(records, "api-2")[0]["options"]["per_tick"] == 1  # a number, not text
+        for args in (("add", "bad", "--option", "rate=NaN"), ("set", "api-2", "rate=1e999"),
+                     ("add", "bad", "--option", "rate=[Infinity]")):  # fmt: skip
+            refused = ctl(master, "account", *args)
+            assert refused.returncode == 2, (args, refused.stderr)
+            assert "is not a finite number" in refused.stderr, (args, refused.stderr)
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr  # no traceback
 
         # New options: its task restarts with them; no other account's task restarts.
         others = {a: len(starts(records, a)) for a in ("cfg-1", "cfg-2", "api-2")}
@@ -123,11 +130,25 @@ def test_bad_requests_change_nothing_and_say_what_is_wrong(
             ({"id": "x", "options": [1, 2]}, 422, "options"),
             ({"id": "x", "colour": "red"}, 422, "colour"),
             ({"id": "cfg-1"}, 409, "exists"),
+            # Options that could never be assigned (over the pipe's frame), stored, served
+            # or read back as JSON are refused whole, naming where and what.
+            ({"id": "x", "options": {"pad": "y" * 1_100_000}}, 422, "options: 1,100,011 bytes"),
+            ({"id": "x", "options": {"k": "\ud800"}}, 422, "options.k: a lone surrogate"),
+            ({"id": "x", "options": {"a\ud800": 1}}, 422, "options: key"),
+            ({"id": "x", "options": {"k": "\ud800"}, "enabled": False}, 422, "\\ud800"),
+            ({"id": "x", "options": {"rate": float("nan")}}, 422, "options.rate: nan"),
+            ({"id": "x", "options": {"rate": float("inf")}}, 422, "options.rate: inf"),
+            ({"id": "x", "options": {"deep": deep(40)}}, 422, "nested deeper than 32"),
+            ({"id": "t\ud800", "platform": "demo"}, 422, "id"),
+            ({"id": "x", "extra": 1}, 422, "unknown body field 'extra'"),
         ]
         for body, status, text in cases:
-            answer = http.post("/accounts", json=body)
-            assert answer.status_code == status, (body, answer.text)
-            assert text in answer.text, (body, answer.text)
+            # As a client's JSON encoder sends them: \ud800 escapes, NaN and Infinity.
+            content = json.dumps(body).encode()
+            answer = http.post("/accounts", content=content, headers=JSON)
+            assert answer.status_code == status, (str(body)[:200], answer.text[:300])
+            assert text in answer.json()["error"], (str(body)[:200], answer.text[:300])
+            assert len(answer.content) < 10_000  # a big input is not echoed whole
         bad_json = http.post(
             "/accounts", content=b"{not json", headers={"content-type": "application/json"}
         )
@@ -143,6 +164,73 @@ def test_bad_requests_change_nothing_and_say_what_is_wrong(
         ids = [a["id"] for a in http.get("/accounts").json()["items"]]
         assert ids == ["cfg-1"]  # nothing half-made
         assert http.get("/accounts/cfg-1").json()["state"] == "running"
+        # A change to such options is refused too, and changes nothing.
+        made = http.post("/accounts", json={"id": "api-1", "options": {"n": 1}, "enabled": False})
+        assert made.status_code == 201, made.text
+        for options in ({"pad": "y" * 1_100_000}, {"k": "\ud800"}, {"r": float("nan")}):
+            content = json.dumps({"options": options}).encode()
+            answer = http.patch("/accounts/api-1", content=content, headers=JSON)
+            assert answer.status_code == 422, answer.text[:300]
+            assert answer.json()["error"].startswith("options"), answer.text[:300]
+        assert http.get("/accounts/api-1").json()["options"] == {"n": 1}
+        assert http.get("/accounts").status_code == 200
+    assert query(master.db, "SELECT id FROM accounts ORDER BY id") == [("api-1",), ("cfg-1",)]
+    assert master.stop() == 0
+
+
+JSON = {"content-type": "application/json"}
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.timeout(60)
+def test_a_stored_account_that_is_no_longer_valid_is_left_out_not_fatal(
+    start_master: MasterFactory, records: Path
+) -> None:
+    """Rows an older version stored with options that are no longer accepted: the master
+    starts, runs the others, and names each bad one in an error line."""
+    master = start_master(make_config(workers=1, accounts=declared(records, "cfg-1")))
+    master.wait_running("worker1")
+    assert master.stop() == 0
+    conn = sqlite3.connect(master.db)
+    with conn:
+        for account_id, options in (
+            ("big", json.dumps({"pad": "y" * 1_100_000})),
+            ("sur", '{"k": "\\ud800"}'),  # a JSON escape of a lone surrogate
+            ("nan", '{"rate": NaN}'),
+        ):
+            conn.execute(
+                "INSERT INTO accounts (id, platform, options, enabled, source, created_at, "
+                "updated_at) VALUES (?, 'demo', ?, 1, 'api', 1, 1)",
+                (account_id, options),
+            )
+    conn.close()
+    mark = master.mark()
+    master.start()
+    master.wait_running("worker1", after=mark)
+    for account_id, reason in (
+        ("big", "options: 1,100,011 bytes of JSON"),
+        ("sur", "options.k: a lone surrogate"),
+        ("nan", "options.rate: nan"),
+    ):
+        logged = master.log.wait_for(
+            after=mark, event="stored account is not valid; it is left out", account_id=account_id
+        )
+        assert logged["level"] == "error"
+        assert logged["reason"].startswith(reason), logged
+    with master.http() as http:
+        answer = http.get("/accounts")
+        assert answer.status_code == 200, answer.text[:300]
+        assert [a["id"] for a in answer.json()["items"]] == ["cfg-1"]
+        assert http.get("/accounts/cfg-1").json()["state"] == "running"
+        # Made again through the API, a good one replaces the bad row.
+        made = http.post("/accounts", json={"id": "sur", "options": {"k": "ok"}})
+        assert made.status_code == 201, made.text
     assert master.stop() == 0
 
 

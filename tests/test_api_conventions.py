@@ -2,8 +2,11 @@
 anything else is told, Swagger UI behind the token, times in ms, counters that say since
 when they count, and an exit code that tells a forced stop."""
 
+import http.client
+import json
 import os
 import signal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -35,6 +38,39 @@ def test_healthz_and_metrics_at_the_root_follow_the_same_rules(master: Master) -
         for health in (at_root, under_api):
             del health["checks"]["disk"]["detail"]  # free space moves between two reads
         assert at_root == under_api
+
+
+@pytest.mark.timeout(30)
+def test_an_error_that_echoes_a_lone_surrogate_is_still_json(master: Master) -> None:
+    """JSON's ``\\ud800`` escape carries text that is not Unicode; an error that echoes
+    it answers 4xx JSON in UTF-8 (not a 500), and the kept-alive connection goes on."""
+    url = urlsplit(master.api_url())
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=20)
+    headers = {"Authorization": f"Bearer {master.token}", "Content-Type": "application/json"}
+    try:
+        for path, body, field in (
+            ("/accounts/acc-1/messages", {"conversation_id": "conv-3", "text": "a\ud800b"}, "text"),
+            (
+                "/accounts/acc-1/messages",
+                {"conversation_id": "conv-3", "text": "hi", "request_id": "r-\ud800"},
+                "request_id",
+            ),
+            ("/accounts", {"id": "t\ud800", "platform": "demo"}, "id"),
+            ("/accounts", {"id": "t", "options": {"k": "\ud800"}}, "options.k"),
+        ):
+            conn.request("POST", url.path + path, json.dumps(body).encode(), headers)
+            answer = conn.getresponse()
+            text = answer.read().decode("utf-8")  # valid UTF-8
+            assert 400 <= answer.status < 500, (body, text)
+            assert field in json.loads(text)["error"], (body, text)
+            assert "\\ud800" in text  # shown escaped
+            assert not answer.will_close, (body, answer.getheaders())
+        conn.request("GET", url.path + "/accounts", headers=headers)
+        answer = conn.getresponse()
+        assert answer.status == 200, answer.read()
+        answer.read()
+    finally:
+        conn.close()
 
 
 @pytest.mark.timeout(30)

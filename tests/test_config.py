@@ -38,6 +38,17 @@ BAD_CONFIGS = [
     ("[[accounts]]\nid = 'bad id!'\n", "accounts[0].id", "should match pattern"),
     ("[[accounts]]\nplatform = 'demo'\n", "accounts[0].id", "Field required"),
     ("workers = [\n", "", "not valid TOML"),
+    (  # an account's options must fit in its assignment, well under the pipe's frame
+        f"[[accounts]]\nid = 'a'\noptions = {{ pad = '{'y' * 70_000}' }}\n",
+        "accounts[0].options",
+        "70,011 bytes of JSON, at most 65,536",
+    ),
+    (
+        "[[accounts]]\nid = 'a'\noptions = { rate = inf }\n",
+        "accounts[0].options.rate",
+        "inf is not a finite number",
+    ),
+    ("[[accounts]]\nid = 'a'\noptions = { at = 1979-05-27 }\n", "accounts[0].options.at", "date"),
 ]
 
 

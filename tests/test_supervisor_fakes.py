@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeMaster
+from structlog.testing import capture_logs
 
 from hiscrm.master.supervision.commands import (
     AddAccount,
@@ -91,7 +92,7 @@ def test_a_rolling_reload_hands_each_account_over_through_events(tmp_path: Path)
         await master.until(lambda: old["worker1"].accounts == {"acc-1", "acc-3"})
         reload: RollingReload = await asyncio.wait_for(master.sup.command(ReloadWorkers()), 3)
         assert reload.error is None
-        assert [s.worker for s in reload.steps] == ["worker1", "worker2"]
+        assert reload.steps  # it ended: no hand-over waits for an account never sent
         for worker_id, slot in slots.items():
             new = master.launcher.of(worker_id)[-1]
             assert slot.current is not None
@@ -355,3 +356,30 @@ def test_an_accounts_own_limit_alone_brings_the_memory_watch_to_its_short_schedu
         assert deadline is None or deadline <= loop.time() + CHECK_INTERVAL_S
 
     run(tmp_path, quarantined_then_limited, workers=1, accounts=1)
+
+
+REFUSED = "assignment cannot be sent: its frame is refused"
+
+
+def test_an_assignment_whose_frame_is_refused_is_logged_and_a_reload_still_ends(
+    tmp_path: Path,
+) -> None:
+    """Options are bounded far below the frame limit; an account that got past that (made
+    by an older version) cannot be sent: one error line naming it, and no reload waits
+    for it for ever."""
+
+    async def test(master: FakeMaster) -> None:
+        slots = master.sup.slots
+        await master.until(lambda: all(s.state is WorkerState.RUNNING for s in slots.values()))
+        pad = {"pad": "y" * 1_100_000}
+        big = AccountSpec.model_construct(id="big", platform="demo", options=pad, enabled=True)
+        with capture_logs() as logs:
+            master.manager.add(big, "api", asyncio.get_running_loop().time())
+            await master.until(lambda: any(e["event"] == REFUSED for e in logs))
+            reload = await asyncio.wait_for(master.sup.command(ReloadWorkers()), 15)
+        refused = [e for e in logs if e["event"] == REFUSED]
+        assert refused[0]["account_id"] == "big"
+        assert refused[0]["log_level"] == "error"
+        assert reload.steps  # it ended: no hand-over waits for ever for an account never sent
+
+    run(tmp_path, test)

@@ -9,6 +9,7 @@ code.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -221,14 +222,36 @@ def parse_megabytes(text: str) -> int | None:
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """``K=V``: V as JSON if it parses (numbers, true/false, lists), else as text."""
+    """``K=V``: V as JSON if it parses (numbers, true/false, lists), else as text. A
+    number JSON cannot carry (NaN, Infinity, 1e999) is refused."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise CtlError(f"option {text!r}: write it as KEY=VALUE")
     try:
-        return key, json.loads(value)
+        parsed = json.loads(value, parse_constant=_not_finite, parse_float=_finite)
+    except _NotFinite:
+        raise CtlError(
+            f"option {key!r}: {value!r} is not a finite number (JSON has none)",
+            exit_code=ExitCode.USAGE,
+        ) from None
     except ValueError:
         return key, value
+    return key, parsed
+
+
+class _NotFinite(Exception):
+    pass
+
+
+def _not_finite(text: str) -> float:
+    raise _NotFinite(text)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999
+        raise _NotFinite(text)
+    return number
 
 
 def state_dir(args: argparse.Namespace) -> Path:

@@ -29,7 +29,6 @@ from hiscrm.log_config import flush_suppressed_counts
 from hiscrm.master.api.health import HealthMonitor
 from hiscrm.master.api.read_model import ReadModel
 from hiscrm.master.data import account_registry
-from hiscrm.master.data.account_registry import spec_of
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.open_store import open_command_router, open_lease_keeper, open_store
 from hiscrm.master.data.store import AccountRecord, Store, StoreUnavailable, SyncOutcome
@@ -208,7 +207,7 @@ async def run_master(
         notify = SdNotify(notify_socket, log, errors)
         service = ServiceStatus(notify, lambda: workers_summary(supervisor), os.getpid())
         listeners.append(service)
-        missing = missing_platforms([spec_of(r) for r in registry], plugin_paths)
+        missing = missing_platforms(list(accounts.specs.values()), plugin_paths)
         for spec, ids in missing.items():
             log.error(
                 "platform module not found; its accounts cannot run", platform=spec, accounts=ids

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.items import epoch_ms
-from hiscrm.master.api.errors import ApiError
+from hiscrm.master.api.errors import ApiError, echo
 from hiscrm.master.api.read_model import NotFound, ReadModel
 from hiscrm.master.api.schemas import AccountInfo
 from hiscrm.master.data.account_registry import record_of, spec_of
@@ -25,7 +25,7 @@ from hiscrm.master.data.store import AccountRecord, Store
 from hiscrm.master.supervision.commands import AddAccount, ChangeAccount, RemoveAccount
 from hiscrm.master.supervision.platform_check import find_module
 from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.models import ACCOUNT_ID_PATTERN, AccountSpec, MemoryLimitMb
+from hiscrm.models import ACCOUNT_ID_PATTERN, AccountOptions, AccountSpec, MemoryLimitMb
 from hiscrm.platform_names import resolve_platform_name
 
 REMOVE_TIMEOUT_S = 60.0  # for its worker to let a deleted account go
@@ -43,7 +43,7 @@ class AccountCreate(BaseModel):
         description="letters, digits, '.', '_', '-'; up to 64; safe as a file name",
     )
     platform: str = "demo"
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: AccountOptions = Field(default_factory=dict)
     enabled: bool = True
     max_memory_mb: MemoryLimitMb | None = Field(default=None, description=MAX_MEMORY_MB_DESCRIPTION)
 
@@ -51,7 +51,7 @@ class AccountCreate(BaseModel):
 class AccountPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    options: dict[str, Any] | None = None  # replaces the options whole
+    options: AccountOptions | None = None  # replaces the options whole
     enabled: bool | None = None
     max_memory_mb: MemoryLimitMb | None = Field(
         default=None, description=MAX_MEMORY_MB_DESCRIPTION + "; null clears it, absent keeps it"
@@ -161,7 +161,9 @@ class AccountAdmin:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"])
             problem = str(error["msg"]).removeprefix("Value error, ")
-            raise ApiError(422, f"{where}: {problem}", {"input": str(error.get("input"))}) from exc
+            if not problem.startswith(where):  # options' problems name their place
+                problem = f"{where}: {problem}"
+            raise ApiError(422, problem, {"input": echo(error.get("input"))}) from exc
         module = resolve_platform_name(spec.platform).partition(":")[0]
         if find_module(module, self._plugin_paths) is None:
             raise ApiError(

@@ -1,10 +1,14 @@
 """Errors of the HTTP API: every one answers ``{"error": "...", "detail": ...}``.
 
-Bad input is a 4xx naming what was wrong (unknown query parameters included); a 500
-means a bug, and is logged with its traceback and counted like any other error in the
-master.
+Bad input is a 4xx naming what was wrong (unknown query parameters and body fields
+included); a 500 means a bug, and is logged with its traceback and counted like any other
+error in the master. An answer is valid UTF-8 JSON whatever input it echoes: a lone
+surrogate (which JSON's ``\\ud800`` escape can carry) is shown escaped, and a long input
+is cut.
 """
 
+import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +30,12 @@ class ApiError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
+ECHO_CHARS = 200  # of an input echoed in an error's detail
+
+
 def error_body(status: int, error: str, detail: Any = None) -> JSONResponse:
-    return JSONResponse(
-        ErrorBody(error=error, detail=detail).model_dump(mode="json"), status_code=status
-    )
+    body = ErrorBody(error=_text(error), detail=jsonable(detail))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
 def install_error_handlers(
@@ -62,19 +68,26 @@ def install_error_handlers(
             {
                 "where": ".".join(str(p) for p in e["loc"]),
                 "problem": str(e["msg"]).removeprefix("Value error, "),
-                "input": e.get("input"),
+                "input": echo(e.get("input")),
             }
             for e in exc.errors()
         ]
         first = problems[0] if problems else {"where": "request", "problem": "invalid"}
         if "extra_forbidden" in {e["type"] for e in exc.errors()}:
             extra = [
-                p["where"].rsplit(".", 1)[-1]
+                (e["loc"][0], p["where"].rsplit(".", 1)[-1])
                 for p, e in zip(problems, exc.errors(), strict=True)
                 if e["type"] == "extra_forbidden"
             ]
-            return error_body(422, f"unknown query parameter {extra[0]!r}", jsonable(problems))
-        return error_body(422, f"{first['where']}: {first['problem']}", jsonable(problems))
+            part, name = extra[0]
+            what = "body field" if part == "body" else f"{part} parameter"
+            return error_body(422, f"unknown {what} {name!r}", problems)
+        where, problem = str(first["where"]), str(first["problem"])
+        leaf = where.rsplit(".", 1)[-1]
+        # A problem that names its own place (``options.k: ...``) says it once.
+        named = problem.startswith((f"{leaf}:", f"{leaf}.", f"{leaf}["))
+        message = problem if named else f"{where}: {problem}"
+        return error_body(422, message, problems)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -96,11 +109,30 @@ def install_error_handlers(
 
 
 def jsonable(value: Any) -> Any:
-    """Validation inputs may be anything; make them JSON."""
+    """Validation inputs may be anything; make them JSON that encodes as UTF-8: text
+    with lone surrogates escaped, non-finite numbers as text."""
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (int, float, bool)):
         return value
-    return repr(value)
+    return _text(repr(value))
+
+
+def echo(value: Any) -> Any:
+    """An input as an error echoes it: JSON, and cut to ``ECHO_CHARS`` when long (an
+    input may be megabytes)."""
+    value = jsonable(value)
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= ECHO_CHARS:
+        return value
+    return f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"
+
+
+def _text(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -14,9 +14,12 @@ Accounts live in the store (``accounts``). Each one has a *source*:
 conflict.
 """
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
+from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data.store import AccountRecord
 from hiscrm.models import AccountSpec
@@ -41,6 +44,39 @@ def spec_of(record: AccountRecord) -> AccountSpec:
         enabled=record.enabled,
         max_memory_mb=record.max_memory_mb,
     )
+
+
+def usable_specs(
+    records: list[AccountRecord],
+    log: FilteringBoundLogger,
+    count_error: Callable[[], int],
+    told: set[tuple[str, int]] | None = None,
+) -> dict[str, AccountSpec]:
+    """The registry's accounts as the master runs them, by id. A row that no longer makes
+    a valid account (stored by an older version, before its options were bounded) is left
+    out, never raised: logged at error level naming it and why, and counted, once per
+    version of the row when ``told`` keeps track across calls."""
+    told = set() if told is None else told
+    specs: dict[str, AccountSpec] = {}
+    for record in records:
+        try:
+            specs[record.id] = spec_of(record)
+        except ValidationError as exc:
+            if (record.id, record.updated_at) in told:
+                continue
+            told.add((record.id, record.updated_at))
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"])
+            problem = str(error["msg"]).removeprefix("Value error, ")
+            log.error(
+                "stored account is not valid; it is left out",
+                account_id=record.id,
+                source=record.source,
+                reason=problem if problem.startswith(where) else f"{where}: {problem}",
+                fix="make it again through the API, or declare it in the config file",
+                errors_total=count_error(),
+            )
+    return specs
 
 
 def record_of(

@@ -18,9 +18,10 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
+from hiscrm.channel import FrameError
 from hiscrm.config import Config
 from hiscrm.items import epoch_ms
-from hiscrm.master.data.account_registry import spec_of
+from hiscrm.master.data.account_registry import usable_specs
 from hiscrm.master.data.account_status import AccountState, AccountStatus, TaskState, derive
 from hiscrm.master.data.assigner import Action, Assign, Assigner, Revoke
 from hiscrm.master.data.outbox import Outbox
@@ -106,7 +107,8 @@ class AccountManager:
         # which); the others stay in the registry but are placed nowhere here. None: one
         # host, every account is this master's.
         self.held = held
-        self.specs: dict[str, AccountSpec] = {r.id: spec_of(r) for r in registry}
+        self.specs: dict[str, AccountSpec] = usable_specs(registry, log, self._count_error)
+        registry = [r for r in registry if r.id in self.specs]  # bad rows: logged, left out
         self._letting_go: dict[str, asyncio.Future[None]] = {}  # leases being given up
         # In a cluster: each account's lease holder and the state it last reported.
         self.owners: dict[str, tuple[str | None, str | None]] = {}
@@ -749,7 +751,18 @@ class AccountManager:
         encoded = await asyncio.to_thread(frames) if digest.entries else frames()
         if not link.serving:
             return  # it went away meanwhile; its accounts are placed again when it is back
-        if not all(link.send_frame(frame) for frame in encoded):
+        try:
+            delivered = all(link.send_frame(frame) for frame in encoded)
+        except FrameError as exc:  # cannot happen with valid options (bounded far below)
+            self._log.error(
+                "assignment cannot be sent: its frame is refused",
+                worker=link.worker_id,
+                account_id=account_id,
+                reason=str(exc),
+                errors_total=self._count_error(),
+            )
+            return
+        if not delivered:
             self._log.error(
                 "assignment not delivered: the pipe closed",
                 worker=link.worker_id,

@@ -42,7 +42,7 @@ from structlog.typing import FilteringBoundLogger
 from hiscrm import spool_head
 from hiscrm.config import Config
 from hiscrm.master.data import lease_plan, pg_leases, pg_schema
-from hiscrm.master.data.account_registry import spec_of
+from hiscrm.master.data.account_registry import usable_specs
 from hiscrm.master.data.accounts import AccountManager
 from hiscrm.master.data.lease_fence import Fence
 from hiscrm.master.data.lease_plan import NodeView
@@ -78,6 +78,7 @@ class LeaseKeeper:
         self._fence = fence
         self._log = log.bind(node=self.node_id)
         self._count_error = count_error
+        self._told_invalid: set[tuple[str, int]] = set()  # registry rows logged as invalid
         self._shutting_down = shutting_down
         self._conn: AConn | None = None
         self.held: dict[str, int] = {}  # account id -> epoch of the lease this node holds
@@ -230,11 +231,13 @@ class LeaseKeeper:
         cursor = await conn.execute(
             f"SELECT {pg_schema.ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"
         )
-        records = [AccountRecord(*row) for row in await cursor.fetchall()]
+        rows = [AccountRecord(*row) for row in await cursor.fetchall()]
+        specs = usable_specs(rows, self._log, self._count_error, self._told_invalid)
+        records = [r for r in rows if r.id in specs]  # bad rows: logged once, left out
         manager, now = self._manager, asyncio.get_running_loop().time()
         known = dict(manager.specs)
         for record in records:
-            spec = spec_of(record)
+            spec = specs[record.id]
             if record.id not in known:
                 manager.add(spec, record.source, now)
             elif known[record.id] != spec:
