@@ -55,7 +55,7 @@ def test_a_bad_store_url_is_one_line_naming_the_key_and_never_the_password(
 
 
 def test_no_store_section_keeps_sqlite(tmp_path: Path) -> None:
-    config = parse_config("", "hiscrm.toml", tmp_path, {})
+    config = parse_config("workers = 1\n", "hiscrm.toml", tmp_path, {})
     assert config.store.url is None
     store = open_store(config, structlog.get_logger())
     assert isinstance(store, SqliteStore)
