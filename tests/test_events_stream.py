@@ -146,6 +146,7 @@ def test_a_cursor_outside_the_window_gets_reset(start_master: MasterFactory) -> 
     events = {**FAST_EVENTS, "keep": 100}
     master = start_master(make_config(workers=1, accounts=[], events=events))
     master.wait_running("worker1")
+    wait_until(lambda: bool(supervisor_event_ids(master)), 10, "the first events stored")
     first = supervisor_event_ids(master)[0]
     deadline = time.monotonic() + 40
     with master.http() as http:  # each turn is account.state events
