@@ -2,6 +2,7 @@
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -21,9 +22,23 @@ MAX_OPTIONS_BYTES = 64 * 1024  # of UTF-8 JSON
 MAX_OPTIONS_DEPTH = 32  # nested objects and lists
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8 whatever it holds (a lone surrogate as ``\\ud800``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _escaped(text: str) -> str:
-    """``text`` printable in an error whatever it holds (a lone surrogate as ``\\ud800``)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:80]
+    return printable(text)[:80]
+
+
+def validation_problem(error: Mapping[str, Any]) -> str:
+    """One of pydantic's errors as one line, ``where: problem``, naming the place once
+    (the options' own problems name it already: ``options.k: ...``)."""
+    where = ".".join(str(p) for p in error["loc"])
+    problem = str(error["msg"]).removeprefix("Value error, ")
+    leaf = where.rsplit(".", 1)[-1]
+    named = problem.startswith((f"{leaf}:", f"{leaf}.", f"{leaf}[", where))
+    return problem if named else f"{where}: {problem}"
 
 
 def _lone_surrogate(text: str) -> str | None:

@@ -25,7 +25,13 @@ from hiscrm.master.data.store import AccountRecord, Store
 from hiscrm.master.supervision.commands import AddAccount, ChangeAccount, RemoveAccount
 from hiscrm.master.supervision.platform_check import find_module
 from hiscrm.master.supervision.supervisor import Supervisor
-from hiscrm.models import ACCOUNT_ID_PATTERN, AccountOptions, AccountSpec, MemoryLimitMb
+from hiscrm.models import (
+    ACCOUNT_ID_PATTERN,
+    AccountOptions,
+    AccountSpec,
+    MemoryLimitMb,
+    validation_problem,
+)
 from hiscrm.platform_names import resolve_platform_name
 
 REMOVE_TIMEOUT_S = 60.0  # for its worker to let a deleted account go
@@ -159,10 +165,7 @@ class AccountAdmin:
             )
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"])
-            problem = str(error["msg"]).removeprefix("Value error, ")
-            if not problem.startswith(where):  # options' problems name their place
-                problem = f"{where}: {problem}"
+            problem = validation_problem(error)
             raise ApiError(422, problem, {"input": echo(error.get("input"))}) from exc
         module = resolve_platform_name(spec.platform).partition(":")[0]
         if find_module(module, self._plugin_paths) is None:

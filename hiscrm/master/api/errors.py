@@ -22,6 +22,7 @@ from hiscrm.master.api.read_model import NotFound
 from hiscrm.master.api.schemas import ErrorBody
 from hiscrm.master.data.store import StoreUnavailable
 from hiscrm.master.supervision.commands import CommandRefused
+from hiscrm.models import printable, validation_problem
 
 
 class ApiError(Exception):
@@ -34,7 +35,7 @@ ECHO_CHARS = 200  # of an input echoed in an error's detail
 
 
 def error_body(status: int, error: str, detail: Any = None) -> JSONResponse:
-    body = ErrorBody(error=_text(error), detail=jsonable(detail))
+    body = ErrorBody(error=printable(error), detail=jsonable(detail))
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
@@ -72,7 +73,6 @@ def install_error_handlers(
             }
             for e in exc.errors()
         ]
-        first = problems[0] if problems else {"where": "request", "problem": "invalid"}
         if "extra_forbidden" in {e["type"] for e in exc.errors()}:
             extra = [
                 (e["loc"][0], p["where"].rsplit(".", 1)[-1])
@@ -82,11 +82,7 @@ def install_error_handlers(
             part, name = extra[0]
             what = "body field" if part == "body" else f"{part} parameter"
             return error_body(422, f"unknown {what} {name!r}", problems)
-        where, problem = str(first["where"]), str(first["problem"])
-        leaf = where.rsplit(".", 1)[-1]
-        # A problem that names its own place (``options.k: ...``) says it once.
-        named = problem.startswith((f"{leaf}:", f"{leaf}.", f"{leaf}["))
-        message = problem if named else f"{where}: {problem}"
+        message = validation_problem(exc.errors()[0]) if exc.errors() else "request: invalid"
         return error_body(422, message, problems)
 
     @app.exception_handler(HTTPException)
@@ -112,16 +108,16 @@ def jsonable(value: Any) -> Any:
     """Validation inputs may be anything; make them JSON that encodes as UTF-8: text
     with lone surrogates escaped, non-finite numbers as text."""
     if isinstance(value, dict):
-        return {_text(str(k)): jsonable(v) for k, v in value.items()}
+        return {printable(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, str):
-        return _text(value)
+        return printable(value)
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if value is None or isinstance(value, (int, float, bool)):
         return value
-    return _text(repr(value))
+    return printable(repr(value))
 
 
 def echo(value: Any) -> Any:
@@ -132,7 +128,3 @@ def echo(value: Any) -> Any:
     if len(text) <= ECHO_CHARS:
         return value
     return f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"
-
-
-def _text(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")

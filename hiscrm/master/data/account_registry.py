@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from hiscrm.master.data.store import AccountRecord
-from hiscrm.models import AccountSpec
+from hiscrm.models import AccountSpec, validation_problem
 
 
 class RegistryPlan(msgspec.Struct):
@@ -65,14 +65,11 @@ def usable_specs(
             if (record.id, record.updated_at) in told:
                 continue
             told.add((record.id, record.updated_at))
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"])
-            problem = str(error["msg"]).removeprefix("Value error, ")
             log.error(
                 "stored account is not valid; it is left out",
                 account_id=record.id,
                 source=record.source,
-                reason=problem if problem.startswith(where) else f"{where}: {problem}",
+                reason=validation_problem(exc.errors(include_url=False)[0]),
                 fix="make it again through the API, or declare it in the config file",
                 errors_total=count_error(),
             )
