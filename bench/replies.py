@@ -22,6 +22,8 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import httpx
 from common import api_of, machine, running_master, summary
@@ -108,104 +110,97 @@ def latency(samples: int, load_rate: float | None) -> tuple[list[float], list[fl
     return took, round_trips
 
 
+@contextmanager
+def eight_accounts() -> Iterator[tuple[str, dict[str, str], SentWatcher]]:
+    """A master with 8 demo accounts on 2 workers, their conversations stored: its API
+    URL, the headers with its token, and a watcher of its ``sent`` events."""
+    accounts = demo_accounts(8)
+    with running_master(BASE.format(workers=2) + accounts_toml(accounts)) as (_, state, log):
+        for n in range(8):
+            log.wait(event="account assigned", account_id=f"demo-{n}")
+        url, token = api_of(state)
+        watcher = SentWatcher(url, token)
+        try:
+            watcher.ready.wait(10)
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                for n in range(8):
+                    while not http.get(f"/accounts/demo-{n}/conversations/conv-4").is_success:
+                        time.sleep(0.05)
+            yield url, headers, watcher
+        finally:
+            watcher.close()
+
+
+def wait_sent(watcher: SentWatcher, request_ids: Iterable[str]) -> float:
+    """When the last of these replies was ``sent`` (perf_counter)."""
+    wanted = set(request_ids)
+    deadline = time.monotonic() + 120
+    while not wanted <= watcher.sent.keys():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(wanted & watcher.sent.keys())} of {len(wanted)} sent")
+        time.sleep(0.005)
+    return max(watcher.sent[r] for r in wanted)
+
+
+def body(n: int, request_id: str) -> dict[str, str]:
+    return {"conversation_id": f"conv-{(n // 8) % 5}", "text": "ok", "request_id": request_id}
+
+
 def burst(count: int) -> tuple[float, float]:
     """(replies sent per second once the workers run, requests accepted per second).
 
     The replies are queued while the workers are stopped, then the workers start: the
     time from their start to the last ``sent`` is the outbox's own pace, not one
     client's."""
-    accounts = demo_accounts(8)
-    with running_master(BASE.format(workers=2) + accounts_toml(accounts)) as (_, state, log):
-        for n in range(8):
-            log.wait(event="account assigned", account_id=f"demo-{n}")
-        url, token = api_of(state)
-        watcher = SentWatcher(url, token)
-        try:
-            watcher.ready.wait(10)
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-                for n in range(8):
-                    while not http.get(f"/accounts/demo-{n}/conversations/conv-4").is_success:
-                        time.sleep(0.05)
-                for worker in ("worker1", "worker2"):
-                    assert http.post(f"/workers/{worker}/stop").is_success
-                began = time.perf_counter()
-                for n in range(count):
-                    body = {
-                        "conversation_id": f"conv-{(n // 8) % 5}",
-                        "text": "ok",
-                        "request_id": f"b-{n}",
-                    }
-                    answer = http.post(f"/accounts/demo-{n % 8}/messages", json=body)
-                    assert answer.status_code == 202, answer.text
-                posted = time.perf_counter() - began
-                started = time.perf_counter()
-                for worker in ("worker1", "worker2"):
-                    assert http.post(f"/workers/{worker}/start").is_success
-                deadline = time.monotonic() + 120
-                while len(watcher.sent) < count:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{len(watcher.sent)} of {count} sent")
-                    time.sleep(0.005)
-                done = max(watcher.sent.values()) - started
-        finally:
-            watcher.close()
+    with eight_accounts() as (url, headers, watcher):
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            for worker in ("worker1", "worker2"):
+                assert http.post(f"/workers/{worker}/stop").is_success
+            began = time.perf_counter()
+            for n in range(count):
+                answer = http.post(f"/accounts/demo-{n % 8}/messages", json=body(n, f"b-{n}"))
+                assert answer.status_code == 202, answer.text
+            posted = time.perf_counter() - began
+            started = time.perf_counter()
+            for worker in ("worker1", "worker2"):
+                assert http.post(f"/workers/{worker}/start").is_success
+        done = wait_sent(watcher, (f"b-{n}" for n in range(count))) - started
     return count / done, count / posted
 
 
 def sustained(clients: int, seconds: float) -> tuple[float, float, list[float]]:
     """(sent per second, requests per second, POST -> sent latencies in ms) while
     ``clients`` clients keep posting replies for ``seconds`` to 8 running accounts."""
-    accounts = demo_accounts(8)
-    with running_master(BASE.format(workers=2) + accounts_toml(accounts)) as (_, state, log):
-        for n in range(8):
-            log.wait(event="account assigned", account_id=f"demo-{n}")
-        url, token = api_of(state)
-        watcher = SentWatcher(url, token)
-        posted: dict[str, float] = {}
-        lock = threading.Lock()
-        try:
-            watcher.ready.wait(10)
-            headers = {"Authorization": f"Bearer {token}"}
+    posted: dict[str, float] = {}
+    lock = threading.Lock()
+    with eight_accounts() as (url, headers, watcher):
+        began = time.perf_counter()
+        stop_at = began + seconds
+
+        def client(c: int) -> None:
             with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-                for n in range(8):
-                    while not http.get(f"/accounts/demo-{n}/conversations/conv-4").is_success:
-                        time.sleep(0.05)
-            began = time.perf_counter()
-            stop_at = began + seconds
+                n = 0
+                while time.perf_counter() < stop_at:
+                    request_id = f"s-{c}-{n}"
+                    at = time.perf_counter()
+                    answer = http.post(
+                        f"/accounts/demo-{(c + n) % 8}/messages", json=body(n, request_id)
+                    )
+                    assert answer.status_code == 202, answer.text
+                    with lock:
+                        posted[request_id] = at
+                    n += 1
 
-            def client(c: int) -> None:
-                with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-                    n = 0
-                    while time.perf_counter() < stop_at:
-                        request_id = f"s-{c}-{n}"
-                        body = {
-                            "conversation_id": f"conv-{(n // 8) % 5}",
-                            "text": "ok",
-                            "request_id": request_id,
-                        }
-                        at = time.perf_counter()
-                        answer = http.post(f"/accounts/demo-{(c + n) % 8}/messages", json=body)
-                        assert answer.status_code == 202, answer.text
-                        with lock:
-                            posted[request_id] = at
-                        n += 1
-
-            threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            requests_s = len(posted) / (time.perf_counter() - began)
-            deadline = time.monotonic() + 120
-            while not set(posted) <= set(watcher.sent):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(watcher.sent)} of {len(posted)} sent")
-                time.sleep(0.005)
-            last = max(watcher.sent[r] for r in posted)
-        finally:
-            watcher.close()
-    took = [(watcher.sent[r] - at) * 1000 for r, at in posted.items()]
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        requests_s = len(posted) / (time.perf_counter() - began)
+        last = wait_sent(watcher, posted)
+        sent = dict(watcher.sent)
+    took = [(sent[r] - at) * 1000 for r, at in posted.items()]
     return len(posted) / (last - began), requests_s, took
 
 
