@@ -119,6 +119,11 @@ def new_tab(browser: Browser, viewport: dict[str, int] = DESKTOP) -> Tab:
     return tab
 
 
+def root_of(master: Master) -> str:
+    """The master's address without the API's prefix (where the page is served)."""
+    return master.api_url().removesuffix("/api/v1")
+
+
 def sign_in_link(master: Master) -> dict[str, Any]:
     made = ctl(master, "--json", "open")
     assert made.returncode == 0, made.stderr

@@ -12,6 +12,7 @@ from harness import FAST_SUPERVISION, REPO, Master, kill_leftovers, marked_proce
 from pg_server import REQUIRE_ENV, PostgresServer, PostgresUnavailable, running_server
 
 if TYPE_CHECKING:
+    from browser import Tab
     from playwright.sync_api import Browser
 
 MasterFactory = Callable[..., Master]
@@ -218,6 +219,18 @@ def chromium() -> Iterator["Browser"]:
         if os.environ.get(BROWSER_REQUIRED) == "1":
             pytest.fail(f"{BROWSER_REQUIRED}=1, but {exc}", pytrace=False)
         pytest.skip(f"{exc}; set {BROWSER_REQUIRED}=1 to make this a failure")
+
+
+@pytest.fixture
+def tab(chromium: "Browser", master: Master) -> Iterator["Tab"]:
+    """A signed-in tab on the overview of the module's ``master``; its console must stay
+    free of errors."""
+    from browser import signed_in
+
+    opened = signed_in(chromium, master)
+    yield opened
+    opened.close()
+    opened.no_console_errors()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -70,7 +70,9 @@ def test_items_of_another_masters_account_stream_and_a_graceful_stop_hands_over_
 
         def all_running_on_n1() -> bool:
             items = http.get("/accounts", params={"limit": 100}).json()["items"]
-            return all(a["node"] == "n1" and a["state"] == "running" for a in items)
+            return len(items) == len(ACCOUNTS) and all(
+                a["node"] == "n1" and a["state"] == "running" for a in items
+            )
 
         wait_until(all_running_on_n1, TTL_S / 2, "n1 runs n2's accounts")
         assert time.monotonic() - stopped_at < TTL_S / 2

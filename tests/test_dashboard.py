@@ -14,12 +14,11 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from browser import PHONE, Tab, new_tab, screenshot, sign_in_link, signed_in
+from browser import PHONE, Tab, new_tab, root_of, screenshot, sign_in_link, signed_in
 from conftest import MasterFactory, make_config
 from harness import Master, metric, wait_until
 from pg_server import free_port
@@ -56,19 +55,6 @@ def master(start_module_master: MasterFactory) -> Master:
     )
     started.wait_all_running(WORKERS)
     return started
-
-
-@pytest.fixture
-def tab(chromium: Browser, master: Master) -> Iterator[Tab]:
-    """A signed-in tab on the overview; its console must stay free of errors."""
-    opened = signed_in(chromium, master)
-    yield opened
-    opened.close()
-    opened.no_console_errors()
-
-
-def root_of(master: Master) -> str:
-    return master.api_url().removesuffix("/api/v1")
 
 
 def api_workers(master: Master) -> dict[str, dict[str, object]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import Tab, new_tab, signed_in
+from browser import Tab, new_tab, root_of, signed_in
 from conftest import MasterFactory, make_config
 from harness import Master, to_toml, wait_until
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -70,19 +70,6 @@ def workers_running_after(request: pytest.FixtureRequest) -> Iterator[None]:
         for worker in WORKERS:
             if http.get(f"/workers/{worker}").json()["state"] != "running":
                 http.post(f"/workers/{worker}/start")
-
-
-@pytest.fixture
-def tab(chromium: Browser, master: Master) -> Iterator[Tab]:
-    """A signed-in tab on the overview; its console must stay free of errors."""
-    opened = signed_in(chromium, master)
-    yield opened
-    opened.close()
-    opened.no_console_errors()
-
-
-def root_of(master: Master) -> str:
-    return master.api_url().removesuffix("/api/v1")
 
 
 def api_get(master: Master, path: str) -> Any:
@@ -558,7 +545,8 @@ def test_threads_are_ordered_by_their_last_message(tab: Tab, master: Master) -> 
         )
         return [c["id"] for c in listed["items"]]
 
-    # Before any message: the order of the API (ids, then) too.
+    # Before any message: the API's conversations (in an order of their own: with no
+    # message time, the page goes by id ascending, the API by id descending).
     assert sorted(shown()) == sorted(stored())
     # A reply in the last one brings it to the top, then one in another brings that one;
     # the others keep their order below them.

@@ -194,8 +194,10 @@ def test_a_client_away_across_more_than_keep_item_events_resumes_without_reset(
     master = start_master(make_config(workers=1, accounts=[demo(rate=200.0)], events=events))
     master.wait_running("worker1")
     first = reader(master, params={"types": "item.message"})
-    first.wait(lambda es: len(es) >= 3, 20, "three messages")
-    first.close()
+    try:
+        first.wait(lambda es: len(es) >= 3, 20, "three messages")
+    finally:
+        first.close()
     cursor = first.snapshot()[-1].id
     assert cursor is not None
     # Away while more than ``keep`` events (all kinds) are given out, and as many items.

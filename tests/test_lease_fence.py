@@ -4,7 +4,7 @@ was taken while it was cut off, committing late) is refused in its own transacti
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -115,13 +115,15 @@ def test_a_late_commit_with_a_stale_epoch_is_refused(
     assert "has expired" in expired.error
 
 
-def test_an_outbox_save_at_a_stale_epoch_is_refused(
-    stores: tuple[Store, Store], pg_url: str
-) -> None:
-    """A master whose lease was taken cannot write a reply's state it still believes it
-    sends (a late 'sent', or 'unknown' after its worker died): refused in the save's own
-    transaction, and the entry stays as the new holder left it."""
-    a, b = stores
+class SentUnderA(NamedTuple):
+    fence_a: Fence
+    refused_a: list[tuple[str, str]]
+    fence_b: Fence
+    sending: OutboxEntry  # stored by node-a under its lease, epoch 1
+
+
+def sending_under_node_a(a: Store, b: Store, pg_url: str) -> SentUnderA:
+    """Account ``acc`` leased by node-a (epoch 1), which stored a reply ``sending``."""
     declare(pg_url, "acc")
     fence_a, refused_a = fence_of(a, "node-a")
     fence_b, _ = fence_of(b, "node-b")
@@ -139,12 +141,28 @@ def test_an_outbox_save_at_a_stale_epoch_is_refused(
     assert asyncio.run(a.store.outbox_create(queued))[1]
     sending = queued.move(OutboxState.SENDING, 2)
     asyncio.run(a.store.outbox_save(sending, lease=1))  # node-a holds the lease: taken
+    return SentUnderA(fence_a, refused_a, fence_b, sending)
 
-    # node-a is cut off; node-b takes the account (epoch 2) and calls the reply unknown.
+
+def taken_by_node_b(pg_url: str, fence_b: Fence) -> None:
+    """node-a's lease expires (it is cut off); node-b claims the account: epoch 2."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE account_leases SET expires_at = now() - interval '1 second'")
     assert asyncio.run(claim(pg_url, "node-b", 1)) == {"acc": 2}
     fence_b.set({"acc": 2})
+
+
+def test_an_outbox_save_at_a_stale_epoch_is_refused(
+    stores: tuple[Store, Store], pg_url: str
+) -> None:
+    """A master whose lease was taken cannot write a reply's state it still believes it
+    sends (a late 'sent', or 'unknown' after its worker died): refused in the save's own
+    transaction, and the entry stays as the new holder left it."""
+    a, b = stores
+    _, refused_a, fence_b, sending = sending_under_node_a(a, b, pg_url)
+
+    # node-a is cut off; node-b takes the account (epoch 2) and calls the reply unknown.
+    taken_by_node_b(pg_url, fence_b)
     unknown = sending.move(OutboxState.UNKNOWN, 3, error="its previous master lost it")
     asyncio.run(b.store.outbox_save(unknown, lease=2))
 
@@ -167,28 +185,9 @@ def test_a_dropped_masters_late_save_never_overwrites_the_new_holders(
     epoch 2, stored 'sent' meanwhile. node-a's late save is refused, whether it names
     the epoch it was made under or none, and the reply stays sent."""
     a, b = stores
-    declare(pg_url, "acc")
-    fence_a, refused_a = fence_of(a, "node-a")
-    fence_b, _ = fence_of(b, "node-b")
-    assert asyncio.run(claim(pg_url, "node-a", 1)) == {"acc": 1}
-    fence_a.set({"acc": 1})
-    assert a.sync(0, 1, conversation(1, "c1", None)).ok
-    queued = OutboxEntry(
-        account_id="acc",
-        request_id="r1",
-        action=MessageReply(conversation_id="c1", text="hello"),
-        state=OutboxState.QUEUED,
-        created_at=1,
-        updated_at=1,
-    )
-    assert asyncio.run(a.store.outbox_create(queued))[1]
-    sending = queued.move(OutboxState.SENDING, 2)
-    asyncio.run(a.store.outbox_save(sending, lease=1))
+    fence_a, refused_a, fence_b, sending = sending_under_node_a(a, b, pg_url)
 
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("UPDATE account_leases SET expires_at = now() - interval '1 second'")
-    assert asyncio.run(claim(pg_url, "node-b", 1)) == {"acc": 2}
-    fence_b.set({"acc": 2})
+    taken_by_node_b(pg_url, fence_b)
     sent = sending.move(OutboxState.UNKNOWN, 3).move(OutboxState.SENT, 4, item_id="x1")
     asyncio.run(b.store.outbox_save(sent, lease=2))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from harness import wait_until
 from test_datastore import Store, change, postgres_backend, sqlite_backend
 
 from hiscrm.master.data import pg_schema, pg_writer
@@ -84,10 +85,7 @@ def test_a_master_reading_events_learns_the_floor_another_master_pruned_to(
             [NewEvent("health", int(time.time() * 1000), None, {"n": n}) for n in range(10)]
         )
         first.wait_head(10)
-        deadline = time.monotonic() + 10
-        while first.store.event_window().floor < 7:
-            assert time.monotonic() < deadline, first.store.event_window()
-            time.sleep(0.01)
+        wait_until(lambda: first.store.event_window().floor >= 7, 10, "pruned to 7")
         assert wait_window_head(second, 10) == 10
         assert second.store.event_window().floor == 0  # nothing told it yet
         assert [e.id for e in read(second)] == [8, 9, 10]

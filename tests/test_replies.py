@@ -237,11 +237,12 @@ def test_a_reply_cut_by_a_reload_process_that_dies_holding_its_account_is_unknow
             with master.http() as client:
                 answers.append(client.post("/reload").json())
 
-        reloading = threading.Thread(target=reload)
+        reloading = threading.Thread(target=reload, daemon=True)
         reloading.start()
         master.log.wait_for(event="handing accounts over", after=mark)
         os.kill(old_pid, signal.SIGKILL)
         reloading.join(30)
+        assert not reloading.is_alive(), "the reload did not answer"
         assert len(answers) == 1
         assert answers[0]["error"] is None, answers
         cut = wait_state(http, "acc-1", "cut", "unknown")

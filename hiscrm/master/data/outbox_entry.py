@@ -6,14 +6,13 @@
        ├─(still queued after expire_after_s)─▶ expired
        └─(DELETE)─▶ cancelled
     failed | unknown | expired ──(retry, by an operator)──▶ queued
-
-Expiry counts from ``queued_at``, when the entry last became queued (made, retried,
-queued again), so a reply retried long after it was made gets its full time again.
     unknown ──(the worker's answer arrives after all)──▶ sent | failed
     sending ──(the worker did not hand it to the platform)──▶ queued
 
 ``unknown`` is never sent again by itself (the platform may have sent it), unless the
 platform says its sends are idempotent. ``move`` is the one place a state changes.
+Expiry counts from ``queued_at``, when the entry last became queued (made, retried,
+queued again), so a reply retried long after it was made gets its full time again.
 """
 
 import hashlib
