@@ -227,7 +227,7 @@ def test_a_reload_into_broken_code_stops_and_the_old_workers_keep_serving(
     for account in ACCOUNTS:
         before = count(master.db, "messages", account)
         wait_until(
-            lambda a=account, b=before: count(master.db, "messages", a) > b + 5, 10, "syncing"
+            lambda a=account, b=before: count(master.db, "messages", a) > b + 5, 20, "syncing"
         )
         assert versions_in_store(master, account) == {"v1"}
     assert master.stop() == 0

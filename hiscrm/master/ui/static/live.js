@@ -201,34 +201,30 @@ function onItem(kind, item) {
   emit("item", { kind, item });
 }
 
-// Reads one worker or account again; one read at a time each, repeated once if another
-// event came meanwhile (a burst of events costs two reads, not one per event).
+// Reads the workers or the accounts again, each as one list: one read at a time each,
+// repeated once if another event came meanwhile (a burst of events costs two reads, not
+// one per event), and something gone meanwhile is left out, never a 404 (which the
+// browser would report as an error).
 const reading = new Map();
-// What this page deletes: from the moment it asks, the events that follow are not read
-// again, and a read under way is dropped (a read would be a 404, which the browser
-// reports as an error). Undone if the deletion fails.
+// What this page deletes: from the moment it asks, it is not put back by a read under
+// way. Undone if the deletion fails.
 const deleted = new Set();
 
 export function deleting(collection, id) {
-  const key = keyOf(collection, id);
-  deleted.add(key);
-  reading.get(key)?.controller.abort();
+  deleted.add(`${collection}/${id}`);
 }
 
 export function deletionFailed(collection, id) {
-  deleted.delete(keyOf(collection, id));
+  deleted.delete(`${collection}/${id}`);
   refresh(collection, id);
 }
 
-// The master says it is gone: a read under way is dropped (it would be a 404), or, for the
-// workers (read as a list), made again; an account made again with the same id is read as
-// any new one.
+// The master says it is gone: forgotten, and a read under way is made again (it may have
+// listed it); one made again with the same id is read as any new one.
 function removed(collection, id) {
-  const key = keyOf(collection, id);
-  const running = reading.get(key);
-  if (collection === "workers" && running) running.again = true;
-  else running?.controller.abort();
-  deleted.delete(key);
+  const running = reading.get(collection);
+  if (running) running.again = true;
+  deleted.delete(`${collection}/${id}`);
   forget(collection, id);
 }
 
@@ -239,12 +235,8 @@ export function forget(collection, id) {
 }
 
 export function known(collection, id) {
-  deleted.delete(keyOf(collection, id));
+  deleted.delete(`${collection}/${id}`);
 }
-
-// The workers are few and come and go (a solo worker after its quarantine): they are read
-// as one list, so a worker gone meanwhile is left out, not a 404. An account, one by one.
-const keyOf = (collection, id) => (collection === "workers" ? "workers/*" : `${collection}/${id}`);
 
 async function readWorkers(signal) {
   const workers = await api.all("/workers", { signal });
@@ -254,34 +246,39 @@ async function readWorkers(signal) {
   for (const w of workers) putWorker(w, at);
 }
 
+async function readAccounts(signal) {
+  const accounts = await api.all("/accounts", { signal });
+  const listed = new Set(accounts.map((a) => a.id));
+  for (const id of [...state.accounts.keys()]) if (!listed.has(id)) state.accounts.delete(id);
+  for (const a of accounts) if (!deleted.has(`accounts/${a.id}`)) state.accounts.set(a.id, a);
+}
+
 export function refresh(collection, id) {
-  const key = keyOf(collection, id);
   // A master that is stopping answers no more reads; its events still say what changes, and
   // the whole state is read again when it is back.
-  if (deleted.has(key) || state.stopping) return;
-  const running = reading.get(key);
+  if (deleted.has(`${collection}/${id}`) || state.stopping) return;
+  const running = reading.get(collection);
   if (running) {
     running.again = true;
     return;
   }
   const run = { again: true, controller: new AbortController() };
-  reading.set(key, run);
+  reading.set(collection, run);
   (async () => {
-    while (run.again && !deleted.has(key)) {
+    while (run.again) {
       run.again = false;
       const map = collection === "workers" ? state.workers : state.accounts;
       const signal = run.controller.signal;
       try {
         if (collection === "workers") await readWorkers(signal);
-        else map.set(id, await api.get(`/${collection}/${api.seg(id)}`, { signal }));
+        else await readAccounts(signal);
       } catch (error) {
         if (error.name === "AbortError") break;
-        if (error.status === 404) map.delete(id);
-        else if (error.status !== 401) setConnection(state.connection, `reading ${key} failed: ${error.message}`);
+        if (error.status !== 401) setConnection(state.connection, `reading ${collection} failed: ${error.message}`);
       }
       emit(collection, map);
     }
-    reading.delete(key);
+    reading.delete(collection);
   })();
 }
 
